@@ -1,0 +1,252 @@
+"""Audio front end: decoding, resampling, features, SpecAugment and segmenting long audio."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from .errors import AudioError
+
+# ---- front-end constants -------------------------------------------------------------------
+SAMPLE_RATE = 16000          # every model in emodemo works at 16 kHz mono
+# GE2E (resemblyzer) mel front end: linear-power mel, 25 ms Hann window, 10 ms hop, 40 bands.
+MEL_WINDOW_MS = 25
+MEL_HOP_MS = 10
+MEL_BINS = 40
+GE2E_TARGET_DBFS = -30.0     # resemblyzer normalises volume up to -30 dBFS (increase only)
+# WeSpeaker / Kaldi fbank front end: 80 bins, 25/10 ms, hamming, no dither, int16 scale, mean CMN.
+FBANK_BINS = 80
+FBANK_FRAME_LENGTH_MS = 25.0
+FBANK_FRAME_SHIFT_MS = 10.0
+INT16_SCALE = 1 << 15
+# Inputs shorter than this cannot produce a single analysis frame.
+MIN_SAMPLES = int(SAMPLE_RATE * MEL_WINDOW_MS / 1000)
+
+AudioInput = Union[str, os.PathLike, tuple]
+
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64"}
+
+
+def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """Decode anything ffmpeg understands (mp3, m4a, webm/opus, ...) to 16 kHz mono float32."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError(f"cannot decode {path.name}: this format needs ffmpeg, which is not installed")
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise AudioError(f"decoding {path.name} took too long") from exc
+    if proc.returncode != 0:
+        raise AudioError(f"{path.name} is not a readable audio file")
+    wav = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    return wav, SAMPLE_RATE
+
+
+def decode(path: Union[str, os.PathLike]) -> tuple[np.ndarray, int]:
+    """Read an audio file as (float32 samples [channels, n] or [n], sample rate), without resampling."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path.name} is empty (0 bytes)")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        return data.T, int(sr)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        if path.suffix.lower() in {".wav", ".flac"} and shutil.which("ffmpeg") is None:
+            raise AudioError(f"{path.name} is not a readable audio file") from None
+    return _decode_ffmpeg(path)
+
+
+def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int) -> np.ndarray:
+    """Downmix to mono, replace non-finite samples, resample to 16 kHz; returns float32 [n]."""
+    wav = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+    if wav.ndim == 2:
+        # [channels, n] or [n, channels]: the shorter axis is the channel axis.
+        if wav.shape[0] > wav.shape[1]:
+            wav = wav.T
+        wav = wav.mean(dim=0)
+    elif wav.ndim != 1:
+        raise AudioError(f"expected a 1-D or 2-D waveform, got shape {tuple(wav.shape)}")
+    if not sr or sr <= 0:
+        raise AudioError(f"invalid sample rate: {sr}")
+    wav = torch.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
+    if int(sr) != SAMPLE_RATE and wav.numel() > 0:
+        wav = torchaudio.functional.resample(wav, int(sr), SAMPLE_RATE)
+    return wav.clamp(-1.0, 1.0).numpy().astype(np.float32, copy=False)
+
+
+def load_audio(audio: AudioInput) -> np.ndarray:
+    """Load a path or a (waveform, sample_rate) pair as 16 kHz mono float32 and validate it.
+
+    Raises AudioError with a readable message for empty, unreadable or non-audio input.
+    """
+    if isinstance(audio, tuple):
+        if len(audio) != 2:
+            raise AudioError("audio must be a path or a (waveform, sample_rate) pair")
+        wav, sr = audio
+        if isinstance(wav, (int, float)) and not isinstance(sr, (int, float)):  # gradio order (sr, wav)
+            wav, sr = sr, wav
+        wav = np.asarray(wav)
+        if wav.dtype.kind in "iu":  # integer PCM (e.g. from a microphone component)
+            info = np.iinfo(wav.dtype)
+            wav = (wav.astype(np.float32) - (info.max + info.min + 1) / 2) / (info.max + 1 - (info.max + info.min + 1) / 2)
+        out = to_mono_16k(wav, int(sr))
+    elif isinstance(audio, (str, os.PathLike)):
+        data, sr = decode(audio)
+        out = to_mono_16k(data, sr)
+    else:
+        raise AudioError(f"unsupported audio input of type {type(audio).__name__}")
+    if out.size < MIN_SAMPLES:
+        raise AudioError(f"audio is too short ({out.size / SAMPLE_RATE * 1000:.0f} ms); "
+                         f"at least {MEL_WINDOW_MS} ms is needed")
+    return out
+
+
+def is_silent(wav: np.ndarray, threshold_dbfs: float = -60.0) -> bool:
+    """True when the whole signal stays below `threshold_dbfs` RMS (after removing DC)."""
+    x = wav - wav.mean()
+    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.size else 0.0
+    return rms <= 10 ** (threshold_dbfs / 20)
+
+
+# ---- features ------------------------------------------------------------------------------
+_mel_cache: dict[str, torchaudio.transforms.MelSpectrogram] = {}
+
+
+def ge2e_mel(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The 40-band linear-power mel that resemblyzer's GE2E encoder was trained on: [frames, 40].
+
+    Matches `resemblyzer.audio.wav_to_mel_spectrogram` (librosa, Slaney mel) after the same
+    -30 dBFS increase-only volume normalisation as `resemblyzer.preprocess_wav`.
+    """
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    rms = torch.sqrt(torch.mean(x ** 2) + 1e-20)
+    change_db = GE2E_TARGET_DBFS - 20 * torch.log10(rms)
+    if change_db > 0:
+        x = x * (10 ** (change_db / 20))
+    if "ge2e" not in _mel_cache:
+        _mel_cache["ge2e"] = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=SAMPLE_RATE * MEL_WINDOW_MS // 1000,
+            hop_length=SAMPLE_RATE * MEL_HOP_MS // 1000, n_mels=MEL_BINS, power=2.0,
+            norm="slaney", mel_scale="slaney", center=True, pad_mode="constant")
+    return _mel_cache["ge2e"](x).T.contiguous()
+
+
+def fbank(wav: np.ndarray | torch.Tensor, cmn: bool = True) -> torch.Tensor:
+    """Kaldi-compatible 80-bin log fbank as WeSpeaker computes it: [frames, 80], mean-normalised."""
+    x = torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1) * INT16_SCALE
+    feats = torchaudio.compliance.kaldi.fbank(
+        x, num_mel_bins=FBANK_BINS, frame_length=FBANK_FRAME_LENGTH_MS,
+        frame_shift=FBANK_FRAME_SHIFT_MS, dither=0.0, sample_frequency=SAMPLE_RATE,
+        window_type="hamming", energy_floor=0.0)
+    if cmn:
+        feats = feats - feats.mean(dim=0, keepdim=True)
+    return feats
+
+
+FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank}
+
+
+def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Compute the named feature type ('ge2e_mel' or 'fbank80') as [frames, bins]."""
+    try:
+        return FEATURES[name](wav)
+    except KeyError:
+        raise ValueError(f"unknown feature type {name!r}; known: {sorted(FEATURES)}") from None
+
+
+@dataclass
+class SpecAugment:
+    """Time and frequency masking on [frames, bins] (or [batch, frames, bins]) features.
+
+    Uses torchaudio's masking transforms; masks are filled with the utterance mean so that the
+    linear-power GE2E mel and the mean-normalised fbank are both handled sensibly.
+    """
+    freq_mask: int = 6        # max width of each frequency mask, in bins
+    time_mask: int = 20       # max width of each time mask, in frames
+    n_freq_masks: int = 2
+    n_time_masks: int = 2
+    p: float = 1.0            # probability of augmenting an utterance
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.p < 1.0 and torch.rand(()) > self.p:
+            return feats
+        squeeze = feats.ndim == 2
+        x = feats.unsqueeze(0) if squeeze else feats
+        x = x.transpose(1, 2)  # torchaudio masks expect [..., freq, time]
+        fill = float(x.mean())
+        fm = torchaudio.transforms.FrequencyMasking(self.freq_mask)
+        tm = torchaudio.transforms.TimeMasking(min(self.time_mask, max(1, x.shape[-1] // 5)))
+        for _ in range(self.n_freq_masks):
+            x = fm(x, mask_value=fill)
+        for _ in range(self.n_time_masks):
+            x = tm(x, mask_value=fill)
+        x = x.transpose(1, 2)
+        return x.squeeze(0) if squeeze else x
+
+
+# ---- segmenting long audio -----------------------------------------------------------------
+@dataclass
+class Segment:
+    start: float   # seconds
+    end: float
+
+    def slice(self, wav: np.ndarray) -> np.ndarray:
+        return wav[int(self.start * SAMPLE_RATE):int(self.end * SAMPLE_RATE)]
+
+
+def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
+            frame_ms: int = 30, silence_db: float = -40.0) -> list[Segment]:
+    """Split speech into segments of at most `max_len` s, cutting at the quietest frames.
+
+    Energy based: frames more than `silence_db` below the loudest frame count as pauses; a long
+    stretch is cut at its quietest point. Leading/trailing silence is dropped.
+    """
+    n = wav.size
+    total = n / SAMPLE_RATE
+    if total <= max_len:
+        return [Segment(0.0, total)]
+    hop = SAMPLE_RATE * frame_ms // 1000
+    nfr = n // hop
+    frames = wav[: nfr * hop].reshape(nfr, hop).astype(np.float64)
+    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    voiced = energy > energy.max() + silence_db
+    segs: list[Segment] = []
+    i = 0
+    max_fr, min_fr = int(max_len * 1000 / frame_ms), int(min_len * 1000 / frame_ms)
+    while i < nfr:
+        while i < nfr and not voiced[i]:
+            i += 1
+        if i >= nfr:
+            break
+        end = min(nfr, i + max_fr)
+        if end < nfr:
+            # cut at the quietest frame in the second half of the window
+            lo = i + max(min_fr, max_fr // 2)
+            end = lo + int(np.argmin(energy[lo:end])) + 1 if lo < end else end
+        j = end
+        while j > i and not voiced[j - 1]:
+            j -= 1
+        if j - i >= max(1, min_fr // 4):
+            segs.append(Segment(round(i * hop / SAMPLE_RATE, 3), round(j * hop / SAMPLE_RATE, 3)))
+        i = end
+    return segs or [Segment(0.0, total)]
+
+
+def iter_segments(wav: np.ndarray, **kw) -> Iterator[tuple[Segment, np.ndarray]]:
+    """Yield (segment, samples) pairs for `segment(wav, **kw)` without copying the whole file."""
+    for seg in segment(wav, **kw):
+        yield seg, seg.slice(wav)

@@ -1,0 +1,148 @@
+"""Command line: `python -m emodemo {predict,train,evaluate,finetune,corrections} ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from transformers.utils import logging as tlog
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _table(path: str, pred, labels: list[str]) -> str:
+    rows = [f"{path}: {pred.label} ({pred.confidence:.2f})",
+            f"  transcript: {pred.transcript!r}" if pred.transcript else "  transcript: (none)",
+            f"  {'label':<10} {'audio':>6} {'text':>6} {'fused':>6}"]
+    for lab in labels:
+        t = f"{pred.text[lab]:6.3f}" if pred.text else f"{'-':>6}"
+        rows.append(f"  {lab:<10} {pred.audio[lab]:6.3f} {t} {pred.fused[lab]:6.3f}")
+    rows += [f"  warning: {w}" for w in pred.warnings]
+    return "\n".join(rows)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import EmodemoError
+    from .recognizer import load_recognizer
+    try:
+        rec = load_recognizer(args.bundle)
+    except EmodemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    transcript = "" if args.no_asr else args.transcript
+    failed = 0
+    for path in args.files:
+        try:
+            pred = rec.predict(path, transcript=transcript)
+        except EmodemoError as exc:
+            failed += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": path, **pred.to_dict()}, ensure_ascii=False), flush=True)
+        else:
+            print(_table(path, pred, rec.labels), flush=True)
+    return 1 if failed else 0
+
+
+def _load_json(path: Optional[str]) -> dict:
+    return json.loads(open(path, encoding="utf-8").read()) if path else {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_recipe
+    cfg = _load_json(args.config)
+    if args.out:
+        cfg["out"] = args.out
+    if args.run_dir:
+        cfg["run_dir"] = args.run_dir
+    logging.getLogger("emodemo").setLevel(logging.INFO)
+    report = run_recipe(cfg)
+    if report:
+        print(json.dumps({k: v for k, v in report.items() if not k.endswith("history")}, indent=2,
+                         default=str))
+    return 0
+
+
+def _summary(report: dict) -> str:
+    rows = [f"{'branch':<7} {'WA':>6} {'UA':>6} {'macroF1':>8} {'n':>6}"]
+    for b in ("audio", "text", "fused"):
+        if b in report:
+            m = report[b]
+            rows.append(f"{b:<7} {m['WA']:6.3f} {m['UA']:6.3f} {m['macro_F1']:8.3f} {m['n']:6d}")
+    return "\n".join(rows)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import evaluate
+    report = evaluate(args.bundle or _default_bundle(), args.data, args.out)
+    print(_summary(report))
+    print(f"report: {args.out}/report.json")
+    return 0
+
+
+def cmd_iemocap(args: argparse.Namespace) -> int:
+    from .train import iemocap_protocol
+    logging.getLogger("emodemo").setLevel(logging.INFO)
+    rep = iemocap_protocol(args.root, _load_json(args.config), args.out)
+    for b, s in rep["summary"].items():
+        print(f"{b:<6} WA {s['WA_mean']:.3f} ± {s['WA_std']:.3f}   UA {s['UA_mean']:.3f} ± {s['UA_std']:.3f}")
+    return 0
+
+
+def _default_bundle() -> str:
+    from .bundle import DEFAULT_BUNDLE
+    return str(DEFAULT_BUNDLE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m emodemo", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="predict the emotion of audio files")
+    pr.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, webm, ...)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per file")
+    pr.add_argument("--transcript", default=None, help="use this transcript instead of ASR")
+    pr.add_argument("--no-asr", action="store_true", help="audio branch only (no transcript)")
+    pr.add_argument("--bundle", default=None, help="model bundle directory (default: models/default)")
+    pr.set_defaults(func=cmd_predict)
+    tr = sub.add_parser("train", help="train a bundle with the full recipe (runs under torchrun too)")
+    tr.add_argument("--config", default=None, help="JSON file overriding train.DEFAULT_RECIPE")
+    tr.add_argument("--out", default=None, help="bundle directory to write (default from config)")
+    tr.add_argument("--run-dir", default=None, help="run directory: logs, metrics, plots, checkpoints")
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("evaluate", help="WA / UA / macro-F1 per branch and fused")
+    ev.add_argument("--bundle", default=None, help="bundle directory (default: models/default)")
+    ev.add_argument("--data", required=True, help="data spec, e.g. ravdess:actors=17-20, "
+                    "goemotions:dev, iemocap:/data/IEMOCAP:sessions=5, csv:manifest.csv")
+    ev.add_argument("--out", default="runs/eval", help="folder for report.json and confusion plots")
+    ev.set_defaults(func=cmd_evaluate)
+    ie = sub.add_parser("iemocap", help="the paper's IEMOCAP protocol: 4 classes, 5-fold LOSO")
+    ie.add_argument("root", help="IEMOCAP release folder (with Session1..5)")
+    ie.add_argument("--config", default=None, help="JSON file overriding the recipe")
+    ie.add_argument("--out", default="runs/iemocap")
+    ie.set_defaults(func=cmd_iemocap)
+    co = sub.add_parser("corrections", help="list, export, import the corrections store",
+                        add_help=False)
+    co.set_defaults(func=None)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet()
+    if argv and argv[0] == "corrections":
+        from .store import main_corrections
+        return main_corrections(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,204 @@
+"""Datasets as lists of `Item`s: (audio, label, transcript, speaker). Adapters for RAVDESS,
+GoEmotions, IEMOCAP and a generic CSV manifest."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry",
+                    "06": "fearful", "07": "disgust", "08": "surprised"}
+RAVDESS_SENTENCES = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+GOEMOTIONS_EKMAN = {"anger": "angry", "disgust": "disgust", "fear": "fearful", "joy": "happy",
+                    "neutral": "neutral", "sadness": "sad", "surprise": "surprised"}
+SHARED_DATA = Path(os.environ.get("EMODEMO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@dataclass
+class Item:
+    audio: Optional[str]              # path to an audio file (None for text-only items)
+    label: str
+    transcript: Optional[str] = None
+    speaker: Optional[str] = None
+    labels: tuple[str, ...] = ()      # all labels of a multi-label item (text data)
+    id: str = ""
+
+
+def ravdess(root: str | Path = SHARED_DATA / "ravdess", actors: Optional[Iterable[int]] = None) -> list[Item]:
+    """RAVDESS speech (`Actor_XX/MM-VV-EE-II-SS-RR-AA.*`); calm is mapped to neutral."""
+    root = Path(root)
+    keep = None if actors is None else {int(a) for a in actors}
+    items = []
+    for path in sorted(root.glob("Actor_*/*")):
+        if path.suffix.lower() not in {".wav", ".flac"}:
+            continue
+        parts = path.stem.split("-")
+        if len(parts) != 7 or parts[2] not in RAVDESS_EMOTIONS:
+            continue
+        actor = int(parts[6])
+        if keep is not None and actor not in keep:
+            continue
+        items.append(Item(str(path), RAVDESS_EMOTIONS[parts[2]], RAVDESS_SENTENCES.get(parts[4]),
+                          f"ravdess-{actor:02d}", id=path.stem))
+    return items
+
+
+def goemotions(split: str = "train", root: str | Path = SHARED_DATA / "goemotions") -> list[Item]:
+    """GoEmotions (Ekman taxonomy) rows as text-only items; `labels` keeps every label of a row."""
+    root = Path(root)
+    names = (root / "labels.txt").read_text().split()
+    items = []
+    with open(root / f"{split}.tsv", newline="", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) < 2:
+                continue
+            labs = tuple(dict.fromkeys(GOEMOTIONS_EKMAN[names[int(i)]] for i in row[1].split(",")))
+            items.append(Item(None, labs[0], row[0], labels=labs, id=row[2] if len(row) > 2 else ""))
+    return items
+
+
+def manifest(path: str | Path) -> list[Item]:
+    """A CSV manifest with header `path,label[,transcript][,speaker]`; relative paths are resolved
+    against the CSV's folder."""
+    path = Path(path)
+    items = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            audio = Path(row["path"])
+            if not audio.is_absolute():
+                audio = path.parent / audio
+            items.append(Item(str(audio), row["label"].strip(), row.get("transcript") or None,
+                              row.get("speaker") or None, id=str(row["path"])))
+    return items
+
+
+# ---- IEMOCAP ------------------------------------------------------------------------------
+IEMOCAP_4 = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
+IEMOCAP_LABELS = ["neutral", "happy", "sad", "angry"]
+
+
+def iemocap(root: str | Path, sessions: Optional[Iterable[int]] = None) -> list[Item]:
+    """IEMOCAP in its release layout, 4-class set (neutral, happy+excited, sad, angry).
+
+    Reads `Session*/dialog/EmoEvaluation/<dialog>.txt` for labels,
+    `Session*/dialog/transcriptions/<dialog>.txt` for transcripts and
+    `Session*/sentences/wav/<dialog>/<utt>.wav` for audio. Speaker = session + gender of the
+    utterance's speaker (e.g. 'Ses01_F'); `Item.id` is the utterance id.
+    """
+    import re
+    root = Path(root)
+    keep = None if sessions is None else {int(s) for s in sessions}
+    line_re = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t")
+    tr_re = re.compile(r"^(\S+) \[[\d.]+-[\d.]+\]: (.*)$")
+    items = []
+    for sess in sorted(root.glob("Session*")):
+        num = int(sess.name.replace("Session", ""))
+        if keep is not None and num not in keep:
+            continue
+        transcripts: dict[str, str] = {}
+        for tf in sorted((sess / "dialog" / "transcriptions").glob("*.txt")):
+            for line in tf.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = tr_re.match(line.strip())
+                if m:
+                    transcripts[m.group(1)] = m.group(2).strip()
+        for ef in sorted((sess / "dialog" / "EmoEvaluation").glob("*.txt")):
+            dialog = ef.stem
+            for line in ef.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = line_re.match(line)
+                if not m or m.group(2) not in IEMOCAP_4:
+                    continue
+                utt = m.group(1)
+                wav = sess / "sentences" / "wav" / dialog / f"{utt}.wav"
+                if not wav.exists():
+                    continue
+                gender = utt.split("_")[-1][0]
+                items.append(Item(str(wav), IEMOCAP_4[m.group(2)], transcripts.get(utt),
+                                  f"Ses{num:02d}_{gender}", id=utt))
+    return items
+
+
+def iemocap_folds(items: Sequence[Item]) -> list[tuple[int, list[Item], list[Item]]]:
+    """Leave-one-session-out folds: [(session, train, test)] for sessions present."""
+    sessions = sorted({int(i.speaker[3:5]) for i in items})
+    return [(s, [i for i in items if int(i.speaker[3:5]) != s],
+             [i for i in items if int(i.speaker[3:5]) == s]) for s in sessions]
+
+
+# ---- synthetic: GoEmotions texts spoken by a flat espeak-ng voice ----------------------------
+def espeak_goemotions(split: str = "dev", part: str = "all", per_class: int = 40,
+                      cache: str | Path | None = None, seed: int = 0) -> list[Item]:
+    """Emotional sentences spoken by a flat synthetic voice (espeak-ng), built on first use.
+
+    `per_class` single-label GoEmotions rows per label are synthesised into `cache`
+    (default ~/.cache/emodemo/espeak-goemotions-<split>); `part` 'fit' / 'eval' gives the two
+    halves (for fitting fusion and for measuring it), 'all' both.
+    """
+    import random
+    import shutil
+    import subprocess
+    import soundfile as sf
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is needed to build the synthetic set (apt-get install espeak-ng)")
+    cache = Path(cache or Path.home() / ".cache" / "emodemo" / f"espeak-goemotions-{split}")
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in goemotions(split) if len(r.labels) == 1 and 3 <= len(r.transcript.split()) <= 30]
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    chosen: list[Item] = []
+    for lab in LABELS:
+        chosen += [r for r in rows if r.label == lab][:per_class]
+    items = []
+    for k, r in enumerate(sorted(chosen, key=lambda r: r.id)):
+        wav = cache / f"{r.id}.wav"
+        if not wav.exists():
+            raw = cache / f"{r.id}.raw.wav"
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), r.transcript],
+                           check=True, capture_output=True)
+            from .audio import load_audio
+            sf.write(str(wav), load_audio(raw), 16000)
+            raw.unlink()
+        items.append(Item(str(wav), r.label, r.transcript, "espeak", id=r.id))
+    if part == "all":
+        return items
+    half = [it for j, it in enumerate(items) if (j % 2 == 0) == (part == "fit")]
+    return half
+
+
+def _int_ranges(s: str) -> list[int]:
+    out = []
+    for part in s.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def load_spec(spec: str) -> list[Item]:
+    """Items from a data spec string:
+
+    `ravdess[:actors=1-16][:root=DIR]`, `goemotions:train|dev[:root=DIR]`,
+    `iemocap:ROOT[:sessions=1-4]`, `csv:PATH` (or a path ending in .csv),
+    `espeak-goemotions:dev[:fit|eval][:per_class=N]`.
+    """
+    if spec.endswith(".csv") and not spec.startswith("csv:"):
+        spec = "csv:" + spec
+    kind, _, rest = spec.partition(":")
+    parts = [p for p in rest.split(":") if p] if kind != "csv" else [rest]
+    kw = dict(p.split("=", 1) for p in parts if "=" in p)
+    pos = [p for p in parts if "=" not in p]
+    if kind == "ravdess":
+        return ravdess(kw.get("root", SHARED_DATA / "ravdess"),
+                       _int_ranges(kw["actors"]) if "actors" in kw else None)
+    if kind == "goemotions":
+        return goemotions(pos[0] if pos else "train", kw.get("root", SHARED_DATA / "goemotions"))
+    if kind == "iemocap":
+        return iemocap(pos[0], _int_ranges(kw["sessions"]) if "sessions" in kw else None)
+    if kind == "csv":
+        return manifest(rest)
+    if kind == "espeak-goemotions":
+        return espeak_goemotions(pos[0] if pos else "dev", pos[1] if len(pos) > 1 else "all",
+                                 int(kw.get("per_class", 40)))
+    raise ValueError(f"unknown data spec {spec!r}")

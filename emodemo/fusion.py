@@ -1,0 +1,80 @@
+"""Late fusion of the audio and text branches' class probabilities."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+FUSION_MODES = ("linear", "confidence")
+
+
+def normalized_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy of each row of `p` divided by log(C): 0 = certain, 1 = uniform."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(-1) / np.log(p.shape[-1])
+
+
+@dataclass
+class LateFusion:
+    """p_fused = normalise(a·p_audio + t·p_text).
+
+    mode 'linear': a = audio_weight, t = 1 − audio_weight.
+    mode 'confidence': each weight is also scaled by that branch's confidence on this input,
+    (1 − normalised entropy)^sharpness, so a branch with nothing to say (near-uniform
+    probabilities) does not drag the result. Without text the result is the audio result.
+    """
+    audio_weight: float = 0.5
+    mode: str = "confidence"
+    sharpness: float = 1.0
+
+    def weights(self, p_audio: np.ndarray, p_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = np.full(p_audio.shape[:-1], self.audio_weight, dtype=np.float64)
+        t = 1.0 - a
+        if self.mode == "confidence":
+            a = a * (1.0 - normalized_entropy(p_audio)) ** self.sharpness + 1e-9
+            t = t * (1.0 - normalized_entropy(p_text)) ** self.sharpness + 1e-9
+        s = a + t
+        return a / s, t / s
+
+    def __call__(self, p_audio: np.ndarray, p_text: Optional[np.ndarray]) -> np.ndarray:
+        p_audio = np.asarray(p_audio, dtype=np.float64)
+        if p_text is None:
+            return p_audio
+        p_text = np.asarray(p_text, dtype=np.float64)
+        a, t = self.weights(p_audio, p_text)
+        fused = a[..., None] * p_audio + t[..., None] * p_text
+        return fused / fused.sum(-1, keepdims=True)
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, cfg: Optional[dict]) -> "LateFusion":
+        cfg = dict(cfg or {})
+        known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness") if k in cfg}
+        if known.get("mode", "confidence") not in FUSION_MODES:
+            raise ValueError(f"unknown fusion mode {known['mode']!r}; known: {FUSION_MODES}")
+        return cls(**known)
+
+
+def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean of per-class recalls over the classes present in `y_true` (UA)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in range(n_classes) if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
+               modes: tuple[str, ...] = FUSION_MODES) -> tuple[LateFusion, float]:
+    """Grid-search mode, audio weight and sharpness for the best UA on paired validation data."""
+    best, best_ua = LateFusion(), -1.0
+    n_classes = p_audio.shape[1]
+    for mode in modes:
+        for w in np.linspace(0.0, 1.0, 21):
+            for sharp in ((1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0)):
+                fus = LateFusion(float(round(w, 3)), mode, sharp)
+                ua = unweighted_accuracy(y, fus(p_audio, p_text).argmax(1), n_classes)
+                if ua > best_ua + 1e-9:
+                    best, best_ua = fus, ua
+    return best, best_ua

@@ -1,0 +1,145 @@
+"""The public front door: `load_recognizer()` → `EmotionRecognizer.predict()` → `Prediction`."""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import audio as A
+from .asr import ASR, load_asr
+from .bundle import DEFAULT_BUNDLE, load_bundle
+from .errors import AudioError
+from .fusion import LateFusion
+from .text import clean_text
+
+
+@dataclass
+class Prediction:
+    """One prediction. `audio`, `text` and `fused` map label → probability; `text` is None when
+    there was no transcript (empty, or ASR found no speech)."""
+    label: str
+    fused: dict[str, float]
+    audio: dict[str, float]
+    text: Optional[dict[str, float]]
+    transcript: str
+    confidence: float = 0.0
+    duration: float = 0.0
+    start: float = 0.0
+    end: float = 0.0
+    bundle: str = ""
+    bundle_version: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EmotionRecognizer:
+    """Speech + text emotion recognizer with late fusion, loaded from a model bundle."""
+
+    def __init__(self, config: dict, speech, text, asr: Optional[ASR] = None):
+        self.config = config
+        self.labels: list[str] = list(config["labels"])
+        self.speech = speech.eval()
+        self.text_model = text.eval()
+        self.fusion = LateFusion.from_config(config.get("fusion"))
+        self._asr = asr
+        self._asr_lock = threading.Lock()
+        self.name = str(config.get("name", ""))
+        self.version = str(config.get("version", ""))
+
+    # ---- branches ----------------------------------------------------------------------
+    @property
+    def asr(self) -> ASR:
+        """The ASR backend, loaded on first use (audio-only predictions never load it)."""
+        with self._asr_lock:
+            if self._asr is None:
+                self._asr = load_asr(self.config.get("asr"))
+            return self._asr
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        return clean_text(self.asr.transcribe(wav))
+
+    @torch.inference_mode()
+    def audio_proba(self, wav: np.ndarray) -> np.ndarray:
+        """Audio-branch class probabilities for one 16 kHz waveform (whole utterance)."""
+        feats = A.features(self.speech.feature, wav)[None]
+        logits = self.speech(feats, torch.tensor([feats.shape[1]]))
+        t = float(self.config["speech"].get("temperature", 1.0))
+        return torch.softmax(logits / t, dim=-1)[0].double().numpy()
+
+    def text_proba(self, texts: Sequence[str]) -> np.ndarray:
+        t = float(self.config["text"].get("temperature", 1.0))
+        return self.text_model.predict_proba([clean_text(x) for x in texts], temperature=t).double().numpy()
+
+    def _dict(self, p: np.ndarray) -> dict[str, float]:
+        return {lab: float(v) for lab, v in zip(self.labels, p)}
+
+    # ---- public API --------------------------------------------------------------------
+    def predict_text(self, texts: Sequence[str] | str) -> list[dict[str, float]]:
+        """Text-branch probabilities for each text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return [self._dict(p) for p in self.text_proba(list(texts))]
+
+    def predict_wave(self, wav: np.ndarray, transcript: Optional[str] = None,
+                     p_audio: Optional[np.ndarray] = None) -> Prediction:
+        """Predict on an already-loaded 16 kHz mono waveform (see `predict`)."""
+        warnings = []
+        if A.is_silent(wav):
+            warnings.append("the recording is silent or nearly silent; the prediction is unreliable")
+        if p_audio is None:
+            p_audio = self.audio_proba(wav)
+        if transcript is None:
+            transcript = "" if A.is_silent(wav) else self.transcribe(wav)
+        transcript = clean_text(transcript)
+        p_text = self.text_proba([transcript])[0] if transcript else None
+        return self.combine(p_audio, p_text, transcript, duration=wav.size / A.SAMPLE_RATE,
+                            warnings=warnings)
+
+    def combine(self, p_audio: np.ndarray, p_text: Optional[np.ndarray], transcript: str,
+                fusion: Optional[LateFusion] = None, **extra) -> Prediction:
+        """Fuse branch probabilities into a Prediction (used to re-fuse without re-running models)."""
+        fused = (fusion or self.fusion)(p_audio, p_text)
+        i = int(np.argmax(fused))
+        return Prediction(label=self.labels[i], fused=self._dict(fused), audio=self._dict(p_audio),
+                          text=None if p_text is None else self._dict(p_text), transcript=transcript,
+                          confidence=float(fused[i]), bundle=self.name, bundle_version=self.version,
+                          **extra)
+
+    def predict(self, audio: A.AudioInput, transcript: Optional[str] = None) -> Prediction:
+        """Predict the emotion of a clip.
+
+        `audio`: a file path (wav/flac/ogg/mp3/m4a/webm ...) or a (waveform, sample_rate) pair.
+        `transcript`: None → transcribe with ASR; "" → audio only; text → used as given.
+        Raises `emodemo.AudioError` for audio that cannot be used.
+        """
+        wav = A.load_audio(audio)
+        pred = self.predict_wave(wav, transcript)
+        pred.end = pred.duration
+        return pred
+
+    def predict_segments(self, audio: A.AudioInput, transcribe: bool = True,
+                         max_len: float = 10.0) -> list[Prediction]:
+        """Split long audio into speech segments and predict each (start/end set in seconds)."""
+        wav = audio if isinstance(audio, np.ndarray) else A.load_audio(audio)
+        preds = []
+        for seg, chunk in A.iter_segments(wav, max_len=max_len):
+            if chunk.size < A.MIN_SAMPLES:
+                continue
+            p = self.predict_wave(chunk, None if transcribe else "")
+            p.start, p.end = seg.start, seg.end
+            preds.append(p)
+        if not preds:
+            raise AudioError("no usable speech segment found in the audio")
+        return preds
+
+
+def load_recognizer(bundle: Optional[str | Path] = None, asr: Optional[ASR] = None) -> EmotionRecognizer:
+    """Load a recognizer from a bundle directory (default: models/default)."""
+    cfg, speech, text = load_bundle(bundle or DEFAULT_BUNDLE)
+    return EmotionRecognizer(cfg, speech, text, asr=asr)

@@ -1,0 +1,30 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "emodemo", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    r = run("predict", str(speech_wav), str(bad), str(speech_mp3), "--json")
+    assert r.returncode == 1                               # one bad file → non-zero exit ...
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [l["file"] for l in lines] == [str(speech_wav), str(speech_mp3)]   # ... others still done
+    for l in lines:
+        assert set(l["audio"]) == set(l["fused"]) == set(l["text"]) and "happy" in l["transcript"].lower()
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "notes.wav" in err[0] and "Traceback" not in r.stderr
+    t = run("predict", str(speech_wav), "--no-asr")
+    assert t.returncode == 0 and "audio" in t.stdout and "fused" in t.stdout and "transcript: (none)" in t.stdout
+
+
+def test_missing_bundle_is_one_line(tmp_path, speech_wav):
+    r = run("predict", str(speech_wav), "--bundle", str(tmp_path))
+    assert r.returncode == 2 and "not a model bundle" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+import emodemo
+from conftest import SR, tone
+
+
+def _is_dist(d, labels):
+    return list(d) == labels and abs(sum(d.values()) - 1.0) < 1e-4 and min(d.values()) >= 0
+
+
+def test_predict_with_asr(recognizer, speech_wav):
+    p = recognizer.predict(str(speech_wav))
+    labels = recognizer.labels
+    assert labels == ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    assert "happy" in p.transcript.lower()
+    for d in (p.audio, p.text, p.fused):
+        assert _is_dist(d, labels)
+    assert p.label == max(p.fused, key=p.fused.get) and p.confidence == p.fused[p.label]
+    assert p.text["happy"] == max(p.text.values())     # "so happy ... wonderful news"
+    assert p.duration == pytest.approx(p.end, abs=1e-6) and 2.0 < p.duration < 6.0
+
+
+def test_given_transcript_skips_asr_and_empty_means_audio_only(recognizer, speech_wav, monkeypatch):
+    monkeypatch.setattr(recognizer, "transcribe", lambda wav: pytest.fail("ASR must not run"))
+    angry = recognizer.predict(speech_wav, transcript="I hate you, get out of my house, you disgust me")
+    assert angry.transcript.startswith("I hate you") and angry.text is not None
+    assert max(angry.text, key=angry.text.get) in ("angry", "disgust")
+    audio_only = recognizer.predict(speech_wav, transcript="")
+    assert audio_only.text is None and audio_only.transcript == ""
+    assert audio_only.fused == pytest.approx(audio_only.audio)
+    assert angry.audio == pytest.approx(audio_only.audio)       # text never changes the audio branch
+
+
+def test_waveform_pairs_and_mp3(recognizer, speech_wav, speech_mp3):
+    import soundfile as sf
+    wav, sr = sf.read(str(speech_wav), dtype="float32")
+    a = recognizer.predict((wav, sr), transcript="")
+    b = recognizer.predict(str(speech_mp3), transcript="")
+    assert a.audio == pytest.approx(recognizer.predict(speech_wav, transcript="").audio)
+    assert max(abs(a.audio[k] - b.audio[k]) for k in a.audio) < 0.15   # lossy codec, same clip
+
+
+def test_predict_text(recognizer):
+    out = recognizer.predict_text(["I am so happy for you, congratulations!",
+                                   "I miss her so much, I cried all night",
+                                   "This makes me furious, I hate it"])
+    assert [max(d, key=d.get) for d in out] == ["happy", "sad", "angry"]
+
+
+def test_silence_warns_and_skips_asr(recognizer, monkeypatch):
+    monkeypatch.setattr(recognizer, "transcribe", lambda wav: pytest.fail("no ASR on silence"))
+    p = recognizer.predict((np.zeros(SR * 2, np.float32), SR))
+    assert p.text is None and p.warnings and "silent" in p.warnings[0]
+
+
+@pytest.mark.parametrize("bad", [(np.zeros(0, np.float32), SR), (np.zeros(5, np.float32), SR), "missing.wav"])
+def test_bad_input_raises_audio_error(recognizer, bad):
+    with pytest.raises(emodemo.AudioError):
+        recognizer.predict(bad, transcript="")
+
+
+def test_long_audio_segments(recognizer):
+    wav = np.concatenate([tone(6.0, 200), np.zeros(SR, np.float32), tone(6.0, 300)])
+    preds = recognizer.predict_segments(wav, transcribe=False, max_len=5.0)
+    assert len(preds) >= 2 and all(p.end - p.start <= 5.0 + 1e-6 for p in preds)
+    assert [p.start for p in preds] == sorted(p.start for p in preds)
