@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Optional, Union
 
@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import EmodemoError
+from .speech import LoadReport, load_checked
 
 log = logging.getLogger(__name__)
 
@@ -247,21 +248,6 @@ def build_resnet(name: str = DEFAULT_MODEL, **model_args) -> ResNet:
 
 
 # ---- loading WeSpeaker checkpoints ---------------------------------------------------------
-@dataclass
-class LoadReport:
-    """Outcome of loading a WeSpeaker checkpoint (keys after `module.` stripping)."""
-    source: str = ""
-    missing: list[str] = field(default_factory=list)         # in the model, not in the checkpoint
-    unexpected: list[str] = field(default_factory=list)      # in the checkpoint, not in the model
-    shape_mismatch: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
-    ignored: list[str] = field(default_factory=list)         # projection.* (training classifier)
-    loaded: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatch)
-
-
 def _read_config(path: Path) -> tuple[str, dict]:
     import yaml
     try:
@@ -327,37 +313,11 @@ def load_wespeaker(model_dir_or_ckpt: Union[str, os.PathLike], strict: bool = Fa
         raise EmodemoError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
     state = _state_dict(obj, ckpt_path)
 
-    own = model.state_dict()
-    report = LoadReport(source=str(ckpt_path))
-    matched: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if k.startswith(IGNORED_PREFIXES):
-            report.ignored.append(k)
-        elif k not in own:
-            report.unexpected.append(k)
-        elif tuple(v.shape) != tuple(own[k].shape):
-            report.shape_mismatch.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
-        else:
-            matched[k] = v
-    # BatchNorm step counters are not weights; older checkpoints may lack them.
-    report.missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
-    report.loaded = len(matched)
-
     what = f"WeSpeaker {name} ({ckpt_path})"
-    if report.shape_mismatch:
-        raise EmodemoError(f"{what}: shape mismatch, the checkpoint does not fit model_args {args}: "
-                           + "; ".join(report.shape_mismatch[:8]))
-    if not matched:
-        raise EmodemoError(f"{what}: no key in the checkpoint matches the model; is it the right file?")
-    for kind in ("missing", "unexpected"):
-        keys = getattr(report, kind)
-        if keys:
-            log.warning("%s: %d %s keys: %s", what, len(keys), kind, ", ".join(keys[:8]))
-    if strict and not report.ok:
-        raise EmodemoError(f"{what}: strict load failed: missing {report.missing[:8]}, "
-                           f"unexpected {report.unexpected[:8]}")
-    if report.ignored:
-        log.info("%s: ignored %d training-only keys (%s)", what, len(report.ignored), ", ".join(report.ignored))
-    # copy_ casts, so the float num_batches_tracked that average_model.py writes loads fine.
-    model.load_state_dict(matched, strict=False)
+    try:
+        report = load_checked(model, state, what, ignore_prefixes=IGNORED_PREFIXES, strict=strict)
+    except EmodemoError as exc:
+        if "shape mismatch" in str(exc):
+            raise EmodemoError(f"{exc} (the checkpoint does not fit model_args {args})") from None
+        raise
     return model.eval(), report

@@ -37,10 +37,12 @@ GE2E_PARTIAL_RATE = 1.3       # ... at 1.3 partials per second
 @dataclass
 class LoadReport:
     """What happened when foreign weights were loaded into a module."""
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    source: str = ""
+    missing: list[str] = field(default_factory=list)         # in the model, not in the checkpoint
+    unexpected: list[str] = field(default_factory=list)      # in the checkpoint, not in the model
+    shape_mismatch: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+    ignored: list[str] = field(default_factory=list)         # deliberately skipped (training heads)
+    loaded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -48,13 +50,15 @@ class LoadReport:
 
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str,
-                 ignore_prefixes: tuple[str, ...] = ()) -> LoadReport:
+                 ignore_prefixes: tuple[str, ...] = (), strict: bool = False) -> LoadReport:
     """Load `state` into `module` after explicit key and shape checks; log and return a report.
 
-    Raises EmodemoError on shape mismatches or when no key matches (wrong file).
+    `module.` prefixes (DDP) are stripped and keys under `ignore_prefixes` skipped. Raises
+    EmodemoError on shape mismatches, when no key matches (wrong file), or, with `strict`, on
+    missing/unexpected keys. BatchNorm step counters are not reported as missing.
     """
     own = module.state_dict()
-    rep = LoadReport()
+    rep = LoadReport(source=what)
     clean: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         k = k[len("module."):] if k.startswith("module.") else k
@@ -71,11 +75,18 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str,
         raise EmodemoError(f"{what}: shape mismatch: " + "; ".join(rep.shape_mismatch))
     if not clean:
         raise EmodemoError(f"{what}: no parameter in the checkpoint matches the model; is it the right file?")
-    module.load_state_dict(clean, strict=False)
     for kind in ("missing", "unexpected"):
         keys = getattr(rep, kind)
         if keys:
             log.warning("%s: %d %s keys: %s", what, len(keys), kind, ", ".join(keys[:8]))
+    if strict and not rep.ok:
+        raise EmodemoError(f"{what}: strict load failed: missing {rep.missing[:8]}, "
+                           f"unexpected {rep.unexpected[:8]}")
+    if rep.ignored:
+        log.info("%s: ignored %d keys (%s)", what, len(rep.ignored), ", ".join(rep.ignored[:8]))
+    # copy_ casts, so e.g. float num_batches_tracked from averaged checkpoints load fine
+    module.load_state_dict(clean, strict=False)
+    rep.loaded = len(clean)
     return rep
 
 

@@ -1,0 +1,1 @@
+"""Alembic revisions for the corrections store (alembic skips this file)."""
