@@ -1,0 +1,180 @@
+"""The app in a real browser: `python app.py` on a free localhost port with a temporary
+database, driven by headless Chromium through Selenium.
+
+Upload a clip, wait for the plots, move the fusion slider, edit the transcript and re-run the
+text branch, pick a label, submit a correction, see it in the History tab, and check the row in
+the database. A screenshot is left at /tmp/emodemo-browser.png.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip("chromium and chromedriver are not installed "
+                "(apt-get install chromium chromium-driver)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CLIP = ROOT / "data" / "examples" / "angry_actor17.flac"
+SCREENSHOT = Path("/tmp/emodemo-browser.png")
+START_TIMEOUT = 150        # app start: imports, model bundle, ASR preload (slow on 2 cores)
+STEP_TIMEOUT = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` in a subprocess; yields (url, database url)."""
+    tmp = tmp_path_factory.mktemp("app")
+    db = f"sqlite:///{tmp / 'corrections.db'}"
+    port = _free_port()
+    log_path = tmp / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "EMODEMO_MEDIA_DIR": str(tmp / "media")}
+    env.pop("SPACE_ID", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port),
+                                 "--db", db], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer within {START_TIMEOUT} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, db
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    opts = Options()
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1400,1700"):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield drv
+    drv.quit()
+
+
+def test_upload_rerun_correct_in_browser(server, driver):
+    url, db = server
+    d = driver
+    wait = WebDriverWait(d, STEP_TIMEOUT)
+
+    def el(sel):
+        return d.find_element(By.CSS_SELECTOR, sel)
+
+    def text(sel):
+        try:
+            return el(sel).text
+        except Exception:  # noqa: BLE001 - re-rendered while reading
+            return ""
+
+    d.get(url)
+    wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#emodemo-audio input[type=file]"))
+
+    # upload -> analysis runs on change: plots render, transcript appears
+    el("#emodemo-audio input[type=file]").send_keys(str(CLIP))
+    wait.until(lambda _: "angry_actor17.flac" in text("#emodemo-status"))
+    wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#emodemo-probs .js-plotly-plot"))
+    wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#emodemo-wave .js-plotly-plot"))
+    assert "Analysed" in text("#emodemo-status")
+    assert "·" in text("#emodemo-summary") and "%" in text("#emodemo-summary")
+    legend = " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR,
+                                                      "#emodemo-probs .legendtext"))
+    assert "audio branch" in legend and "fused" in legend
+
+    # the fusion slider re-fuses live
+    slider = el("#emodemo-weight input[type=range]")
+    slider.send_keys(Keys.RIGHT)
+    wait.until(lambda _: "audio weight 0.55" in text("#emodemo-summary"))
+
+    # edit the transcript (with markup, which must show as text) and re-run the text branch
+    box = el("#emodemo-transcript textarea")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("I am so sad and tired <b>today</b>")
+    el("#emodemo-rerun").click()
+    wait.until(lambda _: "sad and tired" in text("#emodemo-summary"))
+    assert "<b>today</b>" in text("#emodemo-summary")          # shown literally, not bold
+    assert not d.find_elements(By.CSS_SELECTOR, "#emodemo-summary b:not(strong)")
+    assert "Re-ran the text branch" in text("#emodemo-status")
+
+    # pick a label, name the annotator, submit
+    options = d.find_elements(By.CSS_SELECTOR, "#emodemo-label label")
+    next(o for o in options if o.text.strip().endswith("sad")).click()
+    el("#emodemo-annotator input, #emodemo-annotator textarea").send_keys("selenium")
+    el("#emodemo-submit").click()
+    wait.until(lambda _: "Stored correction" in text("#emodemo-correct-msg"))
+    assert "sad" in text("#emodemo-correct-msg")
+    el("#emodemo-correct-msg").location_once_scrolled_into_view
+    d.execute_script("window.scrollTo(0, 0)")
+    d.save_screenshot(str(SCREENSHOT))
+
+    # an example clip is one click away (replaces the upload and re-analyses)
+    next(b for b in d.find_elements(By.CSS_SELECTOR, "button")
+         if b.text.strip() == "happy actor18").click()
+    wait.until(lambda _: "happy_actor18.flac" in text("#emodemo-status"))
+    assert text("#emodemo-correct-msg") == ""       # the old confirmation is cleared
+
+    # the History tab lists the correction
+    next(b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+         if b.text.strip() == "History").click()
+    wait.until(lambda _: "selenium" in text("#emodemo-history"))
+
+    # and the row is in the database, verbatim
+    from emodemo.store import CorrectionStore
+    store = CorrectionStore(db)
+    try:
+        rows = store.corrections()
+    finally:
+        store.close()
+    assert len(rows) == 1
+    r = rows[0]
+    assert r.label == "sad" and r.annotator == "selenium"
+    assert r.transcript_corrected == "I am so sad and tired <b>today</b>"
+    assert r.transcript_shown and r.predicted_label and r.bundle_name
+    assert r.prob_text is not None and r.start is None
