@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -29,45 +29,140 @@ FBANK_FRAME_SHIFT_MS = 10.0
 INT16_SCALE = 1 << 15
 # Inputs shorter than this cannot produce a single analysis frame.
 MIN_SAMPLES = int(SAMPLE_RATE * MEL_WINDOW_MS / 1000)
+# Longest audio `load_audio` accepts by default (seconds). Files are measured from their header
+# (soundfile / ffprobe) *before* decoding, so a 2-hour upload is refused without being read;
+# ffmpeg never decodes more than this either. Pass `max_duration=` (or set this) to change it.
+MAX_DURATION = 60 * 60.0
+# Files with more samples than this (frames x channels) are downmixed block by block while
+# reading, so a long multichannel file never sits in memory at full width.
+BLOCKWISE_SAMPLES = 32 * 1024 * 1024
+FFMPEG_TIMEOUT_S = 600
 
 AudioInput = Union[str, os.PathLike, tuple]
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64"}
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode anything ffmpeg understands (mp3, m4a, webm/opus, ...) to 16 kHz mono float32."""
+def _fmt_seconds(sec: float) -> str:
+    if sec < 120:
+        return f"{sec:.1f} s"
+    if sec < 3600:
+        return f"{sec / 60:.1f} min"
+    return f"{sec / 3600:.1f} h"
+
+
+def _too_long(name: str, dur: float, limit: float, at_least: bool = False) -> AudioError:
+    return AudioError(f"{name} is too long ({'over ' if at_least else ''}{_fmt_seconds(dur)}); "
+                      f"the limit is {_fmt_seconds(limit)}. Cut it into shorter pieces")
+
+
+def _ffmpeg_input(path: Path) -> str:
+    # "file:" makes ffmpeg take the name literally (no "concat:", "http:" ... protocols) and
+    # an absolute path can never be read as an option.
+    return "file:" + str(path.absolute())
+
+
+def probe_duration(path: Union[str, os.PathLike]) -> Optional[float]:
+    """Duration in seconds from the file header (soundfile, else ffprobe), without decoding;
+    None when it cannot be told cheaply (not audio, no ffprobe, a stream without a duration)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        info = sf.info(str(path))
+        if info.samplerate > 0 and info.frames >= 0:
+            return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - not a soundfile format: try ffprobe
+        pass
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    try:
+        out = subprocess.run([ffprobe, "-v", "error", "-show_entries", "format=duration",
+                              "-of", "default=noprint_wrappers=1:nokey=1", _ffmpeg_input(path)],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        dur = float(out.stdout.strip().splitlines()[0])
+        return dur if np.isfinite(dur) and dur >= 0 else None
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+
+
+def _decode_ffmpeg(path: Path, max_duration: float = float("inf")) -> tuple[np.ndarray, int]:
+    """Decode anything ffmpeg understands (mp3, m4a, webm/opus, ...) to 16 kHz mono float32.
+
+    The duration is checked with ffprobe first, and ffmpeg stops after `max_duration` (+1 s)
+    even when the header lies, so the output is bounded."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise AudioError(f"cannot decode {path.name}: this format needs ffmpeg, which is not installed")
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(SAMPLE_RATE), "-"]
+    bounded = bool(np.isfinite(max_duration))
+    if bounded:
+        dur = probe_duration(path)
+        if dur is not None and dur > max_duration:
+            raise _too_long(path.name, dur, max_duration)
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", _ffmpeg_input(path)]
+    if bounded:
+        cmd += ["-t", f"{max_duration + 1:.3f}"]
+    cmd += ["-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise AudioError(f"decoding {path.name} took too long") from exc
     if proc.returncode != 0:
         raise AudioError(f"{path.name} is not a readable audio file")
     wav = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    if bounded and wav.size > max_duration * SAMPLE_RATE:
+        raise _too_long(path.name, wav.size / SAMPLE_RATE, max_duration, at_least=True)
     return wav, SAMPLE_RATE
 
 
-def decode(path: Union[str, os.PathLike]) -> tuple[np.ndarray, int]:
-    """Read an audio file as (float32 samples [channels, n] or [n], sample rate), without resampling."""
+def _read_blockwise(path: Path, frames: int) -> np.ndarray:
+    """Read a long multichannel file block by block, downmixing each block: [1, n] float32."""
+    out = np.empty(frames, dtype=np.float32)
+    n = 0
+    for block in sf.blocks(str(path), blocksize=1 << 20, dtype="float32", always_2d=True):
+        k = min(block.shape[0], out.size - n)
+        out[n:n + k] = np.nan_to_num(block[:k], nan=0.0, posinf=1.0, neginf=-1.0).mean(axis=1)
+        n += k
+    return out[None, :n]
+
+
+def decode(path: Union[str, os.PathLike],
+           max_duration: Optional[float] = None) -> tuple[np.ndarray, int]:
+    """Read an audio file as (float32 samples [channels, n], sample rate), without resampling.
+
+    Refuses audio longer than `max_duration` seconds (default `MAX_DURATION`; inf = no limit)
+    from its header, before reading it. A very long multichannel file comes back already
+    downmixed to one channel (read block by block, so it never sits in memory at full width).
+    """
     path = Path(path)
+    limit = MAX_DURATION if max_duration is None else float(max_duration)
     if not path.exists():
         raise AudioError(f"file not found: {path}")
     if path.is_dir():
         raise AudioError(f"{path} is a folder, not an audio file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise AudioError(f"{path.name} is not a regular file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path.name} is empty (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        return data.T, int(sr)
+        info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
-        if path.suffix.lower() in {".wav", ".flac"} and shutil.which("ffmpeg") is None:
-            raise AudioError(f"{path.name} is not a readable audio file") from None
-    return _decode_ffmpeg(path)
+        info = None
+    if info is not None and info.samplerate > 0:
+        dur = info.frames / info.samplerate
+        if dur > limit:
+            raise _too_long(path.name, dur, limit)
+        try:
+            if info.channels > 1 and info.frames * info.channels > BLOCKWISE_SAMPLES:
+                return _read_blockwise(path, info.frames), int(info.samplerate)
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            return data.T, int(sr)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+            pass
+    if path.suffix.lower() in {".wav", ".flac"} and shutil.which("ffmpeg") is None:
+        raise AudioError(f"{path.name} is not a readable audio file") from None
+    return _decode_ffmpeg(path, limit)
 
 
 def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int) -> np.ndarray:
@@ -88,11 +183,14 @@ def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int) -> np.ndarray:
     return wav.clamp(-1.0, 1.0).numpy().astype(np.float32, copy=False)
 
 
-def load_audio(audio: AudioInput) -> np.ndarray:
+def load_audio(audio: AudioInput, max_duration: Optional[float] = None) -> np.ndarray:
     """Load a path or a (waveform, sample_rate) pair as 16 kHz mono float32 and validate it.
 
-    Raises AudioError with a readable message for empty, unreadable or non-audio input.
+    Raises AudioError with a readable message for empty, unreadable or non-audio input, and for
+    audio longer than `max_duration` seconds (default `MAX_DURATION`, 1 h; inf = no limit),
+    which a file is measured against from its header, before it is decoded.
     """
+    limit = MAX_DURATION if max_duration is None else float(max_duration)
     if isinstance(audio, tuple):
         if len(audio) != 2:
             raise AudioError("audio must be a path or a (waveform, sample_rate) pair")
@@ -100,12 +198,22 @@ def load_audio(audio: AudioInput) -> np.ndarray:
         if isinstance(wav, (int, float)) and not isinstance(sr, (int, float)):  # gradio order (sr, wav)
             wav, sr = sr, wav
         wav = np.asarray(wav)
+        try:
+            sr = int(sr)
+        except (TypeError, ValueError):
+            raise AudioError(f"invalid sample rate: {sr!r}") from None
+        if sr > 0 and wav.ndim in (1, 2):
+            n = max(wav.shape) if wav.ndim == 2 else wav.shape[0]
+            if n / sr > limit:
+                raise _too_long("the audio", n / sr, limit)
         if wav.dtype.kind in "iu":  # integer PCM (e.g. from a microphone component)
             info = np.iinfo(wav.dtype)
             wav = (wav.astype(np.float32) - (info.max + info.min + 1) / 2) / (info.max + 1 - (info.max + info.min + 1) / 2)
-        out = to_mono_16k(wav, int(sr))
+        elif wav.dtype.kind not in "fb":
+            raise AudioError(f"audio samples must be numbers, got {wav.dtype}")
+        out = to_mono_16k(wav, sr)
     elif isinstance(audio, (str, os.PathLike)):
-        data, sr = decode(audio)
+        data, sr = decode(audio, limit)
         out = to_mono_16k(data, sr)
     else:
         raise AudioError(f"unsupported audio input of type {type(audio).__name__}")

@@ -61,7 +61,12 @@ def _load_json(path: Optional[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import run_recipe
+    from .train import run_recipe, train_frozen_default
+    if args.frozen_heads:
+        logging.getLogger("emodemo").setLevel(logging.INFO)
+        report = train_frozen_default(args.frozen_heads)
+        print(json.dumps({k: report[k]["UA"] for k in ("speech_val", "text_dev", "fused_val")}))
+        return 0
     cfg = _load_json(args.config)
     if args.out:
         cfg["out"] = args.out
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, help="JSON file overriding train.DEFAULT_RECIPE")
     tr.add_argument("--out", default=None, help="bundle directory to write (default from config)")
     tr.add_argument("--run-dir", default=None, help="run directory: logs, metrics, plots, checkpoints")
+    tr.add_argument("--frozen-heads", metavar="OUT", default=None,
+                    help="stage 1 of the default: heads on frozen GE2E / MiniLM features, written to OUT")
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("evaluate", help="WA / UA / macro-F1 per branch and fused")
     ev.add_argument("--bundle", default=None, help="bundle directory (default: models/default)")

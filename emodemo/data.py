@@ -176,13 +176,19 @@ def _int_ranges(s: str) -> list[int]:
     return out
 
 
-def load_spec(spec: str) -> list[Item]:
-    """Items from a data spec string:
+def load_spec(spec: str | Sequence[str]) -> list[Item]:
+    """Items from a data spec string (or a list of them, concatenated):
 
     `ravdess[:actors=1-16][:root=DIR]`, `goemotions:train|dev[:root=DIR]`,
     `iemocap:ROOT[:sessions=1-4]`, `csv:PATH` (or a path ending in .csv),
-    `espeak-goemotions:dev[:fit|eval][:per_class=N]`.
+    `espeak-goemotions:dev[:fit|eval][:per_class=N]`. A trailing `:as=LABEL` relabels every
+    item (e.g. flat synthetic speech as `neutral` for the audio branch).
     """
+    if not isinstance(spec, str):
+        return [it for s in spec for it in load_spec(s)]
+    if ":as=" in spec:
+        spec, _, label = spec.rpartition(":as=")
+        return [Item(i.audio, label, i.transcript, i.speaker, (label,), i.id) for i in load_spec(spec)]
     if spec.endswith(".csv") and not spec.startswith("csv:"):
         spec = "csv:" + spec
     kind, _, rest = spec.partition(":")
@@ -200,5 +206,5 @@ def load_spec(spec: str) -> list[Item]:
         return manifest(rest)
     if kind == "espeak-goemotions":
         return espeak_goemotions(pos[0] if pos else "dev", pos[1] if len(pos) > 1 else "all",
-                                 int(kw.get("per_class", 40)))
+                                 int(kw.get("per_class", 40 if (pos[:1] or ["dev"])[0] == "dev" else 50)))
     raise ValueError(f"unknown data spec {spec!r}")

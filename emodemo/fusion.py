@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-FUSION_MODES = ("linear", "confidence")
+FUSION_MODES = ("linear", "confidence", "evidence")
 
 
 def normalized_entropy(p: np.ndarray) -> np.ndarray:
@@ -22,11 +22,19 @@ class LateFusion:
     mode 'linear': a = audio_weight, t = 1 − audio_weight.
     mode 'confidence': each weight is also scaled by that branch's confidence on this input,
     (1 − normalised entropy)^sharpness, so a branch with nothing to say (near-uniform
-    probabilities) does not drag the result. Without text the result is the audio result.
+    probabilities) does not drag the result.
+    mode 'evidence': 'neutral' is treated as the absence of emotional evidence, not as evidence
+    of its own. The fused neutral probability is the weighted geometric mean of the branches'
+    neutral probabilities (both must find nothing), raised to `sharpness`; the rest is split
+    over the emotions in proportion to a·p_audio + t·p_text. A neutral sentence ("Kids are
+    talking by the door") therefore cannot pull an angry voice to neutral, and a flat voice
+    cannot pull angry words to neutral.
+    Without text the result is always the audio result.
     """
     audio_weight: float = 0.5
     mode: str = "confidence"
     sharpness: float = 1.0
+    neutral_index: int = 0
 
     def weights(self, p_audio: np.ndarray, p_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = np.full(p_audio.shape[:-1], self.audio_weight, dtype=np.float64)
@@ -42,8 +50,22 @@ class LateFusion:
         if p_text is None:
             return p_audio
         p_text = np.asarray(p_text, dtype=np.float64)
+        if self.mode == "evidence":
+            return self._evidence(p_audio, p_text)
         a, t = self.weights(p_audio, p_text)
         fused = a[..., None] * p_audio + t[..., None] * p_text
+        return fused / fused.sum(-1, keepdims=True)
+
+    def _evidence(self, p_audio: np.ndarray, p_text: np.ndarray) -> np.ndarray:
+        k, w = self.neutral_index, self.audio_weight
+        na = np.clip(p_audio[..., k], 1e-9, 1.0)
+        nt = np.clip(p_text[..., k], 1e-9, 1.0)
+        neutral = (na ** w * nt ** (1.0 - w)) ** self.sharpness
+        emo = w * p_audio + (1.0 - w) * p_text
+        emo[..., k] = 0.0
+        emo = emo / np.clip(emo.sum(-1, keepdims=True), 1e-12, None)
+        fused = emo * (1.0 - neutral)[..., None]
+        fused[..., k] = neutral
         return fused / fused.sum(-1, keepdims=True)
 
     def to_config(self) -> dict:
@@ -52,7 +74,7 @@ class LateFusion:
     @classmethod
     def from_config(cls, cfg: Optional[dict]) -> "LateFusion":
         cfg = dict(cfg or {})
-        known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness") if k in cfg}
+        known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness", "neutral_index") if k in cfg}
         if known.get("mode", "confidence") not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {known['mode']!r}; known: {FUSION_MODES}")
         return cls(**known)
@@ -66,15 +88,26 @@ def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) 
 
 
 def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
-               modes: tuple[str, ...] = FUSION_MODES) -> tuple[LateFusion, float]:
-    """Grid-search mode, audio weight and sharpness for the best UA on paired validation data."""
+               modes: tuple[str, ...] = FUSION_MODES, neutral_index: int = 0,
+               groups: Optional[np.ndarray] = None) -> tuple[LateFusion, float]:
+    """Grid-search mode, audio weight and sharpness for the best UA on paired validation data.
+
+    With `groups` (one id per row, e.g. the data set it came from) the score is the *worst*
+    group's UA, so one kind of data cannot buy accuracy at another's expense.
+    """
     best, best_ua = LateFusion(), -1.0
     n_classes = p_audio.shape[1]
+    gids = [None] if groups is None else sorted(set(groups))
     for mode in modes:
+        if mode == "evidence" and not 0 <= neutral_index < n_classes:
+            continue
         for w in np.linspace(0.0, 1.0, 21):
             for sharp in ((1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0)):
-                fus = LateFusion(float(round(w, 3)), mode, sharp)
-                ua = unweighted_accuracy(y, fus(p_audio, p_text).argmax(1), n_classes)
+                fus = LateFusion(float(round(w, 3)), mode, sharp, neutral_index)
+                pred = fus(p_audio, p_text).argmax(1)
+                ua = min(unweighted_accuracy(y if g is None else y[groups == g],
+                                             pred if g is None else pred[groups == g], n_classes)
+                         for g in gids)
                 if ua > best_ua + 1e-9:
                     best, best_ua = fus, ua
     return best, best_ua

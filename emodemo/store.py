@@ -23,6 +23,9 @@ Design:
 * SQLite runs in WAL mode with foreign keys on and a 30 s busy timeout on every connection;
   writes take the write lock up front (``BEGIN IMMEDIATE``) and are retried with backoff on
   "database is locked", so many threads and processes can add at once.
+* A SQLite file that cannot be written (read-only volume, no write permission) is opened
+  read-only (``store.read_only``) rather than refused. Writes to a read-only database, a full
+  disk or an unreachable server raise a StoreError that says which, with nothing half-stored.
 * Records (`Record`) are dicts whose keys can also be read as attributes
   (``rec["label"] == rec.label``); `corrections`, `get` and `agreement` return them.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -100,6 +104,9 @@ EXPORT_FIELDS = (
     "media_sha256", "media_path", "duration", "sample_rate", "start", "end",
 )
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PATH_COLUMNS = ("path", "media_path", "file", "audio")
+_PREDICTION_COLUMNS = ("predicted_label", "prob_audio", "prob_text", "prob_fused",
+                       "transcript_shown", "bundle_name", "bundle_version")
 
 
 class StoreError(EmodemoError):
@@ -390,6 +397,50 @@ def _is_transient(exc: BaseException) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+_NOT_STORED = "Nothing was stored; please try again later or tell whoever runs this service."
+
+
+def _media_write_error(exc: OSError) -> "StoreError":
+    """A readable StoreError for a failure to write an audio file into the media folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk holding the media folder is full (no space left on device)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "the media folder is read-only or not writable"
+    else:
+        why = f"the audio file could not be written ({exc.strerror or exc})"
+    return StoreError(f"Could not save the correction: {why}. {_NOT_STORED}")
+
+
+def _db_write_error(exc: BaseException) -> Optional["StoreError"]:
+    """A readable StoreError for a database that cannot take writes (disk full, read-only,
+    gone); None for anything else (a bug, a constraint: those are not the person's to fix)."""
+    orig = getattr(exc, "orig", None)
+    code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    msg = str(orig if orig is not None else exc).lower()
+    if code == "53100" or "disk is full" in msg or "no space left" in msg or \
+            "database or disk is full" in msg:
+        why = "the disk holding the corrections database is full"
+    elif code in ("25006", "42501") or "readonly database" in msg or "read-only" in msg or \
+            "read only" in msg or "permission denied" in msg:
+        why = "the corrections database is read-only or not writable"
+    elif "disk i/o error" in msg or "unable to open database file" in msg or \
+            code.startswith(("08", "53", "57P")):
+        why = "the corrections database is not reachable or cannot be written right now"
+    else:
+        return None
+    return StoreError(f"Could not save the correction: {why}. {_NOT_STORED}")
+
+
+def _formula_like(value: str) -> bool:
+    """True when a spreadsheet would run `value` as a formula, also behind our own guard
+    quotes (so that guarding is reversible: "'=x" is exported as "''=x")."""
+    while value.startswith("'"):
+        value = value[1:]
+        if not value.startswith(("'",) + _FORMULA_PREFIXES):
+            return False
+    return value.startswith(_FORMULA_PREFIXES)
+
+
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -397,7 +448,7 @@ def _csv_cell(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+    if isinstance(value, str) and _formula_like(value):
         return "'" + value  # keep spreadsheets from evaluating it as a formula
     return value
 
@@ -433,12 +484,29 @@ class CorrectionStore:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         db_file: Optional[Path] = None
         memory = self.is_sqlite and _sqlite_in_memory(parsed)
+        #: True when the database can be read but not written (a SQLite file on a read-only
+        #: volume or without write permission, or a ``?mode=ro`` URL): add() and update()
+        #: then raise a StoreError that says so, and everything else works.
+        self.read_only = False
         if self.is_sqlite:
             db = parsed.database or ""
             if not memory:
                 db_file = Path(db[5:] if db.startswith("file:") else db).expanduser().resolve()
-                db_file.parent.mkdir(parents=True, exist_ok=True)
-                if not db.startswith("file:"):
+                if not db_file.parent.is_dir():
+                    db_file.parent.mkdir(parents=True, exist_ok=True)
+                if db.startswith("file:"):
+                    self.read_only = parsed.query.get("mode") == "ro"
+                elif db_file.exists() and not (os.access(db_file, os.W_OK) and
+                                               os.access(db_file.parent, os.W_OK)):
+                    # Open it read-only instead of failing: predictions and the history keep
+                    # working. Without a writable folder SQLite cannot create the WAL side
+                    # files, so the file is read as immutable (nobody can write it here).
+                    self.read_only = True
+                    query = {"mode": "ro", "uri": "true"}
+                    if not os.access(db_file.parent, os.W_OK):
+                        query["immutable"] = "1"
+                    parsed = parsed.set(database=f"file:{db_file}").update_query_dict(query)
+                else:
                     parsed = parsed.set(database=str(db_file))  # immune to later chdir
         self.db_file = db_file
 
@@ -544,12 +612,32 @@ class CorrectionStore:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
 
+    def _retry_write(self, fn):
+        """`_retry` for writes: a database that cannot take writes (disk full, read-only,
+        unreachable) becomes a StoreError that says so; the transaction was rolled back."""
+        try:
+            return self._retry(fn)
+        except SQLAlchemyError as exc:
+            err = _db_write_error(exc)
+            if err is None:
+                raise
+            raise err from exc
+
     def _has_upsert(self) -> bool:
         return self.engine.dialect.name in ("sqlite", "postgresql")
 
     def _migrate(self) -> None:
         from alembic import command
 
+        if self.read_only:  # nothing can be upgraded: it must already be current
+            from alembic.script import ScriptDirectory
+            head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+            current = self.schema_revision()
+            if current != head:
+                raise StoreError(f"the corrections database {_redact(self.url)} is read-only "
+                                 f"and at schema revision {current}, not {head}: open it once "
+                                 "with write access to upgrade it")
+            return
         with self._write_engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE serialises openers
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
@@ -628,6 +716,11 @@ class CorrectionStore:
         return rel
 
     # -- writing -------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError("Could not save the correction: the corrections database is "
+                             f"read-only. {_NOT_STORED}")
+
     def _check_label(self, label: Any) -> str:
         if isinstance(label, (bytes, bytearray)):
             label = bytes(label).decode("utf-8", errors="replace")
@@ -650,6 +743,7 @@ class CorrectionStore:
             bundle_version (whatever is present is stored).
         start, end: the span of the audio the correction is about, in seconds.
         """
+        self._check_writable()
         values = dict(
             label=self._check_label(label),
             annotator=_clean_text(annotator, "annotator", MAX_ANNOTATOR_CHARS, strip=True),
@@ -660,7 +754,10 @@ class CorrectionStore:
         s0, e0 = _check_span(start, end, None)  # cheap checks before decoding
         clip = self._ingest(audio)
         values["start"], values["end"] = _check_span(s0, e0, clip.duration)
-        rel = self._store_media_file(clip)  # on disk before any row refers to it
+        try:
+            rel = self._store_media_file(clip)  # on disk before any row refers to it
+        except OSError as exc:  # disk full, read-only folder ...: say so, store nothing
+            raise _media_write_error(exc) from exc
 
         def insert() -> int:
             now = _now()
@@ -671,7 +768,7 @@ class CorrectionStore:
                 s.flush()
                 return row.id
 
-        return self._retry(insert)
+        return self._retry_write(insert)
 
     def _insert_media(self, s: Session, clip: _Clip, rel: str, now: datetime) -> None:
         values = dict(sha256=clip.sha256, path=rel, duration=clip.duration,
@@ -691,6 +788,7 @@ class CorrectionStore:
     def update(self, cid: int, *, label: Any = _UNSET, note: Any = _UNSET,
                transcript: Any = _UNSET, annotator: Any = _UNSET) -> "Record":
         """Change fields of an existing correction (only those given); bumps updated_at."""
+        self._check_writable()
         changes: dict[str, Any] = {}
         if label is not _UNSET:
             changes["label"] = self._check_label(label)
@@ -710,7 +808,7 @@ class CorrectionStore:
                     setattr(row, k, v)
                 row.updated_at = _now()
 
-        self._retry(apply)
+        self._retry_write(apply)
         rec = self.get(cid)
         assert rec is not None
         return rec
@@ -852,10 +950,13 @@ class CorrectionStore:
     def import_csv(self, path: Union[str, os.PathLike], annotator: Optional[str] = None) -> ImportResult:
         """Add corrections from a manifest CSV with rows ``path,label[,transcript][,annotator]``.
 
-        A header row is optional (recognised when its first cell is "path"/"media_path"/"file";
-        named columns may then come in any order). Relative audio paths are resolved against the
-        CSV's folder. `annotator` is used for rows without one. Bad rows are skipped and reported:
-        returns ImportResult(imported, errors) with errors like "line 3: file not found: ...".
+        A header row is optional (recognised when its first cell is "path"/"media_path"/"file",
+        or when it names a path column and a "label" column; named columns may then come in any
+        order). A CSV written by `export` is read back as it was written: its formula guard
+        quotes are removed and the model's prediction columns are kept. Relative audio paths
+        are resolved against the CSV's folder. `annotator` is used for rows without one. Bad
+        rows are skipped and reported: returns ImportResult(imported, errors) with errors like
+        "line 3: file not found: ...".
         """
         path = Path(path)
         try:
@@ -867,19 +968,24 @@ class CorrectionStore:
         with f:
             reader = csv.reader(f)
             columns: Optional[dict[str, int]] = None
+            exported = False
             for row in reader:
                 line = reader.line_num
                 if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
                     continue
-                if columns is None and imported == 0 and not errors and \
-                        row[0].strip().lower() in ("path", "media_path", "file", "audio"):
-                    names = [c.strip().lower() for c in row]
+                lowered = [c.strip().lower() for c in row]
+                if columns is None and imported == 0 and not errors and (
+                        lowered[0] in _PATH_COLUMNS or
+                        ("label" in lowered and set(lowered) & set(_PATH_COLUMNS))):
+                    names = lowered
+                    exported = {"id", "media_sha256", "label"} <= set(names)
                     columns = {}
                     for want, aliases in (("path", ("path", "media_path", "file", "audio")),
                                           ("label", ("label",)),
                                           ("transcript", ("transcript", "transcript_corrected")),
                                           ("annotator", ("annotator",)), ("note", ("note",)),
-                                          ("start", ("start",)), ("end", ("end",))):
+                                          ("start", ("start",)), ("end", ("end",)),
+                                          *((k, (k,)) for k in _PREDICTION_COLUMNS)):
                         for a in aliases:
                             if a in names:
                                 columns[want] = names.index(a)
@@ -895,7 +1001,10 @@ class CorrectionStore:
                     i = columns.get(name)  # type: ignore[union-attr]
                     if i is None or i >= len(row):
                         return None
-                    return row[i] if row[i].strip() else None
+                    value = row[i]
+                    if exported and value.startswith("'") and _formula_like(value[1:]):
+                        value = value[1:]  # undo export()'s formula guard
+                    return value if value.strip() else None
 
                 try:
                     audio = cell("path")
@@ -905,9 +1014,15 @@ class CorrectionStore:
                     audio_path = Path(audio.strip()).expanduser()
                     if not audio_path.is_absolute():
                         audio_path = base / audio_path
+                    prediction = None
+                    if any(cell(k) is not None for k in _PREDICTION_COLUMNS):
+                        prediction = {k: _loads(cell(k)) if k.startswith("prob_") else cell(k)
+                                      for k in _PREDICTION_COLUMNS}
+                        prediction["label"] = prediction.pop("predicted_label")
+                        prediction["transcript"] = prediction.pop("transcript_shown")
                     self.add(audio_path, label.strip(), annotator=cell("annotator") or annotator,
                              transcript=cell("transcript"), note=cell("note"),
-                             start=cell("start"), end=cell("end"))
+                             start=cell("start"), end=cell("end"), prediction=prediction)
                     imported += 1
                 except (EmodemoError, OSError) as exc:
                     errors.append(f"line {line}: {exc}")

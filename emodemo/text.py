@@ -81,4 +81,9 @@ def clean_text(text: Optional[str | bytes]) -> str:
         return ""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    return " ".join(str(text).split())
+    text = str(text)
+    try:  # lone surrogates (undecodable argv bytes) would crash the tokenizer
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", errors="surrogatepass")
+    return " ".join(raw.decode("utf-8", errors="replace").split())

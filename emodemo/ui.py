@@ -22,13 +22,12 @@ hash). The UI's own events are private.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import logging
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -152,24 +151,22 @@ def _ok(msg_md: str) -> str:
 
 def probe_duration(path: str | os.PathLike) -> Optional[float]:
     """Duration in seconds from the file header (soundfile, else ffprobe), without decoding;
-    None when it cannot be told cheaply."""
-    try:
-        import soundfile as sf
-        info = sf.info(str(path))
-        if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - not a soundfile format: try ffprobe
-        pass
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return None
-    try:
-        out = subprocess.run([ffprobe, "-v", "error", "-show_entries", "format=duration",
-                              "-of", "default=noprint_wrappers=1:nokey=1", str(path)],
-                             capture_output=True, text=True, timeout=30)
-        return float(out.stdout.strip().splitlines()[0])
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
-        return None
+    None when it cannot be told cheaply (see `emodemo.audio.probe_duration`)."""
+    return A.probe_duration(path)
+
+
+def clean_input_text(value: Any) -> str:
+    """Text from a browser or API caller as a plain str: bytes decoded leniently, lone
+    surrogates (JSON "\\ud800", undecodable argv) replaced by U+FFFD (tokenizers reject them)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    value = str(value)
+    try:  # undecodable bytes smuggled in as U+DC80..U+DCFF (surrogateescape): one U+FFFD each
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # other lone surrogates
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _guard(msg_key: str):
@@ -226,9 +223,8 @@ class Handlers:
     def fusion(self, audio_weight: Optional[float] = None) -> LateFusion:
         base = self.rec.fusion
         if audio_weight is None:
-            return LateFusion(base.audio_weight, base.mode, base.sharpness)
-        w = float(np.clip(float(audio_weight), 0.0, 1.0))
-        return LateFusion(w, base.mode, base.sharpness)
+            return dataclasses.replace(base)
+        return dataclasses.replace(base, audio_weight=float(np.clip(float(audio_weight), 0.0, 1.0)))
 
     def _vec(self, probs: Optional[Mapping[str, float]]) -> Optional[np.ndarray]:
         if probs is None:
@@ -278,7 +274,7 @@ class Handlers:
                 raise EmodemoError("the audio input has no file path")
         if isinstance(audio, tuple):
             import soundfile as sf
-            wav = A.load_audio(audio)
+            wav = A.load_audio(audio, max_duration=self.limits.max_duration + 1)
             self._prune("mic-*.wav", 24 * 3600)
             fd, tmp = tempfile.mkstemp(prefix="mic-", suffix=".wav", dir=self.work_dir)
             os.close(fd)
@@ -313,7 +309,8 @@ class Handlers:
     def _load(self, audio: Any) -> tuple[str, np.ndarray]:
         path = self._audio_path(audio)
         self._check_file(path)
-        wav = A.load_audio(path)  # AudioError with a readable message
+        # AudioError with a readable message; never decodes past the duration limit
+        wav = A.load_audio(path, max_duration=self.limits.max_duration + 1)
         dur = wav.size / A.SAMPLE_RATE
         if dur > self.limits.max_duration + 1:
             raise EmodemoError(self._too_long(dur))
@@ -463,7 +460,7 @@ class Handlers:
         """Re-run only the text branch on an edited transcript, then re-fuse (no ASR, no audio)."""
         if not state:
             raise EmodemoError("Analyse a clip first; then you can edit its transcript.")
-        text = "" if transcript is None else str(transcript)
+        text = clean_input_text(transcript)
         if len(text) > self.limits.max_text_chars:
             raise EmodemoError(f"The transcript is too long ({len(text)} characters; the limit "
                                f"is {self.limits.max_text_chars}).")
@@ -521,15 +518,16 @@ class Handlers:
         for name, value, limit in (("transcript", transcript, self.limits.max_text_chars),
                                    ("note", note, self.limits.max_text_chars),
                                    ("annotator", annotator, self.limits.max_annotator_chars)):
-            if value is not None and len(str(value)) > limit:
-                raise EmodemoError(f"The {name} is too long ({len(str(value))} characters; the "
+            n = len(clean_input_text(value)) if value is not None else 0
+            if n > limit:
+                raise EmodemoError(f"The {name} is too long ({n} characters; the "
                                    f"limit is {limit}).")
 
     @staticmethod
     def _blank_none(value: Any) -> Optional[str]:
         if value is None:
             return None
-        s = str(value)
+        s = clean_input_text(value)
         return s if s.strip() else None
 
     @_guard("correct_msg")
@@ -622,8 +620,9 @@ class Handlers:
                     progress: Optional[Callable] = None) -> dict:
         """JSON prediction for API callers. Raises EmodemoError (message only) for bad input.
         An empty transcript means: transcribe with ASR."""
-        if transcript is not None and len(str(transcript)) > self.limits.max_text_chars:
-            raise EmodemoError(f"The transcript is too long ({len(str(transcript))} characters; "
+        transcript = None if transcript is None else clean_input_text(transcript)
+        if transcript is not None and len(transcript) > self.limits.max_text_chars:
+            raise EmodemoError(f"The transcript is too long ({len(transcript)} characters; "
                                f"the limit is {self.limits.max_text_chars}).")
         path, wav = self._load(audio)
         text = self._blank_none(transcript)

@@ -130,8 +130,10 @@ def test_upload_rerun_correct_in_browser(server, driver):
 
     # the fusion slider re-fuses live
     slider = el("#emodemo-weight input[type=range]")
-    slider.send_keys(Keys.RIGHT)
-    wait.until(lambda _: "audio weight 0.55" in text("#emodemo-summary"))
+    start = float(slider.get_attribute("value"))
+    slider.send_keys(Keys.LEFT)                    # one 0.05 step towards the text branch
+    moved = f"audio weight {start - 0.05:.2f}"
+    wait.until(lambda _: moved in text("#emodemo-summary"))
 
     # edit the transcript (with markup, which must show as text) and re-run the text branch
     box = el("#emodemo-transcript textarea")

@@ -7,7 +7,7 @@ from conftest import ROOT
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "emodemo", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=ROOT, timeout=900)
 
 
 def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):

@@ -39,3 +39,37 @@ def test_fit_fusion_prefers_the_informative_branch():
 def test_bad_mode_rejected():
     with pytest.raises(ValueError):
         LateFusion.from_config({"mode": "magic"})
+
+
+def test_evidence_mode_treats_neutral_as_absence_of_evidence():
+    labels = ["neutral", "happy", "angry"]
+    angry_voice = np.array([0.05, 0.15, 0.80])
+    neutral_words = np.array([0.90, 0.05, 0.05])
+    flat_voice = np.array([0.85, 0.10, 0.05])
+    angry_words = np.array([0.10, 0.05, 0.85])
+    fus = LateFusion(0.5, "evidence", 1.0, neutral_index=0)
+    assert labels[fus(angry_voice, neutral_words).argmax()] == "angry"      # sentence says nothing
+    assert labels[fus(flat_voice, angry_words).argmax()] == "angry"         # voice says nothing
+    assert labels[fus(flat_voice, neutral_words).argmax()] == "neutral"     # neither does
+    assert np.allclose(fus(angry_voice, None), angry_voice)
+    out = fus(np.array([[0.2, 0.5, 0.3]] * 3), np.array([[0.6, 0.2, 0.2]] * 3))
+    assert out.shape == (3, 3) and np.allclose(out.sum(1), 1.0)
+    # the linear mix of the same pair is pulled to neutral: the failure mode evidence avoids
+    assert labels[LateFusion(0.4, "linear")(angry_voice, neutral_words).argmax()] == "neutral"
+
+
+def test_fit_fusion_with_groups_protects_the_worst_set():
+    rng = np.random.default_rng(1)
+    n = 200
+    y = rng.integers(1, 4, n)                                  # emotional classes only
+    onehot = np.eye(4)[y] * 0.7 + 0.075
+    neutralish = np.tile([0.85, 0.05, 0.05, 0.05], (n, 1))
+    # set A: audio knows, text says neutral; set B: text knows, audio says neutral
+    pa = np.concatenate([onehot, neutralish])
+    pt = np.concatenate([neutralish, onehot])
+    yy = np.concatenate([y, y])
+    groups = np.array([0] * n + [1] * n)
+    fus, worst = fit_fusion(pa, pt, yy, groups=groups)
+    assert fus.mode == "evidence" and worst == pytest.approx(1.0)
+    for g in (0, 1):
+        assert (fus(pa[groups == g], pt[groups == g]).argmax(1) == yy[groups == g]).all()
