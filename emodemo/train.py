@@ -759,9 +759,10 @@ def recipe_card(bcfg: dict, report: dict, size: int, cfg: dict) -> str:
         b = json.loads(Path(cfg["baseline"]).read_text())
         base = (f"\n## Compared with the previous (frozen-backbone) bundle\n"
                 f"| | frozen heads (v1) | this bundle |\n|---|---|---|\n"
-                f"| audio UA, RAVDESS val actors | {b['speech_val']['UA']:.3f} | {sv['UA']:.3f} |\n"
-                f"| audio WA, RAVDESS val actors | {b['speech_val']['WA']:.3f} | {sv['WA']:.3f} |\n"
-                f"| text macro-F1, GoEmotions dev | {b['text_dev']['macro_F1']:.3f} | {td['macro_F1']:.3f} |\n")
+                f"| audio UA, speech validation set (v1: RAVDESS 17–20; this: `{sc['val']}`) | {b['speech_val']['UA']:.3f} | {sv['UA']:.3f} |\n"
+                + "".join(f"| audio UA, `{s}` | {b['speech_val']['UA']:.3f} | {v['audio_UA']:.3f} |\n"
+                          for s, v in report["fusion"]["per_set"].items() if s.startswith("ravdess"))
+                + f"| text macro-F1, GoEmotions dev | {b['text_dev']['macro_F1']:.3f} | {td['macro_F1']:.3f} |\n")
     return f"""---
 license: cc-by-nc-sa-4.0
 tags: [speech-emotion-recognition, text-emotion, multimodal, late-fusion]
