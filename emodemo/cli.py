@@ -1,4 +1,4 @@
-"""Command line: `python -m emodemo {predict,train,evaluate,finetune,corrections} ...`."""
+"""Command line: `python -m emodemo {predict,train,evaluate,iemocap,finetune,corrections} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     ie.add_argument("--config", default=None, help="JSON file overriding the recipe")
     ie.add_argument("--out", default="runs/iemocap")
     ie.set_defaults(func=cmd_iemocap)
+    sub.add_parser("finetune", help="fine-tune a new bundle from the stored corrections "
+                   "(python -m emodemo finetune --help)", add_help=False)
     co = sub.add_parser("corrections", help="list, export, import the corrections store",
                         add_help=False)
     co.set_defaults(func=None)
@@ -151,5 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "corrections":
         from .store import main_corrections
         return main_corrections(argv[1:])
+    if argv and argv[0] == "finetune":
+        from .finetune import main_finetune
+        return main_finetune(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -25,7 +25,8 @@ class LateFusion:
     probabilities) does not drag the result.
     mode 'evidence': 'neutral' is treated as the absence of emotional evidence, not as evidence
     of its own. The fused neutral probability is the weighted geometric mean of the branches'
-    neutral probabilities (both must find nothing), raised to `sharpness`; the rest is split
+    neutral probabilities (both must find nothing; `sharpness` > 1 lowers it further where they
+    disagree, 0 gives their weighted mean); the rest is split
     over the emotions in proportion to a·p_audio + t·p_text. A neutral sentence ("Kids are
     talking by the door") therefore cannot pull an angry voice to neutral, and a flat voice
     cannot pull angry words to neutral.
@@ -60,7 +61,10 @@ class LateFusion:
         k, w = self.neutral_index, self.audio_weight
         na = np.clip(p_audio[..., k], 1e-9, 1.0)
         nt = np.clip(p_text[..., k], 1e-9, 1.0)
-        neutral = (na ** w * nt ** (1.0 - w)) ** self.sharpness
+        lin = w * na + (1.0 - w) * nt
+        # geometric mean of the neutral probabilities, pushed further down by `sharpness` when the
+        # branches disagree; equals the chosen branch's neutral probability at w = 0 or 1
+        neutral = lin * ((na ** w * nt ** (1.0 - w)) / lin) ** self.sharpness
         emo = w * p_audio + (1.0 - w) * p_text
         emo[..., k] = 0.0
         emo = emo / np.clip(emo.sum(-1, keepdims=True), 1e-12, None)
@@ -93,21 +97,27 @@ def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
     """Grid-search mode, audio weight and sharpness for the best UA on paired validation data.
 
     With `groups` (one id per row, e.g. the data set it came from) the score is the *worst*
-    group's UA, so one kind of data cannot buy accuracy at another's expense.
+    group's UA, so one kind of data cannot buy accuracy at another's expense. Scores are
+    averaged over neighbouring audio weights before choosing, so a narrow spike that fits the
+    validation data by luck loses to a broad optimum. Returns (fusion, its unsmoothed score).
     """
-    best, best_ua = LateFusion(), -1.0
     n_classes = p_audio.shape[1]
     gids = [None] if groups is None else sorted(set(groups))
+    weights = np.round(np.linspace(0.0, 1.0, 21), 3)
+    best, best_key = LateFusion(), (-1.0, -1.0)
     for mode in modes:
         if mode == "evidence" and not 0 <= neutral_index < n_classes:
             continue
-        for w in np.linspace(0.0, 1.0, 21):
-            for sharp in ((1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0)):
-                fus = LateFusion(float(round(w, 3)), mode, sharp, neutral_index)
+        for sharp in ((1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0)):
+            fusions = [LateFusion(float(w), mode, sharp, neutral_index) for w in weights]
+            raw = []
+            for fus in fusions:
                 pred = fus(p_audio, p_text).argmax(1)
-                ua = min(unweighted_accuracy(y if g is None else y[groups == g],
-                                             pred if g is None else pred[groups == g], n_classes)
-                         for g in gids)
-                if ua > best_ua + 1e-9:
-                    best, best_ua = fus, ua
-    return best, best_ua
+                raw.append(min(unweighted_accuracy(y if g is None else y[groups == g],
+                                                   pred if g is None else pred[groups == g], n_classes)
+                               for g in gids))
+            for i, fus in enumerate(fusions):
+                key = (float(np.mean(raw[max(0, i - 1): i + 2])), raw[i])
+                if key > best_key:
+                    best, best_key = fus, key
+    return best, best_key[1]

@@ -73,3 +73,11 @@ def test_fit_fusion_with_groups_protects_the_worst_set():
     assert fus.mode == "evidence" and worst == pytest.approx(1.0)
     for g in (0, 1):
         assert (fus(pa[groups == g], pt[groups == g]).argmax(1) == yy[groups == g]).all()
+
+
+@pytest.mark.parametrize("mode", ["linear", "confidence", "evidence"])
+def test_slider_extremes_select_one_branch(mode):
+    pa, pt = np.array([0.3, 0.5, 0.2]), np.array([0.6, 0.1, 0.3])
+    for sharp in (0.5, 1.0, 2.0):
+        assert np.allclose(LateFusion(1.0, mode, sharp)(pa, pt), pa, atol=1e-6)
+        assert np.allclose(LateFusion(0.0, mode, sharp)(pa, pt), pt, atol=1e-6)
