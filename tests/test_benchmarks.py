@@ -1,0 +1,129 @@
+"""Smoke tests for benchmarks/run.py: tiny pieces of the benchmark code, no timing asserts."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("emodemo_benchmarks_run", ROOT / "benchmarks" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stat(x: float) -> dict:
+    return {"median": x, "min": x, "max": x, "n": 1, "runs": [x]}
+
+
+def fake_results(bench) -> dict:
+    """A results dict with every section, shaped like run() writes it."""
+    lat = [{"seconds": s, "transcript_words": 3, "audio": _stat(0.01 * s), "asr": _stat(0.3), "text": _stat(0.02),
+            "fusion": _stat(2e-5), "e2e": _stat(0.35 + 0.01 * s), "e2e_audio_only": _stat(0.012 * s),
+            "rtf": (0.35 + 0.01 * s) / s, "rtf_audio_only": 0.012} for s in (1.0, 5.0)]
+    peers = [{"seconds": 5.0, "timings": {"ours": _stat(0.05), "wav2vec2-base": _stat(0.9), "hubert-base": _stat(1.0),
+                                          "wespeaker-resnet34": _stat(0.2)},
+              "ratio": {"wav2vec2-base": 18.0, "hubert-base": 20.0, "wespeaker-resnet34": 4.0}}]
+    long = [{"minutes": m, "asr": False, "segments": 7 * m, "seconds": 1.2 * m, "rtf": 0.02, "rss_before_mb": 700.0,
+             "rss_peak_mb": 720.0 + m, "growth_mb": 20.0 + m, "audio_mb": 1.83 * m, "torch_threads": 2}
+            for m in (1, 10)]
+    long.append({**long[-1], "threads": 1, "rtf": 0.5, "torch_threads": 1})     # not the target row
+    return {"mode": "quick", "bundle": "/tmp/b", "bundle_note": "test",
+            "machine": {"date": "2026-01-01 00:00 UTC", "cpu": "Test CPU", "cores": 2, "torch": "2.x",
+                        "torch_threads": 2, "asr_threads": 2, "ctranslate2": "4", "contention": ["123 python x"],
+                        "load_avg_start": [1.0, 1.0, 1.0]},
+            "latency": lat, "peers": peers, "peer_params": {"ours": 1e6, "wav2vec2-base": 9.5e7},
+            "whatif": [{"seconds": 5.0, "timings": {"audio_t2": _stat(0.05), "audio_t1": _stat(0.04)}}],
+            "long_audio": long,
+            "cold_start": {"to_first_prediction": _stat(8.0), "breakdown": {"import": 2.0, "load": 3.0,
+                                                                            "first_predict": 3.0}},
+            "serving": {"n": 3, "rss_after_load_mb": 700.0, "maxrss_mb": 1000.0, "predict": _stat(0.4)},
+            "cli": [{"clips": 10, "asr": False, "threads": "default", "total_s": 5.0, "startup_s": 4.0,
+                     "clips_per_s_total": 2.0, "clips_per_s_steady": 60.0},
+                    {"clips": 10, "asr": False, "threads": 1, "total_s": 5.0, "startup_s": 4.0,
+                     "clips_per_s_total": 2.0, "clips_per_s_steady": 5.0},
+                    {"clips": 4, "asr": True, "threads": "default", "total_s": 9.0, "startup_s": 5.0,
+                     "clips_per_s_total": 0.4, "clips_per_s_steady": 1.0}]}
+
+
+def test_timeit_runs_warmup_plus_reps(bench):
+    calls = []
+    r = bench.timeit(lambda: calls.append(1), reps=1, warmup=1)
+    assert len(calls) == 2 and r["n"] == 1 and r["median"] >= 0 and len(r["runs"]) == 1
+    order = []
+    t = bench.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, reps=2, warmup=0)
+    assert order == ["a", "b", "a", "b"] and set(t) == {"a", "b"} and t["a"]["n"] == 2
+
+
+def test_clip_trims_and_tiles(bench):
+    corpus = np.arange(3 * SR, dtype=np.float32)
+    c = bench.clip(corpus, 1.0, 0.5)
+    assert c.size == SR and c[0] == SR // 2
+    long = bench.clip(corpus, 7.0, 2.0)          # longer than the corpus: wraps around
+    assert long.size == 7 * SR and long[SR] == 0 and long.flags["C_CONTIGUOUS"]
+
+
+def test_espeak_sentence_is_16k_speech(bench):
+    wav = bench.espeak("Hello there, how are you?")
+    assert wav.dtype == np.float32 and 0.5 < wav.size / SR < 4.0
+    assert np.abs(wav).max() > 0.05
+
+
+def test_targets_use_default_thread_rows(bench):
+    t = bench.evaluate_targets(fake_results(bench))
+    assert t["e2e_5s"]["value"] == pytest.approx(0.4) and t["e2e_5s"]["met"] is True
+    assert t["audio_vs_wav2vec2"]["met"] is True
+    assert t["long_rtf"]["value"] == pytest.approx(0.02)            # the 10-min default-thread row
+    assert t["long_flat_mb"]["value"] == pytest.approx(30.0 - 18.3)
+    assert t["cli_audio"]["value"] == 60.0                           # not the 1-thread or ASR row
+    assert t["serve_rss"]["met"] is True and t["cold_start"]["met"] is True
+    empty = bench.evaluate_targets({})
+    assert all(v["value"] is None and v["met"] is None for v in empty.values())
+
+
+def test_markdown_tables_and_readme_block(bench, tmp_path):
+    md = bench.render_markdown(fake_results(bench))
+    for needle in ("| target | goal | measured | met |", "Latency per clip", "| 5 s |", "wav2vec2-base",
+                   "What-if", "Long audio", "| 10 min |", "cold start", "Batch CLI", "Test CPU",
+                   "CPU-heavy processes"):
+        assert needle in md, needle
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Bench\n\nintro\n\n{bench.README_START}\nold table\n{bench.README_END}\n\n## Findings\nkept\n")
+    bench.update_readme(md, readme)
+    bench.update_readme(md, readme)                                   # idempotent
+    text = readme.read_text()
+    assert "old table" not in text and text.count("| target | goal |") == 1
+    assert text.startswith("# Bench\n\nintro") and text.rstrip().endswith("kept")
+
+
+def test_peak_rss_sees_an_allocation(bench):
+    with bench.PeakRSS() as m:
+        a = np.ones(8_000_000)            # 64 MB, touched
+        a.sum()
+        del a
+    assert m.method in ("VmHWM", "sampling") and m.peak >= m.start + 40
+
+
+def test_peer_comparison_with_tiny_models(bench):
+    peers = bench.build_peers(small=True)
+    assert set(peers) == {"wav2vec2-base", "hubert-base", "wespeaker-resnet34"}
+    wav = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
+    r = bench.compare_peers(lambda w: float(np.abs(w).sum()), peers, wav, reps=1)
+    assert r["seconds"] == 1.0 and set(r["ratio"]) == set(peers) and all(v > 0 for v in r["ratio"].values())
+
+
+def test_latency_row_one_repetition(bench, recognizer, speech_wav):
+    import soundfile as sf
+    wav, sr = sf.read(str(speech_wav), dtype="float32")
+    assert sr == SR
+    row = bench.latency(recognizer, wav[: 2 * SR], reps=1)
+    for k in ("audio", "asr", "text", "fusion", "e2e", "e2e_audio_only"):
+        assert row[k]["n"] >= 1 and row[k]["median"] >= 0
+    assert row["seconds"] == 2.0 and row["rtf"] > 0

@@ -1,0 +1,340 @@
+"""Fine-tuning from stored corrections: dataset rules, guards, dry run, the reference gate, and a
+tiny end-to-end adaptation on generated tones (pitch depends on the label)."""
+import hashlib
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SR, tone
+from emodemo.finetune import (Clip, TooFewCorrections, build_dataset, check_counts, finetune,
+                              format_summary, gate, main_finetune, next_version, split_clips)
+from emodemo.store import CorrectionStore
+
+LABELS3 = ["neutral", "happy", "sad"]
+PITCH = {"neutral": 150.0, "happy": 420.0, "sad": 260.0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A small 3-class bundle: real GE2E + MiniLM base weights, untrained small heads."""
+    import torch
+    torch.set_num_threads(1)
+    from emodemo.bundle import build_speech, build_text, default_config, save_bundle
+    torch.manual_seed(0)
+    cfg = default_config(LABELS3)
+    cfg["name"], cfg["version"] = "tiny", "1"
+    cfg["speech"]["hidden"] = 32
+    speech, text = build_speech(cfg), build_text(cfg)
+    return save_bundle(tmp_path_factory.mktemp("base") / "tiny", cfg, speech, text, card="tiny base\n")
+
+
+def wav(path: Path, label: str, j: int, seconds: float = 1.0) -> Path:
+    """A tone whose pitch encodes the label, varied a little per clip, with some noise."""
+    rng = np.random.default_rng(LABELS3.index(label) * 1000 + j)
+    x = tone(seconds + 0.05 * (j % 4), PITCH[label] * (1 + 0.03 * ((j % 5) - 2)))
+    x = x + 0.01 * rng.standard_normal(x.size).astype(np.float32)
+    sf.write(str(path), x, SR)
+    return path
+
+
+def clip_rec(sha, label, annotator=None, t=0, cid=None, start=None, end=None, transcript=None,
+             path="/nonexistent.wav", duration=2.0):
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return {"id": cid if cid is not None else t, "media_sha256": sha, "media_path": path, "label": label,
+            "annotator": annotator, "created_at": base + timedelta(seconds=t), "updated_at": None,
+            "start": start, "end": end, "duration": duration, "transcript_corrected": transcript}
+
+
+# ---- dataset rules ------------------------------------------------------------------------
+def test_dataset_rules_on_a_real_store(tmp_path):
+    store = CorrectionStore(f"sqlite:///{tmp_path}/c.db")
+    a = wav(tmp_path / "a.wav", "happy", 0, 2.0)
+    b = wav(tmp_path / "b.wav", "sad", 1)
+    c = wav(tmp_path / "c.wav", "neutral", 2)
+    d1 = wav(tmp_path / "d.wav", "sad", 3)
+    d2 = tmp_path / "copy of d.wav"
+    shutil.copy(d1, d2)                          # same bytes, another name: one hash
+    e = wav(tmp_path / "e.wav", "neutral", 4)
+    f = wav(tmp_path / "f.wav", "happy", 5)
+    g = wav(tmp_path / "g.wav", "happy", 6)
+    # A: majority happy 2:1; a whole-file span (0..duration) is the same clip as no span
+    store.add(a, "happy", annotator="ann1", transcript="what a lovely day")
+    store.add(a, "happy", annotator="ann2", start=0.0, end=2.0)
+    store.add(a, "sad", annotator="ann3", transcript="this is sad")
+    # A segment of A is a clip of its own
+    store.add(a, "neutral", annotator="ann1", start=0.5, end=1.5)
+    # B: tie 1:1 -> left out and reported
+    store.add(b, "happy", annotator="ann1")
+    store.add(b, "sad", annotator="ann2")
+    # C: majority "none of these" -> excluded
+    store.add(c, "none", annotator="ann1")
+    store.add(c, "none", annotator="ann2")
+    store.add(c, "neutral", annotator="ann3")
+    # D: the same audio under two file names -> merged into one clip with two votes
+    store.add(d1, "sad", annotator="ann1")
+    store.add(d2, "sad", annotator="ann2")
+    # E: ann1 changes their mind twice; only the latest label counts (sad 2:0, not a 2:2 tie)
+    store.add(e, "happy", annotator="ann1")
+    store.add(e, "happy", annotator="ann1")
+    store.add(e, "sad", annotator="ann1")
+    store.add(e, "sad", annotator="ann2")
+    # F: anonymous corrections count as separate annotators (happy 2:1)
+    store.add(f, "happy")
+    store.add(f, "happy")
+    store.add(f, "sad", annotator="ann1")
+    # G: a label the 3-class bundle does not know
+    store.add(g, "angry", annotator="ann1")
+    # an edit later on (update) is the annotator's latest label too
+    cid = store.add(g, "angry", annotator="ann2", start=0.1, end=0.9)
+    store.update(cid, label="happy")
+    recs = store.corrections()
+    store.close()
+
+    ds = build_dataset(recs, LABELS3)
+    h = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    by = {(c.media_sha256, c.start, c.end): c for c in ds.clips}
+    assert len(ds.clips) == 6, sorted(by)
+    ca = by[(h(a), None, None)]
+    assert ca.label == "happy" and len(ca.votes) == 3 and ca.n_corrections == 3
+    assert ca.transcript == "what a lovely day"      # from an annotator who voted for the winner
+    seg = by[(h(a), 0.5, 1.5)]
+    assert seg.label == "neutral" and seg.votes == {"ann1": "neutral"}
+    d = by[(h(d1), None, None)]                       # duplicate audio: one clip, two votes
+    assert d.label == "sad" and d.votes == {"ann1": "sad", "ann2": "sad"} and d.n_corrections == 2
+    e_clip = [c for c in ds.clips if c.n_corrections == 4]
+    assert len(e_clip) == 1 and e_clip[0].label == "sad" and e_clip[0].votes == {"ann1": "sad", "ann2": "sad"}
+    f_clip = [c for c in ds.clips if sum(1 for k in c.votes if k.startswith("(anonymous")) == 2]
+    assert len(f_clip) == 1 and f_clip[0].label == "happy" and len(f_clip[0].votes) == 3
+    g_seg = [c for c in ds.clips if c.start == 0.1]
+    assert len(g_seg) == 1 and g_seg[0].label == "happy"
+    assert len(ds.ties) == 1 and ds.ties[0]["votes"] == {"happy": 1, "sad": 1}
+    assert len(ds.excluded["none"]) == 1 and ds.excluded["none"][0]["votes"] == {"none": 2, "neutral": 1}
+    assert [x["label"] for x in ds.excluded["unknown_label"]] == ["angry"]
+    assert not ds.excluded["missing_audio"]
+    s = ds.summary()
+    assert s["corrections"] == len(recs) == 20
+    assert s["per_class"] == {"happy": 3, "sad": 2, "neutral": 1}
+    assert s["per_annotator"]["(anonymous)"] == 2 and s["per_annotator"]["ann1"] == 8
+    assert s["agreement"]["ties"] == 1 and s["agreement"]["unanimous"] == 2
+    text = format_summary(s)
+    for needle in ("per class:", "happy 3", "per annotator:", "ties (left out): 1", "unknown label 'angry'",
+                   "none 1"):
+        assert needle in text, needle
+
+
+def test_dataset_rules_pure():
+    recs = [clip_rec("s1", "happy", "x", 1), clip_rec("s1", "sad", "x", 2),        # x: latest = sad
+            clip_rec("s1", "happy", "y", 3),                                     # tie sad:happy
+            clip_rec("s2", "HAPPY", "x", 4), clip_rec("s2", "happy", "y", 5),   # case-insensitive
+            clip_rec("s3", "none", "x", 6), clip_rec("s3", "sad", None, 7),     # tie none:sad
+            clip_rec("s4", "sad", "x", 8, start=0.0, end=2.0), clip_rec("s4", "sad", "y", 9),
+            clip_rec("s5", "neutral", "x", 10, start=0.501, end=1.0), clip_rec("s5", "neutral", "y", 11, start=0.5, end=1.0)]
+    ds = build_dataset(recs, LABELS3, check_files=False)
+    labels = {(c.media_sha256, c.start): c.label for c in ds.clips}
+    assert labels == {("s2", None): "happy", ("s4", None): "sad", ("s5", 0.5): "neutral"}
+    assert {t["media_sha256"] for t in ds.ties} == {"s1", "s3"}
+    assert ds.newest == datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=11)
+    # missing audio is reported when files are checked
+    ds2 = build_dataset(recs, LABELS3, check_files=True)
+    assert not ds2.clips and len(ds2.excluded["missing_audio"]) == 3
+
+
+def test_split_is_stratified_grouped_and_deterministic():
+    clips = []
+    for lab, n in (("neutral", 8), ("happy", 4), ("sad", 3)):
+        for j in range(n):
+            clips.append(Clip(f"{lab}{j}", "/x", None, None, lab))
+    # two segments of one recording must stay on the same side
+    clips += [Clip("rec", "/x", 0.0, 1.0, "happy"), Clip("rec", "/x", 1.0, 2.0, "happy")]
+    tr, va = split_clips(clips, 0.25, seed=1)
+    assert len(tr) + len(va) == len(clips) and not {id(c) for c in tr} & {id(c) for c in va}
+    cnt = {l: sum(c.label == l for c in va) for l in LABELS3}
+    assert cnt == {"neutral": 2, "happy": 2, "sad": 1}
+    assert len({c.media_sha256 == "rec" and c in va for c in clips if c.media_sha256 == "rec"}) == 1
+    assert [c.id for c in split_clips(clips, 0.25, seed=1)[1]] == [c.id for c in va]
+    assert [c.id for c in split_clips(clips, 0.25, seed=2)[1]] != [c.id for c in va]
+    # by speaker when it is known
+    spk = [Clip(f"m{j}", "/x", None, None, "happy" if j % 2 else "sad", speaker=f"s{j % 3}") for j in range(12)]
+    tr, va = split_clips(spk, 0.3, seed=0)
+    assert not {c.speaker for c in tr} & {c.speaker for c in va}
+
+
+def test_guard_message_and_version():
+    recs = [clip_rec(f"h{j}", "happy", "x", j) for j in range(5)] + \
+           [clip_rec(f"s{j}", "sad", "x", 10 + j) for j in range(2)] + [clip_rec("t", "neutral", "x", 20),
+                                                                        clip_rec("t", "sad", "y", 21)]
+    ds = build_dataset(recs, LABELS3, check_files=False)
+    with pytest.raises(TooFewCorrections) as ei:
+        check_counts(ds, 3)
+    msg = str(ei.value)
+    assert "too few corrections" in msg and "at least 3 clips per class" in msg
+    assert "happy 5" in msg and "sad 2" in msg and "1 tied" in msg and "--min-per-class" in msg
+    clips, too_few = check_counts(ds, 2)
+    assert too_few == {} and len(clips) == 7
+    clips, too_few = check_counts(build_dataset(recs + [clip_rec("n", "neutral", "x", 30)], LABELS3,
+                                                check_files=False), 2)
+    assert too_few == {"neutral": 1} and {c.label for c in clips} == {"happy", "sad"}
+    assert next_version("2") == "2.ft1" and next_version("2.ft1") == "2.ft2" and next_version(None) == "0.ft1"
+
+
+def test_gate_logic():
+    m = lambda a, f: {"audio": {"UA": a, "n": 10}, "fused": {"UA": f, "n": 10}}  # noqa: E731
+    ok = gate({"ref": {"before": m(0.60, 0.60), "after": m(0.59, 0.61)}}, 0.02)
+    assert ok["passed"] and ok["write"] and not ok["failures"]
+    bad = gate({"ref": {"before": m(0.60, 0.60), "after": m(0.55, 0.61)}}, 0.02)
+    assert not bad["passed"] and not bad["write"] and "audio UA 0.550" in bad["failures"][0]
+    forced = gate({"ref": {"before": m(0.60, 0.60), "after": m(0.55, 0.61)}}, 0.02, force=True)
+    assert forced["write"] and forced["forced"]
+    assert gate({}, 0.02)["write"]
+
+
+# ---- store-driven runs --------------------------------------------------------------------
+def make_store(tmp_path: Path, n_per_class: int = 6, transcripts: bool = True) -> str:
+    url = f"sqlite:///{tmp_path}/corrections.db"
+    words = {"neutral": "the report is on the table", "happy": "I am so glad and happy",
+             "sad": "I feel so sad and lonely"}
+    audio = tmp_path / "audio"
+    audio.mkdir(exist_ok=True)
+    with CorrectionStore(url) as store:
+        for lab in LABELS3:
+            for j in range(n_per_class):
+                p = wav(audio / f"{lab}_{j}.wav", lab, j)
+                store.add(p, lab, annotator=f"ann{j % 2}",
+                          transcript=f"{words[lab]} number {j}" if transcripts else None)
+    return url
+
+
+def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = make_store(tmp_path, 4)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = tmp_path / "models" / "new"
+    rc = main_finetune(["--db", url, "--base", str(tiny_bundle), "--out", str(out), "--dry-run"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "per class:" in cap.out and "neutral 4" in cap.out and "ann0" in cap.out
+    assert "split:" in cap.out and "nothing written" in cap.out
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # too few per class: a one-line message on stderr, exit code 2, nothing written
+    rc = main_finetune(["--db", url, "--base", str(tiny_bundle), "--out", str(out), "--min-per-class", "5"])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.startswith("error: too few corrections") and len(cap.err.strip().splitlines()) == 1
+    assert not out.exists()
+    # a dry run with too few still shows the summary, then the message
+    rc = main_finetune(["--db", url, "--base", str(tiny_bundle), "--dry-run", "--min-per-class", "5"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "per class:" in cap.out and "too few corrections" in cap.err
+    # bad usage
+    assert main_finetune(["--db", url, "--base", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+    assert main_finetune(["--db", f"sqlite:///{tmp_path}/missing.db", "--base", str(tiny_bundle),
+                          "--out", str(out)]) == 2
+    assert "no corrections database" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()
+    assert main_finetune(["--db", url, "--base", str(tiny_bundle)]) == 2
+    assert main_finetune(["--db", url, "--base", str(tiny_bundle), "--out", str(out),
+                          "--replay", "bogus:spec"]) == 2
+    assert "cannot read data spec" in capsys.readouterr().err and not out.exists()
+    assert main_finetune(["--db", url, "--base", str(tiny_bundle), "--out", str(tiny_bundle)]) == 2
+
+
+def test_cli_exit_code_when_worse_on_reference(monkeypatch, capsys, tiny_bundle, tmp_path):
+    import emodemo.finetune as ft
+    report = {"written": False, "metrics": {"heldout_corrections": {"before": {}, "after": {}},
+                                            "reference": {}},
+              "speech": {"updated": True}, "text": {"updated": False, "reason": "x"},
+              "fusion": {"refit": False},
+              "gate": {"passed": False, "forced": False, "failures": ["ref: audio UA 0.5 < base 0.6"]}}
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: report)
+    assert main_finetune(["--db", "x.db", "--base", str(tiny_bundle), "--out", str(tmp_path / "o")]) == 3
+    assert "not written: worse on the reference set" in capsys.readouterr().err
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(ft, "finetune", boom)
+    assert main_finetune(["--db", "x.db", "--base", str(tiny_bundle), "--out", str(tmp_path / "o")]) == 1
+    assert "disk on fire" in capsys.readouterr().err
+
+
+def _ua(rec, items) -> float:
+    from emodemo.train import metrics
+    y = [rec.labels.index(lab) for _, lab in items]
+    p = [int(np.argmax(rec.audio_proba(__import__("emodemo").audio.load_audio(str(path))))) for path, _ in items]
+    return metrics(y, p, len(rec.labels))["UA"]
+
+
+def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
+    """Corrections of pitch-coded tones teach an untrained head; the new bundle loads, beats the base on
+    other tones, has a lineage card; a worse reference blocks writing unless forced."""
+    import emodemo
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = make_store(tmp_path, 6)
+    # a segment correction: the store keeps start/end, finetune cuts the span out
+    long = wav(tmp_path / "long.wav", "happy", 9, 2.0)
+    with CorrectionStore(url) as s:
+        s.add(long, "happy", annotator="ann0", start=0.5, end=1.5)
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = ["path,label"]
+    held = []
+    for lab in LABELS3:
+        for j in range(10, 14):
+            p = wav(other / f"{lab}_{j}.wav", lab, j)
+            rows.append(f"{p.name},{lab}")
+            held.append((p, lab))
+    (other / "ref.csv").write_text("\n".join(rows) + "\n")
+    fractions = []
+    out = tmp_path / "models" / "tones-ft"
+    fast = {"speech": {"lr": 3e-3, "backbone_lr": 1e-4, "batch_size": 4, "patience": 10,
+                       "perturb": {}, "specaugment": None},
+            "text": {"epochs": 1, "batch_size": 8, "train_layers": 1}}
+    # the gate: injected reference metrics that are worse keep the bundle from being written
+    worse = {"ref": {"before": {"audio": {"UA": 0.9, "n": 12}}, "after": {"audio": {"UA": 0.5, "n": 12}}}}
+    rep = finetune(url, tiny_bundle, out, replay_spec=[], epochs=1, overrides=fast, reference_metrics=worse)
+    assert not rep["written"] and not out.exists() and rep["gate"]["failures"]
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+    rep = finetune(url, tiny_bundle, out, replay_spec=[], reference_spec=f"csv:{other / 'ref.csv'}",
+                   tolerance=1.0, epochs=6, overrides=fast, progress=lambda f, m: fractions.append((f, m)))
+    assert rep["written"], rep["gate"]
+    assert fractions[-1][0] == 1.0 and any(m.startswith("speech epoch 6/6") for _, m in fractions)
+    assert all(b >= a for (a, _), (b, _) in zip(fractions, fractions[1:]))
+    assert rep["dataset"]["clips"] == 19 and rep["speech"]["updated"]
+    assert any(Path(tmp_path / "cache").rglob("*.wav"))      # the segment was cut into the cache
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["name"] == "tones-ft" and cfg["version"] == "1.ft1"
+    lin = cfg["lineage"]
+    assert lin["base"]["name"] == "tiny" and lin["base"]["version"] == "1"
+    assert lin["corrections"]["clips_used"] == 19 and lin["corrections"]["per_class"]["happy"] == 7
+    assert lin["db"]["newest_correction"] and lin["db"]["snapshot_at"]
+    assert "before" in lin["metrics"]["heldout_corrections"]
+    card = (out / "README.md").read_text()
+    for needle in ("## Lineage", "`tiny` v1", "corrections used", "DB snapshot", "Metrics before / after",
+                   "CC BY-NC-SA 4.0", "license: cc-by-nc-sa-4.0"):
+        assert needle in card, needle
+    rec, base = emodemo.load_recognizer(out), emodemo.load_recognizer(tiny_bundle)
+    assert rec.version == "1.ft1" and rec.labels == LABELS3
+    p = rec.predict(str(held[0][0]), transcript="I am so glad and happy")
+    assert set(p.fused) == set(LABELS3) and p.text is not None
+    ua_new, ua_base = _ua(rec, held), _ua(base, held)
+    assert ua_new >= 0.75 and ua_new > ua_base + 0.2, (ua_base, ua_new)
+    ref = rep["metrics"]["reference"][f"csv:{other / 'ref.csv'}"]
+    assert ref["after"]["audio"]["UA"] == pytest.approx(ua_new, abs=0.09)
+    # an existing --out is not overwritten by accident
+    with pytest.raises(emodemo.EmodemoError, match="exists"):
+        finetune(url, tiny_bundle, out, replay_spec=[], epochs=1, overrides=fast)
