@@ -32,6 +32,7 @@ Design:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import hashlib
@@ -366,13 +367,15 @@ def _check_span(start: Any, end: Any, duration: Optional[float]) -> tuple[Option
     return s, e
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and os.replace."""
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: str = "wb", **kw: Any) -> Iterator[Any]:
+    """Open a temp file next to `path`; on success fsync it and os.replace it onto `path`,
+    on any error remove it, so `path` is either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -383,6 +386,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `_atomic_open`)."""
+    with _atomic_open(path) as f:
+        f.write(data)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -921,30 +930,19 @@ class CorrectionStore:
         kind = path.suffix.lower()
         if kind not in (".csv", ".jsonl", ".ndjson"):
             raise StoreError(f"cannot export to {path.name}: use a .csv or .jsonl file name")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=kind, dir=path.parent)
         n = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                if kind == ".csv":
-                    writer = csv.writer(f)
-                    writer.writerow(EXPORT_FIELDS)
-                    for rec in self._iter_records(self._select()):
-                        writer.writerow([_csv_cell(rec[k]) for k in EXPORT_FIELDS])
-                        n += 1
-                else:
-                    for rec in self._iter_records(self._select()):
-                        f.write(json.dumps({k: _json_value(rec[k]) for k in EXPORT_FIELDS},
-                                           ensure_ascii=False) + "\n")
-                        n += 1
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with _atomic_open(path, "w", encoding="utf-8", newline="") as f:
+            if kind == ".csv":
+                writer = csv.writer(f)
+                writer.writerow(EXPORT_FIELDS)
+                for rec in self._iter_records(self._select()):
+                    writer.writerow([_csv_cell(rec[k]) for k in EXPORT_FIELDS])
+                    n += 1
+            else:
+                for rec in self._iter_records(self._select()):
+                    f.write(json.dumps({k: _json_value(rec[k]) for k in EXPORT_FIELDS},
+                                       ensure_ascii=False) + "\n")
+                    n += 1
         return n
 
     def import_csv(self, path: Union[str, os.PathLike], annotator: Optional[str] = None) -> ImportResult:
