@@ -82,12 +82,12 @@ VOICES = [("en-us", 160), ("en-us+f3", 150), ("en-gb", 170), ("en-gb+m3", 155)]
 
 QUICK = dict(lengths=[1, 5], reps={1: 2, 5: 2, 15: 1, 60: 1}, peer_lengths=[5], peer_reps=2,
              whatif_lengths=[5], whatif_reps=1, batch_clips=8, wer_check=False, asr_1thread=False,
-             long_minutes=[1, 2], long_asr_minutes=[], long_threads1_minutes=[], cold_reps=1, serve_n=3,
+             long_minutes=[1, 2], long_asr_minutes=[], long_threads1_minutes=[], long_proposed_asr_minutes=[], cold_reps=1, serve_n=3,
              cli_clips=24, cli_asr_clips=0, cli_threads1=False)
 FULL = dict(lengths=[1, 5, 15, 60], reps={1: 9, 5: 7, 15: 5, 60: 3}, peer_lengths=[1, 5, 15],
             peer_reps=3, whatif_lengths=[1, 5], whatif_reps=5, batch_clips=32, wer_check=True,
             asr_1thread=True, long_minutes=[1, 5, 10], long_asr_minutes=[1, 10],
-            long_threads1_minutes=[10], cold_reps=3, serve_n=30, cli_clips=120, cli_asr_clips=20,
+            long_threads1_minutes=[10], long_proposed_asr_minutes=[10], cold_reps=3, serve_n=30, cli_clips=120, cli_asr_clips=20,
             cli_threads1=True)
 
 TARGETS = {
@@ -95,6 +95,7 @@ TARGETS = {
     "e2e_5s": ("end to end, 5-s clip (s)", "<=", 0.4),
     "audio_vs_wav2vec2": ("audio branch speed-up over wav2vec2-base, 5-s clip (x)", ">=", 10.0),
     "long_rtf": ("10-min file, audio-only timeline RTF", "<=", 0.1),
+    "long_rtf_asr": ("10-min file, timeline with ASR RTF", "<=", 0.1),
     "long_flat_mb": ("10-min file, peak memory growth beyond the decoded audio (MB)", "<=", 64.0),
     "cold_start": ("cold start to first prediction (s)", "<=", 10.0),
     "serve_rss": ("peak RSS while serving (MB)", "<=", 1536.0),
@@ -656,11 +657,17 @@ def memory_breakdown(path: str) -> dict:
     return out
 
 
-def child_long(bundle: str, audio: str, asr: bool, warm: str) -> dict:
-    """In a fresh process: load, warm up on a short file, then the whole file through the timeline."""
+def child_long(bundle: str, audio: str, asr: bool, warm: str, proposed: bool = False) -> dict:
+    """In a fresh process: load, warm up on a short file, then the whole file through the timeline.
+    `proposed`: with the proposed settings (torch 1 thread, re-applied after the ASR load, and the
+    clip-window ASR prototype)."""
     import soundfile as sf
     import torch
     rec = load(bundle)
+    if proposed:
+        if asr:
+            rec._asr = ClipWindowASR(rec.asr.model, rec.asr.language or "en")
+        torch.set_num_threads(1)
     rss_model = rss_mb()
     rec.predict_segments(warm, transcribe=asr)
     gc.collect()
@@ -737,14 +744,17 @@ def run_child(args: list[str], timeout: float = 600, threads: Optional[int] = No
 
 
 def long_audio(bundle: str, corpus: np.ndarray, minutes: Sequence[float], asr: bool, work: Path,
-               threads: Optional[int] = None) -> list[dict]:
+               threads: Optional[int] = None, proposed: bool = False) -> list[dict]:
     warm = write_wav(work / "warm12s.wav", clip(corpus, 12.0, 7.0))
     rows = []
     for m in minutes:
         path = work / f"long_{m:g}min.wav"
         if not path.exists():
             write_wav(path, clip(corpus, m * 60))
-        rows.append(run_child(["long", bundle, str(path), str(int(asr)), str(warm)], threads=threads))
+        rows.append(run_child(["long", bundle, str(path), str(int(asr)), str(warm), str(int(proposed))],
+                              threads=threads))
+        if proposed:
+            rows[-1]["threads"] = "1 + clip-window ASR"
     return rows
 
 
@@ -811,11 +821,15 @@ def evaluate_targets(res: dict) -> dict:
     for p in res.get("peers", []):
         if p["seconds"] == 5.0:
             val["audio_vs_wav2vec2"] = p["ratio"].get("wav2vec2-base")
-    longs = [r for r in res.get("long_audio", []) if not r["asr"] and r.get("threads", "default") == "default"]
+    default = [r for r in res.get("long_audio", []) if r.get("threads", "default") == "default"]
+    longs = [r for r in default if not r["asr"]]
     if longs:
         big = max(longs, key=lambda r: r["minutes"])
         val["long_rtf"] = big["rtf"]
         val["long_flat_mb"] = big["growth_mb"] - big["audio_mb"]
+    with_asr = [r for r in default if r["asr"]]
+    if with_asr:
+        val["long_rtf_asr"] = max(with_asr, key=lambda r: r["minutes"])["rtf"]
     if res.get("cold_start"):
         val["cold_start"] = res["cold_start"]["to_first_prediction"]["median"]
     if res.get("serving"):
@@ -892,10 +906,11 @@ def render_markdown(res: dict) -> str:
     if res.get("long_audio"):
         L += ["", "Long audio through `predict_segments` (fresh process per file; growth = peak RSS during the "
               "call − RSS before it)", "",
-              "| audio | ASR | torch threads | segments | time (s) | RTF | RSS before (MB) | peak (MB) | growth (MB) | decoded audio (MB) | growth − audio (MB) |",
+              "| audio | ASR | torch threads (variant) | segments | time (s) | RTF | RSS before (MB) | peak (MB) | growth (MB) | decoded audio (MB) | growth − audio (MB) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["long_audio"]:
-            L.append(f"| {r['minutes']:g} min | {'yes' if r['asr'] else 'no'} | {r.get('torch_threads', '?')} | "
+            L.append(f"| {r['minutes']:g} min | {'yes' if r['asr'] else 'no'} | "
+                     f"{r['threads'] if isinstance(r.get('threads'), str) else r.get('torch_threads', '?')} | "
                      f"{r['segments']} | {r['seconds']:.1f} | "
                      f"{r['rtf']:.4f} | {r['rss_before_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['growth_mb']:.0f} | "
                      f"{r['audio_mb']:.0f} | {r['growth_mb'] - r['audio_mb']:.0f} |")
@@ -1067,6 +1082,10 @@ def run(quick: bool, out_dir: Path, bundle_arg: Optional[str], sections: Sequenc
                     r["threads"] = 1
                 res["long_audio"] += rows
                 log("long audio-only, 1 torch thread: " + ", ".join(f"{r['minutes']:g} min rtf {r['rtf']:.4f}" for r in rows))
+            if P["long_proposed_asr_minutes"]:
+                rows = long_audio(bundle, corpus, P["long_proposed_asr_minutes"], True, work, proposed=True)
+                res["long_audio"] += rows
+                log("long with ASR, proposed settings: " + ", ".join(f"{r['minutes']:g} min rtf {r['rtf']:.4f}" for r in rows))
         if "app" in sections:
             five = write_wav(work / "clip5s.wav", clip(corpus, 5.0, 3.0))
             mixed = [write_wav(work / f"serve_{i}.wav", clip(corpus, s, 11.0 * i))
@@ -1113,7 +1132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "child":
         kind, rest = argv[1], argv[2:]
         if kind == "long":
-            out = child_long(rest[0], rest[1], rest[2] == "1", rest[3])
+            out = child_long(rest[0], rest[1], rest[2] == "1", rest[3], len(rest) > 4 and rest[4] == "1")
         elif kind == "cold":
             out = child_cold(rest[0], rest[1], int(rest[2]) if len(rest) > 2 else 0, rest[3:])
         elif kind == "serve":
