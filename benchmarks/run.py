@@ -532,7 +532,8 @@ def whatif(rec, wav: np.ndarray, reps: int = 5, asr_1thread: bool = True) -> dic
     t = interleaved(fns, reps)
     out = {"seconds": wav.size / SR, "torch_threads": n0, "timings": t,
            "transcripts": {"as_configured": rec.transcribe(wav), "clip_window": fast.transcribe(wav)}}
-    del fw1
+    fns.clear()                          # drops the 1-thread CTranslate2 model
+    torch.set_num_threads(n0)            # loading it reset OpenMP's pool size (see README)
     return out
 
 
