@@ -454,7 +454,7 @@ def branch_proba(speech, text, cfg: dict, items: Sequence) -> tuple:
         pa = _tempered(speech_proba(speech, ds), float(cfg["speech"].get("temperature", 1.0)))
     mask = np.array([bool(i.transcript and clean_text(i.transcript)) for i in items], dtype=bool)
     pt = None
-    if mask.any():
+    if mask.any() and text is not None:
         texts = [clean_text(i.transcript) for i, m in zip(items, mask) if m]
         pt = text.predict_proba(texts, temperature=float(cfg["text"].get("temperature", 1.0))).double().numpy()
     return pa, pt, mask
@@ -511,6 +511,69 @@ def gate(reference: Mapping[str, Mapping], tolerance: float, force: bool = False
 def _short_metrics(m: Mapping) -> dict:
     return {b: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in mm.items() if k != "confusion"}
             for b, mm in m.items()}
+
+
+ALPHAS = (0.25, 0.5, 0.75, 1.0)   # weight of the fine-tuned weights in the interpolation
+
+
+def blend_states(base: Mapping, ft: Mapping, alpha: float) -> dict:
+    """(1 − alpha)·base + alpha·fine-tuned for float tensors (WiSE-FT, Wortsman et al. 2022)."""
+    return {k: ((1 - alpha) * base[k].float() + alpha * ft[k].float()).to(base[k].dtype)
+            if base[k].is_floating_point() else ft[k] for k in base}
+
+
+def fit_temperature(p, y) -> float:
+    """The temperature that minimises the negative log-likelihood of probabilities p (grid 0.2–5)."""
+    import numpy as np
+    y = np.asarray(y)
+    best, best_t = float("inf"), 1.0
+    for t in np.exp(np.linspace(np.log(0.2), np.log(5.0), 81)):
+        nll = -np.log(_tempered(p, float(t))[np.arange(len(y)), y] + 1e-12).mean()
+        if nll < best:
+            best, best_t = nll, float(t)
+    return best_t
+
+
+def pick_alpha(table: Mapping[float, Mapping], tolerance: float) -> float:
+    """The rule of `choose_interpolation`: table = {alpha: {"val_UA", "replay_val_UA"}}, alpha 0 = base."""
+    floor = None if table[0.0]["replay_val_UA"] is None else table[0.0]["replay_val_UA"] - tolerance
+    allowed = [a for a in table if floor is None or table[a]["replay_val_UA"] >= floor - 1e-9]
+    return max(allowed, key=lambda a: (table[a]["val_UA"], -a))
+
+
+def choose_interpolation(base_speech, ft_speech, val_items: Sequence, replay_val: Sequence,
+                         labels: Sequence[str], tolerance: float) -> dict:
+    """Pick the mix alpha of base and fine-tuned speech weights, then a temperature.
+
+    Candidates are alpha in ALPHAS, and 0 (the base). A candidate is allowed when its UA on the replay
+    validation sample (the old skills) is at most `tolerance` below the base's. Among the allowed
+    ones, the best UA on the held-out corrections wins; on a tie the smaller alpha (closer to the
+    base) wins. The temperature minimises the NLL on held-out corrections + replay validation.
+    """
+    import numpy as np
+
+    from .train import metrics
+    raw = {"labels": list(labels), "speech": {"temperature": 1.0}, "text": {}}
+    ft_state = {k: v.detach().clone() for k, v in ft_speech.state_dict().items()}
+    base_state = base_speech.state_dict()
+    model = copy.deepcopy(base_speech)
+    y_val = np.array([labels.index(i.label) for i in val_items])
+    y_rep = np.array([labels.index(i.label) for i in replay_val])
+    table, probs = {}, {}
+    for a in (0.0,) + ALPHAS:
+        model.load_state_dict(blend_states(base_state, ft_state, a))
+        pv = branch_proba(model, None, raw, val_items)[0]
+        pr = branch_proba(model, None, raw, replay_val)[0] if len(replay_val) else None
+        table[a] = {"val_UA": round(metrics(y_val, pv.argmax(1), len(labels))["UA"], 4),
+                    "replay_val_UA": None if pr is None else
+                    round(metrics(y_rep, pr.argmax(1), len(labels))["UA"], 4)}
+        probs[a] = (pv, pr)
+    alpha = pick_alpha(table, tolerance)
+    pv, pr = probs[alpha]
+    p_all = pv if pr is None else np.concatenate([pv, pr])
+    y_all = y_val if pr is None else np.concatenate([y_val, y_rep])
+    return {"alpha": alpha, "val_UA": table[alpha]["val_UA"], "temperature": fit_temperature(p_all, y_all),
+            "table": {str(a): v for a, v in table.items()}, "ft_state": ft_state}
 
 
 # ==== 4. the run ============================================================================
@@ -723,6 +786,7 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
         try:
             # ---- base on the held-out corrections -------------------------------------------
             say(0.12, "measuring the base model")
+            speech_temperature = float(cfg["speech"].get("temperature", 1.0))
             sel_val = val_items + rs_va
             report_speech: dict = {"train_corrections": len(train_items), "val_corrections": len(val_items),
                                    "replay_train": len(rs_tr), "replay_val": len(rs_va)}
@@ -736,18 +800,25 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
             speech, m_sel, hist = train_speech(recipe, labels, train_items * reps + rs_tr, sel_val, run,
                                                model=speech)
             speech.eval()
-            # the best epoch is chosen on corrections + replay validation (adapt without forgetting);
-            # it is kept only if it beats the base on the held-out corrections themselves
-            pa_new_val, _, _ = branch_proba(speech, text, cfg, val_items)
-            new_val_ua = metrics(y_val, pa_new_val.argmax(1), len(labels))["UA"]
+            # The best epoch is chosen on corrections + replay validation. Then the fine-tuned
+            # weights are interpolated with the base weights (WiSE-FT): the mix is chosen on
+            # validation, and a temperature is fitted so fusion sees calibrated audio confidence.
+            say(0.7, "choosing the weight mix and temperature")
+            choice = choose_interpolation(base_speech, speech, val_items, rs_va, labels, tolerance)
+            speech.load_state_dict(blend_states(base_speech.state_dict(), choice["ft_state"],
+                                                choice["alpha"]))
+            speech.eval()
+            new_val_ua = choice["val_UA"]
             report_speech.update(selection_UA=round(m_sel["UA"], 4), val_UA_base=round(base_val_ua, 4),
-                                 val_UA_new=round(new_val_ua, 4), history=hist)
-            if new_val_ua <= base_val_ua + 1e-9:
+                                 val_UA_new=round(new_val_ua, 4), alpha=choice["alpha"],
+                                 interpolation=choice["table"], history=hist)
+            if choice["alpha"] == 0 or new_val_ua <= base_val_ua + 1e-9:
                 speech = copy.deepcopy(base_speech)
                 report_speech.update(updated=False,
                                      reason="fine-tuning did not beat the base on the held-out corrections")
             else:
                 report_speech["updated"] = True
+                report_speech["temperature"] = speech_temperature = choice["temperature"]
 
             # ---- text ------------------------------------------------------------------------
             say(0.72, "text branch")
@@ -788,13 +859,15 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
                     h.close()
 
         # ---- fusion -------------------------------------------------------------------------
+        new_cfg = copy.deepcopy(cfg)
+        new_cfg["speech"]["temperature"] = round(float(speech_temperature), 4)
         say(0.84, "re-fitting fusion")
         fusion = base_fusion
         fus_items = [i for i in val_items + rs_va if i.transcript]
         report_fusion: dict = {"base": base_fusion.to_config(), "refit": False}
         held_out_text = [i for i in val_items if i.transcript]
         if len(held_out_text) >= 6 and len({i.label for i in held_out_text}) >= 2:
-            pa, pt, mask = branch_proba(speech, text, cfg, fus_items)
+            pa, pt, mask = branch_proba(speech, text, new_cfg, fus_items)
             y = np.array([labels.index(i.label) for i in fus_items])
             cand, cand_ua = fit_fusion(pa[mask], pt, y[mask])
             base_ua = metrics(y[mask], base_fusion(pa[mask], pt).argmax(1), len(labels))["UA"]
@@ -808,7 +881,6 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
 
         # ---- evaluation and gate --------------------------------------------------------------
         say(0.88, "evaluating base and new")
-        new_cfg = copy.deepcopy(cfg)
         new_cfg["fusion"] = fusion.to_config()
         heldout = {"before": evaluate_models(base_speech, base_text, base_fusion, cfg, val_items),
                    "after": evaluate_models(speech, text, fusion, new_cfg, val_items)}
@@ -852,7 +924,8 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
             "recipe": {"speech": {k: recipe["speech"].get(k) for k in
                                   ("epochs", "lr", "backbone_lr", "unfreeze", "batch_size", "patience")},
                        "text": {k: recipe["text"].get(k) for k in ("epochs", "lr", "head_lr", "train_layers")},
-                       "correction_repeats": reps, "seed": seed},
+                       "correction_repeats": reps, "seed": seed,
+                       "alpha": report_speech.get("alpha"), "speech_temperature": new_cfg["speech"]["temperature"]},
             "metrics": report["metrics"],
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -963,8 +1036,10 @@ class and grouped by recording.
 - **speech**: {'fine-tuned' if sp['updated'] else 'kept from the base (' + sp.get('reason', '') + ')'};
   {rec['speech']['epochs']} epochs max, head lr {rec['speech']['lr']}, backbone lr {rec['speech']['backbone_lr']}
   (`unfreeze={rec['speech']['unfreeze']}`), corrections repeated ×{rec['correction_repeats']} next to the replay
-  sample; best epoch by UA on held-out corrections + replay validation; audio UA on the held-out
-  corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')}.
+  sample; best epoch by UA on held-out corrections + replay validation; then interpolated with the
+  base weights (WiSE-FT), fine-tuned share alpha = {sp.get('alpha')} chosen on validation, audio temperature
+  {sp.get('temperature', '–')} (NLL on validation); audio UA on the held-out corrections
+  {sp.get('val_UA_base')} → {sp.get('val_UA_new')}.
 - **text**: {'fine-tuned' if tx['updated'] else 'kept from the base (' + tx.get('reason', '') + ')'}.
 - **fusion**: {'re-fitted: ' + json.dumps(fu['new']) if fu['refit'] else 'kept from the base: ' + json.dumps(fu['new'])}.
 
@@ -1013,6 +1088,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"speech epochs (default {FINETUNE_RECIPE['speech']['epochs']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--run-dir", default=None, help="keep the training log and checkpoints here (a rerun "
+                   "with the same folder resumes); default: a temporary folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -1065,7 +1142,7 @@ def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
                        replay_spec=args.replay, reference_spec=args.reference, tolerance=args.tolerance,
                        force=args.force, dry_run=args.dry_run, min_per_class=args.min_per_class,
                        epochs=args.epochs, seed=args.seed, progress=progress, replay_n=args.replay_n,
-                       media_dir=args.media_dir, overwrite=args.overwrite)
+                       media_dir=args.media_dir, overwrite=args.overwrite, run_dir=args.run_dir)
     except EmodemoError as exc:
         if bar is not None:
             bar.close()

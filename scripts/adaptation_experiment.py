@@ -182,8 +182,13 @@ def main() -> int:
         ft_args += ["--replay-n", str(args.replay_n or 60)]
     if args.epochs or args.quick:
         ft_args += ["--epochs", str(args.epochs or 1)]
+    shutil.rmtree(work / "run", ignore_errors=True)
+    ft_args += ["--run-dir", str(work / "run")]
     t1 = time.time()
-    rc = run(*ft_args).returncode
+    for _ in range(3):  # killed from outside (e.g. a busy shared machine): rerun, resuming the checkpoint
+        rc = run(*ft_args).returncode
+        if rc >= 0:
+            break
     ft_seconds = time.time() - t1
     print(f"finetune exit code {rc} after {ft_seconds:.0f} s", flush=True)
     if rc not in (0, 3):

@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 
 from conftest import SR, tone
-from emodemo.finetune import (Clip, TooFewCorrections, build_dataset, check_counts, finetune,
-                              format_summary, gate, main_finetune, next_version, split_clips)
+from emodemo.finetune import (Clip, TooFewCorrections, blend_states, build_dataset, check_counts,
+                              finetune, fit_temperature, format_summary, gate, main_finetune,
+                              next_version, pick_alpha, split_clips)
 from emodemo.store import CorrectionStore
 
 LABELS3 = ["neutral", "happy", "sad"]
@@ -202,6 +203,30 @@ def test_gate_logic():
     assert gate({}, 0.02)["write"]
 
 
+def test_weight_mix_and_temperature():
+    import torch
+    base = {"w": torch.zeros(3), "n": torch.tensor(1)}
+    ft = {"w": torch.ones(3) * 2, "n": torch.tensor(5)}
+    mix = blend_states(base, ft, 0.25)
+    assert torch.allclose(mix["w"], torch.full((3,), 0.5)) and int(mix["n"]) == 5
+    # the rule: best UA on held-out corrections among mixes that keep the replay UA within tolerance
+    t = {0.0: {"val_UA": 0.2, "replay_val_UA": 1.0}, 0.5: {"val_UA": 0.57, "replay_val_UA": 1.0},
+         0.75: {"val_UA": 0.61, "replay_val_UA": 0.95}, 1.0: {"val_UA": 0.57, "replay_val_UA": 0.93}}
+    assert pick_alpha(t, 0.02) == 0.5 and pick_alpha(t, 0.1) == 0.75
+    t[0.25] = {"val_UA": 0.57, "replay_val_UA": 1.0}
+    assert pick_alpha(t, 0.02) == 0.25                     # a tie goes to the mix closer to the base
+    assert pick_alpha({0.0: {"val_UA": 0.3, "replay_val_UA": None},
+                       1.0: {"val_UA": 0.6, "replay_val_UA": None}}, 0.02) == 1.0
+    # a temperature fitted on probabilities that are too flat sharpens them (T < 1), and vice versa
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)) * 3
+    p_true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(5, p=row) for row in p_true])
+    flat = np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True)
+    assert fit_temperature(flat, y) == pytest.approx(0.5, rel=0.1)
+    assert fit_temperature(p_true, y) == pytest.approx(1.0, rel=0.1)
+
+
 # ---- store-driven runs --------------------------------------------------------------------
 def make_store(tmp_path: Path, n_per_class: int = 6, transcripts: bool = True) -> str:
     url = f"sqlite:///{tmp_path}/corrections.db"
@@ -323,6 +348,7 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     assert lin["corrections"]["clips_used"] == 19 and lin["corrections"]["per_class"]["happy"] == 7
     assert lin["db"]["newest_correction"] and lin["db"]["snapshot_at"]
     assert "before" in lin["metrics"]["heldout_corrections"]
+    assert lin["recipe"]["alpha"] in (0.25, 0.5, 0.75, 1.0) and cfg["speech"]["temperature"] > 0
     card = (out / "README.md").read_text()
     for needle in ("## Lineage", "`tiny` v1", "corrections used", "DB snapshot", "Metrics before / after",
                    "CC BY-NC-SA 4.0", "license: cc-by-nc-sa-4.0"):
