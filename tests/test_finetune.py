@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR, tone
+from conftest import LABELS3, PITCH, make_store, wav  # noqa: F401 (tiny_bundle: conftest)
 from emodemo.finetune import (Clip, TooFewCorrections, blend_states, build_dataset, check_counts,
                               finetune, fit_temperature, format_summary, gate, main_finetune,
                               next_version, pick_alpha, split_clips)
 from emodemo.store import CorrectionStore
-
-LABELS3 = ["neutral", "happy", "sad"]
-PITCH = {"neutral": 150.0, "happy": 420.0, "sad": 260.0}
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -27,29 +23,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """A small 3-class bundle: real GE2E + MiniLM base weights, untrained small heads."""
-    import torch
-    torch.set_num_threads(1)
-    from emodemo.bundle import build_speech, build_text, default_config, save_bundle
-    torch.manual_seed(0)
-    cfg = default_config(LABELS3)
-    cfg["name"], cfg["version"] = "tiny", "1"
-    cfg["speech"]["hidden"] = 32
-    speech, text = build_speech(cfg), build_text(cfg)
-    return save_bundle(tmp_path_factory.mktemp("base") / "tiny", cfg, speech, text, card="tiny base\n")
-
-
-def wav(path: Path, label: str, j: int, seconds: float = 1.0) -> Path:
-    """A tone whose pitch encodes the label, varied a little per clip, with some noise."""
-    rng = np.random.default_rng(LABELS3.index(label) * 1000 + j)
-    x = tone(seconds + 0.05 * (j % 4), PITCH[label] * (1 + 0.03 * ((j % 5) - 2)))
-    x = x + 0.01 * rng.standard_normal(x.size).astype(np.float32)
-    sf.write(str(path), x, SR)
-    return path
 
 
 def clip_rec(sha, label, annotator=None, t=0, cid=None, start=None, end=None, transcript=None,
@@ -228,21 +201,6 @@ def test_weight_mix_and_temperature():
 
 
 # ---- store-driven runs --------------------------------------------------------------------
-def make_store(tmp_path: Path, n_per_class: int = 6, transcripts: bool = True) -> str:
-    url = f"sqlite:///{tmp_path}/corrections.db"
-    words = {"neutral": "the report is on the table", "happy": "I am so glad and happy",
-             "sad": "I feel so sad and lonely"}
-    audio = tmp_path / "audio"
-    audio.mkdir(exist_ok=True)
-    with CorrectionStore(url) as store:
-        for lab in LABELS3:
-            for j in range(n_per_class):
-                p = wav(audio / f"{lab}_{j}.wav", lab, j)
-                store.add(p, lab, annotator=f"ann{j % 2}",
-                          transcript=f"{words[lab]} number {j}" if transcripts else None)
-    return url
-
-
 def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     url = make_store(tmp_path, 4)

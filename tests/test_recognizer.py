@@ -65,3 +65,27 @@ def test_long_audio_segments(recognizer):
     preds = recognizer.predict_segments(wav, transcribe=False, max_len=5.0)
     assert len(preds) >= 2 and all(p.end - p.start <= 5.0 + 1e-6 for p in preds)
     assert [p.start for p in preds] == sorted(p.start for p in preds)
+
+
+def test_batched_audio_branch_matches_one_by_one(recognizer, speech_wav, tmp_path):
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    speech = emodemo.audio.load_audio(speech_wav)
+    clips = [speech, speech[: SR], tone(2.3, 180), tone(0.7, 400) + 0.01 * rng.standard_normal(int(0.7 * SR)),
+             speech[SR // 2:]]
+    one = np.stack([recognizer.audio_proba(c) for c in clips])
+    batch = recognizer.audio_proba_batch(clips)
+    assert batch.shape == one.shape and np.abs(batch - one).max() < 1e-4
+    # predict_many: input order, bad files reported in place, audio branch batched
+    paths = []
+    for k, c in enumerate(clips):
+        paths.append(str(tmp_path / f"c{k}.wav"))
+        sf.write(paths[-1], c.astype(np.float32), SR)
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    paths.insert(2, str(tmp_path / "bad.wav"))
+    out = list(recognizer.predict_many(paths, transcript="", batch_size=2))
+    assert [i for i, _ in out] == list(range(len(paths)))
+    assert isinstance(out[2][1], emodemo.AudioError)
+    preds = [p for _, p in out if not isinstance(p, Exception)]
+    assert np.abs(np.array([[p.audio[l] for l in recognizer.labels] for p in preds]) - one).max() < 1e-4
+    assert all(p.text is None and p.end == pytest.approx(p.duration) for p in preds)

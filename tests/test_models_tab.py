@@ -1,0 +1,133 @@
+"""The app's Models tab without a browser: list bundles, switch the active one, and run a
+fine-tuning job from the store in the background with progress, ending in a new listed bundle."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import LABELS3, make_store, wav
+from emodemo.errors import EmodemoError
+from emodemo.registry import check_new_name, describe, find_bundles
+from emodemo.store import CorrectionStore
+from emodemo.ui import Handlers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def models_dir(tiny_bundle, tmp_path) -> Path:
+    """models/ with two copies of the tiny bundle (the second as version 2) and a broken folder."""
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copytree(tiny_bundle, d / "tiny")
+    shutil.copytree(tiny_bundle, d / "tiny-b")
+    cfg = json.loads((d / "tiny-b" / "config.json").read_text())
+    cfg["version"] = "2"
+    cfg["fusion"] = {**cfg.get("fusion", {}), "audio_weight": 0.8}
+    (d / "tiny-b" / "config.json").write_text(json.dumps(cfg))
+    (d / "broken").mkdir()
+    (d / "broken" / "config.json").write_text("{not json")
+    (d / "notes").mkdir()
+    return d
+
+
+def handlers(models_dir: Path, url: str, tmp_path: Path) -> Handlers:
+    import emodemo
+    rec = emodemo.load_recognizer(models_dir / "tiny")
+    h = Handlers(rec, CorrectionStore(url, labels=LABELS3), work_dir=tmp_path / "work",
+                 models_dir=models_dir)
+    # a fast recipe for generated tones, no replay data
+    h.finetune_options = {"replay_spec": [], "overrides": {
+        "speech": {"lr": 3e-3, "backbone_lr": 1e-4, "batch_size": 4, "patience": 10, "perturb": {},
+                   "specaugment": None},
+        "text": {"epochs": 1, "batch_size": 8, "train_layers": 1}}}
+    return h
+
+
+def test_registry_lists_bundles_and_checks_names(models_dir):
+    found = find_bundles(models_dir)
+    assert [b.key for b in found] == ["tiny", "tiny-b"]          # broken and plain folders skipped
+    assert found[1].version == "2" and found[1].labels == LABELS3 and found[1].size > 1000
+    assert describe(models_dir / "tiny").name == "tiny"
+    with pytest.raises(EmodemoError):
+        describe(models_dir / "notes")
+    for bad in ("", "../escape", "a/b", ".hidden", "x" * 65):
+        with pytest.raises(EmodemoError, match="short name"):
+            check_new_name(models_dir, bad)
+    with pytest.raises(EmodemoError, match="already exists"):
+        check_new_name(models_dir, "tiny")
+    assert check_new_name(models_dir, "new-v1.2") == models_dir / "new-v1.2"
+
+
+def test_switch_model_changes_the_active_bundle(models_dir, tmp_path):
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
+    out = h.models()
+    rows = out["models_table"]
+    assert [r[1] for r in rows] == ["tiny", "tiny-b"] and rows[0][0] == "● active" and rows[1][0] == ""
+    assert out["models_dd"]["value"] == "tiny" and "2 model bundles" in out["models_msg"]
+    clip = wav(tmp_path / "happy.wav", "happy", 0)
+    assert h.api_predict(str(clip), "hello there")["bundle_version"] == "1"
+
+    out = h.switch_model("tiny-b")
+    assert "Now using" in out["models_msg"] and out["weight"] == pytest.approx(0.8)
+    assert h.rec.version == "2" and [r[0] for r in out["models_table"]] == ["", "● active"]
+    assert h.api_predict(str(clip), "hello there")["bundle_version"] == "2"
+    cid = h.correct(h.analyse(str(clip))["state"], "sad")["stored_id"]
+    assert h.store.get(cid)["bundle_version"] == "2"             # corrections record the version
+
+    assert "already the active" in h.switch_model("tiny-b")["models_msg"]
+    for bad in (None, "broken", "../tiny", "nope"):
+        msg = h.switch_model(bad)["models_msg"]
+        assert "Choose one of the listed models" in msg and h.rec.version == "2"
+
+
+def test_switch_refuses_other_labels(models_dir, tmp_path):
+    cfg = json.loads((models_dir / "tiny-b" / "config.json").read_text())
+    cfg["labels"] = ["neutral", "angry", "sad"]
+    (models_dir / "tiny-b" / "config.json").write_text(json.dumps(cfg))
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
+    out = h.switch_model("tiny-b")
+    assert "Restart it with --bundle models/tiny-b" in out["models_msg"] and h.rec.version == "1"
+
+
+def test_finetune_from_the_tab(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/empty.db", tmp_path)
+    # an empty store: a clear message, no job, nothing written
+    out = h.start_finetune("tones-v1", 1, 3, "", False)
+    assert "too few corrections" in out["ft_msg"] and h.job is None
+    assert not (models_dir / "tones-v1").exists()
+    assert "No fine-tuning run yet" in h.finetune_status()["ft_progress"]
+
+    h = handlers(models_dir, make_store(tmp_path, 6), tmp_path)
+    dry = h.finetune_dry_run(3)["ft_msg"]
+    assert "Enough corrections" in dry and "neutral 6" in dry
+    assert "short name" in h.start_finetune("../x", 1, 3, "", False)["ft_msg"]
+    assert "whole numbers" in h.start_finetune("ok", "many", 3, "", False)["ft_msg"]
+
+    out = h.start_finetune("tones-v1", 1, 3, "", False)
+    assert "Fine-tuning **tones-v1** from **tiny**" in out["ft_msg"]
+    assert out["ft_timer"].active and h.job is not None
+    assert h.job.wait(600)
+    assert h.job.state == "written", h.job.error
+    status = h.finetune_status()
+    assert not status["ft_timer"].active and "done: written" in status["ft_progress"]
+    assert "100%" in status["ft_progress"] and "held-out corrections" in status["ft_progress"]
+    assert [r[1] for r in status["models_table"]] == ["tiny", "tiny-b", "tones-v1"]
+    new = describe(models_dir / "tones-v1")
+    assert new.version == "1.ft1" and new.base == "tiny v1" and new.corrections == 18
+    assert (models_dir / "tones-v1" / "README.md").read_text().count("## Lineage") == 1
+    job, h.job.state = h.job, "running"                 # one run at a time
+    assert "already going" in h.start_finetune("tones-v2", 1, 3, "", False)["ft_msg"]
+    job.state = "written"
+    assert not (models_dir / "tones-v2").exists()
+    # the new bundle can be made the active one
+    assert "Now using" in h.switch_model("tones-v1")["models_msg"] and h.rec.version == "1.ft1"
