@@ -63,7 +63,8 @@ SPAN_DECIMALS = 2            # start/end rounded to 10 ms when grouping correcti
 FINETUNE_RECIPE: dict = {
     "speech": {"epochs": 8, "head_epochs": 0, "lr": 3e-4, "backbone_lr": 3e-5, "patience": 3,
                "batch_size": 16},
-    "text": {"epochs": 3, "lr": 2e-5, "head_lr": 5e-4, "train_layers": 2, "batch_size": 16},
+    "text": {"epochs": 3, "lr": 2e-5, "head_lr": 5e-4, "train_layers": 2, "batch_size": 16,
+             "prior_correction": "none"},   # the base head already carries its prior correction
 }
 
 Progress = Callable[[float, str], None]
@@ -535,20 +536,21 @@ def fit_temperature(p, y) -> float:
 
 
 def pick_alpha(table: Mapping[float, Mapping], tolerance: float) -> float:
-    """The rule of `choose_interpolation`: table = {alpha: {"val_UA", "replay_val_UA"}}, alpha 0 = base."""
-    floor = None if table[0.0]["replay_val_UA"] is None else table[0.0]["replay_val_UA"] - tolerance
-    allowed = [a for a in table if floor is None or table[a]["replay_val_UA"] >= floor - 1e-9]
+    """The rule of `choose_interpolation`: table = {alpha: {"val_UA", "guard_UA"}}, alpha 0 = base."""
+    floor = None if table[0.0]["guard_UA"] is None else table[0.0]["guard_UA"] - tolerance
+    allowed = [a for a in table if floor is None or table[a]["guard_UA"] >= floor - 1e-9]
     return max(allowed, key=lambda a: (table[a]["val_UA"], -a))
 
 
-def choose_interpolation(base_speech, ft_speech, val_items: Sequence, replay_val: Sequence,
-                         labels: Sequence[str], tolerance: float) -> dict:
+def choose_interpolation(base_speech, ft_speech, val_items: Sequence, guard_items: Sequence,
+                         calib_items: Sequence, labels: Sequence[str], tolerance: float) -> dict:
     """Pick the mix alpha of base and fine-tuned speech weights, then a temperature.
 
-    Candidates are alpha in ALPHAS, and 0 (the base). A candidate is allowed when its UA on the replay
-    validation sample (the old skills) is at most `tolerance` below the base's. Among the allowed
-    ones, the best UA on the held-out corrections wins; on a tie the smaller alpha (closer to the
-    base) wins. The temperature minimises the NLL on held-out corrections + replay validation.
+    Candidates are alpha in ALPHAS, and 0 (the base). A candidate is allowed when its audio UA on
+    `guard_items` (the reference set when one is given, else the replay validation sample: the old
+    skills) is at most `tolerance` below the base's. Among the allowed ones, the best UA on the
+    held-out corrections wins; on a tie the smaller alpha (closer to the base) wins. The
+    temperature minimises the NLL on held-out corrections + `calib_items`.
     """
     import numpy as np
 
@@ -558,20 +560,22 @@ def choose_interpolation(base_speech, ft_speech, val_items: Sequence, replay_val
     base_state = base_speech.state_dict()
     model = copy.deepcopy(base_speech)
     y_val = np.array([labels.index(i.label) for i in val_items])
-    y_rep = np.array([labels.index(i.label) for i in replay_val])
+    y_guard = np.array([labels.index(i.label) for i in guard_items])
     table, probs = {}, {}
     for a in (0.0,) + ALPHAS:
         model.load_state_dict(blend_states(base_state, ft_state, a))
         pv = branch_proba(model, None, raw, val_items)[0]
-        pr = branch_proba(model, None, raw, replay_val)[0] if len(replay_val) else None
+        pg = branch_proba(model, None, raw, guard_items)[0] if len(guard_items) else None
         table[a] = {"val_UA": round(metrics(y_val, pv.argmax(1), len(labels))["UA"], 4),
-                    "replay_val_UA": None if pr is None else
-                    round(metrics(y_rep, pr.argmax(1), len(labels))["UA"], 4)}
-        probs[a] = (pv, pr)
+                    "guard_UA": None if pg is None else
+                    round(metrics(y_guard, pg.argmax(1), len(labels))["UA"], 4)}
+        probs[a] = pv
     alpha = pick_alpha(table, tolerance)
-    pv, pr = probs[alpha]
-    p_all = pv if pr is None else np.concatenate([pv, pr])
-    y_all = y_val if pr is None else np.concatenate([y_val, y_rep])
+    p_all, y_all = probs[alpha], y_val
+    if len(calib_items):
+        model.load_state_dict(blend_states(base_state, ft_state, alpha))
+        p_all = np.concatenate([p_all, branch_proba(model, None, raw, calib_items)[0]])
+        y_all = np.concatenate([y_val, [labels.index(i.label) for i in calib_items]])
     return {"alpha": alpha, "val_UA": table[alpha]["val_UA"], "temperature": fit_temperature(p_all, y_all),
             "table": {str(a): v for a, v in table.items()}, "ft_state": ft_state}
 
@@ -804,13 +808,16 @@ def finetune(db_url: str, base_bundle: str | Path, out_dir: str | Path,
             # weights are interpolated with the base weights (WiSE-FT): the mix is chosen on
             # validation, and a temperature is fitted so fusion sees calibrated audio confidence.
             say(0.7, "choosing the weight mix and temperature")
-            choice = choose_interpolation(base_speech, speech, val_items, rs_va, labels, tolerance)
+            # the guard: the reference set when given (what the gate checks), else the replay sample
+            guard = [i for items in ref_items.values() for i in items] or rs_va
+            choice = choose_interpolation(base_speech, speech, val_items, guard, rs_va, labels, tolerance)
             speech.load_state_dict(blend_states(base_speech.state_dict(), choice["ft_state"],
                                                 choice["alpha"]))
             speech.eval()
             new_val_ua = choice["val_UA"]
             report_speech.update(selection_UA=round(m_sel["UA"], 4), val_UA_base=round(base_val_ua, 4),
                                  val_UA_new=round(new_val_ua, 4), alpha=choice["alpha"],
+                                 alpha_guard="reference" if ref_items else "replay validation",
                                  interpolation=choice["table"], history=hist)
             if choice["alpha"] == 0 or new_val_ua <= base_val_ua + 1e-9:
                 speech = copy.deepcopy(base_speech)
@@ -1037,7 +1044,8 @@ class and grouped by recording.
   {rec['speech']['epochs']} epochs max, head lr {rec['speech']['lr']}, backbone lr {rec['speech']['backbone_lr']}
   (`unfreeze={rec['speech']['unfreeze']}`), corrections repeated ×{rec['correction_repeats']} next to the replay
   sample; best epoch by UA on held-out corrections + replay validation; then interpolated with the
-  base weights (WiSE-FT), fine-tuned share alpha = {sp.get('alpha')} chosen on validation, audio temperature
+  base weights (WiSE-FT), fine-tuned share alpha = {sp.get('alpha')} (the best held-out-corrections UA
+  among mixes within the tolerance of the base on the {sp.get('alpha_guard', 'replay validation')} set), audio temperature
   {sp.get('temperature', '–')} (NLL on validation); audio UA on the held-out corrections
   {sp.get('val_UA_base')} → {sp.get('val_UA_new')}.
 - **text**: {'fine-tuned' if tx['updated'] else 'kept from the base (' + tx.get('reason', '') + ')'}.

@@ -536,10 +536,30 @@ def set_text_trainable(model, train_layers: int) -> None:
                 p.requires_grad = True
 
 
+TAU_GRID = tuple(round(0.1 * k, 1) for k in range(0, 21))   # prior-correction strengths tried
+
+
+def prior_corrected(p: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
+    """Class decisions after logit adjustment: argmax(log p + tau · log prior)."""
+    return (np.log(np.asarray(p) + 1e-12) + tau * np.asarray(log_prior)).argmax(1)
+
+
+def fit_prior_tau(p: np.ndarray, y: np.ndarray, log_prior: np.ndarray, n: int) -> float:
+    """The logit-adjustment strength (Menon et al. 2021) that maximises macro-F1 on (p, y).
+    Balanced training over-predicts rare classes; adding tau · log prior undoes part of that."""
+    return max(TAU_GRID, key=lambda t: (round(metrics(y, prior_corrected(p, log_prior, t), n)["macro_F1"], 6), -t))
+
+
 def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
                val_items: Sequence[Item], run: Run, model=None) -> tuple[nn.Module, dict, list]:
     """Fine-tune the BERT-family encoder's top layers and the head on soft multi-label targets
-    (a row with k labels puts 1/k on each), class-balanced, best epoch by dev macro-F1."""
+    (a row with k labels puts 1/k on each), class-balanced, best epoch by dev macro-F1.
+
+    Class balancing (weights, per-class caps) makes the head over-predict rare classes. With
+    `prior_correction: "fit"` (default) a calibration split of the *training* data
+    (`calib_fraction`, never trained on in this run) picks after each epoch how much of the
+    training prior to add back to the logits (tau · log prior); dev macro-F1 is measured after
+    that correction, and the chosen correction is folded into the classifier bias at the end."""
     tc = cfg["text"]
     n = len(labels)
     seed_everything(cfg.get("seed", 0))
@@ -547,8 +567,16 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         from .bundle import build_text
         model = build_text({"labels": list(labels), "text": tc})
     set_text_trainable(model, tc.get("train_layers", -1))
+    correction = tc.get("prior_correction", "fit")
+    calib: list = []
+    if correction == "fit":
+        order = np.random.default_rng(cfg.get("seed", 0) + 7).permutation(len(train_items))
+        k = int(round(float(tc.get("calib_fraction", 0.05)) * len(train_items)))
+        calib = [train_items[i] for i in sorted(order[:k])]
+        train_items = [train_items[i] for i in sorted(order[k:])]
     texts = [i.transcript or "" for i in train_items]
     targets = soft_targets_for(train_items, labels)
+    log_prior = np.log(np.maximum(targets.double().mean(0).numpy(), 1e-6))
     w = class_weights(targets.argmax(1).numpy(), n)
     enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": enc_params, "lr": tc["lr"]},
@@ -574,19 +602,40 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         opt, lambda s: min(1.0, s / max(1, total_steps // 20)) * max(0.0, 1 - s / max(1, total_steps)))
     yv = np.array([labels.index(i.label) for i in val_items])
     vt = [i.transcript or "" for i in val_items]
-    start, best, best_state, history = 0, -1.0, None, []
+    yc = np.array([labels.index(i.label) for i in calib])
+    ct = [i.transcript or "" for i in calib]
+
+    def evaluate_dev() -> tuple[dict, float]:
+        """Dev metrics after the prior correction fitted on the calibration split (tau 0 without)."""
+        tau = 0.0
+        if calib:
+            tau = fit_prior_tau(model.predict_proba(ct).numpy(), yc, log_prior, n)
+        elif isinstance(correction, (int, float)) and not isinstance(correction, bool):
+            tau = float(correction)
+        return metrics(yv, prior_corrected(model.predict_proba(vt).numpy(), log_prior, tau), n), tau
+
+    start, best, best_state, best_tau, history = 0, -1.0, None, 0.0, []
     state = run.resume("text.ckpt")
     if state is None and tc.get("eval_init", False):
-        m0 = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
-        best, best_state = m0["macro_F1"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        m0, t0_ = evaluate_dev()
+        best, best_state, best_tau = m0["macro_F1"], {k: v.detach().clone() for k, v in model.state_dict().items()}, t0_
         history.append({"epoch": 0, "train_loss": float("nan"), "dev_macro_F1": m0["macro_F1"],
-                        "dev_UA": m0["UA"], "seconds": 0.0})
-        log.info("text epoch 0 (starting point): dev macro-F1 %.3f", m0["macro_F1"])
+                        "dev_UA": m0["UA"], "prior_tau": t0_, "seconds": 0.0})
+        log.info("text epoch 0 (starting point): dev macro-F1 %.3f (prior tau %.1f)", m0["macro_F1"], t0_)
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, best, best_state, history = state["epoch"], state["best"], state["best_state"], state["history"]
+        best_tau = state.get("best_tau", 0.0)
+        if state.get("select") != "prior-corrected" and best_state is not None:
+            # a checkpoint from before the prior correction: re-measure its best under the new rule
+            latest = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_state)
+            mb, best_tau = evaluate_dev()
+            best = mb["macro_F1"]
+            model.load_state_dict(latest)
+            log.info("text: resumed; best so far re-measured with the prior correction: %.3f", best)
     for ep in range(start, tc["epochs"]):
         model.train()
         batches = epoch_batches(ep)
@@ -602,19 +651,28 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
             opt.step()
             sched.step()
             tot, seen = tot + float(loss.detach()) * len(idx), seen + len(idx)
-        m = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
+        model.eval()
+        m, tau = evaluate_dev()
         history.append({"epoch": ep + 1, "train_loss": tot / max(seen, 1), "dev_macro_F1": m["macro_F1"],
-                        "dev_UA": m["UA"], "seconds": round(time.time() - t0, 1)})
-        log.info("text epoch %d: loss %.3f dev macro-F1 %.3f (%.0f s)", ep + 1,
-                 history[-1]["train_loss"], m["macro_F1"], time.time() - t0)
+                        "dev_UA": m["UA"], "prior_tau": tau, "seconds": round(time.time() - t0, 1)})
+        log.info("text epoch %d: loss %.3f dev macro-F1 %.3f (prior tau %.1f; %.0f s)", ep + 1,
+                 history[-1]["train_loss"], m["macro_F1"], tau, time.time() - t0)
         if m["macro_F1"] > best:
-            best, best_state = m["macro_F1"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best, best_tau = m["macro_F1"], tau
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         run.checkpoint("text.ckpt", {"model": model.state_dict(), "opt": opt.state_dict(),
                                      "sched": sched.state_dict(), "epoch": ep + 1, "best": best,
-                                     "best_state": best_state, "history": history})
+                                     "best_state": best_state, "best_tau": best_tau,
+                                     "select": "prior-corrected", "history": history})
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model, metrics(yv, model.predict_proba(vt).numpy().argmax(1), n), history
+    if best_tau:
+        with torch.no_grad():   # fold the correction into the head: plain argmax is now corrected
+            model.classifier.bias += torch.as_tensor(best_tau * log_prior, dtype=model.classifier.bias.dtype)
+    model.eval()
+    m = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
+    m["prior_tau"] = best_tau
+    return model, m, history
 
 
 def soft_targets_for(items: Sequence[Item], labels: Sequence[str]) -> torch.Tensor:

@@ -183,13 +183,13 @@ def test_weight_mix_and_temperature():
     mix = blend_states(base, ft, 0.25)
     assert torch.allclose(mix["w"], torch.full((3,), 0.5)) and int(mix["n"]) == 5
     # the rule: best UA on held-out corrections among mixes that keep the replay UA within tolerance
-    t = {0.0: {"val_UA": 0.2, "replay_val_UA": 1.0}, 0.5: {"val_UA": 0.57, "replay_val_UA": 1.0},
-         0.75: {"val_UA": 0.61, "replay_val_UA": 0.95}, 1.0: {"val_UA": 0.57, "replay_val_UA": 0.93}}
+    t = {0.0: {"val_UA": 0.2, "guard_UA": 1.0}, 0.5: {"val_UA": 0.57, "guard_UA": 1.0},
+         0.75: {"val_UA": 0.61, "guard_UA": 0.95}, 1.0: {"val_UA": 0.57, "guard_UA": 0.93}}
     assert pick_alpha(t, 0.02) == 0.5 and pick_alpha(t, 0.1) == 0.75
-    t[0.25] = {"val_UA": 0.57, "replay_val_UA": 1.0}
+    t[0.25] = {"val_UA": 0.57, "guard_UA": 1.0}
     assert pick_alpha(t, 0.02) == 0.25                     # a tie goes to the mix closer to the base
-    assert pick_alpha({0.0: {"val_UA": 0.3, "replay_val_UA": None},
-                       1.0: {"val_UA": 0.6, "replay_val_UA": None}}, 0.02) == 1.0
+    assert pick_alpha({0.0: {"val_UA": 0.3, "guard_UA": None},
+                       1.0: {"val_UA": 0.6, "guard_UA": None}}, 0.02) == 1.0
     # a temperature fitted on probabilities that are too flat sharpens them (T < 1), and vice versa
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 5)) * 3

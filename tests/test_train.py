@@ -53,6 +53,23 @@ def make_iemocap(root: Path) -> dict:
     return expected
 
 
+def test_prior_correction_undoes_balanced_over_prediction():
+    from emodemo.train import fit_prior_tau, metrics, prior_corrected
+    rng = np.random.default_rng(0)
+    prior = np.array([0.7, 0.2, 0.1])
+    y = rng.choice(3, size=3000, p=prior)
+    # a "balanced" classifier: right class boosted, but rare classes boosted for everyone
+    logits = rng.normal(size=(3000, 3)) + 1.5 * np.eye(3)[y] + np.log([0.2, 1.0, 1.5])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    log_prior = np.log(prior)
+    tau = fit_prior_tau(p, y, log_prior, 3)
+    assert tau > 0
+    f_plain = metrics(y, p.argmax(1), 3)["macro_F1"]
+    f_corr = metrics(y, prior_corrected(p, log_prior, tau), 3)["macro_F1"]
+    assert f_corr > f_plain + 0.02
+    assert (prior_corrected(p, log_prior, 0.0) == p.argmax(1)).all()
+
+
 def test_iemocap_adapter_reads_release_layout(tmp_path):
     expected = make_iemocap(tmp_path)
     items = iemocap(tmp_path)
