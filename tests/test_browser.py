@@ -180,3 +180,13 @@ def test_upload_rerun_correct_in_browser(server, driver):
     assert r.transcript_corrected == "I am so sad and tired <b>today</b>"
     assert r.transcript_shown and r.predicted_label and r.bundle_name
     assert r.prob_text is not None and r.start is None
+
+    # the Models tab lists the shipped bundle as active, and the dry run reads the store
+    next(b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+         if b.text.strip() == "Models").click()
+    wait.until(lambda _: "● active" in text("#emodemo-models") and "default" in text("#emodemo-models"))
+    assert "Active:" in text("#emodemo-models-msg")
+    next(b for b in d.find_elements(By.CSS_SELECTOR, "button")
+         if b.text.strip() == "Check the data (dry run)").click()
+    wait.until(lambda _: "corrections: 1" in text("#emodemo-ft-msg"))
+    assert "too few corrections" in text("#emodemo-ft-msg")
