@@ -26,16 +26,21 @@ class LateFusion:
     mode 'evidence': 'neutral' is treated as the absence of emotional evidence, not as evidence
     of its own. The fused neutral probability is the weighted geometric mean of the branches'
     neutral probabilities (both must find nothing; `sharpness` > 1 lowers it further where they
-    disagree, 0 gives their weighted mean); the rest is split
-    over the emotions in proportion to a·p_audio + t·p_text. A neutral sentence ("Kids are
-    talking by the door") therefore cannot pull an angry voice to neutral, and a flat voice
-    cannot pull angry words to neutral.
+    disagree, 0 gives their weighted mean); the rest is split over the emotions by mixing each
+    branch's emotion distribution (its probabilities without neutral, renormalised) with weights
+    a·e_audio^γ and t·e_text^γ, where e = 1 − p(neutral) is how much emotional evidence that
+    branch sees in this input and γ = `evidence_power`. γ = 1 is the plain mix a·p_audio + t·p_text;
+    larger γ lets the branch that actually hears or reads an emotion decide which one. A neutral
+    sentence ("Kids are talking by the door") therefore cannot pull an angry voice to neutral, or
+    towards the mild emotions its words suggest, and a flat voice cannot pull angry words to
+    neutral.
     Without text the result is always the audio result.
     """
     audio_weight: float = 0.5
     mode: str = "confidence"
     sharpness: float = 1.0
     neutral_index: int = 0
+    evidence_power: float = 1.0
 
     def weights(self, p_audio: np.ndarray, p_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = np.full(p_audio.shape[:-1], self.audio_weight, dtype=np.float64)
@@ -65,9 +70,17 @@ class LateFusion:
         # geometric mean of the neutral probabilities, pushed further down by `sharpness` when the
         # branches disagree; equals the chosen branch's neutral probability at w = 0 or 1
         neutral = lin * ((na ** w * nt ** (1.0 - w)) / lin) ** self.sharpness
-        emo = w * p_audio + (1.0 - w) * p_text
-        emo[..., k] = 0.0
-        emo = emo / np.clip(emo.sum(-1, keepdims=True), 1e-12, None)
+        # each branch's emotion distribution, weighted by how much emotion it sees (e^γ)
+        g = self.evidence_power
+        a = w * np.clip(1.0 - na, 1e-9, 1.0) ** g
+        t = (1.0 - w) * np.clip(1.0 - nt, 1e-9, 1.0) ** g
+        s = np.clip(a + t, 1e-300, None)
+        ca, ct = p_audio.copy(), p_text.copy()
+        ca[..., k] = 0.0
+        ct[..., k] = 0.0
+        ca = ca / np.clip(ca.sum(-1, keepdims=True), 1e-12, None)
+        ct = ct / np.clip(ct.sum(-1, keepdims=True), 1e-12, None)
+        emo = (a / s)[..., None] * ca + (t / s)[..., None] * ct
         fused = emo * (1.0 - neutral)[..., None]
         fused[..., k] = neutral
         return fused / fused.sum(-1, keepdims=True)
@@ -78,7 +91,8 @@ class LateFusion:
     @classmethod
     def from_config(cls, cfg: Optional[dict]) -> "LateFusion":
         cfg = dict(cfg or {})
-        known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness", "neutral_index") if k in cfg}
+        known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness", "neutral_index", "evidence_power")
+                 if k in cfg}
         if known.get("mode", "confidence") not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {known['mode']!r}; known: {FUSION_MODES}")
         return cls(**known)
@@ -93,31 +107,46 @@ def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) 
 
 def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
                modes: tuple[str, ...] = FUSION_MODES, neutral_index: int = 0,
-               groups: Optional[np.ndarray] = None) -> tuple[LateFusion, float]:
-    """Grid-search mode, audio weight and sharpness for the best UA on paired validation data.
+               groups: Optional[np.ndarray] = None, objective: str = "ua") -> tuple[LateFusion, float]:
+    """Grid-search mode, audio weight, sharpness (and evidence power) on paired validation data.
 
-    With `groups` (one id per row, e.g. the data set it came from) the score is the *worst*
-    group's UA, so one kind of data cannot buy accuracy at another's expense. Scores are
-    averaged over neighbouring audio weights before choosing, so a narrow spike that fits the
-    validation data by luck loses to a broad optimum. Returns (fusion, its unsmoothed score).
+    objective "ua": the UA; with `groups` (one id per row, e.g. the data set it came from) the
+    *worst* group's UA, so one kind of data cannot buy accuracy at another's expense.
+    objective "regret" (needs groups): the worst group's fused UA minus the better single branch's
+    UA on that group, i.e. fusion must not lose to the branch that carries the information, on
+    any kind of input. Scores are averaged over neighbouring audio weights before choosing, so a
+    narrow spike that fits the validation data by luck loses to a broad optimum.
+    Returns (fusion, its unsmoothed score).
     """
     n_classes = p_audio.shape[1]
     gids = [None] if groups is None else sorted(set(groups))
+    if objective not in ("ua", "regret"):
+        raise ValueError(f"unknown objective {objective!r}")
+
+    def sel(a, g):
+        return a if g is None else a[groups == g]
+
+    ref = {g: 0.0 for g in gids}
+    if objective == "regret":
+        ref = {g: max(unweighted_accuracy(sel(y, g), sel(p, g).argmax(1), n_classes)
+                      for p in (p_audio, p_text)) for g in gids}
     weights = np.round(np.linspace(0.0, 1.0, 21), 3)
-    best, best_key = LateFusion(), (-1.0, -1.0)
+    best, best_key = LateFusion(), (-np.inf, -np.inf)
     for mode in modes:
         if mode == "evidence" and not 0 <= neutral_index < n_classes:
             continue
-        for sharp in ((1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0)):
-            fusions = [LateFusion(float(w), mode, sharp, neutral_index) for w in weights]
-            raw = []
-            for fus in fusions:
-                pred = fus(p_audio, p_text).argmax(1)
-                raw.append(min(unweighted_accuracy(y if g is None else y[groups == g],
-                                                   pred if g is None else pred[groups == g], n_classes)
-                               for g in gids))
-            for i, fus in enumerate(fusions):
-                key = (float(np.mean(raw[max(0, i - 1): i + 2])), raw[i])
-                if key > best_key:
-                    best, best_key = fus, key
+        sharps = (1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0, 8.0)
+        powers = (1.0, 2.0, 4.0, 8.0) if mode == "evidence" else (1.0,)
+        for sharp in sharps:
+            for power in powers:
+                fusions = [LateFusion(float(w), mode, sharp, neutral_index, power) for w in weights]
+                raw = []
+                for fus in fusions:
+                    pred = fus(p_audio, p_text).argmax(1)
+                    raw.append(min(unweighted_accuracy(sel(y, g), sel(pred, g), n_classes) - ref[g]
+                                   for g in gids))
+                for i, fus in enumerate(fusions):
+                    key = (float(np.mean(raw[max(0, i - 1): i + 2])), raw[i])
+                    if key > best_key:
+                        best, best_key = fus, key
     return best, best_key[1]

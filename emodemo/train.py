@@ -775,7 +775,7 @@ def run_recipe(config: dict | str | Path) -> dict:
     yy = np.concatenate([p[2] for p in probs.values()])
     groups = np.concatenate([np.full(len(p[2]), k) for k, p in enumerate(probs.values())])
     neutral = labels.index("neutral") if "neutral" in labels else -1
-    fusion, _ = fit_fusion(pa, pt, yy, neutral_index=neutral, groups=groups)
+    fusion, _ = fit_fusion(pa, pt, yy, neutral_index=neutral, groups=groups, objective="regret")
     report["fusion"] = {"params": fusion.to_config(), "per_set": {}}
     for s in cfg["fusion"].get("eval", []):
         probs[s] = paired_proba(speech, text, load_spec(s), labels)

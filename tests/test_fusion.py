@@ -79,5 +79,44 @@ def test_fit_fusion_with_groups_protects_the_worst_set():
 def test_slider_extremes_select_one_branch(mode):
     pa, pt = np.array([0.3, 0.5, 0.2]), np.array([0.6, 0.1, 0.3])
     for sharp in (0.5, 1.0, 2.0):
-        assert np.allclose(LateFusion(1.0, mode, sharp)(pa, pt), pa, atol=1e-6)
-        assert np.allclose(LateFusion(0.0, mode, sharp)(pa, pt), pt, atol=1e-6)
+        for power in (1.0, 4.0):
+            assert np.allclose(LateFusion(1.0, mode, sharp, 0, power)(pa, pt), pa, atol=1e-6)
+            assert np.allclose(LateFusion(0.0, mode, sharp, 0, power)(pa, pt), pt, atol=1e-6)
+
+
+def test_evidence_power_lets_the_branch_that_hears_an_emotion_pick_it():
+    labels = ["neutral", "happy", "sad", "angry"]
+    sad_voice = np.array([0.15, 0.05, 0.42, 0.38])          # sad, but not sure against angry
+    mild_words = np.array([0.60, 0.37, 0.01, 0.02])         # a neutral sentence with a happy tint
+    plain = LateFusion(0.45, "evidence", 4.0, 0, 1.0)
+    strong = LateFusion(0.45, "evidence", 4.0, 0, 4.0)
+    # power 1 = the plain mix of emotion masses: the sentence's tint decides
+    assert labels[plain(sad_voice, mild_words).argmax()] == "happy"
+    assert labels[strong(sad_voice, mild_words).argmax()] == "sad"
+    # power 1 is exactly the plain mix of the emotion masses a·p_audio + t·p_text
+    out = plain(sad_voice, mild_words)
+    emo = 0.45 * sad_voice + 0.55 * mild_words
+    assert np.allclose(out[1:] / out[1:].sum(), emo[1:] / emo[1:].sum())
+    assert LateFusion.from_config(strong.to_config()) == strong
+
+
+def test_regret_objective_keeps_fusion_at_least_as_good_as_the_informative_branch():
+    rng = np.random.default_rng(2)
+    n = 300
+    y = rng.integers(1, 4, n)
+    # set A (voice carries it): audio right 80 %, text neutral with a fixed happy tint
+    pa_a = np.where(rng.random((n, 1)) < 0.8, np.eye(4)[y], np.eye(4)[rng.integers(1, 4, n)]) * 0.5 + 0.125
+    pt_a = np.tile([0.7, 0.25, 0.02, 0.03], (n, 1))
+    # set B (words carry it): text right 75 %, audio flat
+    pt_b = np.where(rng.random((n, 1)) < 0.75, np.eye(4)[y], np.eye(4)[rng.integers(1, 4, n)]) * 0.6 + 0.1
+    pa_b = np.tile([0.8, 0.07, 0.07, 0.06], (n, 1))
+    pa, pt = np.concatenate([pa_a, pa_b]), np.concatenate([pt_a, pt_b])
+    yy, groups = np.concatenate([y, y]), np.array([0] * n + [1] * n)
+    fus, regret = fit_fusion(pa, pt, yy, groups=groups, objective="regret")
+    assert regret >= -1e-9
+    from emodemo.fusion import unweighted_accuracy as ua
+    for g, p_best in ((0, pa_a), (1, pt_b)):
+        m = groups == g
+        assert ua(yy[m], fus(pa[m], pt[m]).argmax(1), 4) >= ua(yy[m], p_best.argmax(1), 4) - 1e-9
+    with pytest.raises(ValueError):
+        fit_fusion(pa, pt, yy, groups=groups, objective="best")
