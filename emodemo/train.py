@@ -829,14 +829,14 @@ tags: [speech-emotion-recognition, text-emotion, multimodal, late-fusion]
 
 Speech + text emotion recognizer after Padi et al. (Odyssey 2022): a speaker-recognition backbone
 transfer-learned to emotion, a BERT-family text classifier fine-tuned end to end, and
-confidence-aware late fusion.
+evidence-aware late fusion.
 
 | part | what |
 |---|---|
 | labels | {', '.join(bcfg['labels'])} |
 | speech | `{sc['backbone']}` backbone from `{sc['source']}` (GE2E speaker encoder, VoxCeleb + LibriSpeech), unfrozen (`{sc.get('unfreeze')}`) after {sc.get('head_epochs', 0)} head-only epochs; backbone lr {sc['backbone_lr']}, head lr {sc['lr']} |
 | speech augmentation | SpecAugment {sc.get('specaugment')}; perturbation {sc.get('perturb')}; random {sc.get('max_seconds')} s crops |
-| text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture), top {tc.get('train_layers')} layers + head fine-tuned, {tc['epochs']} epochs, lr {tc['lr']} |
+| text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture), top {tc.get('train_layers')} layers + head fine-tuned ({tc['epochs']} epochs in this stage{', warm start from `' + str(cfg['init']) + '`' if cfg.get('init') else ''}), lr {tc['lr']}; prior correction {td.get('prior_tau', 0)} · log prior folded into the head bias (fitted on a {tc.get('calib_fraction', 0.05):.0%} calibration split of the training data) |
 | fusion | {bcfg['fusion']} |
 | ASR | {bcfg['asr']['backend']} / {bcfg['asr']['model']} |
 | seed | {cfg['seed']} |
