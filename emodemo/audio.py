@@ -177,12 +177,13 @@ def frame_energy_db(wav: np.ndarray, hop: int, block: int = 1024) -> np.ndarray:
     return 10 * np.log10(energy + 1e-12)
 
 
-def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int) -> np.ndarray:
+def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int, owned: bool = False) -> np.ndarray:
     """Downmix to mono, replace non-finite samples, resample to 16 kHz; returns float32 [n].
-    Works on at most one copy of the samples (the caller's array is never modified)."""
+    Works on at most one copy of the samples; the caller's array is never modified unless
+    `owned` (the caller hands it over, e.g. freshly decoded samples: then no copy at all)."""
     src = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else wav
     arr = np.asarray(src, dtype=np.float32)
-    owned = not (isinstance(src, np.ndarray) and np.shares_memory(arr, src))
+    owned = owned or not (isinstance(src, np.ndarray) and np.shares_memory(arr, src))
     t = torch.from_numpy(arr)
     if t.ndim == 2:
         # [channels, n] or [n, channels]: the shorter axis is the channel axis.
@@ -238,7 +239,7 @@ def load_audio(audio: AudioInput, max_duration: Optional[float] = None) -> np.nd
         out = to_mono_16k(wav, sr)
     elif isinstance(audio, (str, os.PathLike)):
         data, sr = decode(audio, limit)
-        out = to_mono_16k(data, sr)
+        out = to_mono_16k(data, sr, owned=True)      # freshly decoded: cleaned in place
     else:
         raise AudioError(f"unsupported audio input of type {type(audio).__name__}")
     if out.size < MIN_SAMPLES:

@@ -57,6 +57,16 @@ def recognizer():
     return emodemo.load_recognizer()
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (training tests on a 2-core box), restoring the setting."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---- fine-tuning fixtures: pitch-coded tones as corrections of a tiny 3-class bundle --------
 LABELS3 = ["neutral", "happy", "sad"]
 PITCH = {"neutral": 150.0, "happy": 420.0, "sad": 260.0}

@@ -16,13 +16,7 @@ from emodemo.finetune import (Clip, TooFewCorrections, blend_states, build_datas
                               next_version, pick_alpha, split_clips)
 from emodemo.store import CorrectionStore
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clip_rec(sha, label, annotator=None, t=0, cid=None, start=None, end=None, transcript=None,
