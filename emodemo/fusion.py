@@ -114,8 +114,9 @@ def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
     *worst* group's UA, so one kind of data cannot buy accuracy at another's expense.
     objective "regret" (needs groups): the worst group's fused UA minus the better single branch's
     UA on that group, i.e. fusion must not lose to the branch that carries the information, on
-    any kind of input. Scores are averaged over neighbouring audio weights before choosing, so a
-    narrow spike that fits the validation data by luck loses to a broad optimum.
+    any kind of input. Scores are averaged over the neighbouring grid points (audio weight,
+    sharpness, evidence power) before choosing, so a narrow spike that fits the validation data by
+    luck loses to a broad optimum.
     Returns (fusion, its unsmoothed score).
     """
     n_classes = p_audio.shape[1]
@@ -137,16 +138,20 @@ def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
             continue
         sharps = (1.0,) if mode == "linear" else (0.5, 1.0, 2.0, 4.0, 8.0)
         powers = (1.0, 2.0, 4.0, 8.0) if mode == "evidence" else (1.0,)
-        for sharp in sharps:
-            for power in powers:
-                fusions = [LateFusion(float(w), mode, sharp, neutral_index, power) for w in weights]
-                raw = []
-                for fus in fusions:
-                    pred = fus(p_audio, p_text).argmax(1)
-                    raw.append(min(unweighted_accuracy(sel(y, g), sel(pred, g), n_classes) - ref[g]
-                                   for g in gids))
-                for i, fus in enumerate(fusions):
-                    key = (float(np.mean(raw[max(0, i - 1): i + 2])), raw[i])
-                    if key > best_key:
-                        best, best_key = fus, key
+        # score[i, j, k]: sharpness i, evidence power j, audio weight k
+        score = np.empty((len(sharps), len(powers), len(weights)))
+        for i, sharp in enumerate(sharps):
+            for j, power in enumerate(powers):
+                for k, w in enumerate(weights):
+                    pred = LateFusion(float(w), mode, sharp, neutral_index, power)(p_audio, p_text).argmax(1)
+                    score[i, j, k] = min(unweighted_accuracy(sel(y, g), sel(pred, g), n_classes) - ref[g]
+                                         for g in gids)
+        for i, j, k in np.ndindex(*score.shape):
+            # averaged over the neighbouring grid points in every parameter: a broad optimum
+            # beats a narrow spike that fits the validation data by luck
+            near = score[max(0, i - 1): i + 2, max(0, j - 1): j + 2, max(0, k - 1): k + 2]
+            key = (float(near.mean()), float(score[i, j, k]))
+            if key > best_key:
+                best = LateFusion(float(weights[k]), mode, sharps[i], neutral_index, powers[j])
+                best_key = key
     return best, best_key[1]

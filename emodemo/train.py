@@ -752,11 +752,21 @@ def run_recipe(config: dict | str | Path) -> dict:
     t0 = time.time()
     sc = cfg["speech"]
     speech = text = None
-    if cfg.get("init"):   # warm start: heads (and deltas) of an earlier bundle, e.g. a frozen-head one
+    if cfg.get("init"):   # warm start from earlier bundles: one path, or {"speech": path, "text": path}
         from .bundle import load_bundle
-        init_cfg, speech, text = load_bundle(cfg["init"])
-        if init_cfg["labels"] != list(labels):
-            raise ValueError(f"init bundle labels {init_cfg['labels']} differ from {labels}")
+        init = cfg["init"]
+        sources = init if isinstance(init, dict) else {"speech": init, "text": init}
+        loaded: dict = {}
+        for branch in ("speech", "text"):
+            if not sources.get(branch):
+                continue
+            path = str(sources[branch])
+            if path not in loaded:
+                loaded[path] = load_bundle(path)
+            init_cfg, sp, tx = loaded[path]
+            if init_cfg["labels"] != list(labels):
+                raise ValueError(f"init bundle {path} labels {init_cfg['labels']} differ from {labels}")
+            speech, text = (sp, text) if branch == "speech" else (speech, tx)
     speech, m_speech, h_speech = train_speech(cfg, labels, load_spec(sc["train"]), load_spec(sc["val"]),
                                               run, model=speech)
     if rank != 0:

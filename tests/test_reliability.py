@@ -1103,8 +1103,9 @@ def test_app_binds_to_localhost_unless_told_otherwise(fast_rec, tmp_path, monkey
 
     class Demo:  # the rest only resolves settings: skip building the Blocks again
         def __init__(self, _rec, _store, **limits):
-            self.emodemo_limits = Limits.from_kwargs(**{k: v for k, v in limits.items()
-                                                       if k != "preload_asr"})
+            self.emodemo_limits = Limits.from_kwargs(**{
+                k: v for k, v in limits.items()
+                if k not in ("preload_asr", "models_dir", "allow_finetune")})
 
         def launch(self, **kw):
             seen.append(kw)

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from conftest import ROOT, SR, tone
 from emodemo.data import IEMOCAP_LABELS, iemocap, iemocap_folds, load_spec, manifest
+from emodemo import audio as emodemo_audio
 from emodemo.train import metrics
 
 
@@ -142,6 +143,18 @@ def test_recipe_end_to_end_and_resume(tmp_path):
     run_recipe(cfg)
     assert "resumed at epoch 2" in (run / "train.log").read_text()
     assert (run / "train.log").read_text().count("speech epoch") == log_before
+    # warm start each branch from a bundle ({"speech": ..., "text": ...}); no further epochs
+    sub = tmp_path / "warm"
+    sub.mkdir()
+    cfg2 = tiny_recipe(sub, csv)
+    cfg2["init"] = {"speech": str(tmp_path / "bundle"), "text": str(tmp_path / "bundle")}
+    cfg2["speech"]["epochs"], cfg2["text"]["epochs"] = 0, 0
+    cfg2["text"]["prior_correction"] = "none"
+    run_recipe(cfg2)
+    rec2 = load_recognizer(sub / "bundle")
+    wav = emodemo_audio.load_audio(str(tmp_path / "happy_0.wav"))
+    assert np.allclose(rec2.audio_proba(wav), rec.audio_proba(wav), atol=1e-5)
+    assert np.allclose(rec2.text_proba(["so glad"]), rec.text_proba(["so glad"]), atol=1e-4)
 
 
 def test_ddp_two_cpu_processes(tmp_path):
