@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "examples"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_COLUMNS = ["", "folder", "name", "version", "created (UTC)", "size", "audio UA",
-                 "text macro-F1", "fine-tuned from", "corrections used"]
+MODEL_COLUMNS = ["", "folder", "name", "version", "created (UTC)", "size", "audio UA (val)",
+                 "text macro-F1 (dev)", "fine-tuned from", "corrections used"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".oga", ".opus", ".webm", ".aac",
                   ".aiff", ".aif")
 NONE_LABEL = "none"
