@@ -6,7 +6,7 @@
 
 Every option can also be set through the environment (the CLI wins): EMODEMO_BUNDLE, EMODEMO_DB,
 EMODEMO_HOST, EMODEMO_PORT (or GRADIO_SERVER_PORT), EMODEMO_MAX_FILE_SIZE,
-EMODEMO_MAX_DURATION, EMODEMO_LONG_AUDIO, EMODEMO_SEGMENT_LEN, EMODEMO_NO_FINETUNE. On a Hugging Face Space
+EMODEMO_MAX_DURATION, EMODEMO_LONG_AUDIO, EMODEMO_SEGMENT_LEN, EMODEMO_NO_FINETUNE, EMODEMO_MODELS_DIR. On a Hugging Face Space
 (SPACE_ID is set) the server binds 0.0.0.0, and corrections go to the persistent /data volume
 when the Space has one.
 """
@@ -48,6 +48,19 @@ def default_db() -> str:
     return default_url()
 
 
+def default_models_dir() -> Path:
+    """$EMODEMO_MODELS_DIR; on a Space with persistent storage (/data), a folder there (so
+    fine-tuned bundles survive restarts); else models/ next to app.py."""
+    env = _env("EMODEMO_MODELS_DIR")
+    if env:
+        return Path(env)
+    if os.environ.get("SPACE_ID"):
+        persistent = Path("/data")
+        if persistent.is_dir() and os.access(persistent, os.W_OK):
+            return persistent / "emodemo" / "models"
+    return ROOT / "models"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run the emodemo web app.")
     p.add_argument("--bundle", default=_env("EMODEMO_BUNDLE", default=str(ROOT / "models" / "default")),
@@ -68,6 +81,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="audio longer than this (s) is split into segments (default 30)")
     p.add_argument("--segment-len", type=float, default=float(_env("EMODEMO_SEGMENT_LEN", default="10")),
                    help="longest segment when splitting, seconds (default 10)")
+    p.add_argument("--models-dir", default=None,
+                   help="where the Models tab writes fine-tuned bundles (default: $EMODEMO_MODELS_DIR; "
+                        "/data/emodemo/models on a Space with persistent storage; else models/); "
+                        "the shipped models/ is always listed too")
     p.add_argument("--no-finetune", action="store_true",
                    default=_env("EMODEMO_NO_FINETUNE", default="") not in ("", "0", "false"),
                    help="hide fine-tuning in the Models tab (e.g. on a busy public Space); "
@@ -96,8 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store = CorrectionStore(args.db or default_db(), labels=rec.labels)
         demo = build_app(rec, store, max_file_bytes=max_bytes, max_duration=args.max_duration,
                          long_audio=args.long_audio, segment_len=args.segment_len,
-                         preload_asr=not args.no_preload_asr, models_dir=ROOT / "models",
-                         allow_finetune=not args.no_finetune)
+                         preload_asr=not args.no_preload_asr,
+                         models_dir=Path(args.models_dir) if args.models_dir else default_models_dir(),
+                         extra_model_dirs=[ROOT / "models"], allow_finetune=not args.no_finetune)
     except (EmodemoError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -201,13 +201,16 @@ class Handlers:
 
     def __init__(self, recognizer, store, limits: Optional[Limits] = None,
                  work_dir: Optional[str | os.PathLike] = None,
-                 models_dir: Optional[str | os.PathLike] = None, allow_finetune: bool = True):
+                 models_dir: Optional[str | os.PathLike] = None, allow_finetune: bool = True,
+                 extra_model_dirs: Sequence[str | os.PathLike] = ()):
         self.rec = recognizer
         self.store = store
         self.limits = limits or Limits()
         self.labels: list[str] = list(recognizer.labels)
         self._work_dir = Path(work_dir) if work_dir is not None else None
-        self.models_dir = Path(models_dir) if models_dir is not None else MODELS_DIR
+        self.models_dir = Path(models_dir) if models_dir is not None else MODELS_DIR  # new bundles go here
+        self.model_dirs = [self.models_dir] + [Path(d) for d in extra_model_dirs
+                                               if Path(d).resolve() != self.models_dir.resolve()]
         self.allow_finetune = allow_finetune
         self.job = None                      # the latest registry.FinetuneJob
         self.finetune_options: dict = {}     # extra finetune() arguments (replay_spec, overrides ...)
@@ -574,7 +577,13 @@ class Handlers:
 
     def _bundles(self) -> list:
         from .registry import find_bundles
-        return find_bundles(self.models_dir)
+        out, seen = [], set()
+        for d in self.model_dirs:             # a folder name shadowed by an earlier folder is skipped
+            for b in find_bundles(d):
+                if b.key not in seen:
+                    seen.add(b.key)
+                    out.append(b)
+        return out
 
     def reference_choices(self) -> list[tuple[str, str]]:
         """Reference sets offered for the fine-tuning gate: none, or the active bundle's own
@@ -604,7 +613,7 @@ class Handlers:
                          "–" if b.corrections is None else str(b.corrections)])
         keys = [b.key for b in bundles]
         value = next((b.key for b in bundles if b.path == active), None)
-        where = f"`{md_escape(self.models_dir.name)}/`"
+        where = " and ".join(f"`{md_escape(str(d))}`" for d in self.model_dirs)
         now = (f"Active: **{md_escape(self.rec.name)} v{md_escape(self.rec.version)}**"
                + (f" (`{md_escape(active.name)}`)" if active else ""))
         msg = (f"{len(bundles)} model bundle{'s' if len(bundles) != 1 else ''} in {where}. {now}."
@@ -680,6 +689,8 @@ class Handlers:
             raise EmodemoError("Fine-tuning is switched off in this app (started with --no-finetune).")
         if self.job is not None and self.job.running:
             raise EmodemoError("A fine-tuning run is already going; wait for it to finish.")
+        for d in self.model_dirs[1:]:
+            check_new_name(d, clean_input_text(name))      # taken in any listed folder: refused
         out = check_new_name(self.models_dir, clean_input_text(name))
         kw = self._ft_kwargs(epochs, min_per_class, reference, force)
         base = self._active()
@@ -918,7 +929,8 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
               title: str = "emodemo — speech + text emotion recognition",
               preload_asr: bool = False, concurrency_limit: int = 1,
               work_dir: Optional[str | Path] = None, models_dir: Optional[str | Path] = None,
-              allow_finetune: bool = True, **limits: Any):
+              allow_finetune: bool = True, extra_model_dirs: Sequence[str | Path] = (),
+              **limits: Any):
     """The Gradio Blocks app around an already-loaded recognizer and an open CorrectionStore.
 
     limits: fields of `Limits` (max_file_bytes or max_file_size like "50mb", max_duration,
@@ -926,14 +938,15 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
     up) the ASR model in a background thread now rather than on the first request. concurrency_limit: model runs at once (they
     share one queue). work_dir: folder for exports (default: a private temp folder).
     models_dir: where the Models tab looks for bundles and writes fine-tuned ones (default
-    models/). allow_finetune: offer fine-tuning runs in the Models tab. Launch
+    models/); extra_model_dirs: more folders it lists bundles from (e.g. the shipped models/ when
+    models_dir is a persistent volume). allow_finetune: offer fine-tuning runs in the Models tab. Launch
     with `**launch_kwargs(demo.emodemo_limits)`.
     """
     import gradio as gr
 
     lim = Limits.from_kwargs(**limits)
     h = Handlers(recognizer, store, lim, work_dir=work_dir, models_dir=models_dir,
-                 allow_finetune=allow_finetune)
+                 allow_finetune=allow_finetune, extra_model_dirs=extra_model_dirs)
     if preload_asr:      # in the background: the page is served while the ASR loads and warms up
         recognizer.preload()
     labels = list(recognizer.labels)

@@ -125,3 +125,23 @@ def test_finetune_from_the_tab(models_dir, tmp_path, monkeypatch):
     assert not (models_dir / "tones-v2").exists()
     # the new bundle can be made the active one
     assert "Now using" in h.switch_model("tones-v1")["models_msg"] and h.rec.version == "1.ft1"
+
+
+def test_persistent_models_folder_lists_the_shipped_ones_too(models_dir, tmp_path, monkeypatch):
+    import emodemo
+    persist = tmp_path / "persist"
+    rec = emodemo.load_recognizer(models_dir / "tiny")
+    h = Handlers(rec, CorrectionStore(f"sqlite:///{tmp_path}/c.db", labels=LABELS3),
+                 work_dir=tmp_path / "work", models_dir=persist, extra_model_dirs=[models_dir])
+    out = h.models()
+    assert [r[1] for r in out["models_table"]] == ["tiny", "tiny-b"] and out["models_table"][0][0] == "● active"
+    assert "Now using" in h.switch_model("tiny-b")["models_msg"]
+    # a name taken in any listed folder is refused; new bundles would go to the persistent folder
+    assert "already exists" in h.start_finetune("tiny", 1, 3, "", False)["ft_msg"]
+    # app.py: where fine-tuned bundles go
+    import app
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("EMODEMO_MODELS_DIR", raising=False)
+    assert app.default_models_dir() == app.ROOT / "models"
+    monkeypatch.setenv("EMODEMO_MODELS_DIR", str(persist))
+    assert app.default_models_dir() == persist
