@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Optional, Protocol
 
 import numpy as np
@@ -14,6 +15,10 @@ CLIP_MIN_SECONDS = 5.0      # shortest encoder input in the "clip" window mode
 TOKENS_PER_SECOND = 8.0     # output length bound per second of audio ("clip" mode)
 MAX_TOKENS = 224            # Whisper's own bound per window
 NO_SPEECH = 0.8             # windows with a higher no-speech probability are dropped
+LOGPROB_THRESHOLD = -1.0    # ... and windows whose mean token log-probability is lower (Whisper's
+COMPRESSION_RATIO = 2.4     # own failure tests, as are repetitive texts above this gzip ratio):
+                            # speech in another language, or noise, then gives no transcript
+                            # instead of invented English that the text branch would trust
 
 
 class ASR(Protocol):
@@ -22,6 +27,18 @@ class ASR(Protocol):
 
 def _ctranslate2_threads() -> int:
     return int(os.environ.get("EMODEMO_ASR_THREADS", "0")) or min(4, os.cpu_count() or 1)
+
+
+def compression_ratio(text: str) -> float:
+    """gzip compression ratio of a text, as Whisper computes it (high = repetitive)."""
+    raw = text.encode("utf-8")
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+def trustworthy(text: str, avg_logprob: float, no_speech_prob: float) -> bool:
+    """Whisper's tests for a failed decoding, used to drop a window's text rather than retry."""
+    return (bool(text) and no_speech_prob < NO_SPEECH and avg_logprob >= LOGPROB_THRESHOLD
+            and compression_ratio(text) <= COMPRESSION_RATIO)
 
 
 class FasterWhisperASR:
@@ -76,9 +93,10 @@ class FasterWhisperASR:
             max_len = min(MAX_TOKENS, int(TOKENS_PER_SECOND * x.shape[1] / 100) + 8)
             r = self.model.model.generate(enc, [prompt], beam_size=self.beam_size, max_length=max_len,
                                           suppress_blank=True, suppress_tokens=[-1],
-                                          return_no_speech_prob=True)[0]
-            if r.no_speech_prob < NO_SPEECH:
-                texts.append(tk.decode(r.sequences_ids[0]).strip())
+                                          return_no_speech_prob=True, return_scores=True)[0]
+            text = tk.decode(r.sequences_ids[0]).strip()
+            if trustworthy(text, r.scores[0], r.no_speech_prob):
+                texts.append(text)
         return " ".join(t for t in texts if t).strip()
 
     def transcribe(self, wav: np.ndarray) -> str:
@@ -88,7 +106,8 @@ class FasterWhisperASR:
         segments, _ = self.model.transcribe(
             wav, language=self.language, beam_size=self.beam_size, temperature=0.0,
             condition_on_previous_text=False, vad_filter=False, without_timestamps=True)
-        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
+        return " ".join(s.text.strip() for s in segments
+                        if trustworthy(s.text.strip(), s.avg_logprob, s.no_speech_prob)).strip()
 
 
 class OpenAIWhisperASR:

@@ -24,6 +24,26 @@ def test_faster_whisper_default_transcribes_speech(speech_wav):
     assert len(asr.transcribe(np.zeros(A.SAMPLE_RATE * 2, np.float32)).split()) <= 2
 
 
+def test_failed_decodings_give_no_transcript(tmp_path):
+    """Speech in another language makes tiny.en invent English with a low log-probability or
+    loops: Whisper's own failure tests drop it, so the text branch is not fed invented words."""
+    from conftest import espeak
+    from emodemo.asr import compression_ratio, trustworthy
+    asr = load_asr()
+    for window in ("clip", "30s"):
+        asr.window = window
+        for voice, text in (("de", "Ich bin heute so glücklich, das sind wunderbare Nachrichten für uns alle."),
+                            ("es", "Estoy muy enojado contigo, no quiero verte nunca más.")):
+            wav = A.load_audio(espeak(text, tmp_path / f"{voice}.wav", voice=voice))
+            assert asr.transcribe(wav) == "", (window, voice)
+    asr.window = "clip"
+    english = A.load_audio(espeak("Dogs are sitting by the door.", tmp_path / "en.wav"))
+    assert "door" in asr.transcribe(english).lower()
+    assert compression_ratio("1, 1, " * 40) > 2.4 and not trustworthy("1, 1, " * 40, -0.2, 0.1)
+    assert trustworthy("Dogs are sitting by the door.", -0.8, 0.1)
+    assert not trustworthy("Dogs are sitting by the door.", -1.3, 0.1)
+
+
 def test_torch_threads_survive_the_asr_load():
     import emodemo
     rec = emodemo.load_recognizer(threads=1)
