@@ -58,6 +58,15 @@ def recognizer():
 
 
 @pytest.fixture
+def store(tmp_path):
+    """A fresh SQLite corrections store in tmp_path/db, media in tmp_path/media."""
+    from emodemo.store import CorrectionStore
+    s = CorrectionStore(f"sqlite:///{tmp_path / 'db' / 'corrections.db'}", media_dir=tmp_path / "media")
+    yield s
+    s.close()
+
+
+@pytest.fixture
 def one_thread():
     """Run a test with one torch thread (training tests on a 2-core box), restoring the setting."""
     import torch

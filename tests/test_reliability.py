@@ -100,13 +100,6 @@ def corpus(tmp_path_factory) -> list[B.BadInput]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = CorrectionStore(f"sqlite:///{tmp_path / 'db' / 'c.db'}", media_dir=tmp_path / "media")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def app(fast_rec, store, tmp_path):
     return Handlers(fast_rec, store, Limits(**B.APP_LIMITS), work_dir=tmp_path / "work")
 

@@ -44,13 +44,6 @@ def fast_rec(recognizer):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = CorrectionStore(f"sqlite:///{tmp_path / 'corrections.db'}", media_dir=tmp_path / "media")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def h(fast_rec, store):
     return Handlers(fast_rec, store, Limits(), work_dir=store.db_file.parent / "work")
 
