@@ -6,7 +6,7 @@
 
 Every option can also be set through the environment (the CLI wins): EMODEMO_BUNDLE, EMODEMO_DB,
 EMODEMO_HOST, EMODEMO_PORT (or GRADIO_SERVER_PORT), EMODEMO_MAX_FILE_SIZE,
-EMODEMO_MAX_DURATION, EMODEMO_LONG_AUDIO, EMODEMO_SEGMENT_LEN, EMODEMO_NO_FINETUNE, EMODEMO_MODELS_DIR. On a Hugging Face Space
+EMODEMO_MAX_DURATION, EMODEMO_LONG_AUDIO, EMODEMO_SEGMENT_LEN, EMODEMO_NO_FINETUNE, EMODEMO_MODELS_DIR, EMODEMO_ADMIN_TOKEN. On a Hugging Face Space
 (SPACE_ID is set) the server binds 0.0.0.0, and corrections go to the persistent /data volume
 when the Space has one.
 """
@@ -85,6 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="where the Models tab writes fine-tuned bundles (default: $EMODEMO_MODELS_DIR; "
                         "/data/emodemo/models on a Space with persistent storage; else models/); "
                         "the shipped models/ is always listed too")
+    p.add_argument("--admin-token", default=_env("EMODEMO_ADMIN_TOKEN"),
+                   help="if set, switching the active model and fine-tuning in the Models tab ask "
+                        "for this token (default: $EMODEMO_ADMIN_TOKEN; set it on a public Space)")
     p.add_argument("--no-finetune", action="store_true",
                    default=_env("EMODEMO_NO_FINETUNE", default="") not in ("", "0", "false"),
                    help="hide fine-tuning in the Models tab (e.g. on a busy public Space); "
@@ -115,7 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          long_audio=args.long_audio, segment_len=args.segment_len,
                          preload_asr=not args.no_preload_asr,
                          models_dir=Path(args.models_dir) if args.models_dir else default_models_dir(),
-                         extra_model_dirs=[ROOT / "models"], allow_finetune=not args.no_finetune)
+                         extra_model_dirs=[ROOT / "models"], allow_finetune=not args.no_finetune,
+                         admin_token=args.admin_token)
     except (EmodemoError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

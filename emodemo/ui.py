@@ -202,7 +202,8 @@ class Handlers:
     def __init__(self, recognizer, store, limits: Optional[Limits] = None,
                  work_dir: Optional[str | os.PathLike] = None,
                  models_dir: Optional[str | os.PathLike] = None, allow_finetune: bool = True,
-                 extra_model_dirs: Sequence[str | os.PathLike] = ()):
+                 extra_model_dirs: Sequence[str | os.PathLike] = (),
+                 admin_token: Optional[str] = None):
         self.rec = recognizer
         self.store = store
         self.limits = limits or Limits()
@@ -214,6 +215,7 @@ class Handlers:
         self.allow_finetune = allow_finetune
         self.job = None                      # the latest registry.FinetuneJob
         self.finetune_options: dict = {}     # extra finetune() arguments (replay_spec, overrides ...)
+        self.admin_token = admin_token or None   # when set, switching and fine-tuning need it
         self._switch_lock = threading.Lock()
 
     @property
@@ -621,10 +623,18 @@ class Handlers:
         return {"models_table": rows, "models_dd": gr.update(choices=keys, value=value),
                 "models_msg": _ok(msg)}
 
+    def _check_admin(self, token: Any) -> None:
+        import hmac
+        if self.admin_token and not hmac.compare_digest(str(token or "").encode(),
+                                                        self.admin_token.encode()):
+            raise EmodemoError("This needs the admin token (the app's owner sets it with "
+                               "--admin-token or EMODEMO_ADMIN_TOKEN).")
+
     @_guard("models_msg")
-    def switch_model(self, key: Optional[str]) -> dict:
+    def switch_model(self, key: Optional[str], token: Any = None) -> dict:
         """Make the bundle `key` (a folder name listed by `models`) the active model."""
         from .recognizer import load_recognizer
+        self._check_admin(token)
         found = {b.key: b for b in self._bundles()}
         if not key or key not in found:
             raise EmodemoError("Choose one of the listed models first.")
@@ -679,7 +689,7 @@ class Handlers:
 
     @_guard("ft_msg")
     def start_finetune(self, name: Any, epochs: Any = None, min_per_class: Any = None,
-                       reference: Any = None, force: Any = False) -> dict:
+                       reference: Any = None, force: Any = False, token: Any = None) -> dict:
         """Start fine-tuning a new bundle `models/<name>` from the active one in the background."""
         import gradio as gr
 
@@ -687,6 +697,7 @@ class Handlers:
         from .registry import FinetuneJob, check_new_name
         if not self.allow_finetune:
             raise EmodemoError("Fine-tuning is switched off in this app (started with --no-finetune).")
+        self._check_admin(token)
         if self.job is not None and self.job.running:
             raise EmodemoError("A fine-tuning run is already going; wait for it to finish.")
         for d in self.model_dirs[1:]:
@@ -930,7 +941,7 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
               preload_asr: bool = False, concurrency_limit: int = 1,
               work_dir: Optional[str | Path] = None, models_dir: Optional[str | Path] = None,
               allow_finetune: bool = True, extra_model_dirs: Sequence[str | Path] = (),
-              **limits: Any):
+              admin_token: Optional[str] = None, **limits: Any):
     """The Gradio Blocks app around an already-loaded recognizer and an open CorrectionStore.
 
     limits: fields of `Limits` (max_file_bytes or max_file_size like "50mb", max_duration,
@@ -946,7 +957,8 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
 
     lim = Limits.from_kwargs(**limits)
     h = Handlers(recognizer, store, lim, work_dir=work_dir, models_dir=models_dir,
-                 allow_finetune=allow_finetune, extra_model_dirs=extra_model_dirs)
+                 allow_finetune=allow_finetune, extra_model_dirs=extra_model_dirs,
+                 admin_token=admin_token)
     if preload_asr:      # in the background: the page is served while the ASR loads and warms up
         recognizer.preload()
     labels = list(recognizer.labels)
@@ -1062,6 +1074,9 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
                 gr.Markdown("<small>Switching changes the model for everyone using this app; "
                             "every prediction and correction records the model version that "
                             "made it.</small>")
+                admin_in = gr.Textbox(label="Admin token (needed to switch models and fine-tune)",
+                                      type="password", max_lines=1, visible=bool(admin_token),
+                                      elem_id="emodemo-admin-token")
                 with gr.Group(visible=allow_finetune):
                     gr.Markdown("### Fine-tune a new version from the stored corrections\n"
                                 "Starts from the active model, holds out a quarter of the corrected "
@@ -1162,9 +1177,11 @@ def build_app(recognizer, store, *, examples_dir: Optional[str | Path] = None,
         models_keys = ["models_table", "models_dd", "models_msg"]
         for trig in (models_tab.select, models_refresh.click):
             wire(trig, h.models, [], models_keys)
-        wire(switch_btn.click, h.switch_model, [models_dd], models_keys + ["weight"], **model_q)
+        wire(switch_btn.click, h.switch_model, [models_dd, admin_in], models_keys + ["weight"],
+             **model_q)
         wire(ft_dry.click, h.finetune_dry_run, [ft_min], ["ft_msg"])
-        wire(ft_start.click, h.start_finetune, [ft_name, ft_epochs, ft_min, ft_ref, ft_force],
+        wire(ft_start.click, h.start_finetune,
+             [ft_name, ft_epochs, ft_min, ft_ref, ft_force, admin_in],
              ["ft_msg", "ft_timer", "ft_progress"])
         wire(ft_timer.tick, h.finetune_status, [], ["ft_progress", "ft_timer"] + models_keys[:2],
              show_progress="hidden")

@@ -145,3 +145,14 @@ def test_persistent_models_folder_lists_the_shipped_ones_too(models_dir, tmp_pat
     assert app.default_models_dir() == app.ROOT / "models"
     monkeypatch.setenv("EMODEMO_MODELS_DIR", str(persist))
     assert app.default_models_dir() == persist
+
+
+def test_admin_token_guards_switching_and_finetuning(models_dir, tmp_path):
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
+    h.admin_token = "s3cret"
+    for token in (None, "", "wrong"):
+        assert "admin token" in h.switch_model("tiny-b", token)["models_msg"]
+        assert "admin token" in h.start_finetune("new-v1", 1, 3, "", False, token)["ft_msg"]
+    assert h.rec.version == "1" and h.job is None and not (models_dir / "new-v1").exists()
+    assert "Now using" in h.switch_model("tiny-b", "s3cret")["models_msg"] and h.rec.version == "2"
+    assert "models_table" in h.models()                 # listing stays open to everyone

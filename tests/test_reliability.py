@@ -1098,7 +1098,8 @@ def test_app_binds_to_localhost_unless_told_otherwise(fast_rec, tmp_path, monkey
         def __init__(self, _rec, _store, **limits):
             self.emodemo_limits = Limits.from_kwargs(**{
                 k: v for k, v in limits.items()
-                if k not in ("preload_asr", "models_dir", "allow_finetune", "extra_model_dirs")})
+                if k not in ("preload_asr", "models_dir", "allow_finetune", "extra_model_dirs",
+                              "admin_token")})
 
         def launch(self, **kw):
             seen.append(kw)
