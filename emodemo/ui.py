@@ -388,7 +388,8 @@ class Handlers:
             branch.append(f"text branch: **{md_escape(t_top)}** {p.text[t_top]:.0%}")
         else:
             branch.append("text branch: not used (no transcript)")
-        mode = "confidence-weighted" if fus.mode == "confidence" else "linear"
+        mode = {"confidence": "confidence-weighted",
+                "evidence": "evidence-aware (neutral = no emotion heard or read)"}.get(fus.mode, fus.mode)
         branch.append(f"fusion: {mode}, audio weight {fus.audio_weight:.2f}")
         lines.append(" · ".join(branch))
         tr = p.transcript

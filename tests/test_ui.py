@@ -85,6 +85,7 @@ def test_analyse_with_real_asr(recognizer, store):
     label = max(labels, key=lambda k: _trace(fig, "fused").y[labels.index(k)])
     assert md_escape(label) in out["summary"]
     assert f"{max(_trace(fig, 'fused').y):.0%}" in out["summary"]
+    assert "fusion: evidence-aware" in out["summary"]     # the shipped bundle's fusion mode, named
     wave_fig = out["wave_plot"]
     assert len(wave_fig.data) == 2 and len(wave_fig.data[0].x) <= plots.WAVE_POINTS
     assert len(wave_fig.layout.shapes) == 1        # the analysed span
