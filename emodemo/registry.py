@@ -86,7 +86,8 @@ def find_bundles(root: str | Path) -> list[BundleInfo]:
     if not root.is_dir():
         return out
     for p in sorted(root.iterdir()):
-        if p.is_dir() and (p / "config.json").is_file():
+        # hidden folders are skipped: a fine-tuning run stages its bundle in ".<name>.tmp-*"
+        if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file():
             try:
                 out.append(describe(p))
             except (EmodemoError, OSError, ValueError) as exc:

@@ -30,6 +30,7 @@ def models_dir(tiny_bundle, tmp_path) -> Path:
     (d / "broken").mkdir()
     (d / "broken" / "config.json").write_text("{not json")
     (d / "notes").mkdir()
+    shutil.copytree(tiny_bundle, d / ".new.tmp-abc")         # a fine-tuning run's staging folder
     return d
 
 
