@@ -368,17 +368,14 @@ def _check_span(start: Any, end: Any, duration: Optional[float]) -> tuple[Option
 
 
 @contextlib.contextmanager
-def _atomic_open(path: Path, mode: str = "wb", **kw: Any) -> Iterator[Any]:
-    """Open a temp file next to `path`; on success fsync it and os.replace it onto `path`,
-    on any error remove it, so `path` is either the old file or the complete new one."""
+def _atomic_path(path: Path, suffix: str = ".part") -> Iterator[str]:
+    """A temp file name next to `path`: on success it is os.replace'd onto `path`, on any error
+    removed, so `path` is either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -386,6 +383,18 @@ def _atomic_open(path: Path, mode: str = "wb", **kw: Any) -> Iterator[Any]:
         except OSError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: str = "wb", **kw: Any) -> Iterator[Any]:
+    """Open a temp file next to `path`; on success fsync it and move it onto `path` (see
+    `_atomic_path`)."""
+    with _atomic_path(path) as tmp:
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -1035,25 +1044,16 @@ class CorrectionStore:
         path = Path(path).expanduser().resolve()
         if path == self.db_file:
             raise StoreError("the backup must not overwrite the database itself")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".db", dir=path.parent)
-        os.close(fd)
         self._check_fork()
         raw = self.engine.raw_connection()
         try:
-            dest = sqlite3.connect(tmp)
-            try:
-                raw.driver_connection.backup(dest)
-                dest.execute("PRAGMA journal_mode = DELETE")  # a self-contained single file
-            finally:
-                dest.close()
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            with _atomic_path(path, ".db") as tmp:
+                dest = sqlite3.connect(tmp)
+                try:
+                    raw.driver_connection.backup(dest)
+                    dest.execute("PRAGMA journal_mode = DELETE")  # a self-contained single file
+                finally:
+                    dest.close()
         finally:
             raw.close()
         return path
