@@ -874,6 +874,11 @@ def evaluate_targets(res: dict) -> dict:
     return out
 
 
+def _head(*columns: str) -> list[str]:
+    """A markdown table's header row and its separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def render_markdown(res: dict) -> str:
     """All result tables as markdown (also what README.md's results block holds)."""
     m = res.get("machine", {})
@@ -896,15 +901,15 @@ def render_markdown(res: dict) -> str:
         L += [f"No other CPU-heavy process seen in {len(samples)} checks between sections "
               f"(1-min load average at start {load0:.1f}).", ""]
     tg = res.get("targets") or evaluate_targets(res)
-    L += ["| target | goal | measured | met |", "|---|---|---|---|"]
+    L += _head("target", "goal", "measured", "met")
     for t in tg.values():
         v = t["value"]
         L.append(f"| {t['target']} | {t['op']} {t['threshold']:g} | {_num(v)} | "
                  f"{'–' if t['met'] is None else ('yes' if t['met'] else '**no**')} |")
     if res.get("latency"):
         L += ["", "Latency per clip (median ms; RTF = end to end / clip length)", "",
-              "| clip | audio branch | ASR | text branch | fusion | end to end | RTF | audio-only e2e | RTF audio-only |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              *_head("clip", "audio branch", "ASR", "text branch", "fusion", "end to end", "RTF",
+                     "audio-only e2e", "RTF audio-only")]
         for r in res["latency"]:
             L.append(f"| {r['seconds']:g} s | {_ms(r['audio']['median'])} | {_ms(r['asr']['median'])} | "
                      f"{_ms(r['text']['median'])} | {_ms(r['fusion']['median'])} | {_ms(r['e2e']['median'])} | "
@@ -914,8 +919,7 @@ def render_markdown(res: dict) -> str:
         params = res.get("peer_params", {})
         L += ["", "Audio branch vs peer architectures (random weights, same clip, interleaved; median ms, "
               "ratio = peer / ours)", "",
-              "| clip | ours | " + " | ".join(f"{n} ({params.get(n, 0) / 1e6:.0f} M)" for n in names) + " |",
-              "|---|---|" + "---|" * len(names)]
+              *_head("clip", "ours", *(f"{n} ({params.get(n, 0) / 1e6:.0f} M)" for n in names))]
         for p in res["peers"]:
             cells = [f"{_ms(p['timings'][n]['median'])} ({p['ratio'][n]:.1f}×)" for n in names]
             L.append(f"| {p['seconds']:g} s | {_ms(p['timings']['ours']['median'])} | " + " | ".join(cells) + " |")
@@ -926,8 +930,7 @@ def render_markdown(res: dict) -> str:
               f"{tt.get('before', BEFORE_TORCH_THREADS)} torch threads and the old ASR call (30-s window + temperature "
               f"fallback); `asr_30s_t0` = `window=\"30s\"` (temperature 0); after = `load_recognizer()` defaults "
               f"({tt.get('after', '?')} torch thread(s), ASR window `{ba[0].get('asr_window_after', '?')}`)", "",
-              "| clip | " + " | ".join(ba[0]["timings"]) + " | speed-up audio / ASR / e2e |",
-              "|---|" + "---|" * (len(ba[0]["timings"]) + 1)]
+              *_head("clip", *ba[0]["timings"], "speed-up audio / ASR / e2e")]
         for w in ba:
             sp = w.get("speedup", {})
             L.append(f"| {w['seconds']:g} s | " + " | ".join(_ms(v["median"]) for v in w["timings"].values()) + " | "
@@ -941,13 +944,14 @@ def render_markdown(res: dict) -> str:
         L += ["", f"Batched audio branch before/after, {b['clips']} × {b['clip_seconds']:g}-s clips, in process, "
               f"interleaved (clips/s; speed-up {b['speedup']:.1f}×; batched vs one-by-one max |Δp| = "
               f"{b['max_abs_diff']:.1e})", "",
-              "| " + " | ".join(b["clips_per_s"]) + " |", "|" + "---|" * len(b["clips_per_s"]),
+              *_head(*b["clips_per_s"]),
               "| " + " | ".join(f"{v:.1f}" for v in b["clips_per_s"].values()) + " |"]
     if res.get("long_audio"):
         L += ["", "Long audio through `predict_segments` (fresh process per file; growth = peak RSS during the "
               "call − RSS before it)", "",
-              "| audio | ASR | variant | torch threads | segments | time (s) | RTF | RSS before (MB) | peak (MB) | growth (MB) | decoded audio (MB) | growth − audio (MB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              *_head("audio", "ASR", "variant", "torch threads", "segments", "time (s)", "RTF",
+                     "RSS before (MB)", "peak (MB)", "growth (MB)", "decoded audio (MB)",
+                     "growth − audio (MB)")]
         for r in res["long_audio"]:
             v = r.get("variant", "after")
             L.append(f"| {r['minutes']:g} min | {'yes' if r['asr'] else 'no'} | {VARIANTS.get(v, v)} | "
@@ -957,8 +961,8 @@ def render_markdown(res: dict) -> str:
         bd = [r for r in res["long_audio"] if r.get("breakdown")]
         if bd:
             L += ["", "Where the long-audio memory goes (peak growth of each whole-file step, MB)", "",
-                  "| audio | decoded audio | `load_audio` | `segment()` energy before | `frame_energy_db` (after) |",
-                  "|---|---|---|---|---|"]
+                  *_head("audio", "decoded audio", "`load_audio`", "`segment()` energy before",
+                         "`frame_energy_db` (after)")]
             seen = set()
             for r in bd:
                 if r["minutes"] in seen:
@@ -968,7 +972,7 @@ def render_markdown(res: dict) -> str:
                 L.append(f"| {r['minutes']:g} min | {r['audio_mb']:.0f} | {b['load_audio_mb']:.0f} | "
                          f"{b['segment_energy_before_mb']:.0f} | {b['segment_energy_after_mb']:.0f} |")
     if res.get("cold_start") or res.get("serving"):
-        L += ["", "App", "", "| measurement | value |", "|---|---|"]
+        L += ["", "App", "", *_head("measurement", "value")]
         c = res.get("cold_start")
         if c:
             b = c["breakdown"]
@@ -984,8 +988,8 @@ def render_markdown(res: dict) -> str:
     if res.get("cli"):
         L += ["", "Batch CLI (`python -m emodemo predict --json ...`, 3-s clips; start-up = time to the first "
               "output line, which audio-only comes after the first batch)", "",
-              "| mode | variant | options | clips | total (s) | start-up (s) | clips/s incl. start-up | clips/s steady |",
-              "|---|---|---|---|---|---|---|---|"]
+              *_head("mode", "variant", "options", "clips", "total (s)", "start-up (s)",
+                     "clips/s incl. start-up", "clips/s steady")]
         for c in res["cli"]:
             v = c.get("variant", "after")
             L.append(f"| {'with ASR' if c['asr'] else '--no-asr'} | {v} | {c.get('args', '')} | {c['clips']} | "
