@@ -100,13 +100,9 @@ class EmotionRecognizer:
     def transcribe(self, wav: np.ndarray) -> str:
         return clean_text(self.asr.transcribe(wav))
 
-    @torch.inference_mode()
     def audio_proba(self, wav: np.ndarray) -> np.ndarray:
         """Audio-branch class probabilities for one 16 kHz waveform (whole utterance)."""
-        feats = A.features(self.speech.feature, wav)[None]
-        logits = self.speech(feats, torch.tensor([feats.shape[1]]))
-        t = float(self.config["speech"].get("temperature", 1.0))
-        return torch.softmax(logits / t, dim=-1)[0].double().numpy()
+        return self.audio_proba_batch([wav])[0]
 
     @torch.inference_mode()
     def audio_proba_batch(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
@@ -149,7 +145,8 @@ class EmotionRecognizer:
 
     def predict_wave(self, wav: np.ndarray, transcript: Optional[str] = None,
                      p_audio: Optional[np.ndarray] = None) -> Prediction:
-        """Predict on an already-loaded 16 kHz mono waveform (see `predict`)."""
+        """Predict on an already-loaded 16 kHz mono waveform (see `predict`); the Prediction
+        spans the whole waveform (start 0, end = its duration)."""
         warnings = []
         if A.is_silent(wav):
             warnings.append("the recording is silent or nearly silent; the prediction is unreliable")
@@ -159,7 +156,8 @@ class EmotionRecognizer:
             transcript = "" if A.is_silent(wav) else self.transcribe(wav)
         transcript = clean_text(transcript)
         p_text = self.text_proba([transcript])[0] if transcript else None
-        return self.combine(p_audio, p_text, transcript, duration=wav.size / A.SAMPLE_RATE,
+        duration = wav.size / A.SAMPLE_RATE
+        return self.combine(p_audio, p_text, transcript, duration=duration, end=duration,
                             warnings=warnings)
 
     def combine(self, p_audio: np.ndarray, p_text: Optional[np.ndarray], transcript: str,
@@ -179,10 +177,7 @@ class EmotionRecognizer:
         `transcript`: None → transcribe with ASR; "" → audio only; text → used as given.
         Raises `emodemo.AudioError` for audio that cannot be used.
         """
-        wav = A.load_audio(audio)
-        pred = self.predict_wave(wav, transcript)
-        pred.end = pred.duration
-        return pred
+        return self.predict_wave(A.load_audio(audio), transcript)
 
     def predict_many(self, audios: Sequence[A.AudioInput], transcript: Optional[str] = None,
                      batch_size: int = 16) -> Iterator[tuple[int, Prediction | Exception]]:
@@ -206,9 +201,7 @@ class EmotionRecognizer:
                 if i in errors:
                     yield i, errors[i]
                     continue
-                pred = self.predict_wave(waves[i], transcript, p_audio=probs.get(i))
-                pred.end = pred.duration
-                yield i, pred
+                yield i, self.predict_wave(waves[i], transcript, p_audio=probs.get(i))
 
     def predict_segments(self, audio: A.AudioInput, transcribe: bool = True,
                          max_len: float = 10.0) -> list[Prediction]:

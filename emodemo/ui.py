@@ -346,9 +346,7 @@ class Handlers:
         else:
             if progress:
                 progress(0.1, desc="Transcribing and analysing")
-            p = self.rec.predict_wave(wav)
-            p.start, p.end = 0.0, dur
-            preds = [p]
+            preds = [self.rec.predict_wave(wav)]        # start 0, end = its duration
         return preds
 
     def _new_state(self, path: str, wav: np.ndarray, preds: Sequence) -> dict:
@@ -828,9 +826,7 @@ class Handlers:
         text = self._blank_none(transcript)
         dur = wav.size / A.SAMPLE_RATE
         if text is not None or dur <= self.limits.long_audio:
-            p = self.rec.predict_wave(wav, text)
-            p.start, p.end = 0.0, dur
-            out = p.to_dict()
+            out = self.rec.predict_wave(wav, text).to_dict()
             out["segments"] = []
             return out
         preds = self._analyse_wave(wav, progress)
