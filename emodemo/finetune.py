@@ -554,9 +554,9 @@ def choose_interpolation(base_speech, ft_speech, val_items: Sequence, guard_item
     """
     import numpy as np
 
-    from .train import metrics
+    from .train import metrics, state_copy
     raw = {"labels": list(labels), "speech": {"temperature": 1.0}, "text": {}}
-    ft_state = {k: v.detach().clone() for k, v in ft_speech.state_dict().items()}
+    ft_state = state_copy(ft_speech)
     base_state = base_speech.state_dict()
     model = copy.deepcopy(base_speech)
     y_val = np.array([labels.index(i.label) for i in val_items])

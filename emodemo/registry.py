@@ -7,7 +7,6 @@ by a visitor is never loaded.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -16,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import EmodemoError
 
@@ -136,7 +135,7 @@ class FinetuneJob:
 
     def _run(self, db_url: str) -> None:
         from .finetune import finetune
-        self.state, self.started = "running", time.time()
+        self.state = "running"
         try:
             rep = finetune(db_url, self.base, self.out, progress=self._progress, **self.kwargs)
             self.report = rep
@@ -164,12 +163,3 @@ class FinetuneJob:
         if self._thread is not None:
             self._thread.join(timeout)
         return not self.running
-
-    def summary(self) -> dict[str, Any]:
-        """Plain values for display and JSON."""
-        rep = self.report or {}
-        return {"state": self.state, "fraction": round(self.fraction, 3), "message": self.message,
-                "error": self.error, "out": str(self.out), "base": str(self.base),
-                "seconds": round((self.finished or time.time()) - self.started, 1) if self.started else 0,
-                "gate": rep.get("gate"), "version": rep.get("version"),
-                "metrics": json.loads(json.dumps(rep.get("metrics", {}), default=str))}

@@ -66,6 +66,11 @@ def _pad(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, lengths
 
 
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a model's state dict (best-epoch snapshots, weight mixing)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def class_weights(y: Sequence[int], n: int) -> torch.Tensor:
     counts = np.bincount(np.asarray(y), minlength=n).astype(np.float64)
     w = counts.sum() / np.maximum(counts, 1) / n
@@ -476,7 +481,7 @@ def train_speech(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         log.info("speech: resumed at epoch %d (best UA %.3f)", start, best)
     if state is None and rank == 0 and sc.get("eval_init", False):
         m0 = metrics(yv, speech_proba(model, dv).argmax(1), n)
-        best, best_state = m0["UA"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best, best_state = m0["UA"], state_copy(model)
         history.append({"epoch": 0, "train_loss": float("nan"), "val_UA": m0["UA"], "val_WA": m0["WA"],
                         "val_macro_F1": m0["macro_F1"], "seconds": 0.0})
         log.info("speech epoch 0 (starting point): val UA %.3f WA %.3f", m0["UA"], m0["WA"])
@@ -504,7 +509,7 @@ def train_speech(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
                      history[-1]["train_loss"], m["UA"], m["WA"], time.time() - t0)
             if m["UA"] > best:
                 best, bad = m["UA"], 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = state_copy(model)
             else:
                 bad += 1
             run.checkpoint("speech.ckpt", {"model": model.state_dict(), "opt": opt.state_dict(),
@@ -618,7 +623,7 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
     state = run.resume("text.ckpt")
     if state is None and tc.get("eval_init", False):
         m0, t0_ = evaluate_dev()
-        best, best_state, best_tau = m0["macro_F1"], {k: v.detach().clone() for k, v in model.state_dict().items()}, t0_
+        best, best_state, best_tau = m0["macro_F1"], state_copy(model), t0_
         history.append({"epoch": 0, "train_loss": float("nan"), "dev_macro_F1": m0["macro_F1"],
                         "dev_UA": m0["UA"], "prior_tau": t0_, "seconds": 0.0})
         log.info("text epoch 0 (starting point): dev macro-F1 %.3f (prior tau %.1f)", m0["macro_F1"], t0_)
@@ -630,7 +635,7 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
         best_tau = state.get("best_tau", 0.0)
         if state.get("select") != "prior-corrected" and best_state is not None:
             # a checkpoint from before the prior correction: re-measure its best under the new rule
-            latest = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            latest = state_copy(model)
             model.load_state_dict(best_state)
             mb, best_tau = evaluate_dev()
             best = mb["macro_F1"]
@@ -659,7 +664,7 @@ def train_text(cfg: dict, labels: Sequence[str], train_items: Sequence[Item],
                  history[-1]["train_loss"], m["macro_F1"], tau, time.time() - t0)
         if m["macro_F1"] > best:
             best, best_tau = m["macro_F1"], tau
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = state_copy(model)
         run.checkpoint("text.ckpt", {"model": model.state_dict(), "opt": opt.state_dict(),
                                      "sched": sched.state_dict(), "epoch": ep + 1, "best": best,
                                      "best_state": best_state, "best_tau": best_tau,
@@ -755,18 +760,16 @@ def run_recipe(config: dict | str | Path) -> dict:
     if cfg.get("init"):   # warm start from earlier bundles: one path, or {"speech": path, "text": path}
         from .bundle import load_bundle
         init = cfg["init"]
-        sources = init if isinstance(init, dict) else {"speech": init, "text": init}
-        loaded: dict = {}
-        for branch in ("speech", "text"):
-            if not sources.get(branch):
-                continue
-            path = str(sources[branch])
-            if path not in loaded:
-                loaded[path] = load_bundle(path)
-            init_cfg, sp, tx = loaded[path]
+        sources = {b: str(p) for b, p in (init if isinstance(init, dict) else
+                                          {"speech": init, "text": init}).items() if p}
+        loaded = {path: load_bundle(path) for path in set(sources.values())}
+        for path, (init_cfg, _, _) in loaded.items():
             if init_cfg["labels"] != list(labels):
                 raise ValueError(f"init bundle {path} labels {init_cfg['labels']} differ from {labels}")
-            speech, text = (sp, text) if branch == "speech" else (speech, tx)
+        if "speech" in sources:
+            speech = loaded[sources["speech"]][1]
+        if "text" in sources:
+            text = loaded[sources["text"]][2]
     speech, m_speech, h_speech = train_speech(cfg, labels, load_spec(sc["train"]), load_spec(sc["val"]),
                                               run, model=speech)
     if rank != 0:

@@ -668,19 +668,23 @@ class Handlers:
             raise EmodemoError("The minimum number of corrections per class must be 1–1000.")
         if ep is not None and not 1 <= ep <= 50:
             raise EmodemoError("Epochs must be 1–50.")
-        refs = dict((v, v) for _, v in self.reference_choices())
-        ref = refs.get(str(reference or ""), "")
-        return {"epochs": ep, "min_per_class": mpc, "reference_spec": ref or None,
+        offered = {v for _, v in self.reference_choices() if v}
+        ref = str(reference or "")
+        return {"epochs": ep, "min_per_class": mpc, "reference_spec": ref if ref in offered else None,
                 "force": bool(force), "media_dir": str(self.store.media_dir)}
+
+    def _dry_run(self, base: Path, out: Path, kw: Mapping[str, Any]) -> dict:
+        from .finetune import finetune
+        return finetune(self.store.url, base, out, dry_run=True, min_per_class=kw["min_per_class"],
+                        media_dir=kw["media_dir"])
 
     @_guard("ft_msg")
     def finetune_dry_run(self, min_per_class: Any = None) -> dict:
         """What the store holds for fine-tuning: counts per class and annotator, agreement."""
-        from .finetune import finetune, format_summary
+        from .finetune import format_summary
         kw = self._ft_kwargs(None, min_per_class, "", False)
-        active = self._active() or self.models_dir / "default"
-        rep = finetune(self.store.url, active, self.work_dir / "dry-run", dry_run=True,
-                       min_per_class=kw["min_per_class"], media_dir=kw["media_dir"])
+        base = self._active() or self.models_dir / "default"
+        rep = self._dry_run(base, self.work_dir / "dry-run", kw)
         text = format_summary(rep["dataset"])
         verdict = (f"⚠️ {md_escape(rep['guard'])}" if rep.get("guard")
                    else "✅ Enough corrections to fine-tune.")
@@ -692,22 +696,21 @@ class Handlers:
         """Start fine-tuning a new bundle `models/<name>` from the active one in the background."""
         import gradio as gr
 
-        from .finetune import finetune, format_summary
+        from .finetune import format_summary
         from .registry import FinetuneJob, check_new_name
         if not self.allow_finetune:
             raise EmodemoError("Fine-tuning is switched off in this app (started with --no-finetune).")
         self._check_admin(token)
         if self.job is not None and self.job.running:
             raise EmodemoError("A fine-tuning run is already going; wait for it to finish.")
-        for d in self.model_dirs[1:]:
-            check_new_name(d, clean_input_text(name))      # taken in any listed folder: refused
-        out = check_new_name(self.models_dir, clean_input_text(name))
+        name = clean_input_text(name)
+        # taken in any listed folder: refused; the new bundle goes to the first (models_dir)
+        out = [check_new_name(d, name) for d in self.model_dirs][0]
         kw = self._ft_kwargs(epochs, min_per_class, reference, force)
         base = self._active()
         if base is None:
             raise EmodemoError("The active model was not loaded from a folder; cannot fine-tune it.")
-        dry = finetune(self.store.url, base, out, dry_run=True, min_per_class=kw["min_per_class"],
-                       media_dir=kw["media_dir"])
+        dry = self._dry_run(base, out, kw)
         if dry.get("guard"):
             raise EmodemoError(f"{dry['guard']}\n\n{format_summary(dry['dataset'])}")
         self.job = FinetuneJob(base=base, out=out, kwargs={**self.finetune_options, **kw})
