@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,35 @@ def speech_mp3(speech_wav, tmp_path_factory) -> Path:
 def recognizer():
     import emodemo
     return emodemo.load_recognizer()
+
+
+def barrier_wait(barrier, timeout: float = 120) -> None:
+    """Wait at a (threading or multiprocessing) barrier; a broken barrier just lets us go on."""
+    try:
+        barrier.wait(timeout=timeout)
+    except threading.BrokenBarrierError:
+        pass
+
+
+def run_threads(worker, n: int, processes=(), timeout: float = 180) -> list:
+    """Run worker(i) for i < n in n threads, wait for them and then for the already started
+    `processes`; return the exceptions the threads raised."""
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            worker(i)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    for p in processes:
+        p.join(timeout=timeout)
+    return errors
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -42,8 +41,9 @@ import soundfile as sf
 import torch
 
 import bad_inputs as B
-from conftest import ROOT, SR
-from test_store import _find_pg, db_url  # noqa: F401  (db_url: sqlite + PostgreSQL fixture)
+from conftest import ROOT, SR, barrier_wait, run_threads
+from test_store import db_url  # noqa: F401  (the sqlite + PostgreSQL fixture)
+from test_store import private_pg_schema, schema_url
 
 import emodemo
 from emodemo import audio as A
@@ -438,10 +438,7 @@ def _write_as(store, kind: str, w: int, per: int, clips: list) -> None:
 def _process_writer(url, media, clips, w, per, barrier):  # runs in a forked child
     torch.set_num_threads(1)
     s = CorrectionStore(url, media_dir=media)
-    try:
-        barrier.wait(timeout=120)
-    except threading.BrokenBarrierError:
-        pass
+    barrier_wait(barrier)
     try:
         _write_as(s, "p", w, per, clips)
     finally:
@@ -468,26 +465,13 @@ def test_fifty_annotators_threads_and_processes(db_url, tmp_path):  # noqa: F811
              for w in range(n_procs)]
     for p in procs:
         p.start()
-    errors: list = []
 
     def thread_writer(w: int) -> None:
-        try:
-            barrier.wait(timeout=120)
-        except threading.BrokenBarrierError:
-            pass
-        try:
-            _write_as(store, "t", w, per, clips)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        barrier_wait(barrier)
+        _write_as(store, "t", w, per, clips)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    for p in procs:
-        p.join(timeout=240)
+    errors = run_threads(thread_writer, n_threads, procs, timeout=240)
     took = time.perf_counter() - t0
     try:
         assert not errors, errors
@@ -801,35 +785,16 @@ def test_read_only_database_opens_reads_and_refuses_writes_clearly(fast_rec, tmp
 def test_read_only_postgres_session_gets_the_same_message(fast_rec, tmp_path):
     """PostgreSQL in a read-only session (a standby, or default_transaction_read_only): the
     store opens, reads work, a correction gets the clear "read-only" message."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    base, reason = _find_pg()
-    if base is None:
-        pytest.skip(f"no PostgreSQL server: {reason}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        with CorrectionStore(url.render_as_string(hide_password=False),
-                             media_dir=tmp_path / "media") as s:
+    with private_pg_schema() as (base, schema):
+        with CorrectionStore(schema_url(base, schema), media_dir=tmp_path / "media") as s:
             s.add(str(ANGRY), "angry", annotator="before")
-        ro = make_url(base).update_query_dict(
-            {"options": f"-csearch_path={schema} -cdefault_transaction_read_only=on"})
-        with CorrectionStore(ro.render_as_string(hide_password=False),
-                             media_dir=tmp_path / "media") as store:
+        ro = schema_url(base, schema, "-cdefault_transaction_read_only=on")
+        with CorrectionStore(ro, media_dir=tmp_path / "media") as store:
             h = Handlers(fast_rec, store, work_dir=tmp_path / "w")
             out = h.analyse(str(ANGRY), 0.5)
             assert "_error" not in out
             _assert_store_message(h.correct(out["state"], "sad"), "read-only")
             assert list(h.history()["history"]["annotator"]) == ["before"]
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
     REPORT.setdefault("faults", {})["read_only_postgres"] = {"lost": 0}
 
 

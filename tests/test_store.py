@@ -2,6 +2,7 @@
 PostgreSQL (set EMODEMO_TEST_PG_URL, e.g. via `eval "$(bash .ci/postgres.sh)"`)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -25,6 +26,7 @@ except ImportError:  # running `pytest` without installing the package
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from conftest import barrier_wait, run_threads
 from emodemo.errors import AudioError, EmodemoError
 from emodemo.store import (DEFAULT_LABELS, EXPORT_FIELDS, CorrectionStore, StoreError,
                            alembic_config, default_url, main_corrections)
@@ -84,12 +86,10 @@ def _find_pg() -> tuple[str | None, str]:
     return _pg_probe["result"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A fresh, empty database URL: a SQLite file, or a private schema on a PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db' / 'corrections.sqlite'}"
-        return
+@contextlib.contextmanager
+def private_pg_schema():
+    """A fresh schema on the test PostgreSQL server, dropped afterwards: yields (server URL,
+    schema name). Skips the test when there is no server."""
     base, reason = _find_pg()
     if base is None:
         pytest.skip(f"no PostgreSQL server: {reason}")
@@ -97,13 +97,28 @@ def db_url(request, tmp_path):
     admin = create_engine(base)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
-        yield url.render_as_string(hide_password=False)
+        yield base, schema
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def schema_url(base: str, schema: str, *options: str) -> str:
+    """The server URL with `schema` as the search path (and more libpq -c options)."""
+    opts = " ".join([f"-csearch_path={schema}", *options])
+    return make_url(base).update_query_dict({"options": opts}).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database URL: a SQLite file, or a private schema on a PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'corrections.sqlite'}"
+        return
+    with private_pg_schema() as (base, schema):
+        yield schema_url(base, schema)
 
 
 @pytest.fixture
@@ -396,28 +411,15 @@ def test_concurrent_threads_and_processes(db_url, tmp_path):
              for p in range(n_procs)]
     for p in procs:
         p.start()
-    try:
-        barrier.wait(timeout=120)  # all processes open the fresh database together with us
-    except threading.BrokenBarrierError:
-        pass
+    barrier_wait(barrier)  # all processes open the fresh database together with us
     store = CorrectionStore(db_url, media_dir=media)
-    errors: list[BaseException] = []
 
     def thread_worker(t: int) -> None:
-        try:
-            for j in range(per):
-                store.add(clips[(t + j) % len(clips)], DEFAULT_LABELS[j % 7], annotator=f"t{t}",
-                          note=f"thread-{t}-{j}")
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for j in range(per):
+            store.add(clips[(t + j) % len(clips)], DEFAULT_LABELS[j % 7], annotator=f"t{t}",
+                      note=f"thread-{t}-{j}")
 
-    threads = [threading.Thread(target=thread_worker, args=(t,)) for t in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    for p in procs:
-        p.join(timeout=180)
+    errors = run_threads(thread_worker, n_threads, procs, timeout=180)
     try:
         assert not errors, errors
         assert [p.exitcode for p in procs] == [0] * n_procs
@@ -442,10 +444,7 @@ def test_concurrent_threads_and_processes(db_url, tmp_path):
 def _proc_worker(url, media, clips, p, per, barrier):
     from emodemo.store import DEFAULT_LABELS as labels
     from emodemo.store import CorrectionStore as Store
-    try:
-        barrier.wait(timeout=120)
-    except threading.BrokenBarrierError:
-        pass
+    barrier_wait(barrier)
     s = Store(url, media_dir=media)
     for j in range(per):
         s.add(clips[(p + j) % len(clips)], labels[j % 7], annotator=f"p{p}", note=f"proc-{p}-{j}")
