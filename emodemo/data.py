@@ -1,10 +1,11 @@
 """Datasets as lists of `Item`s: (audio, label, transcript, speaker). Adapters for RAVDESS,
-GoEmotions, IEMOCAP and a generic CSV manifest."""
+GoEmotions, IEMOCAP, a generic CSV manifest and "folder + labels.csv" corpora (nEMO, emotiontts-ko),
+plus a deterministic speaker-disjoint split."""
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -26,6 +27,7 @@ class Item:
     speaker: Optional[str] = None
     labels: tuple[str, ...] = ()      # all labels of a multi-label item (text data)
     id: str = ""
+    corpus: str = ""                  # which corpus the item came from ('ravdess', 'nemo', ...)
 
 
 def ravdess(root: str | Path = SHARED_DATA / "ravdess", actors: Optional[Iterable[int]] = None) -> list[Item]:
@@ -43,7 +45,7 @@ def ravdess(root: str | Path = SHARED_DATA / "ravdess", actors: Optional[Iterabl
         if keep is not None and actor not in keep:
             continue
         items.append(Item(str(path), RAVDESS_EMOTIONS[parts[2]], RAVDESS_SENTENCES.get(parts[4]),
-                          f"ravdess-{actor:02d}", id=path.stem))
+                          f"ravdess-{actor:02d}", id=path.stem, corpus="ravdess"))
     return items
 
 
@@ -74,6 +76,108 @@ def manifest(path: str | Path) -> list[Item]:
             items.append(Item(str(audio), row["label"].strip(), row.get("transcript") or None,
                               row.get("speaker") or None, id=str(row["path"])))
     return items
+
+
+# ---- "folder + labels.csv" corpora (nEMO, emotiontts-ko, your own) ------------------------
+FOLDER_CORPORA = {"nemo": "nemo", "emotiontts-ko": "emotiontts-ko"}   # name -> folder under SHARED_DATA
+
+
+def folder(root: str | Path, speakers: Optional[Iterable[str]] = None,
+           exclude_speakers: Optional[Iterable[str]] = None, name: Optional[str] = None) -> list[Item]:
+    """A corpus laid out as a folder with `labels.csv` (header `file,speaker,emotion,text`; `file`
+    relative to the folder, `emotion` one of `LABELS`).
+
+    `name` (default: the folder's name) prefixes every speaker (`nemo-SB0`) and id (`nemo/SB0_x`),
+    so speakers of different corpora never collide and ids stay stable. `speakers` keeps only those
+    speakers, `exclude_speakers` drops them (raw `SB0` or prefixed `nemo-SB0` both work).
+    """
+    root = Path(root)
+    name = name or root.name
+    table = root / "labels.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{root}: no labels.csv (expected columns file,speaker,emotion,text)")
+
+    def norm(spk: Iterable[str] | None) -> set[str] | None:
+        return None if spk is None else {s.removeprefix(f"{name}-") for s in spk}
+    keep, drop = norm(speakers), norm(exclude_speakers) or set()
+    items = []
+    with open(table, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "speaker", "emotion"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
+        for n, row in enumerate(reader, start=2):
+            spk, label = row["speaker"].strip(), row["emotion"].strip()
+            if (keep is not None and spk not in keep) or spk in drop:
+                continue
+            if label not in LABELS:
+                raise ValueError(f"{table}, line {n}: emotion {label!r} is not one of {', '.join(LABELS)}")
+            rel = Path(row["file"].strip())
+            items.append(Item(str(root / rel), label, (row.get("text") or "").strip() or None,
+                              f"{name}-{spk}", id=f"{name}/{rel.with_suffix('').as_posix()}", corpus=name))
+    if keep is not None:
+        unknown = keep - {i.speaker.removeprefix(f"{name}-") for i in items}
+        if unknown:
+            raise ValueError(f"{name}: no clips for speaker(s) {', '.join(sorted(unknown))}")
+    return items
+
+
+def corpus_of(item: Item) -> str:
+    """The corpus an item belongs to: `Item.corpus`, else the part of its speaker before the last '-'."""
+    if item.corpus:
+        return item.corpus
+    return (item.speaker or "").rpartition("-")[0] or (item.speaker or "")
+
+
+def speaker_split(items: Sequence[Item], fractions: Sequence[float], seed: int = 0) -> list[list[Item]]:
+    """Split items into len(fractions) speaker-disjoint parts, deterministically.
+
+    Each corpus is split on its own (its speakers sorted, then shuffled with a seed derived from
+    `seed` and the corpus name), so every part holds speakers of every corpus; a part with a
+    fraction > 0 gets at least one speaker of a corpus when that corpus has enough speakers.
+    Items without a speaker count as one speaker each (their id).
+    """
+    import random
+    if not fractions or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be non-negative and not all zero: {list(fractions)}")
+    total = float(sum(fractions))
+    fr = [f / total for f in fractions]
+    by_corpus: dict[str, list[str]] = {}
+    for it in items:
+        spk = it.speaker or f"item:{it.id}"
+        by_corpus.setdefault(corpus_of(it), [])
+        if spk not in by_corpus[corpus_of(it)]:
+            by_corpus[corpus_of(it)].append(spk)
+    part_of: dict[str, int] = {}
+    for corpus, spks in sorted(by_corpus.items()):
+        spks = sorted(spks)
+        random.Random(f"{seed}:{corpus}").shuffle(spks)
+        counts = _apportion(len(spks), fr)
+        start = 0
+        for k, c in enumerate(counts):
+            for spk in spks[start:start + c]:
+                part_of[spk] = k
+            start += c
+    parts: list[list[Item]] = [[] for _ in fr]
+    for it in items:
+        parts[part_of[it.speaker or f"item:{it.id}"]].append(it)
+    return parts
+
+
+def _apportion(n: int, fractions: Sequence[float]) -> list[int]:
+    """n speakers over parts in proportion to fractions (largest remainder), at least one per part
+    with a positive fraction while speakers last (taken from the largest part)."""
+    raw = [n * f for f in fractions]
+    counts = [int(r) for r in raw]
+    for k in sorted(range(len(raw)), key=lambda k: (counts[k] - raw[k], k))[:n - sum(counts)]:
+        counts[k] += 1
+    for k, f in enumerate(fractions):
+        if f > 0 and counts[k] == 0:
+            big = max(range(len(counts)), key=lambda j: counts[j])
+            if counts[big] > 1:
+                counts[big] -= 1
+                counts[k] += 1
+    return counts
 
 
 # ---- IEMOCAP ------------------------------------------------------------------------------
@@ -117,7 +221,7 @@ def iemocap(root: str | Path, sessions: Optional[Iterable[int]] = None) -> list[
                     continue
                 gender = utt.split("_")[-1][0]
                 items.append(Item(str(wav), IEMOCAP_4[m.group(2)], transcripts.get(utt),
-                                  f"Ses{num:02d}_{gender}", id=utt))
+                                  f"Ses{num:02d}_{gender}", id=utt, corpus="iemocap"))
     return items
 
 
@@ -161,7 +265,7 @@ def espeak_goemotions(split: str = "dev", part: str = "all", per_class: int = 40
             from .audio import load_audio
             sf.write(str(wav), load_audio(raw), 16000)
             raw.unlink()
-        items.append(Item(str(wav), r.label, r.transcript, "espeak", id=r.id))
+        items.append(Item(str(wav), r.label, r.transcript, "espeak", id=r.id, corpus="espeak"))
     if part == "all":
         return items
     half = [it for j, it in enumerate(items) if (j % 2 == 0) == (part == "fit")]
@@ -181,14 +285,16 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
 
     `ravdess[:actors=1-16][:root=DIR]`, `goemotions:train|dev[:root=DIR]`,
     `iemocap:ROOT[:sessions=1-4]`, `csv:PATH` (or a path ending in .csv),
-    `espeak-goemotions:dev[:fit|eval][:per_class=N]`. A trailing `:as=LABEL` relabels every
-    item (e.g. flat synthetic speech as `neutral` for the audio branch).
+    `espeak-goemotions:dev[:fit|eval][:per_class=N]`,
+    `folder:ROOT[:speakers=a,b][:exclude_speakers=c][:name=N]` ("folder + labels.csv") and the named
+    folder corpora `nemo[...]`, `emotiontts-ko[...]` (under SHARED_DATA, same options). A trailing
+    `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch).
     """
     if not isinstance(spec, str):
         return [it for s in spec for it in load_spec(s)]
     if ":as=" in spec:
         spec, _, label = spec.rpartition(":as=")
-        return [Item(i.audio, label, i.transcript, i.speaker, (label,), i.id) for i in load_spec(spec)]
+        return [replace(i, label=label, labels=(label,)) for i in load_spec(spec)]
     if spec.endswith(".csv") and not spec.startswith("csv:"):
         spec = "csv:" + spec
     kind, _, rest = spec.partition(":")
@@ -204,6 +310,11 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
         return iemocap(pos[0], _int_ranges(kw["sessions"]) if "sessions" in kw else None)
     if kind == "csv":
         return manifest(rest)
+    if kind in FOLDER_CORPORA or kind == "folder":
+        root = pos[0] if kind == "folder" else kw.get("root", SHARED_DATA / FOLDER_CORPORA[kind])
+        split = lambda k: [x for x in kw[k].split(",") if x] if k in kw else None  # noqa: E731
+        return folder(root, split("speakers"), split("exclude_speakers"),
+                      kw.get("name") or (kind if kind != "folder" else None))
     if kind == "espeak-goemotions":
         return espeak_goemotions(pos[0] if pos else "dev", pos[1] if len(pos) > 1 else "all",
                                  int(kw.get("per_class", 40 if (pos[:1] or ["dev"])[0] == "dev" else 50)))
