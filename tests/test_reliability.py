@@ -1023,7 +1023,8 @@ def test_store_sql_is_parameterised_only():
     except the integer PRAGMA busy_timeout; everything else is SQLAlchemy expressions or bound
     parameters."""
     found = []
-    files = [ROOT / "emodemo" / "store.py", *sorted((ROOT / "emodemo" / "migrations").rglob("*.py"))]
+    files = [*sorted((ROOT / "emodemo" / "store").rglob("*.py")),
+             *sorted((ROOT / "emodemo" / "migrations").rglob("*.py"))]
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -1039,7 +1040,7 @@ def test_store_sql_is_parameterised_only():
             if dynamic:
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(arg)}")
     assert len(found) <= 1 and all(
-        f.startswith("store.py:") and f.endswith("f'PRAGMA busy_timeout = "
+        f.startswith("db.py:") and f.endswith("f'PRAGMA busy_timeout = "
                                                  "{int(SQLITE_BUSY_TIMEOUT_MS)}'")
         for f in found), found
 

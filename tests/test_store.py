@@ -477,7 +477,7 @@ def test_sqlite_pragmas_and_default_media_dir(sqlite_store, tmp_path):
 def test_add_waits_and_retries_while_the_database_is_locked(tmp_path, monkeypatch):
     import time
 
-    import emodemo.store as mod
+    import emodemo.store.db as mod
 
     monkeypatch.setattr(mod, "SQLITE_BUSY_TIMEOUT_MS", 20)  # so "database is locked" surfaces
     db = tmp_path / "locked.sqlite"

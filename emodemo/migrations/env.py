@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from emodemo.store import VERSION_TABLE, Base
+from emodemo.store.schema import VERSION_TABLE, Base  # the tables only, not the whole store
 
 config = context.config
 target_metadata = Base.metadata

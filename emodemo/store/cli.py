@@ -1,0 +1,143 @@
+"""``python -m emodemo corrections {list,export,import,stats,agreement,backup}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import EmodemoError
+from .corrections import CorrectionStore
+from .db import DB_ENV, DEFAULT_URL, first_line, redact_url
+from .media import MEDIA_ENV
+from .transfer import record_json
+
+
+def one_line(value: Any, width: int = 0) -> str:
+    """`value` as one printable line (no terminal control sequences), cut to `width`."""
+    s = "" if value is None else str(value)
+    s = "".join(ch if ch.isprintable() else " " for ch in s)
+    return s if not width or len(s) <= width else s[: width - 1] + "…"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def db_options(p: argparse.ArgumentParser, default: Any) -> argparse.ArgumentParser:
+        p.add_argument("--db", default=default,
+                       help=f"database URL or SQLite file (default: ${DB_ENV} or {DEFAULT_URL})")
+        p.add_argument("--media-dir", default=default,
+                       help=f"audio folder (default: ${MEDIA_ENV} or <db folder>/media)")
+        return p
+
+    # --db / --media-dir work before or after the command name
+    common = db_options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
+    parser = db_options(argparse.ArgumentParser(
+        prog="emodemo corrections", description="Inspect and move the stored corrections."), None)
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = command("list", help="show corrections, newest first")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (0 = all; default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = command("export", help="write all corrections to OUT (.csv or .jsonl)")
+    p.add_argument("out")
+    p = command("import", help="add corrections from a CSV: path,label[,transcript][,annotator]")
+    p.add_argument("csv")
+    p.add_argument("--annotator", default=None, help="annotator for rows without one")
+    p = command("stats", help="counts per label and annotator")
+    p.add_argument("--json", action="store_true")
+    command("agreement", help="inter-annotator agreement per clip")
+    p = command("backup", help="copy the SQLite database to OUT")
+    p.add_argument("out")
+    return parser
+
+
+def _list(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    recs = store.corrections(limit=args.limit or None)
+    for r in recs:
+        if args.json:
+            out.write(record_json(r) + "\n")
+        else:
+            out.write("\t".join([
+                str(r.id), r.created_at.isoformat(timespec="seconds"),
+                one_line(r.label), "pred=" + one_line(r.predicted_label or "-"),
+                one_line(r.annotator or "-", 30),
+                one_line(r.transcript_corrected or r.transcript_shown or "", 60),
+            ]) + "\n")
+    if not recs and not args.json:
+        print("no corrections yet", file=sys.stderr)
+    return 0
+
+
+def _export(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    n = store.export(args.out)
+    print(f"exported {n} corrections to {args.out}", file=out)
+    return 0
+
+
+def _import(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    res = store.import_csv(args.csv, annotator=args.annotator)
+    for err in res.errors:
+        print(one_line(err, 300), file=sys.stderr)
+    print(f"imported {res.imported} corrections, {len(res.errors)} rows with errors", file=out)
+    return 0 if not res.errors else 1
+
+
+def _stats(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    st = store.stats()
+    if args.json:
+        st = dict(st, by_annotator={("" if k is None else k): v
+                                    for k, v in st["by_annotator"].items()})
+        out.write(json.dumps(st, ensure_ascii=False) + "\n")
+        return 0
+    out.write(f"corrections\t{st['corrections']}\nmedia\t{st['media']}\n")
+    for k, v in st["by_label"].items():
+        out.write(f"label\t{one_line(k)}\t{v}\n")
+    for k, v in st["by_annotator"].items():
+        out.write(f"annotator\t{one_line('(anonymous)' if k is None else k, 60)}\t{v}\n")
+    return 0
+
+
+def _agreement(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    for r in store.agreement():
+        span = "" if r.start is None and r.end is None else f" [{r.start}-{r.end}]"
+        out.write(f"{r.media_sha256[:12]}{span}\t{r.n_annotators} annotators\t"
+                  f"{one_line(r.majority_label)}\t{r.agreement:.2f}"
+                  f"{' (tie)' if r.tie else ''}\n")
+    return 0
+
+
+def _backup(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    dest = store.backup(args.out)
+    print(f"backed up {redact_url(store.url)} to {dest}", file=out)
+    return 0
+
+
+COMMANDS = {"list": _list, "export": _export, "import": _import, "stats": _stats,
+            "agreement": _agreement, "backup": _backup}
+
+
+def main_corrections(argv: Optional[Sequence[str]] = None) -> int:
+    """``emodemo corrections {list,export,import,stats,agreement,backup}``; returns an exit code:
+    0 done, 1 an error (one line on stderr) or rows that could not be imported, 2 bad usage."""
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, (int, type(None))) else 2
+    try:
+        store = CorrectionStore(args.db, media_dir=args.media_dir)
+        try:
+            return COMMANDS[args.cmd](store, args, sys.stdout)
+        finally:
+            store.close()
+    except (EmodemoError, OSError, SQLAlchemyError) as exc:
+        print(f"error: {one_line(first_line(exc), 300)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main_corrections())
