@@ -61,7 +61,7 @@ def _load_json(path: Optional[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import run_recipe, train_frozen_default
+    from .training import run_recipe, train_frozen_default
     if args.frozen_heads:
         logging.getLogger("emodemo").setLevel(logging.INFO)
         report = train_frozen_default(args.frozen_heads)
@@ -90,7 +90,7 @@ def _summary(report: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .training import evaluate
     report = evaluate(args.bundle or _default_bundle(), args.data, args.out)
     print(_summary(report))
     print(f"report: {args.out}/report.json")
@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_iemocap(args: argparse.Namespace) -> int:
-    from .train import iemocap_protocol
+    from .training import iemocap_protocol
     logging.getLogger("emodemo").setLevel(logging.INFO)
     rep = iemocap_protocol(args.root, _load_json(args.config), args.out)
     for b, s in rep["summary"].items():
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "batches on an otherwise idle machine)")
     pr.set_defaults(func=cmd_predict)
     tr = sub.add_parser("train", help="train a bundle with the full recipe (runs under torchrun too)")
-    tr.add_argument("--config", default=None, help="JSON file overriding train.DEFAULT_RECIPE")
+    tr.add_argument("--config", default=None, help="JSON file overriding training.DEFAULT_RECIPE")
     tr.add_argument("--out", default=None, help="bundle directory to write (default from config)")
     tr.add_argument("--run-dir", default=None, help="run directory: logs, metrics, plots, checkpoints")
     tr.add_argument("--frozen-heads", metavar="OUT", default=None,

@@ -1,4 +1,15 @@
-"""The one exception type that emodemo raises for bad input."""
+"""The exceptions emodemo raises for problems a person can act on, in one hierarchy.
+
+    EmodemoError (a ValueError)
+    ├── AudioError      the audio cannot be used (empty, unreadable, too short or too long)
+    ├── DataError       a corpus or data spec cannot be read (missing files, bad labels, bad spec)
+    ├── StoreError      a correction cannot be stored or read
+    ├── FinetuneError   fine-tuning cannot start (bad arguments, missing database or bundle)
+    └── TrainError      a training recipe or run cannot be used (bad recipe, mismatched init)
+
+Everything derives from ValueError, so callers that caught ValueError before still do. The CLI
+maps these classes to exit codes in one table (`emodemo.cli.EXIT_CODES`).
+"""
 
 
 class EmodemoError(ValueError):
@@ -7,3 +18,19 @@ class EmodemoError(ValueError):
 
 class AudioError(EmodemoError):
     """The audio could not be used: empty, unreadable, not audio, too short or too long."""
+
+
+class DataError(EmodemoError):
+    """A corpus or data spec could not be read: missing files or tools, bad columns or labels."""
+
+
+class StoreError(EmodemoError):
+    """A correction could not be stored or read: bad label, text too long, unusable database."""
+
+
+class FinetuneError(EmodemoError):
+    """Fine-tuning cannot start: bad arguments, missing database or bundle."""
+
+
+class TrainError(EmodemoError):
+    """A training recipe or run cannot be used: unknown or mistyped recipe keys, mismatched init."""

