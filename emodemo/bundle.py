@@ -64,7 +64,8 @@ def read_config(bundle: str | Path) -> dict:
 def build_speech(cfg: dict, pretrained: bool = True) -> SpeechEmotionModel:
     s = cfg["speech"]
     backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained)
-    return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3))
+    return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3),
+                              adapter=bool(s.get("adapter", False)))
 
 
 def build_text(cfg: dict, pretrained: bool = True) -> TextEmotionModel:
@@ -112,7 +113,7 @@ def save_bundle(out_dir: str | Path, cfg: dict, speech: SpeechEmotionModel,
         speech_base = {f"backbone.{k}": v for k, v in build_speech(cfg).backbone.state_dict().items()}
     if text_base is None:
         text_base = {f"encoder.{k}": v for k, v in build_text(cfg).encoder.state_dict().items()}
-    _save(delta_state(speech, speech_base, ("head.",)), out / SPEECH_WEIGHTS, dtype)
+    _save(delta_state(speech, speech_base, ("head.", "adapter.")), out / SPEECH_WEIGHTS, dtype)
     _save(delta_state(text, text_base, ("classifier.",)), out / TEXT_WEIGHTS, dtype)
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "README.md").write_text(card)

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     we.set_defaults(func=cmd_whisper)
     sub.add_parser("finetune", help="fine-tune a new bundle from the stored corrections "
                    "(python -m emodemo finetune --help)", add_help=False)
+    sub.add_parser("finetune-pack", help="write a bundle's replay pack from its training data "
+                   "(python -m emodemo finetune-pack --help)", add_help=False)
     co = sub.add_parser("corrections", help="list, export, import the corrections store",
                         add_help=False)
     co.set_defaults(func=None)
@@ -181,5 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "finetune":
         from .finetune import main_finetune
         return main_finetune(argv[1:])
+    if argv and argv[0] == "finetune-pack":
+        from .finetune.cli import main_pack
+        return main_pack(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -236,18 +236,53 @@ class EmotionHead(nn.Module):
         return self.out(self.drop(F.relu(self.fc(s))))
 
 
-class SpeechEmotionModel(nn.Module):
-    """Backbone + emotion head; takes front-end features, returns class logits."""
+class ResidualAdapter(nn.Module):
+    """A correction of the head's logits learned from a few hundred user corrections:
 
-    def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3):
+        logits = beta · head(frames) + W · (stats(frames) − mean) / std + bias
+
+    `stats` are the mean+std pooled backbone frames ([B, 2·frame_dim]), the features a linear probe
+    would use. W = 0, beta = 1 is the base model; beta = 0 is a linear probe. Fine-tuning
+    (emodemo.finetune.adapt) fits W, bias and beta on frozen-backbone features, so a bundle stores
+    only these few tensors on top of its base.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.register_buffer("beta", torch.ones(()))
+
+    def forward(self, stats: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+        return self.beta * base_logits + self.linear((stats - self.mean) / self.std)
+
+
+class SpeechEmotionModel(nn.Module):
+    """Backbone + emotion head (+ an optional ResidualAdapter); takes front-end features,
+    returns class logits."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
+                 adapter: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = EmotionHead(backbone.frame_dim, n_classes, hidden, dropout)
+        self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
 
     @property
     def feature(self) -> str:
         return self.backbone.feature
 
+    def pooled(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+        """(pooled backbone stats [B, 2·frame_dim], head logits [B, C]) — what the adapter sees."""
+        frames, lengths = self.backbone.frames(feats, lengths)
+        return masked_stats(frames, lengths), self.head(frames, lengths)
+
     def forward(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         frames, lengths = self.backbone.frames(feats, lengths)
-        return self.head(frames, lengths)
+        logits = self.head(frames, lengths)
+        if self.adapter is not None:
+            logits = self.adapter(masked_stats(frames, lengths), logits)
+        return logits

@@ -1,0 +1,276 @@
+"""Corrections → clips: the dataset rules of fine-tuning, the guards and the validation split.
+
+Pure functions over store records (dicts or `store.Record`s); nothing here trains or reads audio.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from ..errors import FinetuneError
+
+NONE_LABEL = "none"
+MIN_PER_CLASS = 3            # clips per class for it to be used
+MIN_CLASSES = 2              # classes with enough clips for a run
+VAL_FRACTION = 0.25          # share of each class's clips held out
+SPAN_DECIMALS = 2            # start/end rounded to 10 ms when grouping corrections into clips
+
+
+class TooFewCorrections(FinetuneError):
+    """The store does not hold enough usable corrections for a fine-tuning run."""
+
+
+@dataclass
+class Clip:
+    """One clip the corrections agree on: the unit of training and validation."""
+    media_sha256: str
+    media_path: str
+    start: Optional[float]
+    end: Optional[float]
+    label: str
+    transcript: Optional[str] = None
+    votes: dict = field(default_factory=dict)          # annotator -> latest label
+    n_corrections: int = 0
+    speaker: Optional[str] = None
+    newest: Optional[datetime] = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.media_sha256, self.start, self.end)
+
+    @property
+    def group(self) -> str:
+        """What must not straddle the train/validation split: the speaker, else the recording."""
+        return f"speaker:{self.speaker}" if self.speaker else f"media:{self.media_sha256}"
+
+    @property
+    def id(self) -> str:
+        span = "" if self.start is None and self.end is None else \
+            f"@{self.start or 0:.2f}-{'end' if self.end is None else f'{self.end:.2f}'}"
+        return self.media_sha256[:16] + span
+
+
+@dataclass
+class Dataset:
+    """`build_dataset`'s result: usable clips plus everything left out, with the reasons."""
+    clips: list[Clip]
+    ties: list[dict]
+    excluded: dict[str, list]       # reason -> [{clip, label, votes}]
+    n_records: int
+    per_annotator: dict[str, int]   # clips each annotator labelled (latest label counts)
+    agreement: dict
+    newest: Optional[datetime]
+
+    def per_class(self, clips: Optional[Sequence[Clip]] = None) -> dict[str, int]:
+        return dict(sorted(Counter(c.label for c in (self.clips if clips is None else clips)).items(),
+                           key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self) -> dict:
+        return {"corrections": self.n_records, "clips": len(self.clips),
+                "per_class": self.per_class(), "per_annotator": self.per_annotator,
+                "agreement": self.agreement,
+                "ties": [{k: v for k, v in t.items()} for t in self.ties],
+                "excluded": {k: len(v) for k, v in self.excluded.items()},
+                "excluded_detail": self.excluded,
+                "transcripts": sum(1 for c in self.clips if c.transcript),
+                "newest_correction": self.newest.isoformat() if self.newest else None}
+
+
+def _get(rec: Any, name: str, default: Any = None) -> Any:
+    if isinstance(rec, Mapping):
+        return rec.get(name, default)
+    return getattr(rec, name, default)
+
+
+def _utc(dt: Any) -> Optional[datetime]:
+    if dt is None:
+        return None
+    if isinstance(dt, str):
+        dt = datetime.fromisoformat(dt)
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _span(rec: Any) -> tuple[Optional[float], Optional[float]]:
+    """start/end rounded; a span covering the whole recording is the same clip as no span."""
+    start, end, dur = _get(rec, "start"), _get(rec, "end"), _get(rec, "duration")
+    start = None if start is None or float(start) <= 0 else round(float(start), SPAN_DECIMALS)
+    if end is not None:
+        end = round(float(end), SPAN_DECIMALS)
+        if dur and end >= float(dur) - 10 ** -SPAN_DECIMALS:
+            end = None
+    return start, end
+
+
+def build_dataset(records: Iterable[Any], labels: Sequence[str], check_files: bool = True) -> Dataset:
+    """Resolve stored corrections (dicts or `store.Record`s) into one labelled clip per audio span.
+
+    * clip = media hash + start/end (rounded to 10 ms; a whole-file span equals no span), so the
+      same audio stored twice — one hash — is one clip;
+    * each annotator's latest label (by updated_at, then created_at, then id) is their vote; every
+      anonymous correction is a separate annotator;
+    * the majority of votes wins; a tie is left out and reported in `ties`;
+    * a majority of "none" (none of these) is left out (`excluded["none"]`);
+    * a winning label outside `labels` is left out (`excluded["unknown_label"]`), matched
+      case-insensitively otherwise;
+    * with `check_files`, clips whose stored audio file is gone are left out (`excluded["missing_audio"]`).
+
+    The clip's transcript is the newest non-empty corrected transcript, preferring annotators who
+    voted for the winning label.
+    """
+    lookup = {str(l).strip().lower(): str(l) for l in labels}
+    recs = sorted(records, key=lambda r: (_utc(_get(r, "updated_at")) or _utc(_get(r, "created_at"))
+                                          or datetime.min.replace(tzinfo=timezone.utc), _get(r, "id") or 0))
+    groups: dict[tuple, dict] = {}
+    n_records = 0
+    newest = None
+    for r in recs:
+        n_records += 1
+        sha = str(_get(r, "media_sha256"))
+        start, end = _span(r)
+        g = groups.setdefault((sha, start, end), {"path": _get(r, "media_path"), "votes": {},
+                                                   "by": {}, "n": 0, "newest": None, "recs": []})
+        g["n"] += 1
+        ann = _get(r, "annotator")
+        who = str(ann).strip() if ann is not None and str(ann).strip() else f"(anonymous #{_get(r, 'id')})"
+        label = str(_get(r, "label") or "").strip()
+        g["votes"][who] = label            # records are in time order: the last one wins
+        g["recs"].append((who, r))
+        ts = _utc(_get(r, "created_at"))
+        if ts and (g["newest"] is None or ts > g["newest"]):
+            g["newest"] = ts
+        if ts and (newest is None or ts > newest):
+            newest = ts
+
+    clips: list[Clip] = []
+    ties: list[dict] = []
+    excluded: dict[str, list] = {"none": [], "unknown_label": [], "missing_audio": []}
+    per_annotator: Counter = Counter()
+    multi, unanimous, shares = 0, 0, []
+    for (sha, start, end), g in groups.items():
+        votes = g["votes"]
+        for who in votes:
+            per_annotator["(anonymous)" if who.startswith("(anonymous #") else who] += 1
+        counts = Counter(v.lower() for v in votes.values())
+        top = max(counts.values())
+        leaders = sorted(l for l, n in counts.items() if n == top)
+        if len(votes) > 1:
+            multi += 1
+            shares.append(top / len(votes))
+            unanimous += len(counts) == 1
+        desc = {"clip": sha[:16] + ("" if start is None and end is None else f"@{start}-{end}"),
+                "media_sha256": sha, "start": start, "end": end, "votes": dict(counts)}
+        if len(leaders) > 1:
+            ties.append(desc | {"labels": leaders})
+            continue
+        winner = leaders[0]
+        if winner == NONE_LABEL:
+            excluded["none"].append(desc)
+            continue
+        if winner not in lookup:
+            excluded["unknown_label"].append(desc | {"label": winner})
+            continue
+        path = g["path"]
+        if check_files and (not path or not Path(path).is_file()):
+            excluded["missing_audio"].append(desc | {"path": path})
+            continue
+        texts = []
+        for who, r in g["recs"]:
+            t = _get(r, "transcript_corrected")
+            if t is not None and str(t).strip():
+                agrees = votes.get(who, "").lower() == winner
+                texts.append((agrees, " ".join(str(t).split())))
+        transcript = None
+        if texts:
+            agreeing = [t for a, t in texts if a]
+            transcript = (agreeing or [t for _, t in texts])[-1]
+        clips.append(Clip(sha, str(path), start, end, lookup[winner], transcript, dict(votes), g["n"],
+                          None, g["newest"]))
+    clips.sort(key=lambda c: (c.media_sha256, -1 if c.start is None else c.start))
+    agreement = {"clips_with_several_annotators": multi, "unanimous": unanimous,
+                 "mean_majority_share": round(sum(shares) / len(shares), 4) if shares else None,
+                 "ties": len(ties)}
+    return Dataset(clips, ties, excluded, n_records,
+                   dict(sorted(per_annotator.items(), key=lambda kv: (-kv[1], kv[0]))), agreement, newest)
+
+
+def check_counts(ds: Dataset, min_per_class: int = MIN_PER_CLASS,
+                 min_classes: int = MIN_CLASSES) -> tuple[list[Clip], dict[str, int]]:
+    """Clips of the classes with at least `min_per_class` clips, and the classes left out for having
+    fewer. Raises TooFewCorrections (with the counts and what is needed) when fewer than
+    `min_classes` classes qualify."""
+    counts = ds.per_class()
+    ok = {l for l, n in counts.items() if n >= min_per_class}
+    too_few = {l: n for l, n in counts.items() if l not in ok}
+    if len(ok) < min_classes:
+        have = ", ".join(f"{l} {n}" for l, n in counts.items()) or "none usable"
+        left = []
+        if ds.ties:
+            left.append(f"{len(ds.ties)} tied")
+        for reason, lst in ds.excluded.items():
+            if lst:
+                left.append(f"{len(lst)} {reason.replace('_', ' ')}")
+        raise TooFewCorrections(
+            f"too few corrections to fine-tune: need at least {min_per_class} clips per class for at "
+            f"least {min_classes} classes; the store has {ds.n_records} corrections giving: {have}"
+            + (f" (left out: {', '.join(left)})" if left else "")
+            + "; add corrections or lower --min-per-class")
+    return [c for c in ds.clips if c.label in ok], too_few
+
+
+def format_summary(summary: Mapping) -> str:
+    """The dry-run text: counts per class and annotator, agreement, ties and exclusions."""
+    lines = [f"corrections: {summary['corrections']}  ->  usable clips: {summary['clips']}"
+             f" ({summary.get('transcripts', 0)} with a corrected transcript)"]
+    lines.append("per class:      " + (", ".join(f"{k} {v}" for k, v in summary["per_class"].items()) or "-"))
+    lines.append("per annotator:  " + (", ".join(f"{k} {v}" for k, v in summary["per_annotator"].items()) or "-"))
+    ag = summary["agreement"]
+    share = ag.get("mean_majority_share")
+    lines.append(f"agreement:      {ag['clips_with_several_annotators']} clips with several annotators, "
+                 f"{ag['unanimous']} unanimous, mean majority share "
+                 f"{'-' if share is None else f'{share:.2f}'}")
+    ties = summary.get("ties", [])
+    lines.append(f"ties (left out): {len(ties)}" + "".join(
+        f"\n  {t['clip']}: " + ", ".join(f"{k} {v}" for k, v in t["votes"].items()) for t in ties[:20]))
+    ex = summary["excluded"]
+    lines.append("excluded:       " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ex.items()))
+    for t in summary.get("excluded_detail", {}).get("unknown_label", [])[:20]:
+        lines.append(f"  unknown label {t['label']!r}: {t['clip']}")
+    if summary.get("too_few"):
+        lines.append("classes left out (too few clips): "
+                     + ", ".join(f"{k} {v}" for k, v in summary["too_few"].items()))
+    if "split" in summary:
+        sp = summary["split"]
+        lines.append(f"split:          train {sp['train']}, validation {sp['val']}")
+    return "\n".join(lines)
+
+
+def split_clips(clips: Sequence[Clip], val_fraction: float = VAL_FRACTION,
+                seed: int = 0) -> tuple[list[Clip], list[Clip]]:
+    """Stratified, grouped (speaker, else recording) validation split, deterministic by seed.
+
+    Each class with at least two clips aims at max(1, round(val_fraction · n)) validation clips,
+    never all of its clips; whole groups go to one side."""
+    by_group: dict[str, list[Clip]] = defaultdict(list)
+    for c in clips:
+        by_group[c.group].append(c)
+    n = Counter(c.label for c in clips)
+    target = {l: (min(k - 1, max(1, round(val_fraction * k))) if k >= 2 else 0) for l, k in n.items()}
+    rng = random.Random(seed)
+    groups = sorted(by_group)
+    rng.shuffle(groups)
+    # small groups first, so that the targets can be met exactly where possible
+    groups.sort(key=lambda g: len(by_group[g]))
+    have: Counter = Counter()
+    val_groups = set()
+    for g in groups:
+        need = Counter(c.label for c in by_group[g])
+        if all(have[l] + k <= target[l] for l, k in need.items()):
+            val_groups.add(g)
+            have.update(need)
+    train = [c for c in clips if c.group not in val_groups]
+    val = [c for c in clips if c.group in val_groups]
+    return train, val

@@ -1,0 +1,231 @@
+"""Audio items for fine-tuning: clips cut from their recordings, and replay of the base model's
+training data so that fine-tuning keeps the old skills.
+
+Replay comes from two places, both optional:
+* the bundle's own **replay pack** (`replay.safetensors`): pooled frozen-backbone features and head
+  logits of a few hundred of the base's training clips, made by `pack_replay` when the bundle is
+  built. It travels with the bundle, so fine-tuning needs nothing but the install;
+* the base's training data specs, where that data is present on this machine (`default_replay`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import EmodemoError
+from .dataset import Clip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPLAY_N = 240       # replay items sampled per replay spec
+REPLAY_PACK = "replay.safetensors"
+
+
+def segment_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emodemo" / "segments"
+
+
+def clip_items(clips: Sequence[Clip], cache_dir: Optional[str | Path] = None) -> tuple[list, list[dict]]:
+    """`emodemo.data.Item`s for clips. A clip with a start/end is cut out of its recording into a
+    16 kHz WAV under `cache_dir` (named by hash and span, so it is written once). Returns the items
+    and the clips that could not be used (audio unreadable or span too short)."""
+    import soundfile as sf
+
+    from .. import audio as A
+    from ..data import Item
+    cache = Path(cache_dir) if cache_dir else segment_cache_dir()
+    items, bad = [], []
+    for c in clips:
+        path = c.media_path
+        try:
+            if c.start is not None or c.end is not None:
+                name = f"{c.media_sha256}_{int(round((c.start or 0) * 1000))}_" \
+                       f"{'end' if c.end is None else int(round(c.end * 1000))}.wav"
+                seg = cache / c.media_sha256[:2] / name
+                if not seg.exists():
+                    wav = A.load_audio(c.media_path)
+                    s = int(round((c.start or 0) * A.SAMPLE_RATE))
+                    e = wav.size if c.end is None else int(round(c.end * A.SAMPLE_RATE))
+                    cut = wav[s:e]
+                    if cut.size < A.MIN_SAMPLES:
+                        raise EmodemoError(f"segment {c.start}-{c.end} s is too short")
+                    seg.parent.mkdir(parents=True, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=seg.parent)
+                    os.close(fd)
+                    sf.write(tmp, cut, A.SAMPLE_RATE, subtype="PCM_16")
+                    os.replace(tmp, seg)
+                path = str(seg)
+            else:
+                A.load_audio(path)  # unreadable audio fails here, not mid-training
+        except (EmodemoError, OSError, RuntimeError) as exc:
+            bad.append({"clip": c.id, "error": str(exc)})
+            continue
+        items.append(Item(path, c.label, c.transcript, c.speaker, id=c.id))
+    return items, bad
+
+
+def _stratified_sample(items: Sequence, n: int, rng: random.Random) -> list:
+    """About n items with the class proportions of `items` (every class at least one)."""
+    if n >= len(items):
+        return list(items)
+    by: dict[str, list] = defaultdict(list)
+    for it in items:
+        by[it.label].append(it)
+    out = []
+    for lab in sorted(by):
+        lst = by[lab][:]
+        rng.shuffle(lst)
+        out += lst[:max(1, round(n * len(lst) / len(items)))]
+    return out
+
+
+def _split_items(items: Sequence, val_fraction: float, rng: random.Random) -> tuple[list, list]:
+    by: dict[str, list] = defaultdict(list)
+    for it in items:
+        by[it.label].append(it)
+    train, val = [], []
+    for lab in sorted(by):
+        lst = by[lab][:]
+        rng.shuffle(lst)
+        k = min(len(lst) - 1, max(1, round(val_fraction * len(lst)))) if len(lst) >= 2 else 0
+        val += lst[:k]
+        train += lst[k:]
+    return train, val
+
+
+def replay_items(specs: Sequence[str], n: int, labels: Sequence[str], seed: int = 0) -> dict:
+    """Replay sample of the base training data: each spec sampled (stratified) to `n` items and
+    split 80/20. Items with audio are speech replay; text-only items (no audio) are text replay.
+    Returns {"speech": (train, val), "text": (train, val), "specs": {spec: n}}."""
+    from ..data import load_spec
+    rng = random.Random(seed)
+    lab = {l.lower(): l for l in labels}
+    out = {"speech": ([], []), "text": ([], []), "specs": {}}
+    for spec in specs:
+        items = []
+        for it in load_spec(spec):
+            if it.label.lower() in lab:
+                it.label = lab[it.label.lower()]
+                if it.labels:
+                    it.labels = tuple(lab[l.lower()] for l in it.labels if l.lower() in lab) or (it.label,)
+                items.append(it)
+        sample = _stratified_sample(items, n, rng)
+        tr, va = _split_items(sample, 0.2, rng)
+        kind = "speech" if sample and sample[0].audio else "text"
+        out[kind][0].extend(tr)
+        out[kind][1].extend(va)
+        out["specs"][spec] = {"kind": kind, "available": len(items), "train": len(tr), "val": len(va)}
+    return out
+
+
+def as_list(x) -> list[str]:
+    if x is None:
+        return []
+    return [x] if isinstance(x, str) else [s for s in x if s]
+
+
+def default_replay(base_cfg: dict) -> list[str]:
+    """The base bundle's own training data specs (speech and text; each a string or a list)."""
+    from ..training import DEFAULT_RECIPE
+    rc = (base_cfg.get("training") or {}).get("run_config") or {}
+    return (as_list((rc.get("speech") or {}).get("train") or DEFAULT_RECIPE["speech"]["train"])
+            + as_list((rc.get("text") or {}).get("train") or DEFAULT_RECIPE["text"]["train"]))
+
+
+def available_specs(specs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The specs whose data can be read on this machine, and {spec: why not} for the others.
+
+    A user's machine (a README install, a Space) has none of our training data: missing data is
+    skipped with a reason, never an error."""
+    from ..data import load_spec
+    ok, missing = [], {}
+    for s in specs:
+        try:
+            if not load_spec(s):
+                missing[s] = "no items"
+                continue
+        except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:
+            missing[s] = f"{type(exc).__name__}: {exc}"
+            continue
+        ok.append(s)
+    return ok, missing
+
+
+# ---- the bundle's replay pack ------------------------------------------------------------
+def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
+                guard_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Write `replay.safetensors` into `bundle`: pooled frozen-backbone features and head logits of
+    at most `per_class` clips per class and spec of the base's training data, float16, with a
+    speaker-grouped guard part (`guard_fraction` of the speakers) that fine-tuning checks old skills
+    on. Records what it holds in config.json (`replay_pack`). Needs the data: run it where the bundle
+    is trained."""
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from ..bundle import CONFIG_NAME, load_bundle
+    from ..data import load_spec
+    from .features import Feats, extract
+    bundle = Path(bundle)
+    cfg, speech, _ = load_bundle(bundle)
+    labels = list(cfg["labels"])
+    rng = random.Random(seed)
+    parts, info = [], {}
+    for spec in specs:
+        items = [i for i in load_spec(spec) if i.audio and i.label in labels]
+        by: dict = defaultdict(list)
+        for it in items:
+            by[it.label].append(it)
+        chosen = []
+        for lab in sorted(by):
+            lst = sorted(by[lab], key=lambda i: i.id or i.audio)
+            rng.shuffle(lst)
+            chosen += lst[:per_class]
+        log.info("replay pack: %s: %d of %d clips", spec, len(chosen), len(items))
+        parts.append(extract(speech, chosen, labels))
+        info[spec] = {"available": len(items), "packed": len(chosen)}
+    feats = Feats.concat(parts, 2 * speech.backbone.frame_dim, len(labels))
+    speakers = sorted(set(feats.groups))
+    rng.shuffle(speakers)
+    guard_spk = set(speakers[:max(1, round(guard_fraction * len(speakers)))]) if len(speakers) > 1 else set()
+    guard = np.array([g in guard_spk for g in feats.groups])
+    save_file({"stats": torch.from_numpy(feats.x).half(), "logits": torch.from_numpy(feats.b).half(),
+               "labels": torch.from_numpy(feats.y), "guard": torch.from_numpy(guard)},
+              str(bundle / REPLAY_PACK))
+    meta = {"file": REPLAY_PACK, "items": int(len(feats)), "guard_items": int(guard.sum()),
+            "per_class": per_class, "specs": info,
+            "what": "mean+std pooled frozen-backbone frames and head logits (float16)"}
+    path = bundle / CONFIG_NAME
+    cfg = json.loads(path.read_text())
+    cfg["replay_pack"] = meta
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return meta
+
+
+def load_pack(bundle: str | Path, cfg: dict, dim: int):
+    """(replay Feats, guard Feats) from the bundle's pack, or (None, None) when it has none or
+    when it does not fit the bundle (another backbone or label set)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from .features import Feats
+    path = Path(bundle) / (cfg.get("replay_pack") or {}).get("file", REPLAY_PACK)
+    if not path.is_file():
+        return None, None
+    t = load_file(str(path))
+    x, b = t["stats"].float().numpy(), t["logits"].float().numpy()
+    if x.shape[1] != dim or b.shape[1] != len(cfg["labels"]):
+        log.warning("%s does not fit this bundle (features %d vs %d); not used", path, x.shape[1], dim)
+        return None, None
+    y, guard = t["labels"].numpy().astype(np.int64), t["guard"].numpy().astype(bool)
+    groups = [f"pack-{'guard' if g else 'train'}" for g in guard]
+    f = Feats(x, b, y, groups)
+    return f.take(np.flatnonzero(~guard)), f.take(np.flatnonzero(guard))
