@@ -171,3 +171,36 @@ def test_ddp_two_cpu_processes(tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "world size 2" in log and "speech epoch 1" in log
     assert (tmp_path / "bundle" / "config.json").exists()
+
+
+def test_class_weights_absent_classes_get_no_weight_and_no_probability():
+    """4 of 7 classes in the labels: the absent 3 get weight 0, so label smoothing does not push
+    probability onto them (it did with the old clamp-to-1 weights, which were the largest)."""
+    import torch
+    import torch.nn as nn
+    from emodemo.training import class_weights
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    y = rng.choice(4, size=200, p=[0.4, 0.3, 0.2, 0.1])
+    w = class_weights(y, 7).numpy()
+    counts = np.bincount(y, minlength=7)
+    assert (w[4:] == 0).all() and (w[:4] > 0).all()
+    assert w[:4].mean() == pytest.approx(1.0)
+    assert w[0] * counts[0] == pytest.approx(w[3] * counts[3])        # inverse frequency
+    # a few steps of training a linear layer with smoothed, weighted cross-entropy
+    x = torch.tensor(rng.normal(size=(7, 16))[y] * 2 + rng.normal(size=(200, 16)), dtype=torch.float32)
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 7)
+    absent_mass = lambda: float(torch.softmax(lin(x), -1)[:, 4:].sum(1).mean())  # noqa: E731
+    with torch.no_grad():
+        before = absent_mass()
+    crit = nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    for _ in range(30):
+        loss = crit(lin(x), torch.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = absent_mass()
+    assert after < before / 4, (before, after)

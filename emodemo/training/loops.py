@@ -22,9 +22,18 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def class_weights(y: Sequence[int], n: int) -> torch.Tensor:
-    counts = np.bincount(np.asarray(y), minlength=n).astype(np.float64)
-    w = counts.sum() / np.maximum(counts, 1) / n
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
+    """Inverse-frequency loss weights over `n` classes, mean 1 over the classes present in `y`.
+
+    Classes absent from `y` get weight 0: with label smoothing, a positive weight on them would
+    make the smoothing term push probability onto classes the data never shows (fine-tuning on a
+    correction set with 4 of 7 classes then drifts towards the other 3)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n)
+    if present.any():
+        w[present] = 1.0 / counts[present]
+        w[present] /= w[present].mean()
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def pad_frames(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
