@@ -118,6 +118,8 @@ def test_store_agreement_and_labels_vote_agree(tmp_path):
         s.update(first, label="happy")                           # bob's latest word on it
         s.add(b, "neutral", annotator="ann")
         s.add(b, "neutral", annotator="ann")                     # one voter
+        s.add(b, "happy", annotator="ann", account="eve-hf")     # an account: another voter
+        s.add(b, "neutral", annotator="eve", account="eve-hf")   # ... who changed their mind
         s.add(c, "fearful")
         s.add(c, "surprised")                                    # anonymous: a tie
         s.add(c, "fearful", annotator="dee", start=0.5, end=1.5)
@@ -135,3 +137,5 @@ def test_store_agreement_and_labels_vote_agree(tmp_path):
     assert whole.labels == {"sad": 2, "happy": 1} and not whole.tie
     assert segment.labels == {"happy": 2, "angry": 1} and segment.majority_label == "happy"
     assert [r.tie for r in table.values()].count(True) == 1
+    row_b = next(r for r in table.values() if r.n_corrections == 4)
+    assert (row_b.n_annotators, row_b.labels) == (2, {"neutral": 2})

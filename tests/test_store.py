@@ -338,16 +338,18 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
 
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
     try:
-        assert store.schema_revision() == "0002"
+        assert store.schema_revision() == "0003"   # the head: 0002 updated_at, 0003 account
         [rec] = store.corrections()
         assert (rec.label, rec.annotator, rec.note, rec.start, rec.end) == (
             "sad", "old", "from 0001", 0.5, 1.0)
+        assert rec.annotator_account is None
         assert rec.created_at.year == 2024 and rec.updated_at == rec.created_at  # backfilled
         assert rec.sample_rate == 22050
         assert rec.media_path == str(tmp_path / "media" / "ab" / f"{'ab' * 32}.wav")
         with store.engine.connect() as conn:
             idx = {i["name"] for i in inspect(conn).get_indexes("corrections")}
-        assert {"ix_corrections_created_at", "ix_corrections_media_sha256"} <= idx
+        assert {"ix_corrections_created_at", "ix_corrections_media_sha256",
+                "ix_corrections_annotator_account"} <= idx
         new = store.add(write_tone(tmp_path / "n.wav"), "happy")
         assert [r.id for r in store.corrections()] == [new, rec.id]
     finally:
@@ -394,6 +396,32 @@ def test_agreement(store, tmp_path):
     assert (rc.n_annotators, rc.agreement, rc.tie) == (2, 0.5, True)
     assert rows[0] is rc  # least agreement first
     assert len(store.agreement(min_annotators=1)) == 4
+
+
+def test_signed_in_account_is_the_voter(store, tmp_path):
+    """`add(..., account=...)` stores the signed-in account next to the typed name; agreement
+    counts one vote per account where there is one (a typed name is not an identity)."""
+    a = write_tone(tmp_path / "a.wav", 220)
+    first = store.add(a, "happy", annotator="ana", account="ana-hf")
+    store.add(a, "sad", annotator="Ana (laptop)", account="ana-hf")   # same person: replaces
+    store.add(a, "happy", annotator="ana", account="bob-hf")          # typed "ana", another account
+    store.add(a, "happy", annotator="ana")                            # no account: the typed name
+    rec = store.get(first)
+    assert (rec.annotator, rec.annotator_account) == ("ana", "ana-hf")
+    assert [r.annotator for r in store.corrections(account="ana-hf")] == ["Ana (laptop)", "ana"]
+    [row] = store.agreement()
+    assert (row.n_annotators, row.n_corrections, row.labels) == (3, 4, {"happy": 2, "sad": 1})
+    with pytest.raises(StoreError, match="account is too long"):
+        store.add(a, "happy", account="x" * 201)
+
+    out = tmp_path / "e.csv"
+    store.export(out)
+    with CorrectionStore(f"sqlite:///{tmp_path / 'copy.db'}", media_dir=tmp_path / "m2") as copy:
+        assert copy.import_csv(out) == (4, [])
+        def who(s):
+            return sorted((r.annotator, r.annotator_account or "") for r in s.corrections())
+        assert who(copy) == who(store)
+        assert [r.n_annotators for r in copy.agreement()] == [3]
 
 
 @pytest.mark.slow

@@ -19,26 +19,27 @@ if TYPE_CHECKING:
 
 # what `labels.vote` needs of each correction (a light query: no probabilities, no notes)
 _COLUMNS = (Correction.id, Correction.media_sha256, Correction.start, Correction.end,
-            Correction.annotator, Correction.label, Correction.created_at, Correction.updated_at,
-            Media.path, Media.duration)
+            Correction.annotator, Correction.annotator_account, Correction.label,
+            Correction.created_at, Correction.updated_at, Media.path, Media.duration)
 
 
 def clip_agreement(store: "CorrectionStore", min_annotators: int = 2) -> list[Record]:
     """Inter-annotator agreement per clip (`emodemo.labels.clip_key`: the audio hash and the span
     rounded to 10 ms, a whole-file span being no span).
 
-    Each voter counts once, with their latest label; each anonymous correction counts as a
-    separate voter (`emodemo.labels.vote`). Returns clips with at least `min_annotators` voters,
-    least agreement first: media_sha256, media_path, start, end, n_annotators, n_corrections,
-    labels ({label: votes}), majority_label, majority_count, agreement (majority share of
-    voters), tie (True when several labels share the top count; the majority_label is then the
-    alphabetically first of them).
+    Each voter (the signed-in account, else the typed annotator name) counts once, with their
+    latest label; each anonymous correction counts as a separate voter (`emodemo.labels.vote`).
+    Returns clips with at least `min_annotators` voters, least agreement first: media_sha256,
+    media_path, start, end, n_annotators, n_corrections, labels ({label: votes}), majority_label,
+    majority_count, agreement (majority share of voters), tie (True when several labels share
+    the top count; the majority_label is then the alphabetically first of them).
     """
     stmt = select(*_COLUMNS).join(Media, Correction.media_sha256 == Media.sha256)
     with store.database.read() as s:
         rows = [dict(id=r.id, media_sha256=r.media_sha256, start=r.start, end=r.end,
-                     annotator=r.annotator, label=r.label, created_at=r.created_at,
-                     updated_at=r.updated_at, path=r.path, duration=r.duration)
+                     annotator=r.annotator, annotator_account=r.annotator_account,
+                     label=r.label, created_at=r.created_at, updated_at=r.updated_at,
+                     path=r.path, duration=r.duration)
                 for r in s.execute(stmt)]
     out = []
     for clip in vote(rows, labels=store.labels):

@@ -136,7 +136,8 @@ class CorrectionStore:
 
     def add(self, audio: Any, label: str, annotator: Optional[str] = None,
             transcript: Optional[str] = None, prediction: Any = None, note: Optional[str] = None,
-            start: Optional[float] = None, end: Optional[float] = None) -> int:
+            start: Optional[float] = None, end: Optional[float] = None,
+            account: Optional[str] = None) -> int:
         """Store one correction and return its id.
 
         audio: a file path (kept byte for byte) or a ``(waveform, sample_rate)`` pair (stored as
@@ -146,11 +147,15 @@ class CorrectionStore:
         prediction: dict or object with label, audio, text, fused, transcript, bundle,
             bundle_version (whatever is present is stored).
         start, end: the span of the audio the correction is about, in seconds.
+        account: the signed-in account (e.g. the Hugging Face user name) that made it; where
+            given, agreement and fine-tuning count one vote per account instead of per
+            `annotator` name (which is free text anyone can type).
         """
         self._check_writable()
         values = dict(
             label=self._labels.check(label),
             annotator=clean_field(annotator, "annotator", MAX_ANNOTATOR_CHARS, strip=True),
+            annotator_account=clean_field(account, "account", MAX_ANNOTATOR_CHARS, strip=True),
             transcript_corrected=clean_field(transcript, "transcript", MAX_TEXT_CHARS),
             note=clean_field(note, "note", MAX_TEXT_CHARS),
             **prediction_fields(prediction),
@@ -221,7 +226,8 @@ class CorrectionStore:
     def _record(self, c: Correction, m: Media) -> Record:
         return Record(
             id=c.id, created_at=_utc(c.created_at), updated_at=_utc(c.updated_at),
-            label=c.label, annotator=c.annotator, note=c.note,
+            label=c.label, annotator=c.annotator, annotator_account=c.annotator_account,
+            note=c.note,
             transcript_shown=c.transcript_shown, transcript_corrected=c.transcript_corrected,
             predicted_label=c.predicted_label, prob_audio=loads(c.prob_audio),
             prob_text=loads(c.prob_text), prob_fused=loads(c.prob_fused),
@@ -230,18 +236,22 @@ class CorrectionStore:
             duration=m.duration, sample_rate=m.sample_rate, start=c.start, end=c.end,
         )
 
-    def _select(self, label: Optional[str] = None, annotator: Optional[str] = None):
+    def _select(self, label: Optional[str] = None, annotator: Optional[str] = None,
+                account: Optional[str] = None):
         stmt = select(Correction, Media).join(Media, Correction.media_sha256 == Media.sha256)
         if label is not None:
             stmt = stmt.where(Correction.label == self._labels.check(label))
         if annotator is not None:
             stmt = stmt.where(Correction.annotator == annotator)
+        if account is not None:
+            stmt = stmt.where(Correction.annotator_account == account)
         return stmt.order_by(Correction.created_at.desc(), Correction.id.desc())
 
     def iter_records(self, label: Optional[str] = None, annotator: Optional[str] = None,
-                     limit: Optional[int] = None, offset: int = 0) -> Iterator[Record]:
+                     limit: Optional[int] = None, offset: int = 0,
+                     account: Optional[str] = None) -> Iterator[Record]:
         """Like `corrections`, but one record at a time (for exports of any size)."""
-        stmt = self._select(label, annotator)
+        stmt = self._select(label, annotator, account)
         if offset:
             stmt = stmt.offset(int(offset))
         if limit is not None:
@@ -251,9 +261,11 @@ class CorrectionStore:
                 yield self._record(c, m)
 
     def corrections(self, limit: Optional[int] = None, offset: int = 0,
-                    label: Optional[str] = None, annotator: Optional[str] = None) -> list[Record]:
-        """Corrections as `Record` dicts (attribute access works too), newest first."""
-        return list(self.iter_records(label, annotator, limit, offset))
+                    label: Optional[str] = None, annotator: Optional[str] = None,
+                    account: Optional[str] = None) -> list[Record]:
+        """Corrections as `Record` dicts (attribute access works too), newest first; filtered by
+        label, typed annotator name or signed-in account when given."""
+        return list(self.iter_records(label, annotator, limit, offset, account))
 
     def get(self, cid: int) -> Optional[Record]:
         """One correction by id, or None."""

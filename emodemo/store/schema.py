@@ -36,6 +36,7 @@ class Correction(Base):
         Index("ix_corrections_created_at", "created_at"),
         Index("ix_corrections_media_sha256", "media_sha256"),
         Index("ix_corrections_annotator", "annotator"),
+        Index("ix_corrections_annotator_account", "annotator_account"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -43,7 +44,8 @@ class Correction(Base):
         String(64), ForeignKey("media.sha256", name="fk_corrections_media_sha256",
                                ondelete="RESTRICT"))
     label: Mapped[str] = mapped_column(String(64))
-    annotator: Mapped[Optional[str]] = mapped_column(String(200))
+    annotator: Mapped[Optional[str]] = mapped_column(String(200))          # typed, free text
+    annotator_account: Mapped[Optional[str]] = mapped_column(String(200))  # signed-in account
     note: Mapped[Optional[str]] = mapped_column(Text)
     transcript_shown: Mapped[Optional[str]] = mapped_column(Text)
     transcript_corrected: Mapped[Optional[str]] = mapped_column(Text)

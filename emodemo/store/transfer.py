@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .corrections import CorrectionStore
 
 EXPORT_FIELDS = (
-    "id", "created_at", "updated_at", "label", "annotator", "note",
+    "id", "created_at", "updated_at", "label", "annotator", "annotator_account", "note",
     "transcript_shown", "transcript_corrected", "predicted_label",
     "prob_audio", "prob_text", "prob_fused", "bundle_name", "bundle_version",
     "media_sha256", "media_path", "duration", "sample_rate", "start", "end",
@@ -35,7 +35,8 @@ PREDICTION_COLUMNS = ("predicted_label", "prob_audio", "prob_text", "prob_fused"
 # import column -> the header names it may have (first match wins)
 IMPORT_COLUMNS = (("path", PATH_COLUMNS), ("label", ("label",)),
                   ("transcript", ("transcript", "transcript_corrected")),
-                  ("annotator", ("annotator",)), ("note", ("note",)),
+                  ("annotator", ("annotator",)), ("account", ("annotator_account",)),
+                  ("note", ("note",)),
                   ("start", ("start",)), ("end", ("end",)),
                   *((k, (k,)) for k in PREDICTION_COLUMNS))
 POSITIONAL_COLUMNS = {"path": 0, "label": 1, "transcript": 2, "annotator": 3}
@@ -177,7 +178,8 @@ def import_csv(store: "CorrectionStore", path: Union[str, os.PathLike],
                 if not audio_path.is_absolute():
                     audio_path = base / audio_path
                 store.add(audio_path, label.strip(), annotator=cell("annotator") or annotator,
-                          transcript=cell("transcript"), note=cell("note"),
+                          account=cell("account"), transcript=cell("transcript"),
+                          note=cell("note"),
                           start=cell("start"), end=cell("end"), prediction=_prediction(cell))
                 imported += 1
             except (EmodemoError, OSError) as exc:
