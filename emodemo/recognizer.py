@@ -79,6 +79,17 @@ class EmotionRecognizer:
                 torch.set_num_threads(self.threads)
             return self._asr
 
+    @asr.setter
+    def asr(self, backend: Optional[ASR]) -> None:
+        """Use another ASR backend (None: load the bundle's on next use)."""
+        with self._asr_lock:
+            self._asr = backend
+
+    @property
+    def loaded_asr(self) -> Optional[ASR]:
+        """The ASR backend if it is loaded already, else None (never loads it)."""
+        return self._asr
+
     def preload(self, warm_up: bool = True) -> threading.Thread:
         """Load the ASR model (and run each model once) in a background thread; a request that
         needs the ASR meanwhile waits for it. Returns the thread."""

@@ -1,21 +1,21 @@
-"""Model bundles on disk, for the app's Models tab: find them, describe them, and run a
-fine-tuning job from the corrections store in the background.
+"""Model bundles on disk, as a service for the app's Models tab: find and describe them, and
+keep the active recognizer (`ModelRegistry`: list across folders, switch, admin token).
+Fine-tuning jobs are in emodemo.jobs.
 
-A bundle is any folder with a `config.json` (see bundle.py) directly under the models folder.
+A bundle is any folder with a `config.json` (see bundle.py) directly under a models folder.
 The app only ever switches to, or fine-tunes from, a bundle this module found there: a path typed
 by a visitor is never loaded.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import threading
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from .errors import EmodemoError
 
@@ -107,59 +107,68 @@ def check_new_name(root: str | Path, name: str) -> Path:
     return out
 
 
-@dataclass
-class FinetuneJob:
-    """One fine-tuning run in a background thread; its fields are read by the UI's poller."""
-    base: Path
-    out: Path
-    kwargs: dict = field(default_factory=dict)
-    state: str = "queued"            # queued, running, written, not written, failed
-    fraction: float = 0.0
-    message: str = ""
-    log: list[str] = field(default_factory=list)
-    report: Optional[dict] = None
-    error: str = ""
-    started: float = 0.0
-    finished: float = 0.0
-    _thread: Optional[threading.Thread] = None
+class ModelRegistry:
+    """The bundles in one or more folders and the active recognizer, shared by everyone using
+    the app. The first folder is where new (fine-tuned) bundles go; a folder name found in an
+    earlier folder shadows the same name in a later one."""
+
+    def __init__(self, recognizer, folders: Sequence[str | Path], admin_token: Optional[str] = None):
+        self.recognizer = recognizer
+        self.folders: list[Path] = []
+        for d in folders:
+            if Path(d).resolve() not in {f.resolve() for f in self.folders}:
+                self.folders.append(Path(d))
+        self.admin_token = admin_token or None   # when set, switching and fine-tuning need it
+        self._lock = threading.Lock()
 
     @property
-    def running(self) -> bool:
-        return self.state in ("queued", "running")
+    def new_bundles_dir(self) -> Path:
+        return self.folders[0]
 
-    def _progress(self, frac: float, msg: str) -> None:
-        self.fraction = max(self.fraction, min(1.0, float(frac)))
-        if msg and msg != self.message:
-            self.message = msg
-            self.log.append(f"{time.time() - self.started:6.0f} s  {msg}")
+    def bundles(self) -> list[BundleInfo]:
+        out, seen = [], set()
+        for d in self.folders:
+            for b in find_bundles(d):
+                if b.key not in seen:
+                    seen.add(b.key)
+                    out.append(b)
+        return out
 
-    def _run(self, db_url: str) -> None:
-        from .finetune import finetune
-        self.state = "running"
-        try:
-            rep = finetune(db_url, self.base, self.out, progress=self._progress, **self.kwargs)
-            self.report = rep
-            self.state = "written" if rep.get("written") else "not written"
-            self.fraction = 1.0
-        except EmodemoError as exc:          # too few corrections, bad data spec, ...
-            self.state, self.error = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported in the UI, traceback in the log
-            log.error("fine-tuning failed:\n%s", traceback.format_exc())
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc} (details in the server log)"
-        finally:
-            self.finished = time.time()
-            self.log.append(f"{self.finished - self.started:6.0f} s  {self.state}")
+    def active_path(self) -> Optional[Path]:
+        p = getattr(self.recognizer, "bundle_path", None)
+        return Path(p).resolve() if p else None
 
-    def start(self, db_url: str) -> "FinetuneJob":
-        """Run `finetune(db_url, base, out, **kwargs)` in a daemon thread."""
-        self.started = time.time()
-        self._thread = threading.Thread(target=self._run, args=(db_url,), daemon=True,
-                                        name=f"finetune-{self.out.name}")
-        self._thread.start()
-        return self
+    def check_admin(self, token: Any) -> None:
+        """Raise unless `token` is the admin token (nothing to check when none is set)."""
+        if self.admin_token and not hmac.compare_digest(str(token or "").encode(),
+                                                        self.admin_token.encode()):
+            raise EmodemoError("This needs the admin token (the app's owner sets it with "
+                               "--admin-token or EMODEMO_ADMIN_TOKEN).")
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until the run ends (tests, scripts); True when it has ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
+    def new_bundle_folder(self, name: str) -> Path:
+        """The folder for a new bundle `name`: refused when taken in any listed folder."""
+        return [check_new_name(d, name) for d in self.folders][0]
+
+    def switch(self, key: Optional[str], token: Any = None) -> bool:
+        """Make the listed bundle `key` the active recognizer; False when it already is.
+        The ASR model is reused when the new bundle names the same one."""
+        from .bundle import read_config
+        from .recognizer import load_recognizer
+        self.check_admin(token)
+        found = {b.key: b for b in self.bundles()}
+        if not key or key not in found:
+            raise EmodemoError("Choose one of the listed models first.")
+        b = found[key]
+        labels = list(self.recognizer.labels)
+        if b.labels != labels:
+            raise EmodemoError(f"'{key}' predicts {', '.join(b.labels)}, but this app was started with "
+                               f"{', '.join(labels)}. Restart it with --bundle models/{key}.")
+        with self._lock:
+            if b.path == self.active_path():
+                return False
+            old = self.recognizer
+            same_asr = read_config(b.path).get("asr") == old.config.get("asr")
+            # one reference swap: requests in flight finish on the old recognizer
+            self.recognizer = load_recognizer(b.path, asr=old.loaded_asr if same_asr else None,
+                                              threads=old.threads)
+        return True

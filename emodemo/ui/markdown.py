@@ -1,0 +1,199 @@
+"""Markdown the app shows: every value that came from a person, a file name or ASR goes
+through `md_escape` (no HTML, no live Markdown), numbers are formatted here once."""
+from __future__ import annotations
+
+import html
+import re
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from ..analysis import NONE_DISPLAY, NONE_LABEL, format_bytes, format_duration
+
+EMOJI = {"neutral": "😐", "happy": "😄", "sad": "😢", "angry": "😠", "fearful": "😨",
+         "disgust": "🤢", "surprised": "😲", "calm": "😌", NONE_LABEL: "🤷"}
+FUSION_MODES = {"confidence": "confidence-weighted",
+                "evidence": "evidence-aware (neutral = no emotion heard or read)"}
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#|~$])")
+_MD_LINE_START = re.compile(r"^(\s*)(?:([-+=])|(\d+)\.)", re.M)
+
+
+def md_escape(text: Any) -> str:
+    """Text shown literally inside Markdown: HTML-escaped (no tags), Markdown punctuation
+    backslash-escaped (no emphasis, links, code, headings, lists, LaTeX), newlines kept."""
+    s = html.escape("" if text is None else str(text), quote=True)
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    s = _MD_LINE_START.sub(lambda m: m.group(1) + ("\\" + m.group(2) if m.group(2)
+                                                   else m.group(3) + "\\."), s)
+    return s.replace("\n", "  \n")
+
+
+def error(msg: str) -> str:
+    return f"⚠️ {md_escape(msg)}"
+
+
+def ok(msg_md: str) -> str:
+    return f"✅ {msg_md}"
+
+
+def label_choice(label: str) -> str:
+    """How a label is offered in the correction form."""
+    if label == NONE_LABEL:
+        return f"{EMOJI[NONE_LABEL]} {NONE_DISPLAY}"
+    return f"{EMOJI.get(label, '')} {label}".strip()
+
+
+# ---- Analyse tab ---------------------------------------------------------------------------
+def summary(state: dict, preds: Sequence, fusion, overall: Optional[Mapping] = None) -> str:
+    """The headline of the shown span: label, confidence, each branch, fusion, transcript; for
+    long audio first the whole recording (`overall`, see analysis.overall)."""
+    i = state["selected"]
+    p = preds[i]
+    lines = []
+    if state["long"] and overall:
+        share = sorted(overall["share"].items(), key=lambda kv: -kv[1])
+        mix = ", ".join(f"{EMOJI.get(k, '')} {md_escape(k)} {v:.0%}" for k, v in share[:3])
+        lines.append(f"**Whole recording** ({format_duration(state['duration'])}, "
+                     f"{len(preds)} segments): overall **{md_escape(overall['label'])}** "
+                     f"({overall['confidence']:.0%}); share of speech time: {mix}.")
+        lines.append(f"**Segment #{i + 1}** ({p.start:.1f}–{p.end:.1f} s):")
+    lines.append(f"## {EMOJI.get(p.label, '')} {md_escape(p.label)} · {p.confidence:.0%}")
+    a_top = max(p.audio, key=p.audio.get)
+    branch = [f"audio branch: **{md_escape(a_top)}** {p.audio[a_top]:.0%}"]
+    if p.text is not None:
+        t_top = max(p.text, key=p.text.get)
+        branch.append(f"text branch: **{md_escape(t_top)}** {p.text[t_top]:.0%}")
+    else:
+        branch.append("text branch: not used (no transcript)")
+    mode = FUSION_MODES.get(fusion.mode, fusion.mode)
+    branch.append(f"fusion: {md_escape(mode)}, audio weight {fusion.audio_weight:.2f}")
+    lines.append(" · ".join(branch))
+    tr = p.transcript
+    lines.append(f"Transcript used: “{md_escape(tr)}”" if tr else
+                 "Transcript used: *(none — nothing was recognised, or it was cleared)*")
+    return "\n\n".join(lines)
+
+
+def analysed_status(state: dict, took: float) -> str:
+    """What was analysed, how long it took, and any warnings."""
+    warns = sorted({w for s in state["segments"] for w in s.get("warnings", [])})
+    status = f"Analysed **{md_escape(state['name'])}** ({format_duration(state['duration'])}"
+    status += f", {len(state['segments'])} segments" if state["long"] else ""
+    status += f") in {took:.1f} s."
+    if warns:
+        status += " " + " ".join(f"⚠️ {md_escape(w)}." for w in warns)
+    return status
+
+
+def correction_stored(cid: int, label: str, predicted: str, sha: str,
+                      span: tuple[Optional[float], Optional[float]], who: Optional[str]) -> str:
+    start, end = span
+    where = f", segment {start:.1f}–{end:.1f} s" if start is not None else ""
+    by = f" by **{md_escape(who)}**" if who else ""
+    shown = NONE_DISPLAY if label == NONE_LABEL else label
+    return ok(f"Stored correction **#{cid}**: **{md_escape(shown)}** (the model said "
+              f"*{md_escape(predicted)}*) for clip `{sha[:12]}`{where}{by}. Thank you!")
+
+
+def signed_in(account: Optional[str]) -> str:
+    """The line above the correction form when annotators sign in."""
+    if account:
+        return f"Signed in as **{md_escape(account)}**: your corrections are recorded under this account."
+    return "Sign in with your Hugging Face account (button above) to submit corrections."
+
+
+# ---- Models tab ----------------------------------------------------------------------------
+def models_listed(n: int, folders: Sequence, rec, active_key: Optional[str]) -> str:
+    where = " and ".join(f"`{md_escape(str(d))}`" for d in folders)
+    now = (f"Active: **{md_escape(rec.name)} v{md_escape(rec.version)}**"
+           + (f" (`{md_escape(active_key)}`)" if active_key else ""))
+    if not n:
+        return ok(f"No model bundles in {where}. {now}.")
+    return ok(f"{n} model bundle{'s' if n != 1 else ''} in {where}. {now}.")
+
+
+JOB_HEADS = {"queued": "⏳ starting", "running": "⏳ running", "written": "✅ done: written",
+             "not written": "⚠️ done: not written", "failed": "❌ failed"}
+
+
+def _num(x: Optional[float]) -> str:
+    return "–" if x is None else f"{float(x):.3f}"
+
+
+def changes(report: Optional[Mapping]) -> str:
+    """Per-class recall before/after on the held-out corrections and on the reference, and the
+    sentence of what changed, from `report["changes"]`; "" when the report has none."""
+    ch = (report or {}).get("changes") or {}
+    keys = ("heldout_before", "heldout_after", "reference_before", "reference_after")
+    rows = [r for r in ch.get("per_class") or []          # classes with no number are left out
+            if isinstance(r, Mapping) and any(r.get(k) is not None for k in keys)]
+    sentence = str(ch.get("sentence") or "").strip()
+    if not rows and not sentence:
+        return ""
+    parts = []
+    if sentence:
+        parts.append(f"**What changed:** {md_escape(sentence)}")
+    if rows:
+        table = ["| class (recall) | held-out before | held-out after | reference before | reference after |",
+                 "|---|---|---|---|---|"]
+        for r in rows:
+            table.append(f"| {md_escape(r.get('label', ''))} | {_num(r.get('heldout_before'))} | "
+                         f"{_num(r.get('heldout_after'))} | {_num(r.get('reference_before'))} | "
+                         f"{_num(r.get('reference_after'))} |")
+        parts.append("\n".join(table))
+    return "\n\n".join(parts)
+
+
+def job(j) -> str:
+    """Progress, outcome and log tail of a fine-tuning job (emodemo.jobs.FinetuneJob)."""
+    if j is None:
+        return "No fine-tuning run yet."
+    pct = int(round(100 * j.fraction))
+    lines = [f"**{md_escape(j.out.name)}** — {JOB_HEADS[j.state]} · {pct}% · "
+             f"{format_duration((j.finished or time.time()) - j.started)}",
+             f'<progress value="{pct}" max="100" style="width:100%"></progress>']
+    if j.error:
+        lines.append(f"**{md_escape(j.error)}**")
+    rep = j.report or {}
+    if rep.get("gate") and not rep["gate"].get("write", True):
+        lines.append("Worse on the reference set: " + md_escape("; ".join(rep["gate"].get("failures", [])))
+                     + ". Tick *write even if worse* to keep it anyway.")
+    ho = (rep.get("metrics") or {}).get("heldout_corrections") or {}
+    if ho.get("before") and ho.get("after"):
+        rows = ["| held-out corrections | before | after |", "|---|---|---|"]
+        for br in ("audio", "text", "fused"):
+            if br in ho["before"] and br in ho["after"]:
+                rows.append(f"| {br} UA | {ho['before'][br]['UA']:.3f} | {ho['after'][br]['UA']:.3f} |")
+        lines.append("\n".join(rows))
+    per_class = changes(rep)
+    if per_class:
+        lines.append(per_class)
+    if j.log:
+        lines.append("```text\n" + "\n".join(j.log[-8:]) + "\n```")
+    return "\n\n".join(lines)
+
+
+def dry_run(report: Mapping, summary_text: str) -> str:
+    verdict = (f"⚠️ {md_escape(report['guard'])}" if report.get("guard")
+               else "✅ Enough corrections to fine-tune.")
+    return f"{verdict}\n\n```text\n{summary_text}\n```"
+
+
+# ---- About tab -----------------------------------------------------------------------------
+def about(rec, limits, sign_in: bool) -> str:
+    bundle = " ".join(x for x in (getattr(rec, "name", ""), getattr(rec, "version", "")) if x)
+    who = ("Annotators sign in with their Hugging Face account; corrections record the account "
+           "name." if sign_in else "Corrections record the optional name typed in the form.")
+    return (f"**Model bundle:** `{html.escape(bundle or 'unnamed')}` · labels: "
+            f"{', '.join(html.escape(l) for l in rec.labels)} · fusion: "
+            f"{html.escape(rec.fusion.mode)}, default audio weight "
+            f"{float(rec.fusion.audio_weight):.2f}\n\n"
+            f"**Limits:** files up to {format_bytes(limits.max_file_bytes)}, audio up to "
+            f"{format_duration(limits.max_duration)}; recordings longer than "
+            f"{format_duration(limits.long_audio)} are split into segments of at most "
+            f"{format_duration(limits.segment_len)}.\n\n"
+            f"**Annotators:** {who}\n\n"
+            "**Examples:** four RAVDESS clips (Livingstone & Russo 2018, PLoS ONE "
+            "13(5): e0196391, CC BY-NC-SA 4.0) and one synthetic espeak-ng clip; see "
+            "`data/examples/ATTRIBUTION.md`.\n\n"
+            "**API:** `/predict` (audio, optional transcript) and `/correct` — see “Use via API”.")
