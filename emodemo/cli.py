@@ -8,10 +8,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .errors import AudioError, DataError, EmodemoError, FinetuneError, StoreError, TrainError
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _quiet() -> None:
+def quiet_logging() -> None:
+    """Warnings only, from emodemo and from transformers (no progress bars)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         from transformers.utils import logging as tlog
@@ -33,13 +36,8 @@ def _table(path: str, pred, labels: list[str]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .errors import EmodemoError
     from .recognizer import load_recognizer
-    try:
-        rec = load_recognizer(args.bundle, threads=args.threads)
-    except EmodemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rec = load_recognizer(args.bundle, threads=args.threads)
     transcript = "" if args.no_asr else args.transcript
     failed = 0
     # with a fixed transcript (or none) the audio branch runs in batches; with ASR one by one
@@ -174,9 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Exit code per error class (the first class in this order that the error is an instance of):
+#: 1 = some input audio could not be used, 2 = bad usage, data, recipe, store or bundle.
+EXIT_CODES: dict[type, int] = {AudioError: 1, DataError: 2, StoreError: 2, FinetuneError: 2, TrainError: 2,
+                               EmodemoError: 2}
+
+
+def exit_code(exc: EmodemoError) -> int:
+    """The CLI exit code for an error (see EXIT_CODES)."""
+    return next(code for cls, code in EXIT_CODES.items() if isinstance(exc, cls))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; an EmodemoError becomes one line on stderr and its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet()
+    quiet_logging()
+    try:
+        return _dispatch(argv)
+    except EmodemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "corrections":
         from .store import main_corrections
         return main_corrections(argv[1:])

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from .errors import DataError
+
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry",
@@ -105,20 +107,20 @@ def folder(root: str | Path, speakers: Optional[Iterable[str]] = None,
         reader = csv.DictReader(f)
         missing = {"file", "speaker", "emotion"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
+            raise DataError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
         for n, row in enumerate(reader, start=2):
             spk, label = row["speaker"].strip(), row["emotion"].strip()
             if (keep is not None and spk not in keep) or spk in drop:
                 continue
             if label not in LABELS:
-                raise ValueError(f"{table}, line {n}: emotion {label!r} is not one of {', '.join(LABELS)}")
+                raise DataError(f"{table}, line {n}: emotion {label!r} is not one of {', '.join(LABELS)}")
             rel = Path(row["file"].strip())
             items.append(Item(str(root / rel), label, (row.get("text") or "").strip() or None,
                               f"{name}-{spk}", id=f"{name}/{rel.with_suffix('').as_posix()}", corpus=name))
     if keep is not None:
         unknown = keep - {i.speaker.removeprefix(f"{name}-") for i in items}
         if unknown:
-            raise ValueError(f"{name}: no clips for speaker(s) {', '.join(sorted(unknown))}")
+            raise DataError(f"{name}: no clips for speaker(s) {', '.join(sorted(unknown))}")
     return items
 
 
@@ -139,7 +141,7 @@ def speaker_split(items: Sequence[Item], fractions: Sequence[float], seed: int =
     """
     import random
     if not fractions or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"fractions must be non-negative and not all zero: {list(fractions)}")
+        raise DataError(f"fractions must be non-negative and not all zero: {list(fractions)}")
     total = float(sum(fractions))
     fr = [f / total for f in fractions]
     by_corpus: dict[str, list[str]] = {}
@@ -246,7 +248,7 @@ def espeak_goemotions(split: str = "dev", part: str = "all", per_class: int = 40
     import subprocess
     import soundfile as sf
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is needed to build the synthetic set (apt-get install espeak-ng)")
+        raise DataError("espeak-ng is needed to build the synthetic set (apt-get install espeak-ng)")
     cache = Path(cache or Path.home() / ".cache" / "emodemo" / f"espeak-goemotions-{split}")
     cache.mkdir(parents=True, exist_ok=True)
     rows = [r for r in goemotions(split) if len(r.labels) == 1 and 3 <= len(r.transcript.split()) <= 30]
@@ -318,4 +320,4 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     if kind == "espeak-goemotions":
         return espeak_goemotions(pos[0] if pos else "dev", pos[1] if len(pos) > 1 else "all",
                                  int(kw.get("per_class", 40 if (pos[:1] or ["dev"])[0] == "dev" else 50)))
-    raise ValueError(f"unknown data spec {spec!r}")
+    raise DataError(f"unknown data spec {spec!r}")

@@ -1,0 +1,38 @@
+"""One exception hierarchy (emodemo.errors) and one error → exit-code table for the CLI."""
+import json
+
+import pytest
+
+import emodemo
+from emodemo import errors
+from emodemo.cli import EXIT_CODES, exit_code, main
+from emodemo.data import load_spec
+
+
+def test_hierarchy_is_one_tree_of_value_errors():
+    for cls in (errors.AudioError, errors.DataError, errors.StoreError, errors.FinetuneError,
+                errors.TrainError):
+        assert issubclass(cls, errors.EmodemoError) and issubclass(cls, ValueError)
+    assert emodemo.AudioError is errors.AudioError and emodemo.EmodemoError is errors.EmodemoError
+    assert exit_code(errors.AudioError("x")) == 1
+    assert exit_code(errors.DataError("x")) == exit_code(errors.TrainError("x")) == 2
+    assert exit_code(errors.EmodemoError("x")) == 2
+    assert set(EXIT_CODES) >= {errors.AudioError, errors.DataError, errors.StoreError,
+                               errors.FinetuneError, errors.TrainError, errors.EmodemoError}
+
+
+def test_data_errors_are_data_errors():
+    with pytest.raises(errors.DataError, match="unknown data spec"):
+        load_spec("no-such-corpus:dev")
+
+
+def test_cli_maps_a_bad_recipe_to_one_line_and_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({"run_dir": str(tmp_path / "run"), "speech": {"epoch": 3}}))
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: unknown recipe key(s) speech.epoch")
+    assert not (tmp_path / "run").exists()                 # refused before the run folder is made
+    cfg.write_text(json.dumps({"text": {"lr": "fast"}}))
+    assert main(["iemocap", str(tmp_path / "no-iemocap"), "--config", str(cfg)]) == 2
+    assert "text.lr = 'fast'" in capsys.readouterr().err
