@@ -361,7 +361,11 @@ def load_whisper(model: Optional[str] = SOURCE, device: str = "cpu"):
     and cached), an openai-whisper .pt checkpoint, or a hub size name such as 'tiny.en'."""
     import whisper
     ct2 = is_ct2_source(model)
-    name = str(cached_checkpoint(model)) if ct2 else os.path.expanduser(str(model))
+    try:
+        name = str(cached_checkpoint(model)) if ct2 else os.path.expanduser(str(model))
+    except OSError as exc:     # no writable cache (read-only home): convert in memory each time
+        log.warning("cannot cache the converted Whisper (%s); converting in memory", exc)
+        return load_ct2_whisper(model)[0].to(device)
     try:
         m = whisper.load_model(name, device=device)
     except (RuntimeError, OSError, KeyError) as exc:
@@ -369,4 +373,4 @@ def load_whisper(model: Optional[str] = SOURCE, device: str = "cpu"):
     mask = alignment_heads(source_dir(model), m.dims) if ct2 else None
     if mask is not None:       # word-timing heads from config.json, as for OpenAI's named models
         m.register_buffer("alignment_heads", mask.to_sparse().to(device), persistent=False)
-    return m
+    return m.eval()

@@ -105,6 +105,15 @@ def test_both_asr_backends_agree_offline(tmp_path, monkeypatch):
     assert words(ckpt.transcribe(wav)) == words(sentence)
 
 
+def test_unwritable_cache_converts_in_memory(tmp_path, monkeypatch, ported):
+    from emodemo.whisper_port import load_whisper
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    m = load_whisper()
+    assert not m.training and m.dims == ported[1]
+    assert torch.equal(m.state_dict()["encoder.conv1.weight"], ported[0].state_dict()["encoder.conv1.weight"])
+
+
 def test_whisper_export_cli(tmp_path, capsys, ported):
     import whisper
     from emodemo.cli import main
