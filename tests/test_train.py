@@ -204,3 +204,62 @@ def test_class_weights_absent_classes_get_no_weight_and_no_probability():
     with torch.no_grad():
         after = absent_mass()
     assert after < before / 4, (before, after)
+
+
+def test_recipe_is_typed_and_validated_once():
+    from emodemo.errors import TrainError
+    from emodemo.training import DEFAULT_RECIPE, Recipe, merge
+    r = Recipe.coerce({"speech": {"epochs": 3}, "text": {"prior_correction": 0.5}})
+    assert r.speech.epochs == 3 and r.speech.batch_size == DEFAULT_RECIPE["speech"]["batch_size"]
+    assert r.text.correction == 0.5 and Recipe.coerce({}).text.correction == "fit"
+    assert Recipe.coerce(r) is r                                   # a Recipe is not checked again
+    assert Recipe.from_dict(DEFAULT_RECIPE).to_dict() == DEFAULT_RECIPE
+    for cfg in sorted((ROOT / "configs").glob("*.json")):       # the shipped configs are valid
+        Recipe.from_dict(merge(DEFAULT_RECIPE, json.loads(cfg.read_text())))
+    bad = [({"speech": {"epoch": 3}}, "speech.epoch"), ({"speech": {"lr": "1e-3"}}, "speech.lr"),
+           ({"speech": {"unfreeze": "half"}}, "speech.unfreeze"), ({"text": {"batch_size": 0}}, "text.batch_size"),
+           ({"text": {"prior_correction": "maybe"}}, "text.prior_correction"), ({"seed": True}, "seed"),
+           ({"fusion": {"val": "ravdess"}}, "fusion.val"), ({"speech": 3}, "speech")]
+    for over, key in bad:
+        with pytest.raises(TrainError, match=key.replace(".", r"\.")):
+            Recipe.coerce(over)
+
+
+def test_best_epoch_keeps_the_best_weights_and_counts_patience():
+    import torch
+    from emodemo.training import BestEpoch
+    lin = torch.nn.Linear(2, 2)
+    best = BestEpoch()
+    weights = {}
+    for ep, score in enumerate([0.3, 0.5, 0.4, 0.45]):
+        with torch.no_grad():
+            lin.weight.fill_(ep)
+        weights[ep] = lin.weight.clone()
+        best.update(score, lin, tau=ep / 10)
+    assert best.score == 0.5 and best.info == {"tau": 0.1} and best.bad == 2
+    assert best.stop(2) and not best.stop(3) and not best.stop(None)
+    best.restore(lin)
+    assert torch.equal(lin.weight, weights[1])
+    again = BestEpoch.from_state(best.to_state(), tau=0.1)        # through a checkpoint
+    assert (again.score, again.bad, again.info) == (0.5, 2, {"tau": 0.1})
+    assert torch.equal(again.state["weight"], weights[1])
+
+
+def test_branch_proba_is_the_recognizers_rule(recognizer, speech_wav, tmp_path):
+    """Probabilities over items as the recognizer computes them; temperature divides the logits."""
+    from emodemo.data import Item
+    from emodemo.training import branch_proba
+    rec = recognizer
+    sf.write(str(tmp_path / "tone.wav"), tone(1.5, 300.0), SR)
+    items = [Item(str(speech_wav), "happy", "  I am so   happy today ", "s1"),
+             Item(str(tmp_path / "tone.wav"), "neutral", None, "s2")]
+    pa, pt, mask = branch_proba(rec.speech, rec.text_model, rec.config, items)
+    assert mask.tolist() == [True, False] and pt.shape == (1, len(rec.labels))
+    for i, it in enumerate(items):
+        assert np.allclose(pa[i], rec.audio_proba(emodemo_audio.load_audio(it.audio)), atol=1e-5)
+    assert np.allclose(pt, rec.text_proba(["I am so happy today"]), atol=1e-5)
+    t0 = float(rec.config["speech"].get("temperature", 1.0))
+    hot = {**rec.config, "speech": {**rec.config["speech"], "temperature": 2.0}}
+    pa2, _, _ = branch_proba(rec.speech, None, hot, items)
+    z = np.log(pa) * t0 / 2.0                                     # logits / 2, up to a constant
+    assert np.allclose(pa2, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
