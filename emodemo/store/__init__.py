@@ -17,7 +17,9 @@ Modules, one job each:
 ``validate``       labels, text fields, spans, the model's prediction
 ``corrections``    `CorrectionStore`: add, update, read
 ``agreement``      inter-annotator agreement per clip
-``transfer``       CSV / JSONL export, CSV import, SQLite backup
+``transfer``       CSV / JSONL export, CSV import, SQLite backup; `export` dispatches every format
+``audiofolder``    Hugging Face audiofolder export (``datasets.load_dataset("audiofolder", ...)``)
+``labelstudio``    Label Studio JSON export and import
 ``cli``            ``python -m emodemo corrections ...``
 =================  ==========================================================================
 

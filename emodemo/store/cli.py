@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -12,7 +13,8 @@ from ..errors import EmodemoError
 from .corrections import CorrectionStore
 from .db import DB_ENV, DEFAULT_URL, first_line, redact_url
 from .media import MEDIA_ENV
-from .transfer import record_json
+from .labelstudio import is_labelstudio_json, label_config
+from .transfer import EXPORT_FORMATS, record_json
 
 
 def one_line(value: Any, width: int = 0) -> str:
@@ -43,11 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", help="show corrections, newest first")
     p.add_argument("--limit", type=int, default=50, help="at most this many (0 = all; default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p = command("export", help="write all corrections to OUT (.csv or .jsonl)")
+    p = command("export", help="write all corrections to OUT (.csv, .jsonl, a Hugging Face "
+                "audiofolder or Label Studio JSON)")
     p.add_argument("out")
-    p = command("import", help="add corrections from a CSV: path,label[,transcript][,annotator]")
-    p.add_argument("csv")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                   help="default: from OUT's suffix (.csv / .jsonl); audiofolder: OUT is a new "
+                   "folder; labelstudio: JSON tasks (+ OUT-config.xml, the labeling config)")
+    p.add_argument("--audio-url", default=None,
+                   help="labelstudio: prefix for the audio references (default: Label Studio's "
+                   "local-files URL, relative to the media folder's parent)")
+    p = command("import", help="add corrections from a CSV (path,label[,transcript][,annotator]) "
+                "or a Label Studio JSON export")
+    p.add_argument("file", metavar="FILE")
     p.add_argument("--annotator", default=None, help="annotator for rows without one")
+    p.add_argument("--audio-root", default=None,
+                   help="Label Studio JSON: the folder its audio references point into "
+                   "(default: the JSON file's folder)")
     p = command("stats", help="counts per label and annotator")
     p.add_argument("--json", action="store_true")
     command("agreement", help="inter-annotator agreement per clip")
@@ -74,13 +87,26 @@ def _list(store: CorrectionStore, args: argparse.Namespace, out) -> int:
 
 
 def _export(store: CorrectionStore, args: argparse.Namespace, out) -> int:
-    n = store.export(args.out)
-    print(f"exported {n} corrections to {args.out}", file=out)
+    n = store.export(args.out, format=args.format, audio_url=args.audio_url)
+    if args.format == "labelstudio":
+        config = Path(args.out).with_name(Path(args.out).stem + "-config.xml")
+        config.write_text(label_config(store.labels), encoding="utf-8")
+        print(f"exported {n} Label Studio tasks to {args.out} (labeling config: {config})",
+              file=out)
+    elif args.format == "audiofolder":
+        print(f"exported {n} corrections to {args.out} "
+              f"(datasets.load_dataset('audiofolder', data_dir=...))", file=out)
+    else:
+        print(f"exported {n} corrections to {args.out}", file=out)
     return 0
 
 
 def _import(store: CorrectionStore, args: argparse.Namespace, out) -> int:
-    res = store.import_csv(args.csv, annotator=args.annotator)
+    if is_labelstudio_json(args.file):
+        res = store.import_labelstudio(args.file, audio_root=args.audio_root,
+                                       annotator=args.annotator)
+    else:
+        res = store.import_csv(args.file, annotator=args.annotator)
     for err in res.errors:
         print(one_line(err, 300), file=sys.stderr)
     print(f"imported {res.imported} corrections, {len(res.errors)} rows with errors", file=out)

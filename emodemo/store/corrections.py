@@ -29,6 +29,7 @@ from . import media as M
 from . import transfer
 from .agreement import clip_agreement
 from .db import Database, default_url, normalize_url, redact_url
+from .labelstudio import import_labelstudio
 from .records import NOT_STORED, ImportResult, Record, StoreError
 from .schema import Correction, Media
 from .validate import (MAX_ANNOTATOR_CHARS, MAX_TEXT_CHARS, LabelSet, check_span, clean_field,
@@ -297,16 +298,25 @@ class CorrectionStore:
         return clip_agreement(self, min_annotators)
 
     # -- import / export / backup (emodemo.store.transfer) -------------------------------------
-    def export(self, path: Union[str, os.PathLike]) -> int:
-        """Write all corrections (newest first) to CSV or JSONL, chosen by the suffix; returns
-        the number of rows. See `emodemo.store.transfer.export`."""
-        return transfer.export(self, path)
+    def export(self, path: Union[str, os.PathLike], format: Optional[str] = None,
+               audio_url: Optional[str] = None) -> int:
+        """Write all corrections to CSV or JSONL (chosen by the suffix), or with `format` as a
+        Hugging Face "audiofolder" or "labelstudio" JSON; returns the number of rows (tasks for
+        Label Studio). See `emodemo.store.transfer.export`."""
+        return transfer.export(self, path, format=format, audio_url=audio_url)
 
     def import_csv(self, path: Union[str, os.PathLike], annotator: Optional[str] = None) -> ImportResult:
         """Add corrections from a manifest CSV (``path,label[,transcript][,annotator]``, or a CSV
         written by `export`); bad rows are skipped and reported. See
         `emodemo.store.transfer.import_csv`."""
         return transfer.import_csv(self, path, annotator)
+
+    def import_labelstudio(self, path: Union[str, os.PathLike],
+                           audio_root: Union[str, os.PathLike, None] = None,
+                           annotator: Optional[str] = None) -> ImportResult:
+        """Add the annotations of a Label Studio JSON export; bad tasks are skipped and
+        reported. See `emodemo.store.labelstudio.import_labelstudio`."""
+        return import_labelstudio(self, path, audio_root=audio_root, annotator=annotator)
 
     def backup(self, path: Union[str, os.PathLike]) -> Path:
         """Consistent copy of a SQLite database written atomically to `path` (the media folder is

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..errors import EmodemoError
+from .audiofolder import export_audiofolder
+from .labelstudio import export_labelstudio
 from .media import atomic_open, atomic_path
 from .records import ImportResult, StoreError
 from .validate import loads
@@ -28,6 +30,7 @@ EXPORT_FIELDS = (
     "prob_audio", "prob_text", "prob_fused", "bundle_name", "bundle_version",
     "media_sha256", "media_path", "duration", "sample_rate", "start", "end",
 )
+EXPORT_FORMATS = ("csv", "jsonl", "audiofolder", "labelstudio")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 PATH_COLUMNS = ("path", "media_path", "file", "audio")
 PREDICTION_COLUMNS = ("predicted_label", "prob_audio", "prob_text", "prob_fused",
@@ -75,15 +78,27 @@ def record_json(rec: Any) -> str:
     return json.dumps({k: json_value(rec[k]) for k in EXPORT_FIELDS}, ensure_ascii=False)
 
 
-def export(store: "CorrectionStore", path: Union[str, os.PathLike]) -> int:
-    """Write all corrections (newest first) to CSV or JSONL, chosen by the suffix
-    (.csv / .jsonl / .ndjson); returns the number of rows. CSV cells that a spreadsheet would
-    run as a formula (starting with = + - @ tab CR) get a leading single quote; JSONL is
-    verbatim. Probabilities are JSON objects (JSON text inside CSV cells)."""
+def export(store: "CorrectionStore", path: Union[str, os.PathLike], format: Optional[str] = None,
+           audio_url: Optional[str] = None) -> int:
+    """Write all corrections to `path`; returns the number of rows (tasks for Label Studio).
+
+    format: "csv" or "jsonl" (default: chosen by the suffix .csv / .jsonl / .ndjson),
+    "audiofolder" (`path` is a new folder: `emodemo.store.audiofolder`) or "labelstudio"
+    (Label Studio JSON tasks: `emodemo.store.labelstudio`; `audio_url` prefixes the audio).
+    CSV and JSONL rows come newest first. CSV cells that a spreadsheet would run as a formula
+    (starting with = + - @ tab CR) get a leading single quote; JSONL is verbatim.
+    Probabilities are JSON objects (JSON text inside CSV cells)."""
     path = Path(path)
-    kind = path.suffix.lower()
-    if kind not in (".csv", ".jsonl", ".ndjson"):
-        raise StoreError(f"cannot export to {path.name}: use a .csv or .jsonl file name")
+    fmt = (format or "").strip().lower() or {".csv": "csv", ".jsonl": "jsonl",
+                                             ".ndjson": "jsonl"}.get(path.suffix.lower())
+    if fmt == "audiofolder":
+        return export_audiofolder(store, path)
+    if fmt == "labelstudio":
+        return export_labelstudio(store, path, audio_url=audio_url)
+    if fmt not in ("csv", "jsonl"):
+        raise StoreError(f"cannot export to {path.name}: use a .csv or .jsonl file name, or the "
+                         f"format {' or '.join(repr(f) for f in EXPORT_FORMATS[2:])}")
+    kind = ".csv" if fmt == "csv" else ".jsonl"
     n = 0
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         if kind == ".csv":
