@@ -151,8 +151,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if sign_in:
         log.info("annotators sign in with their Hugging Face account")
     host = settings.server_name
-    demo.launch(server_name=host, server_port=settings.port, quiet=not settings.verbose,
-                prevent_thread_lock=True, **launch_kwargs(demo.emodemo_limits))
+    try:
+        demo.launch(server_name=host, server_port=settings.port, quiet=not settings.verbose,
+                    prevent_thread_lock=True, **launch_kwargs(demo.emodemo_limits))
+    except (ValueError, OSError) as exc:   # port taken; sign-in off a Space without a HF login
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     log.info("running on %s", getattr(demo, "local_url", None) or f"http://{host}:{settings.port}/")
     if getattr(demo, "is_running", False):        # serve until interrupted
         demo.block_thread()

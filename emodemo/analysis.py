@@ -25,9 +25,12 @@ import numpy as np
 from . import audio as A
 from .errors import EmodemoError
 from .fusion import LateFusion
+from .labels import NONE_LABEL, normalize_label
+from .textnorm import MAX_TEXT_CHARS, clean_text
 
-NONE_LABEL = "none"
-NONE_DISPLAY = "none of these"
+from .store import MAX_ANNOTATOR_CHARS
+
+NONE_DISPLAY = "none of these"          # how "none" is offered to people
 
 # ---- limits --------------------------------------------------------------------------------
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
@@ -60,8 +63,8 @@ class Limits:
     max_duration: float = 30 * 60.0         # refuse longer audio
     long_audio: float = 30.0                # longer than this -> segmented, timeline shown
     segment_len: float = 10.0               # longest segment when segmenting
-    max_text_chars: int = 5000              # transcript and note
-    max_annotator_chars: int = 200
+    max_text_chars: int = MAX_TEXT_CHARS    # transcript and note
+    max_annotator_chars: int = MAX_ANNOTATOR_CHARS
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> "Limits":
@@ -99,17 +102,8 @@ def format_bytes(n: float) -> str:
 
 # ---- text from people ----------------------------------------------------------------------
 def clean_input_text(value: Any) -> str:
-    """Text from a browser or API caller as a plain str: bytes decoded leniently, lone
-    surrogates (JSON "\\ud800", undecodable argv) replaced by U+FFFD (tokenizers reject them)."""
-    if value is None:
-        return ""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="replace")
-    value = str(value)
-    try:  # undecodable bytes smuggled in as U+DC80..U+DCFF (surrogateescape): one U+FFFD each
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # other lone surrogates
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    """Text from a browser or API caller, as typed (emodemo.textnorm's one cleaning rule)."""
+    return clean_text(value, keep_whitespace=True)
 
 
 def blank_none(value: Any) -> Optional[str]:
@@ -125,12 +119,13 @@ def check_label(label: Any, labels: Sequence[str]) -> str:
     if label is None or (isinstance(label, str) and not label.strip()):
         raise EmodemoError("Pick the emotion you hear first (or “none of these”).")
     lab = str(label).strip()
-    if lab.lower() in (NONE_DISPLAY, NONE_LABEL):
+    if lab.lower() == NONE_DISPLAY:
         return NONE_LABEL
-    if lab not in labels:
+    found = normalize_label(lab, labels)       # case-insensitive, as the store checks it
+    if found is None:
         raise EmodemoError(f"unknown label {lab[:40]!r}; expected one of "
                            f"{', '.join(labels)}, or “{NONE_DISPLAY}”")
-    return lab
+    return found
 
 
 def check_texts(limits: Limits, transcript: Any = None, annotator: Any = None,

@@ -157,3 +157,31 @@ def test_admin_token_guards_switching_and_finetuning(models_dir, tmp_path):
     assert h.rec.version == "1" and h.job is None and not (models_dir / "new-v1").exists()
     assert "Now using" in h.switch_model("tiny-b", "s3cret")["models_msg"] and h.rec.version == "2"
     assert "models_table" in h.models()                 # listing stays open to everyone
+
+
+def test_finished_run_shows_what_changed_per_class(models_dir, tmp_path):
+    """After a run, the tab shows per-class recall before/after on the held-out corrections and
+    on the reference, and the one sentence of what changed (report["changes"], computed by
+    emodemo.finetune from the metrics); nothing of it when the report has no changes."""
+    from emodemo.finetune.evaluate import changes
+    from emodemo.jobs import FinetuneJob
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
+    heldout = {"before": {"UA": 0.40, "recall": {"neutral": 0.9, "happy": 0.1, "sad": 0.2}},
+               "after": {"UA": 0.75, "recall": {"neutral": 0.8, "happy": 0.7, "sad": 0.75}}}
+    reference = {"before": {"UA": 0.70, "recall": {"neutral": 0.7, "happy": 0.7, "sad": 0.7}},
+                 "after": {"UA": 0.68, "recall": {"neutral": 0.66, "happy": 0.7, "sad": 0.68}}}
+    report = {"written": True, "changes": changes(LABELS3, heldout, reference)}
+    job = FinetuneJob(base=models_dir / "tiny", out=models_dir / "tones-v9", state="written",
+                      fraction=1.0, report=report, started=1.0, finished=61.0)
+    h.finetuner.job = job
+    status = h.finetune_status()["ft_progress"]
+    assert "What changed:" in status and "happy recall on your clips 0.10 → 0.70" in status
+    assert "reference UA -0.02" in status
+    rows = [l for l in status.splitlines() if l.startswith("| ")]
+    assert rows[0].startswith("| class (recall) | held-out before | held-out after | reference before")
+    assert "| happy | 0.100 | 0.700 | 0.700 | 0.700 |" in rows
+    assert "| sad | 0.200 | 0.750 | 0.700 | 0.680 |" in rows and len(rows) == 1 + len(LABELS3)
+    job.report = {"written": True}                       # an older report: no section at all
+    status = h.finetune_status()["ft_progress"]
+    assert "What changed" not in status and "class (recall)" not in status
+    assert "done: written" in status

@@ -251,9 +251,9 @@ def test_bad_correction_input_gives_a_message(h, store, analysed):
     assert "Pick the emotion" in h.correct(state, None)["correct_msg"]
     msg = h.correct(state, "<b>bored</b>")["correct_msg"]
     assert "unknown label" in msg and "<b>" not in msg
-    assert "too long" in h.correct(state, "sad", None, "x" * 6000)["correct_msg"]
+    assert "too long" in h.correct(state, "sad", None, "x" * 10_001)["correct_msg"]
     assert "too long" in h.correct(state, "sad", "y" * 300)["correct_msg"]
-    assert "too long" in h.rerun_text(state, "z" * 6000)["status"]
+    assert "too long" in h.rerun_text(state, "z" * 10_001)["status"]
     assert "Analyse a clip first" in h.rerun_text(None, "hello")["status"]
     assert store.corrections() == []
     # the clip vanished from the server (e.g. the upload cache was cleaned)

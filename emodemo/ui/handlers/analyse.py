@@ -120,14 +120,15 @@ class AnalyseHandlers:
         out["correct_msg"] = ""
         return out
 
-    def identity(self, annotator: Any, account: Optional[str]) -> Optional[str]:
-        """Who a correction is recorded under: the signed-in account where sign-in is on (a
-        typed name is never trusted there), else the optional typed name."""
+    def identity(self, annotator: Any, account: Optional[str]) -> dict:
+        """Who a correction is recorded under ({"annotator", "account"} for the store): where
+        sign-in is on, the signed-in account (shown as the annotator too; a typed name is never
+        trusted there), else the optional typed name and no account."""
         if self.sign_in:
             if not account:
                 raise EmodemoError("Sign in with your Hugging Face account to submit corrections.")
-            return account
-        return analysis.blank_none(annotator)
+            return {"annotator": account, "account": account}
+        return {"annotator": analysis.blank_none(annotator), "account": None}
 
     @guard("correct_msg")
     def correct(self, state: Optional[dict], label: Any, annotator: Optional[str] = None,
@@ -142,13 +143,13 @@ class AnalyseHandlers:
         who = self.identity(annotator, account)
         pred = S.prediction_record(self.rec, state, audio_weight)
         span = S.correction_span(state)
-        cid = self.store.add(state["path"], lab, annotator=who,
+        cid = self.store.add(state["path"], lab, **who,
                              transcript=analysis.blank_none(transcript), prediction=pred,
                              note=analysis.blank_none(note), start=span[0], end=span[1])
         row = self.store.get(cid)
         sha = row["media_sha256"] if row else ""
-        return {"correct_msg": md.correction_stored(cid, lab, pred["label"], sha, span,
-                                                    who.strip() if who else None),
+        name = who["annotator"].strip() if who["annotator"] else None
+        return {"correct_msg": md.correction_stored(cid, lab, pred["label"], sha, span, name),
                 "stored_id": cid}
 
     # -- API -------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class AnalyseHandlers:
         pred = dict(prediction) if prediction else None
         if pred is not None:
             pred.pop("segments", None)
-        cid = self.store.add(path, lab, annotator=who,
+        cid = self.store.add(path, lab, **who,
                              transcript=analysis.blank_none(transcript), prediction=pred,
                              note=analysis.blank_none(note), start=start, end=end)
         row = self.store.get(cid)

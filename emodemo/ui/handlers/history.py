@@ -15,7 +15,7 @@ HISTORY_COLUMNS = ["id", "when (UTC)", "label", "predicted", "annotator", "trans
                    "clip", "span (s)", "model"]
 AGREEMENT_COLUMNS = ["clip", "span (s)", "annotators", "corrections", "majority", "agreement",
                      "votes", "tie"]
-SEARCHED = ("annotator", "note", "transcript_corrected", "transcript_shown")
+SEARCHED = ("annotator", "annotator_account", "note", "transcript_corrected", "transcript_shown")
 
 
 def _span(row: Mapping) -> str:
