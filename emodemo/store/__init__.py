@@ -43,8 +43,6 @@ _PUBLIC = {
     "EXPORT_FIELDS": "transfer",
     "main_corrections": "cli",
 }
-# Old private names still imported by emodemo.finetune; remove once it uses the public ones.
-_ALIASES = {"_normalize_url": ("db", "normalize_url"), "_redact": ("db", "redact_url")}
 
 __all__ = [
     "AUDIO_SUFFIXES", "Base", "Correction", "CorrectionStore", "DB_ENV", "DEFAULT_LABELS",
@@ -67,13 +65,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
 
 
 def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        module, attr = _PUBLIC[name], name
-    elif name in _ALIASES:
-        module, attr = _ALIASES[name]
-    else:
+    if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), attr)
+    value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
     globals()[name] = value  # the next lookup is a plain attribute
     return value
 
