@@ -63,7 +63,8 @@ def read_config(bundle: str | Path) -> dict:
 
 def build_speech(cfg: dict, pretrained: bool = True) -> SpeechEmotionModel:
     s = cfg["speech"]
-    backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained)
+    options = {k: s[k] for k in ("layers", "mix") if k in s}     # Whisper block choice / mixing
+    backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained, **options)
     return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3),
                               adapter=bool(s.get("adapter", False)))
 
