@@ -118,7 +118,11 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    env = Settings.from_env()                     # the environment, read once
+    try:
+        env = Settings.from_env()                 # the environment, read once
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parse_args(argv, env)
     settings = settings_from(args, env)
     configure_logging(settings.verbose)

@@ -49,14 +49,16 @@ def _flag(value: Optional[str]) -> Optional[bool]:
     return None if value is None else value.lower() not in FALSE
 
 
-def _number(env: Mapping[str, str], name: str, kind, default):
-    v = _get(env, name)
+def _number(env: Mapping[str, str], names: str | tuple, kind, default):
+    names = (names,) if isinstance(names, str) else names
+    v = _get(env, *names)
     if v is None:
         return default
     try:
         return kind(v)
     except ValueError:
-        raise ValueError(f"{name}={v!r} is not a number") from None
+        used = next(n for n in names if _get(env, n) is not None)
+        raise ValueError(f"{used}={v!r} is not a number") from None
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Settings:
             db=_get(env, "EMODEMO_DB"),
             media_dir=_get(env, "EMODEMO_MEDIA_DIR"),
             host=_get(env, "EMODEMO_HOST", "GRADIO_SERVER_NAME"),
-            port=int(_get(env, "EMODEMO_PORT", "GRADIO_SERVER_PORT", "PORT") or d.port),
+            port=_number(env, ("EMODEMO_PORT", "GRADIO_SERVER_PORT", "PORT"), int, d.port),
             max_file_size=_get(env, "EMODEMO_MAX_FILE_SIZE") or d.max_file_size,
             max_duration=_number(env, "EMODEMO_MAX_DURATION", float, d.max_duration),
             long_audio=_number(env, "EMODEMO_LONG_AUDIO", float, d.long_audio),

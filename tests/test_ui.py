@@ -435,3 +435,15 @@ def test_app_launcher_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("EMODEMO_DB", "sqlite:///elsewhere.db")
     assert app.default_db().endswith("elsewhere.db")
     assert app.main(["--bundle", str(tmp_path / "missing")]) == 2     # clear error, no traceback
+    monkeypatch.setenv("EMODEMO_PORT", "eighty")
+    assert app.main([]) == 2                                          # a bad variable: same
+
+
+def test_front_end_and_services_never_read_the_environment():
+    """EMODEMO_* settings are read once, in app.py (emodemo.settings), and passed down: the UI
+    and its services do not look at os.environ."""
+    files = [*(ROOT / "emodemo" / "ui").rglob("*.py"),
+             *(ROOT / "emodemo" / f for f in ("analysis.py", "jobs.py", "registry.py"))]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert "os.environ" not in text and "getenv" not in text, path
