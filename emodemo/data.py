@@ -32,9 +32,9 @@ class Item:
     corpus: str = ""                  # which corpus the item came from ('ravdess', 'nemo', ...)
 
 
-def ravdess(root: str | Path = SHARED_DATA / "ravdess", actors: Optional[Iterable[int]] = None) -> list[Item]:
+def ravdess(root: str | Path | None = None, actors: Optional[Iterable[int]] = None) -> list[Item]:
     """RAVDESS speech (`Actor_XX/MM-VV-EE-II-SS-RR-AA.*`); calm is mapped to neutral."""
-    root = Path(root)
+    root = Path(root) if root is not None else SHARED_DATA / "ravdess"   # SHARED_DATA read at call time
     keep = None if actors is None else {int(a) for a in actors}
     items = []
     for path in sorted(root.glob("Actor_*/*")):
@@ -51,9 +51,9 @@ def ravdess(root: str | Path = SHARED_DATA / "ravdess", actors: Optional[Iterabl
     return items
 
 
-def goemotions(split: str = "train", root: str | Path = SHARED_DATA / "goemotions") -> list[Item]:
+def goemotions(split: str = "train", root: str | Path | None = None) -> list[Item]:
     """GoEmotions (Ekman taxonomy) rows as text-only items; `labels` keeps every label of a row."""
-    root = Path(root)
+    root = Path(root) if root is not None else SHARED_DATA / "goemotions"
     names = (root / "labels.txt").read_text().split()
     items = []
     with open(root / f"{split}.tsv", newline="", encoding="utf-8") as f:
