@@ -245,12 +245,15 @@ class EmotionHead(nn.Module):
 class ResidualAdapter(nn.Module):
     """A correction of the head's logits learned from a few hundred user corrections:
 
-        logits = beta · head(frames) + W · (stats(frames) − mean) / std + bias
+        logits = head + g(z) · ((beta − 1) · head + W · z + bias)
+        z = (stats(frames) − mean) / std,    g(z) = sigmoid(gate_weight · z + gate_bias)
 
     `stats` are the mean+std pooled backbone frames ([B, 2·frame_dim]), the features a linear probe
-    would use. W = 0, beta = 1 is the base model; beta = 0 is a linear probe. Fine-tuning
-    (emodemo.finetune.adapt) fits W, bias and beta on frozen-backbone features, so a bundle stores
-    only these few tensors on top of its base.
+    would use. W = 0, beta = 1 is the base model; beta = 0 is a linear probe. The gate g says how much
+    a clip resembles the corrected audio (a new language, microphone or speaker population) rather
+    than the base's training audio; gate_weight = 0 and a large gate_bias make g = 1 everywhere.
+    Fine-tuning (emodemo.finetune.adapt) fits all of it on frozen-backbone features, so a bundle
+    stores only these few tensors on top of its base.
     """
 
     def __init__(self, in_dim: int, n_classes: int):
@@ -261,9 +264,13 @@ class ResidualAdapter(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
         self.register_buffer("beta", torch.ones(()))
+        self.register_buffer("gate_weight", torch.zeros(in_dim))
+        self.register_buffer("gate_bias", torch.full((), 30.0))      # sigmoid(30) = 1 in float32
 
     def forward(self, stats: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
-        return self.beta * base_logits + self.linear((stats - self.mean) / self.std)
+        z = (stats - self.mean) / self.std
+        g = torch.sigmoid(z @ self.gate_weight + self.gate_bias)[:, None]
+        return base_logits + g * ((self.beta - 1) * base_logits + self.linear(z))
 
 
 class SpeechEmotionModel(nn.Module):

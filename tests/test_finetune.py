@@ -11,9 +11,11 @@ import pytest
 import soundfile as sf
 
 from conftest import LABELS3, PITCH, make_store, wav  # noqa: F401 (tiny_bundle: conftest)
-from emodemo.finetune import (Clip, TooFewCorrections, blend_states, build_dataset, check_counts,
-                              finetune, fit_temperature, format_summary, gate, main_finetune,
-                              next_version, pick_alpha, split_clips)
+from emodemo.finetune import (Clip, TooFewCorrections, build_dataset, check_counts, finetune,
+                              fit_temperature, format_summary, gate, main_finetune, next_version,
+                              split_clips)
+from emodemo.finetune import adapt as AD
+from emodemo.finetune.features import Feats
 from emodemo.store import CorrectionStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,20 +172,57 @@ def test_gate_logic():
     assert gate({}, 0.02)["write"]
 
 
-def test_weight_mix_and_temperature():
+def _blobs(n_per_class, classes, dim=12, seed=0, shift=0.0):
+    """Gaussian clusters per class in `dim` dimensions, plus 'base logits' that know nothing."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(42).normal(size=(7, dim)) * 2.0
+    x = np.concatenate([centers[c] + shift + rng.normal(size=(n_per_class, dim)) for c in classes])
+    y = np.repeat(classes, n_per_class)
+    return Feats(x.astype(np.float32), np.zeros((len(y), 7), np.float32), y.astype(np.int64),
+                 [f"spk{i % 4}" for i in range(len(y))])
+
+
+def test_adapter_learns_keeps_absent_classes_and_gates():
+    """On features where classes are separable, the adapter learns the corrected classes; rows of
+    classes absent from the corrections stay zero (their logits are the head's); the domain gate
+    leaves clips like the replay (the base's training audio) as they were; the grouped CV picks a
+    setting that beats the base and keeps the guard; the model computes the same as numpy."""
+    corr = _blobs(12, [0, 1, 2, 3], shift=1.5)                 # 4 of 7 classes, shifted "domain"
+    replay = _blobs(10, list(range(7)), seed=1)
+    guard = _blobs(5, list(range(7)), seed=2)
+    for f in (replay, guard):                                   # the head knows the old domain
+        f.b[np.arange(len(f.y)), f.y] = 4.0
+    base = AD.Adapter.identity(12, 7)
+    ch = AD.choose(corr, replay, guard, base, 7, tolerance=0.02)
+    a = ch["adapter"]
+    assert ch["cv_UA"] > ch["cv_UA_base"] + 0.4 and ch["cv_UA"] >= 0.8, ch["table"]
+    assert np.all(a.W[4:] == 0) and np.all(a.c[4:] == 0)       # fearful, disgust, surprised untouched
+    test = _blobs(20, [0, 1, 2, 3], seed=3, shift=1.5)
+    assert AD.ua(test.y, a.logits(test.x, test.b).argmax(1)) >= 0.8
+    assert ch["guard_UA"] >= ch["guard_UA_base"] - 0.02          # the old skills
+    # the gate: near 1 on the corrected domain, near 0 on the old one
+    gated = AD.fit(corr, replay, 7, 1.0, 0.1, ch["mean"], ch["std"], gated=True)
+    assert gated.gate(test.x).mean() > 0.8 and gated.gate(guard.x).mean() < 0.2
+    assert AD.ua(guard.y, gated.logits(guard.x, guard.b).argmax(1)) >= 0.95   # old domain: as before
+    # into a model and back: the torch module computes what numpy computes
     import torch
-    base = {"w": torch.zeros(3), "n": torch.tensor(1)}
-    ft = {"w": torch.ones(3) * 2, "n": torch.tensor(5)}
-    mix = blend_states(base, ft, 0.25)
-    assert torch.allclose(mix["w"], torch.full((3,), 0.5)) and int(mix["n"]) == 5
-    # the rule: best UA on held-out corrections among mixes that keep the replay UA within tolerance
-    t = {0.0: {"val_UA": 0.2, "guard_UA": 1.0}, 0.5: {"val_UA": 0.57, "guard_UA": 1.0},
-         0.75: {"val_UA": 0.61, "guard_UA": 0.95}, 1.0: {"val_UA": 0.57, "guard_UA": 0.93}}
-    assert pick_alpha(t, 0.02) == 0.5 and pick_alpha(t, 0.1) == 0.75
-    t[0.25] = {"val_UA": 0.57, "guard_UA": 1.0}
-    assert pick_alpha(t, 0.02) == 0.25                     # a tie goes to the mix closer to the base
-    assert pick_alpha({0.0: {"val_UA": 0.3, "guard_UA": None},
-                       1.0: {"val_UA": 0.6, "guard_UA": None}}, 0.02) == 1.0
+    from emodemo.speech import GE2E, SpeechEmotionModel
+    m = SpeechEmotionModel(GE2E(), 7).eval()
+    rng = np.random.default_rng(0)
+    big = AD.Adapter(rng.normal(size=(7, 1536)).astype(np.float32), np.arange(7, dtype=np.float32), 0.5,
+                     np.zeros(1536, np.float32), np.full(1536, 2.0, np.float32),
+                     rng.normal(size=1536).astype(np.float32), 0.3)
+    AD.install(m, big)
+    back = AD.from_model(m, 7)
+    assert back.beta == 0.5 and np.allclose(back.W, big.W) and np.allclose(back.u, big.u) and back.d == pytest.approx(0.3)
+    with torch.no_grad():
+        f = torch.randn(2, 50, 40)
+        stats, head = m.pooled(f)
+        want = big.logits(stats.numpy(), head.numpy())
+        assert np.allclose(m(f).numpy(), want, atol=1e-3)
+
+
+def test_temperature_and_calibration_error():
     # a temperature fitted on probabilities that are too flat sharpens them (T < 1), and vice versa
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 5)) * 3
@@ -192,6 +231,9 @@ def test_weight_mix_and_temperature():
     flat = np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True)
     assert fit_temperature(flat, y) == pytest.approx(0.5, rel=0.1)
     assert fit_temperature(p_true, y) == pytest.approx(1.0, rel=0.1)
+    from emodemo.finetune import ece
+    sharp = np.exp(logits * 3) / np.exp(logits * 3).sum(1, keepdims=True)     # over-confident
+    assert ece(p_true, y) < 0.03 < 0.1 < ece(sharp, y)
 
 
 # ---- store-driven runs --------------------------------------------------------------------
@@ -231,7 +273,7 @@ def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsy
 
 
 def test_cli_exit_code_when_worse_on_reference(monkeypatch, capsys, tiny_bundle, tmp_path):
-    import emodemo.finetune as ft
+    import emodemo.finetune.pipeline as ft
     report = {"written": False, "metrics": {"heldout_corrections": {"before": {}, "after": {}},
                                             "reference": {}},
               "speech": {"updated": True}, "text": {"updated": False, "reason": "x"},
@@ -287,9 +329,10 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
     rep = finetune(url, tiny_bundle, out, replay_spec=[], reference_spec=f"csv:{other / 'ref.csv'}",
-                   tolerance=1.0, epochs=6, overrides=fast, progress=lambda f, m: fractions.append((f, m)))
+                   tolerance=1.0, epochs=1, overrides=fast, progress=lambda f, m: fractions.append((f, m)))
     assert rep["written"], rep["gate"]
-    assert fractions[-1][0] == 1.0 and any(m.startswith("speech epoch 6/6") for _, m in fractions)
+    assert fractions[-1][0] == 1.0 and any(m.startswith("speech: fitting the adapter") for _, m in fractions)
+    assert any(m.startswith("features of training corrections") for _, m in fractions)
     assert all(b >= a for (a, _), (b, _) in zip(fractions, fractions[1:]))
     assert rep["dataset"]["clips"] == 19 and rep["speech"]["updated"]
     assert any(Path(tmp_path / "cache").rglob("*.wav"))      # the segment was cut into the cache
@@ -300,7 +343,15 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     assert lin["corrections"]["clips_used"] == 19 and lin["corrections"]["per_class"]["happy"] == 7
     assert lin["db"]["newest_correction"] and lin["db"]["snapshot_at"]
     assert "before" in lin["metrics"]["heldout_corrections"]
-    assert lin["recipe"]["alpha"] in (0.25, 0.5, 0.75, 1.0) and cfg["speech"]["temperature"] > 0
+    assert lin["recipe"]["speech"]["method"] == "adapter" and cfg["speech"]["temperature"] > 0
+    assert cfg["speech"]["adapter"] is True and rep["speech"]["beta"] in AD.BETAS and rep["speech"]["gate"] in AD.GATES
+    # the adapter is the only speech change: the backbone is the packaged one, the head the base's
+    from safetensors.torch import load_file
+    keys = set(load_file(str(out / "speech.safetensors")))
+    assert {k for k in keys if not k.startswith(("head.", "adapter."))} == set()
+    assert "adapter.linear.weight" in keys
+    assert rep["speech"]["val_UA_probe"] is not None and rep["changes"]["sentence"]
+    assert [r["label"] for r in rep["changes"]["per_class"]] == LABELS3
     card = (out / "README.md").read_text()
     for needle in ("## Lineage", "`tiny` v1", "corrections used", "DB snapshot", "Metrics before / after",
                    "CC BY-NC-SA 4.0", "license: cc-by-nc-sa-4.0"):

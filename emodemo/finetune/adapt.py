@@ -1,20 +1,25 @@
-"""Speech adaptation from a few hundred corrections: a residual adapter on frozen-backbone features.
+"""Speech adaptation from a few hundred corrections: a gated residual adapter on frozen-backbone
+features (the model is `speech.ResidualAdapter`).
 
-    logits = beta · base_logits + W · z + c          z = (pooled backbone stats − mean) / std
+    logits = head + g(z) · ((beta − 1) · head + W · z + c)       z = (pooled stats − mean) / std
 
-`base_logits` are the base bundle's audio logits (its head, plus its own adapter if it has one).
-W and c start at zero (the base model); beta = 0 with W free is a linear probe. The adapter is
-fitted full-batch with L-BFGS on
+`head` are the emotion head's logits (never changed by fine-tuning). W, c = 0 and beta = 1 is the
+head alone; beta = 0 with W free is a linear probe. g(z) is a *domain gate*: a logistic regression
+that tells the corrected clips (the user's voices, language, microphone) from the replay clips (the
+base's training audio), so the correction applies to audio like the user's and leaves audio like the
+old training data as it was. Without the gate, g = 1.
+
+W and c are fitted full-batch with L-BFGS on
 
     ρ · CE(corrections) + (1 − ρ) · CE(replay) + λ/2 · ‖W‖²
 
 each cross-entropy class-balanced over the classes present *in that part*. Rows of W and c for
-classes the corrections lack stay zero, so those classes keep exactly the base model's evidence and
-the replay sample (the base's training clips, carried by the bundle) keeps the old skills from
-being traded away. beta and λ are chosen by speaker/recording-grouped cross-validation on the
-training corrections, among candidates that stay within `tolerance` of the base on the replay
-guard; the linear probe (logistic regression on the corrections alone) is measured alongside as the
-baseline to beat.
+classes the corrections lack stay zero, so those classes keep the head's evidence. The gate on/off,
+beta and λ are chosen by speaker/recording-grouped cross-validation on the training corrections,
+among candidates that stay within `tolerance` of the base bundle on the replay guard. Each run
+refits from the head on all corrections in the store, so fine-tuning a fine-tuned bundle replaces
+its adapter (the store still holds the earlier corrections). The linear probe (logistic regression on
+the corrections alone) is measured alongside as the baseline to beat.
 """
 from __future__ import annotations
 
@@ -30,30 +35,43 @@ from .features import Feats
 
 log = logging.getLogger(__name__)
 
-BETAS = (1.0, 0.5, 0.0)                  # weight of the base logits
-LAMBDAS = (1e-3, 1e-2, 1e-1)             # L2 on W (features standardised)
+GATES = (False, True)                    # domain gate off / on
+BETAS = (1.0, 0.5, 0.0)                  # weight of the head's logits inside the correction
+LAMBDAS = (0.01, 0.1, 0.3, 1.0)          # L2 on W (features standardised)
 CORRECTION_SHARE = 0.5                   # ρ: corrections vs replay in the loss
+GATE_C = 0.05                            # inverse L2 strength of the domain gate
 CV_FOLDS = 4
 LBFGS_STEPS = 60
+NO_GATE_BIAS = 30.0                      # sigmoid(30) = 1 in float32
 
 
 @dataclass
 class Adapter:
-    """A fitted adapter in standardised-feature space (numpy, float32)."""
+    """A fitted adapter (numpy, float32); `u` = None means no gate (g = 1)."""
     W: np.ndarray        # [C, D]
     c: np.ndarray        # [C]
     beta: float
     mean: np.ndarray     # [D]
     std: np.ndarray      # [D]
+    u: Optional[np.ndarray] = None    # [D] gate weight
+    d: float = NO_GATE_BIAS           # gate bias
 
-    def logits(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
-        return self.beta * base + ((x - self.mean) / self.std) @ self.W.T + self.c
+    def z(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def gate(self, x: np.ndarray) -> np.ndarray:
+        if self.u is None:
+            return np.ones(len(x), np.float32)
+        return 1.0 / (1.0 + np.exp(-np.clip(self.z(x) @ self.u + self.d, -60, 60)))
+
+    def logits(self, x: np.ndarray, head: np.ndarray) -> np.ndarray:
+        delta = (self.beta - 1.0) * head + self.z(x) @ self.W.T + self.c
+        return head + self.gate(x)[:, None] * delta
 
     @staticmethod
-    def identity(dim: int, n: int, mean=None, std=None) -> "Adapter":
+    def identity(dim: int, n: int) -> "Adapter":
         return Adapter(np.zeros((n, dim), np.float32), np.zeros(n, np.float32), 1.0,
-                       np.zeros(dim, np.float32) if mean is None else mean,
-                       np.ones(dim, np.float32) if std is None else std)
+                       np.zeros(dim, np.float32), np.ones(dim, np.float32))
 
 
 def ua(y: np.ndarray, pred: np.ndarray, classes: Optional[Sequence[int]] = None) -> float:
@@ -66,76 +84,86 @@ def ua(y: np.ndarray, pred: np.ndarray, classes: Optional[Sequence[int]] = None)
 def _balanced_weights(y: np.ndarray, n: int) -> np.ndarray:
     """Per-item weights: each class present gets the same total weight; items sum to 1."""
     counts = np.bincount(y, minlength=n).astype(np.float64)
-    present = counts > 0
-    w = np.zeros(len(y))
-    if len(y):
-        w = 1.0 / (present.sum() * counts[y])
-    return w
+    return 1.0 / ((counts > 0).sum() * counts[y]) if len(y) else np.zeros(0)
 
 
-def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float,
-        mean: np.ndarray, std: np.ndarray, rho: float = CORRECTION_SHARE,
+def standardisation(corr: Feats, replay: Feats) -> tuple[np.ndarray, np.ndarray]:
+    allx = np.concatenate([corr.x, replay.x]) if len(replay) else corr.x
+    return allx.mean(0).astype(np.float32), (allx.std(0) + 1e-4).astype(np.float32)
+
+
+def fit_gate(corr: Feats, replay: Feats, mean: np.ndarray, std: np.ndarray) -> tuple[Optional[np.ndarray], float]:
+    """The domain gate: logistic regression, corrected clips (1) vs replay clips (0)."""
+    if not len(replay):
+        return None, NO_GATE_BIAS
+    from sklearn.linear_model import LogisticRegression
+    x = (np.concatenate([corr.x, replay.x]) - mean) / std
+    y = np.r_[np.ones(len(corr)), np.zeros(len(replay))]
+    clf = LogisticRegression(C=GATE_C, class_weight="balanced", max_iter=2000).fit(x, y)
+    return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+
+
+def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mean: np.ndarray,
+        std: np.ndarray, gated: bool = False, rho: float = CORRECTION_SHARE,
         steps: int = LBFGS_STEPS) -> Adapter:
-    """Fit W, c for a fixed beta and λ (see the module docstring)."""
+    """Fit the gate (if `gated`), then W and c for a fixed beta and λ (see the module docstring)."""
     torch.manual_seed(0)
+    u, d = fit_gate(corr, replay, mean, std) if gated else (None, NO_GATE_BIAS)
+    shell = Adapter(np.zeros((n_classes, corr.x.shape[1]), np.float32), np.zeros(n_classes, np.float32),
+                    beta, mean, std, u, d)
     present = np.zeros(n_classes, bool)
     present[np.unique(corr.y)] = True
     mask = torch.from_numpy(present.astype(np.float32))
     parts = [(corr, rho if len(replay) else 1.0)] + ([(replay, 1.0 - rho)] if len(replay) else [])
     data = []
     for f, share in parts:
-        z = torch.from_numpy(((f.x - mean) / std).astype(np.float32))
-        data.append((z, torch.from_numpy(beta * f.b.astype(np.float32)), torch.from_numpy(f.y),
+        data.append((torch.from_numpy(shell.z(f.x).astype(np.float32)), torch.from_numpy(f.b.astype(np.float32)),
+                     torch.from_numpy(shell.gate(f.x).astype(np.float32))[:, None], torch.from_numpy(f.y),
                      torch.from_numpy((share * _balanced_weights(f.y, n_classes)).astype(np.float32))))
-    d = corr.x.shape[1]
-    W = torch.zeros(n_classes, d, requires_grad=True)
+    W = torch.zeros(n_classes, corr.x.shape[1], requires_grad=True)
     c = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, c], lr=1.0, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([W, c], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
         Wm, cm = W * mask[:, None], c * mask
         loss = 0.5 * lam * (Wm ** 2).sum()
-        for z, b, y, w in data:
-            loss = loss + (w * F.cross_entropy(b + z @ Wm.T + cm, y, reduction="none")).sum()
+        for z, b, g, y, w in data:
+            out = b + g * ((beta - 1.0) * b + z @ Wm.T + cm)
+            loss = loss + (w * F.cross_entropy(out, y, reduction="none")).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        Wf, cf = (W * mask[:, None]).numpy().copy(), (c * mask).numpy().copy()
-    return Adapter(Wf.astype(np.float32), cf.astype(np.float32), float(beta), mean, std)
+        shell.W = (W * mask[:, None]).numpy().astype(np.float32)
+        shell.c = (c * mask).numpy().astype(np.float32)
+    return shell
 
 
 def grouped_folds(groups: Sequence[str], y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """k folds of item indices with whole groups (speakers/recordings) in one fold, classes spread."""
+    """k folds of item indices with whole groups (speakers/recordings) in one fold."""
     rng = np.random.default_rng(seed)
     uniq = sorted(set(groups))
     rng.shuffle(uniq)
-    if len(uniq) < k:  # too few groups: fall back to items (still stratified by order)
+    if len(uniq) < k:  # too few groups: fall back to items, classes spread over the folds
         order = np.argsort(y, kind="stable")
         return [order[i::k] for i in range(k)]
-    # greedy: biggest groups first into the currently smallest fold
     sizes = {g: 0 for g in uniq}
     for g in groups:
         sizes[g] += 1
-    folds: list[list[str]] = [[] for _ in range(k)]
-    load = [0] * k
-    for g in sorted(uniq, key=lambda g: -sizes[g]):
+    where, load = {}, [0] * k
+    for g in sorted(uniq, key=lambda g: -sizes[g]):      # biggest groups first, into the lightest fold
         j = int(np.argmin(load))
-        folds[j].append(g)
+        where[g] = j
         load[j] += sizes[g]
-    where = {g: j for j, gs in enumerate(folds) for g in gs}
     return [np.array([i for i, g in enumerate(groups) if where[g] == j]) for j in range(k)]
 
 
 def linear_probe(corr: Feats, mean: np.ndarray, std: np.ndarray, C: float = 1.0):
     """The baseline: logistic regression on standardised pooled features of the corrections alone."""
     from sklearn.linear_model import LogisticRegression
-    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000)
-    clf.fit((corr.x - mean) / std, corr.y)
-    return clf
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=2000).fit((corr.x - mean) / std, corr.y)
 
 
 def probe_predict(clf, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -144,66 +172,44 @@ def probe_predict(clf, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
 
 def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: int,
            tolerance: float = 0.02, seed: int = 0) -> dict:
-    """Pick (beta, λ) by grouped CV UA on the training corrections, among candidates whose UA on the
-    replay guard stays within `tolerance` of the base; refit the winner on all training corrections.
-
-    `base` maps the stored head logits to the base bundle's logits (its own adapter, if any), so a
-    fine-tuned bundle can be fine-tuned again. Returns {"adapter", "beta", "lambda", "table", ...}.
-    """
-    mean = base.mean if np.any(base.std != 1) or np.any(base.mean != 0) else None
-    allx = np.concatenate([corr.x, replay.x]) if len(replay) else corr.x
-    if mean is None:
-        mean = allx.mean(0).astype(np.float32)
-        std = (allx.std(0) + 1e-4).astype(np.float32)
-    else:
-        std = base.std
-
-    def with_base(f: Feats) -> Feats:   # head logits → the base bundle's logits
-        return Feats(f.x, base.logits(f.x, f.b).astype(np.float32), f.y, f.groups)
-
-    corr_b, replay_b, guard_b = with_base(corr), with_base(replay), with_base(guard)
+    """Pick (gate, beta, λ) by grouped CV UA on the training corrections, among candidates whose UA
+    on the replay guard stays within `tolerance` of the base bundle (`base`: its adapter, identity
+    when it has none); the winner refitted on all training corrections is returned as "adapter"."""
+    mean, std = standardisation(corr, replay)
     classes = sorted(set(corr.y.tolist()))
-    folds = grouped_folds(corr.groups, corr.y, min(CV_FOLDS, max(2, len(set(corr.groups)))), seed)
-    folds = [f for f in folds if len(f)]
-    guard_base = ua(guard_b.y, guard_b.b.argmax(1)) if len(guard_b) else None
+    k = min(CV_FOLDS, max(2, len(set(corr.groups))))
+    folds = [f for f in grouped_folds(corr.groups, corr.y, k, seed) if len(f)]
+    guard_base = ua(guard.y, base.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
     table = []
-    for beta in BETAS:
-        for lam in LAMBDAS:
-            preds = np.full(len(corr), -1)
-            for te in folds:
-                tr = np.setdiff1d(np.arange(len(corr)), te)
-                if len(set(corr.y[tr].tolist())) < 2:
-                    continue
-                a = fit(corr_b.take(tr), replay_b, n_classes, beta, lam, mean, std)
-                preds[te] = a.logits(corr_b.x[te], corr_b.b[te]).argmax(1)
-            ok = preds >= 0
-            cv = ua(corr.y[ok], preds[ok], classes) if ok.any() else float("nan")
-            a_all = fit(corr_b, replay_b, n_classes, beta, lam, mean, std)
-            g = ua(guard_b.y, a_all.logits(guard_b.x, guard_b.b).argmax(1)) if len(guard_b) else None
-            table.append({"beta": beta, "lambda": lam, "cv_UA": round(cv, 4),
-                          "guard_UA": None if g is None else round(g, 4), "adapter": a_all})
-            log.info("adapter beta %.2f lambda %g: CV UA %.3f, guard UA %s", beta, lam, cv,
-                     "-" if g is None else f"{g:.3f}")
+    for gated in (GATES if len(replay) else (False,)):
+        for beta in BETAS:
+            for lam in LAMBDAS:
+                oof = np.full((len(corr), n_classes), np.nan, np.float32)   # out-of-fold logits
+                for te in folds:
+                    tr = np.setdiff1d(np.arange(len(corr)), te)
+                    if len(set(corr.y[tr].tolist())) < 2:
+                        continue
+                    a = fit(corr.take(tr), replay, n_classes, beta, lam, mean, std, gated)
+                    oof[te] = a.logits(corr.x[te], corr.b[te])
+                ok = ~np.isnan(oof[:, 0])
+                cv = ua(corr.y[ok], oof[ok].argmax(1), classes) if ok.any() else float("nan")
+                a_all = fit(corr, replay, n_classes, beta, lam, mean, std, gated)
+                g = ua(guard.y, a_all.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
+                table.append({"gate": gated, "beta": beta, "lambda": lam, "cv_UA": round(cv, 4),
+                              "guard_UA": None if g is None else round(g, 4), "adapter": a_all,
+                              "oof": oof[ok], "oof_y": corr.y[ok]})
+                log.info("adapter gate %s beta %.2f lambda %g: CV UA %.3f, guard UA %s", gated, beta, lam,
+                         cv, "-" if g is None else f"{g:.3f}")
     allowed = [r for r in table if guard_base is None or r["guard_UA"] >= guard_base - tolerance - 1e-9]
-    best = max(allowed or table, key=lambda r: (r["cv_UA"], r["beta"], r["lambda"]))
-    # the base itself, scored the same way: the adapter must beat it in CV to be used
-    base_cv = ua(corr.y, corr_b.b.argmax(1), classes)
-    return {"adapter": best["adapter"], "beta": best["beta"], "lambda": best["lambda"],
+    # ties: prefer the gate, then more of the head, then stronger regularisation
+    best = max(allowed or table, key=lambda r: (r["cv_UA"], r["gate"], r["beta"], r["lambda"]))
+    base_cv = ua(corr.y, base.logits(corr.x, corr.b).argmax(1), classes)
+    return {"adapter": best["adapter"], "gate": best["gate"], "beta": best["beta"], "lambda": best["lambda"],
             "cv_UA": best["cv_UA"], "cv_UA_base": round(base_cv, 4),
             "guard_UA_base": None if guard_base is None else round(guard_base, 4),
             "guard_UA": best["guard_UA"], "guard_ok": bool(allowed),
-            "table": [{k: v for k, v in r.items() if k != "adapter"} for r in table],
-            "mean": mean, "std": std}
-
-
-def compose(base: Adapter, new: Adapter) -> Adapter:
-    """The adapter equivalent to applying `new` on top of `base` (same standardisation):
-    beta'·head + W'z + c' with beta' = beta_new·beta_base, W' = beta_new·W_base + W_new, ..."""
-    zb = (new.mean - base.mean) / base.std   # both use the same mean/std when base had an adapter
-    W_base = base.W * (new.std / base.std)[None, :] if np.any(base.W) else base.W
-    c_base = base.c + (base.W @ zb if np.any(base.W) else 0)
-    return Adapter((new.beta * W_base + new.W).astype(np.float32),
-                   (new.beta * c_base + new.c).astype(np.float32), new.beta * base.beta, new.mean, new.std)
+            "table": [{k: v for k, v in r.items() if k not in ("adapter", "oof", "oof_y")} for r in table],
+            "oof": best["oof"], "oof_y": best["oof_y"], "mean": mean, "std": std}
 
 
 def install(speech, adapter: Adapter) -> None:
@@ -219,13 +225,16 @@ def install(speech, adapter: Adapter) -> None:
         a.mean.copy_(torch.from_numpy(adapter.mean))
         a.std.copy_(torch.from_numpy(adapter.std))
         a.beta.fill_(float(adapter.beta))
+        a.gate_weight.copy_(torch.from_numpy(np.zeros(d, np.float32) if adapter.u is None else adapter.u))
+        a.gate_bias.fill_(float(adapter.d))
 
 
 def from_model(speech, n_classes: int) -> Adapter:
     """The model's current adapter (identity when it has none)."""
-    d = 2 * speech.backbone.frame_dim
     a = speech.adapter
     if a is None:
-        return Adapter.identity(d, n_classes)
-    return Adapter(a.linear.weight.detach().float().numpy().copy(), a.linear.bias.detach().float().numpy().copy(),
-                   float(a.beta), a.mean.detach().float().numpy().copy(), a.std.detach().float().numpy().copy())
+        return Adapter.identity(2 * speech.backbone.frame_dim, n_classes)
+    np_ = lambda t: t.detach().float().numpy().copy()  # noqa: E731
+    u = np_(a.gate_weight)
+    return Adapter(np_(a.linear.weight), np_(a.linear.bias), float(a.beta), np_(a.mean), np_(a.std),
+                   None if not np.any(u) else u, float(a.gate_bias))

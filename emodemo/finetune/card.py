@@ -65,15 +65,16 @@ with several annotators, {ds['agreement']['unanimous']} unanimous. The held-out 
 class and grouped by speaker (else recording).
 
 ## What changed
-- **speech**: {'adapted' if sp['updated'] else 'kept from the base (' + sp.get('reason', '') + ')'}: a residual
-  adapter on the frozen backbone's pooled features, logits = beta·base + W·z + c (beta {sp.get('beta')},
-  L2 {sp.get('lambda')}), chosen by speaker/recording-grouped cross-validation on the training
-  corrections (CV UA {sp.get('cv_UA')} vs base {sp.get('cv_UA_base')}) among candidates within the
-  tolerance of the base on the replay guard ({sp.get('guard_UA_base')} → {sp.get('guard_UA_new')});
-  {sp.get('replay_train')} replay clips of the base's training data; classes absent from the corrections
-  keep the base's evidence. Audio UA on the held-out corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')}
-  (linear probe on the same corrections: {sp.get('val_UA_probe')}); temperature {sp.get('temperature', '–')},
-  ECE {sp.get('ECE_val_base', '–')} → {sp.get('ECE_val_new', '–')}.
+- **speech**: {'adapted' if sp['updated'] else 'kept from the base (' + sp.get('reason', '') + ')'}: a gated
+  residual adapter on the frozen backbone's pooled features z, logits = head + g(z)·((beta−1)·head + W·z + c)
+  (domain gate {'on' if sp.get('gate') else 'off'}, beta {sp.get('beta')}, L2 {sp.get('lambda')}), chosen by
+  speaker/recording-grouped cross-validation on the training corrections (CV UA {sp.get('cv_UA')} vs base
+  {sp.get('cv_UA_base')}) among candidates within the tolerance of the base on the replay guard
+  ({sp.get('guard_UA_base')} → {sp.get('guard_UA_new')}); {sp.get('replay_train')} replay clips of the base's
+  training data; classes absent from the corrections keep the head's evidence. Audio UA on the held-out
+  corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')} (linear probe on the same corrections:
+  {sp.get('val_UA_probe')}); temperature {sp.get('temperature', '–')}, ECE {sp.get('ECE_val_base', '–')} →
+  {sp.get('ECE_val_new', '–')}. The written adapter is refitted on all {sp.get('final_fit_corrections', '–')} corrections.
 - **text**: {'fine-tuned' if tx['updated'] else 'kept from the base (' + tx.get('reason', '') + ')'}.
 - **fusion**: {'re-fitted: ' + json.dumps(fu['new']) if fu['refit'] else 'kept from the base: ' + json.dumps(fu['new'])}.
 

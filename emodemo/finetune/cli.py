@@ -75,19 +75,22 @@ def print_report(rep: dict) -> None:
 
 
 class Progress:
-    """A tqdm bar on a terminal; elsewhere one line per new step ("[ 42%] what"), nothing else."""
+    """A tqdm bar on a terminal (stderr); elsewhere one line per new step on stdout ("[ 42%] what"),
+    no escape codes. Nothing until the checks passed, so a quick failure prints one clean line."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.bar = None
         self.last = ""
 
     def __call__(self, frac: float, msg: str) -> None:
+        if frac < 0.03 and self.bar is None and not self.last:
+            return
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
-                self.bar = tqdm(total=100, desc="finetune", file=self.stream,
+                self.bar = tqdm(total=100, desc="finetune", file=sys.stderr,
                                 bar_format="{l_bar}{bar}| {n:.0f}/100 [{elapsed}]")
             self.bar.n = min(100.0, round(frac * 100, 1))
             self.bar.set_description(msg[:60])

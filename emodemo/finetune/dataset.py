@@ -7,17 +7,16 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import FinetuneError
+from ..labels import NONE_LABEL, normalize_label, vote
 
-NONE_LABEL = "none"
 MIN_PER_CLASS = 3            # clips per class for it to be used
 MIN_CLASSES = 2              # classes with enough clips for a run
 VAL_FRACTION = 0.25          # share of each class's clips held out
-SPAN_DECIMALS = 2            # start/end rounded to 10 ms when grouping corrections into clips
 
 
 class TooFewCorrections(FinetuneError):
@@ -80,120 +79,74 @@ class Dataset:
                 "newest_correction": self.newest.isoformat() if self.newest else None}
 
 
-def _get(rec: Any, name: str, default: Any = None) -> Any:
-    if isinstance(rec, Mapping):
-        return rec.get(name, default)
-    return getattr(rec, name, default)
-
-
-def _utc(dt: Any) -> Optional[datetime]:
-    if dt is None:
-        return None
-    if isinstance(dt, str):
-        dt = datetime.fromisoformat(dt)
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
-def _span(rec: Any) -> tuple[Optional[float], Optional[float]]:
-    """start/end rounded; a span covering the whole recording is the same clip as no span."""
-    start, end, dur = _get(rec, "start"), _get(rec, "end"), _get(rec, "duration")
-    start = None if start is None or float(start) <= 0 else round(float(start), SPAN_DECIMALS)
-    if end is not None:
-        end = round(float(end), SPAN_DECIMALS)
-        if dur and end >= float(dur) - 10 ** -SPAN_DECIMALS:
-            end = None
-    return start, end
-
-
 def build_dataset(records: Iterable[Any], labels: Sequence[str], check_files: bool = True) -> Dataset:
     """Resolve stored corrections (dicts or `store.Record`s) into one labelled clip per audio span.
 
-    * clip = media hash + start/end (rounded to 10 ms; a whole-file span equals no span), so the
-      same audio stored twice — one hash — is one clip;
-    * each annotator's latest label (by updated_at, then created_at, then id) is their vote; every
-      anonymous correction is a separate annotator;
+    Clips and votes follow the one rule in `emodemo.labels` (the History tab's agreement uses it
+    too): clip = media hash + start/end rounded to 10 ms, a whole-file span equals no span; each
+    voter (signed-in account, else typed name, else each anonymous correction) counts once with
+    their latest label. Then:
+
     * the majority of votes wins; a tie is left out and reported in `ties`;
     * a majority of "none" (none of these) is left out (`excluded["none"]`);
     * a winning label outside `labels` is left out (`excluded["unknown_label"]`), matched
       case-insensitively otherwise;
     * with `check_files`, clips whose stored audio file is gone are left out (`excluded["missing_audio"]`).
 
-    The clip's transcript is the newest non-empty corrected transcript, preferring annotators who
+    The clip's transcript is the newest non-empty corrected transcript, preferring voters who
     voted for the winning label.
     """
-    lookup = {str(l).strip().lower(): str(l) for l in labels}
-    recs = sorted(records, key=lambda r: (_utc(_get(r, "updated_at")) or _utc(_get(r, "created_at"))
-                                          or datetime.min.replace(tzinfo=timezone.utc), _get(r, "id") or 0))
-    groups: dict[tuple, dict] = {}
-    n_records = 0
-    newest = None
-    for r in recs:
-        n_records += 1
-        sha = str(_get(r, "media_sha256"))
-        start, end = _span(r)
-        g = groups.setdefault((sha, start, end), {"path": _get(r, "media_path"), "votes": {},
-                                                   "by": {}, "n": 0, "newest": None, "recs": []})
-        g["n"] += 1
-        ann = _get(r, "annotator")
-        who = str(ann).strip() if ann is not None and str(ann).strip() else f"(anonymous #{_get(r, 'id')})"
-        label = str(_get(r, "label") or "").strip()
-        g["votes"][who] = label            # records are in time order: the last one wins
-        g["recs"].append((who, r))
-        ts = _utc(_get(r, "created_at"))
-        if ts and (g["newest"] is None or ts > g["newest"]):
-            g["newest"] = ts
-        if ts and (newest is None or ts > newest):
-            newest = ts
-
+    records = list(records)
     clips: list[Clip] = []
     ties: list[dict] = []
     excluded: dict[str, list] = {"none": [], "unknown_label": [], "missing_audio": []}
     per_annotator: Counter = Counter()
     multi, unanimous, shares = 0, 0, []
-    for (sha, start, end), g in groups.items():
-        votes = g["votes"]
-        for who in votes:
-            per_annotator["(anonymous)" if who.startswith("(anonymous #") else who] += 1
-        counts = Counter(v.lower() for v in votes.values())
-        top = max(counts.values())
-        leaders = sorted(l for l, n in counts.items() if n == top)
-        if len(votes) > 1:
+    newest = None
+    for cv in vote(records, labels):
+        for who in cv.votes:
+            per_annotator["(anonymous)" if who.kind == "anonymous" else str(who)] += 1
+        if cv.newest and (newest is None or cv.newest > newest):
+            newest = cv.newest
+        counts = cv.counts
+        if cv.n_annotators > 1:
             multi += 1
-            shares.append(top / len(votes))
+            shares.append(cv.agreement)
             unanimous += len(counts) == 1
-        desc = {"clip": sha[:16] + ("" if start is None and end is None else f"@{start}-{end}"),
-                "media_sha256": sha, "start": start, "end": end, "votes": dict(counts)}
-        if len(leaders) > 1:
-            ties.append(desc | {"labels": leaders})
+        start, end = cv.start, cv.end
+        desc = {"clip": cv.media_sha256[:16] + ("" if start is None and end is None else f"@{start}-{end}"),
+                "media_sha256": cv.media_sha256, "start": start, "end": end,
+                "votes": {k.lower(): v for k, v in counts.items()}}
+        if cv.tie:
+            ties.append(desc | {"labels": [l.lower() for l in cv.leaders]})
             continue
-        winner = leaders[0]
+        winner = cv.majority_label
         if winner == NONE_LABEL:
             excluded["none"].append(desc)
             continue
-        if winner not in lookup:
-            excluded["unknown_label"].append(desc | {"label": winner})
+        if normalize_label(winner, labels) in (None, NONE_LABEL):
+            excluded["unknown_label"].append(desc | {"label": winner.lower()})
             continue
-        path = g["path"]
+        path = cv.media_path
         if check_files and (not path or not Path(path).is_file()):
             excluded["missing_audio"].append(desc | {"path": path})
             continue
         texts = []
-        for who, r in g["recs"]:
-            t = _get(r, "transcript_corrected")
+        for who, r in cv.records:
+            t = r.get("transcript_corrected") if isinstance(r, Mapping) else getattr(r, "transcript_corrected", None)
             if t is not None and str(t).strip():
-                agrees = votes.get(who, "").lower() == winner
-                texts.append((agrees, " ".join(str(t).split())))
+                texts.append((cv.votes.get(who) == winner, " ".join(str(t).split())))
         transcript = None
         if texts:
             agreeing = [t for a, t in texts if a]
             transcript = (agreeing or [t for _, t in texts])[-1]
-        clips.append(Clip(sha, str(path), start, end, lookup[winner], transcript, dict(votes), g["n"],
-                          None, g["newest"]))
+        clips.append(Clip(cv.media_sha256, str(path), start, end, winner, transcript,
+                          {str(k): v for k, v in cv.votes.items()}, cv.n_corrections, None, cv.newest))
     clips.sort(key=lambda c: (c.media_sha256, -1 if c.start is None else c.start))
     agreement = {"clips_with_several_annotators": multi, "unanimous": unanimous,
                  "mean_majority_share": round(sum(shares) / len(shares), 4) if shares else None,
                  "ties": len(ties)}
-    return Dataset(clips, ties, excluded, n_records,
+    return Dataset(clips, ties, excluded, len(records),
                    dict(sorted(per_annotator.items(), key=lambda kv: (-kv[1], kv[0]))), agreement, newest)
 
 

@@ -121,20 +121,24 @@ def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: i
 
 # ---- 4. speech ------------------------------------------------------------------------------
 def adapt_speech(speech, cfg: dict, tr: Feats, va: Feats, replay: dict, tolerance: float,
-                 seed: int) -> tuple[dict, Optional[AD.Adapter], float]:
-    """Choose and fit the adapter; compare with the base and the linear probe on held-out
-    corrections; fit the temperature. Returns (report, adapter or None to keep the base, temperature)."""
+                 seed: int) -> tuple[dict, Optional[AD.Adapter], Optional[AD.Adapter], float]:
+    """Choose and fit the adapter on the training corrections; compare it with the base and the
+    linear probe on the held-out corrections; fit a temperature on the out-of-fold and held-out
+    logits (the user's own audio); refit the chosen settings on all corrections.
+
+    Returns (report, adapter fitted on the training part (for the held-out numbers), adapter fitted
+    on all corrections (what is written), temperature); both adapters None to keep the base."""
     n = len(cfg["labels"])
     base = AD.from_model(speech, n)
     ch = AD.choose(tr, replay["train"], replay["guard"], base, n, tolerance, seed)
-    new = AD.compose(base, ch["adapter"])
+    new = ch["adapter"]
     t_base = float(cfg["speech"].get("temperature", 1.0))
     classes = sorted(set(tr.y.tolist()))
     lb, ln = base.logits(va.x, va.b), new.logits(va.x, va.b)
     probe = AD.linear_probe(tr, ch["mean"], ch["std"])
     rep = {"method": "residual adapter on frozen-backbone features", "train_corrections": len(tr),
            "val_corrections": len(va), "replay_train": len(replay["train"]),
-           "replay_guard": len(replay["guard"]), "beta": ch["beta"], "lambda": ch["lambda"],
+           "replay_guard": len(replay["guard"]), "gate": ch["gate"], "beta": ch["beta"], "lambda": ch["lambda"],
            "cv_UA": ch["cv_UA"], "cv_UA_base": ch["cv_UA_base"], "guard_UA_base": ch["guard_UA_base"],
            "guard_UA_new": ch["guard_UA"], "selection": ch["table"],
            "val_UA_base": round(AD.ua(va.y, lb.argmax(1), classes), 4) if len(va) else None,
@@ -144,15 +148,17 @@ def adapt_speech(speech, cfg: dict, tr: Feats, va: Feats, replay: dict, toleranc
     if ch["cv_UA"] <= ch["cv_UA_base"] + 1e-9:
         rep.update(updated=False, reason="the adapter did not beat the base in cross-validation "
                    "on the training corrections")
-        return rep, None, t_base
-    # calibration: one temperature on held-out corrections + replay guard (NLL)
-    cal_l = np.concatenate([ln, new.logits(replay["guard"].x, replay["guard"].b)]) if len(replay["guard"]) else ln
-    cal_y = np.concatenate([va.y, replay["guard"].y]) if len(replay["guard"]) else va.y
+        return rep, None, None, t_base
+    cal_l, cal_y = np.concatenate([ch["oof"], ln]), np.concatenate([ch["oof_y"], va.y])
     t_new = fit_temperature(softmax(cal_l), cal_y) if len(cal_y) else 1.0
-    rep.update(updated=True, temperature=round(t_new, 4),
+    final = new
+    if len(va) and va is not tr:
+        both = Feats.concat([tr, va], tr.x.shape[1], n)
+        final = AD.fit(both, replay["train"], n, ch["beta"], ch["lambda"], ch["mean"], ch["std"], ch["gate"])
+    rep.update(updated=True, temperature=round(t_new, 4), final_fit_corrections=len(tr) + (len(va) if final is not new else 0),
                ECE_val_base=round(ece(softmax(lb, t_base), va.y), 4) if len(va) else None,
                ECE_val_new=round(ece(softmax(ln, t_new), va.y), 4) if len(va) else None)
-    return rep, new, t_new
+    return rep, new, final, t_new
 
 
 # ---- 5. text --------------------------------------------------------------------------------
@@ -337,7 +343,7 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
 
     rc = (cfg.get("training") or {}).get("run_config") or {}
     recipe = merge(DEFAULT_RECIPE, {k: v for k, v in rc.items() if k in ("speech", "text")})
-    recipe = merge(recipe, FINETUNE_RECIPE)
+    recipe = merge(recipe, {"text": FINETUNE_RECIPE["text"]})   # the speech adapter has its own settings
     recipe["text"]["base"] = cfg["text"]["base"]
     recipe["text"]["max_length"] = cfg["text"].get("max_length", recipe["text"].get("max_length", 128))
     if epochs is not None:
@@ -346,10 +352,10 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     recipe["seed"] = seed
 
     say(0.4, f"speech: fitting the adapter on {len(tr)} corrections + {len(replay['train'])} replay clips")
-    report_speech, new_adapter, t_new = adapt_speech(speech, cfg, tr, va, replay, tolerance, seed)
+    report_speech, eval_adapter, new_adapter, t_new = adapt_speech(speech, cfg, tr, va, replay, tolerance, seed)
     new_cfg = copy.deepcopy(cfg)
     if new_adapter is not None:
-        AD.install(speech, new_adapter)
+        AD.install(speech, eval_adapter)     # held-out numbers: the adapter that did not see them
         new_cfg["speech"]["adapter"] = True
         new_cfg["speech"]["temperature"] = round(float(t_new), 4)
     say(0.55, "speech: " + (f"held-out UA {report_speech['val_UA_base']} → {report_speech['val_UA_new']}"
@@ -374,6 +380,8 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     say(0.85, "evaluating base and new")
     heldout = {"before": evaluate_models(base_speech, base_text, base_fusion, cfg, val_items),
                "after": evaluate_models(speech, text, fusion, new_cfg, val_items)}
+    if new_adapter is not None:
+        AD.install(speech, new_adapter)      # what is written: refit on all corrections
     reference: dict = {}
     if reference_metrics is not None:
         reference = {k: dict(v) for k, v in reference_metrics.items()}
@@ -389,7 +397,7 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     refs = {s: {k: with_recall(v, labels) for k, v in r.items()} for s, r in reference.items()}
     first_ref = next(iter(refs.values()), {})
     report.update(speech=report_speech, text=report_text, fusion=report_fusion, gate=decision,
-                  finetune={"speech": recipe["speech"] | FINETUNE_RECIPE["speech"], "text": recipe["text"],
+                  finetune={"speech": FINETUNE_RECIPE["speech"], "text": recipe["text"],
                             "val_fraction": val_fraction, "seed": seed},
                   replay=replay["sources"],
                   metrics={"heldout_corrections": ho, "reference": refs},
@@ -407,9 +415,12 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     new_cfg["lineage"] = lineage(cfg, base_bundle, ds, clips, train_items, val_items, too_few, db_shown,
                                  snapshot, replay["sources"], reference, tolerance, decision, report_speech,
                                  report_text, report_fusion, recipe, seed, new_cfg, report["metrics"])
-    write_bundle(out_dir, base_bundle, new_cfg, speech, text, report)
-    report["written"] = True
-    report["version"] = new_cfg["version"]
+    report.update(written=True, version=new_cfg["version"])    # as the report file inside says
+    try:
+        write_bundle(out_dir, base_bundle, new_cfg, speech, text, report)
+    except BaseException:
+        report["written"] = False
+        raise
     say(1.0, f"wrote {out_dir} (v{new_cfg['version']})")
     return report
 

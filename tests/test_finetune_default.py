@@ -1,0 +1,119 @@
+"""Fine-tuning the shipped default bundle as a user has it: no training data on disk (a README
+install, a Space), corrections of speech the model never heard, through both entry points: the
+README's CLI command and the app's Models tab (check the data → start → switch)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import espeak
+from emodemo.store import CorrectionStore
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "models" / "default"
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+# prosody codes the label (espeak-ng pitch 0-99, speed words/min, amplitude): a new "speaker
+# population" the default never heard, with an emotion-like signal in the voice
+PROSODY = {"angry": ("80", "210", "190"), "sad": ("15", "105", "60"),
+           "happy": ("95", "175", "130"), "neutral": ("45", "150", "100")}
+SENTENCES = ["the meeting starts at nine", "please close the window", "we drove home after lunch",
+             "the package arrived today", "my phone is on the table"]
+VOICES = ["en-us", "en+m3", "en+f2"]
+
+
+@pytest.fixture(scope="module")
+def corrections(tmp_path_factory) -> str:
+    """A store with 4 classes × 5 espeak-ng clips (three voices), as a user would correct them."""
+    d = tmp_path_factory.mktemp("user")
+    url = f"sqlite:///{d}/c.db"
+    with CorrectionStore(url) as store:
+        for lab, (pitch, speed, amp) in PROSODY.items():
+            for j, text in enumerate(SENTENCES):
+                voice = VOICES[j % len(VOICES)]
+                path = d / f"{lab}_{j}.wav"
+                subprocess.run(["espeak-ng", "-v", voice, "-p", pitch, "-s", speed, "-a", amp, "-w",
+                                str(path), text], check=True, capture_output=True)
+                store.add(path, lab, annotator=f"user{j % 2}")
+    return url
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch) -> Path:
+    """Point the training-data folder at an empty one, in this process and in subprocesses."""
+    import emodemo.data
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("EMODEMO_DATA", str(empty))
+    monkeypatch.setattr(emodemo.data, "SHARED_DATA", empty)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return empty
+
+
+def _check_written_or_gated(out: Path, report: dict) -> None:
+    """Either a new bundle that the recognizer loads, or a clear gate message and nothing written."""
+    import emodemo
+    sources = report["replay"]
+    assert sources["bundle:replay.safetensors"]["train"] > 100          # the pack travelled along
+    assert any(v.get("kind") == "skipped" for v in sources.values())    # missing data: skipped
+    if report["written"]:
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["speech"]["adapter"] and (out / "replay.safetensors").is_file()
+        rec = emodemo.load_recognizer(out)
+        p = rec.predict(str(ROOT / "data" / "examples" / "angry_actor17.flac"), transcript="")
+        assert abs(sum(p.fused.values()) - 1) < 1e-4
+    else:
+        assert report["gate"]["failures"] and not out.exists()
+
+
+def test_cli_finetunes_the_shipped_default_without_training_data(corrections, no_data, tmp_path):
+    out = tmp_path / "models" / "mine"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run([sys.executable, "-m", "emodemo", "finetune", "--db", corrections,
+                        "--base", str(DEFAULT), "--out", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    # progress in a pipe: plain lines, one per step, no escape codes or carriage returns
+    assert "\x1b" not in r.stdout and "\r" not in r.stdout
+    steps = [l for l in r.stdout.splitlines() if l.startswith("[")]
+    assert any("fitting the adapter" in l for l in steps) and any("features of" in l for l in steps)
+    assert len(steps) < 40
+    assert "held-out corrections" in r.stdout and "linear probe" in r.stdout
+    if r.returncode == 0:
+        report = json.loads((out / "finetune_report.json").read_text())
+        assert report["written"] and f"wrote {out}" in r.stdout
+    else:
+        assert "not written: worse on the reference set" in r.stderr
+        report = {"written": False, "gate": {"failures": [r.stderr]}, "replay": {}}
+    if report["written"]:
+        _check_written_or_gated(out, report)
+        # the adapter learned the new voices: better than the base on the held-out corrections
+        assert report["speech"]["updated"] and report["speech"]["val_UA_new"] > report["speech"]["val_UA_base"]
+
+
+def test_models_tab_finetunes_the_shipped_default_and_switches(corrections, no_data, tmp_path):
+    import emodemo
+    from emodemo.ui import Handlers
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(DEFAULT, models / "default")
+    rec = emodemo.load_recognizer(models / "default")
+    h = Handlers(rec, CorrectionStore(corrections), work_dir=tmp_path / "work", models_dir=models)
+    dry = h.finetune_dry_run(3)["ft_msg"]
+    assert "Enough corrections" in dry and "angry 5" in dry
+    out = h.start_finetune("mine", 1, 3, "", False)
+    assert "Fine-tuning **mine** from **default**" in out["ft_msg"] and h.job is not None
+    assert h.job.wait(900)
+    assert h.job.state in ("written", "not written"), h.job.error
+    status = h.finetune_status()["ft_progress"]
+    assert "100%" in status and "held-out corrections" in status
+    _check_written_or_gated(models / "mine", h.job.report)
+    if h.job.state == "written":
+        assert h.job.report["changes"]["sentence"] in status       # what changed, in one sentence
+        assert "Now using" in h.switch_model("mine")["models_msg"] and h.rec.version == "4.ft1"
+    else:
+        assert "worse on the reference" in status or "not written" in status
