@@ -36,6 +36,19 @@ def compression_ratio(text: str) -> float:
     return len(raw) / max(1, len(zlib.compress(raw)))
 
 
+def collapse_repeats(text: str, min_words: int = 3) -> str:
+    """A window's text that is one phrase of at least `min_words` different words said over and
+    over (Whisper looping on a short, zero-padded window: "Dogs are sitting by the door. Dogs are
+    sitting by the door. Dogs are") becomes that phrase once, so the compression test does not
+    drop a clear sentence. Any other text (a looped token such as "1, 1, 1, ...") is returned unchanged."""
+    words = text.split()
+    key = [w.strip(".,!?;:\"'").lower() for w in words]
+    for size in range(min_words, len(words) // 2 + 1):
+        if len(set(key[:size])) >= min_words and all(key[i] == key[i % size] for i in range(size, len(words))):
+            return " ".join(words[:size])
+    return text
+
+
 def trustworthy(text: str, avg_logprob: float, no_speech_prob: float) -> bool:
     """Whisper's tests for a failed decoding, used to drop a window's text rather than retry."""
     return (bool(text) and no_speech_prob < NO_SPEECH and avg_logprob >= LOGPROB_THRESHOLD
@@ -95,7 +108,7 @@ class FasterWhisperASR:
             r = self.model.model.generate(enc, [prompt], beam_size=self.beam_size, max_length=max_len,
                                           suppress_blank=True, suppress_tokens=[-1],
                                           return_no_speech_prob=True, return_scores=True)[0]
-            text = tk.decode(r.sequences_ids[0]).strip()
+            text = collapse_repeats(tk.decode(r.sequences_ids[0]).strip())
             if trustworthy(text, r.scores[0], r.no_speech_prob):
                 texts.append(text)
         return " ".join(t for t in texts if t).strip()
@@ -107,8 +120,8 @@ class FasterWhisperASR:
         segments, _ = self.model.transcribe(
             wav, language=self.language, beam_size=self.beam_size, temperature=0.0,
             condition_on_previous_text=False, vad_filter=False, without_timestamps=True)
-        return " ".join(s.text.strip() for s in segments
-                        if trustworthy(s.text.strip(), s.avg_logprob, s.no_speech_prob)).strip()
+        texts = [(collapse_repeats(s.text.strip()), s) for s in segments]
+        return " ".join(t for t, s in texts if trustworthy(t, s.avg_logprob, s.no_speech_prob)).strip()
 
 
 class OpenAIWhisperASR:
@@ -127,8 +140,8 @@ class OpenAIWhisperASR:
         out = self.model.transcribe(np.asarray(wav, dtype=np.float32), language=self.language,
                                     fp16=False, temperature=0.0, condition_on_previous_text=False)
         segments = out.get("segments", [])
-        return " ".join(s["text"].strip() for s in segments
-                        if trustworthy(s["text"].strip(), s["avg_logprob"], s["no_speech_prob"]))
+        texts = [(collapse_repeats(s["text"].strip()), s) for s in segments]
+        return " ".join(t for t, s in texts if trustworthy(t, s["avg_logprob"], s["no_speech_prob"]))
 
 
 def load_asr(cfg: Optional[dict] = None) -> ASR:

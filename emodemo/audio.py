@@ -357,40 +357,74 @@ class Segment:
 
 
 def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
-            frame_ms: int = 30, silence_db: float = -40.0) -> list[Segment]:
-    """Split speech into segments of at most `max_len` s, cutting at the quietest frames.
+            frame_ms: int = 10, silence_db: float = -40.0, min_pause: float = 0.3,
+            pad: float = 0.05) -> list[Segment]:
+    """Split speech at the pauses a listener hears as sentence breaks, into segments of at most
+    `max_len` s; audio up to `max_len` s stays one segment.
 
-    Energy based: frames more than `silence_db` below the loudest frame count as pauses; a long
-    stretch is cut at its quietest point. Leading/trailing silence is dropped.
+    Energy based, on `frame_ms` frames: a frame is a pause when it is `silence_db` below the
+    loudest frame, or (in a noisy recording) less than 10 dB above the noise floor (5th
+    percentile), but never when it is within 20 dB of the loudest, so quiet speech next to loud
+    speech is still speech; a segment's edges then reach down to `silence_db` below its own
+    loudest frame (the fading end of a quiet sentence belongs to it). Every pause of at least `min_pause` s ends a segment; a segment shorter
+    than `min_len` joins its neighbour across the shorter pause (if the result fits `max_len`); a
+    segment longer than `max_len` is cut at its quietest 200 ms. Segments keep `pad` s of the
+    pause on each side; leading and trailing silence is dropped.
     """
     n = wav.size
     total = n / SAMPLE_RATE
     if total <= max_len:
         return [Segment(0.0, total)]
     hop = SAMPLE_RATE * frame_ms // 1000
-    nfr = n // hop
     energy = frame_energy_db(wav, hop)
-    voiced = energy > energy.max() + silence_db
-    segs: list[Segment] = []
-    i = 0
-    max_fr, min_fr = int(max_len * 1000 / frame_ms), int(min_len * 1000 / frame_ms)
-    while i < nfr:
-        while i < nfr and not voiced[i]:
-            i += 1
-        if i >= nfr:
-            break
-        end = min(nfr, i + max_fr)
-        if end < nfr:
-            # cut at the quietest frame in the second half of the window
-            lo = i + max(min_fr, max_fr // 2)
-            end = lo + int(np.argmin(energy[lo:end])) + 1 if lo < end else end
-        j = end
-        while j > i and not voiced[j - 1]:
-            j -= 1
-        if j - i >= max(1, min_fr // 4):
-            segs.append(Segment(round(i * hop / SAMPLE_RATE, 3), round(j * hop / SAMPLE_RATE, 3)))
-        i = end
-    return segs or [Segment(0.0, total)]
+    top, floor = float(energy.max()), float(np.percentile(energy, 5)) + 10.0
+    thresh = max(top + silence_db, min(floor, top - 20.0))
+    voiced = np.flatnonzero(energy > thresh)
+    if voiced.size == 0:
+        return [Segment(0.0, total)]
+    fr = lambda sec: max(1, int(round(sec * 1000 / frame_ms)))  # noqa: E731
+    max_fr, min_fr = fr(max_len), fr(min_len)
+    breaks = np.flatnonzero(np.diff(voiced) > fr(min_pause))
+    regions = [[int(a), int(b) + 1] for a, b in zip(np.r_[voiced[0], voiced[breaks + 1]],
+                                                   np.r_[voiced[breaks], voiced[-1]])]
+    k = 0
+    while k < len(regions) and len(regions) > 1:     # short ones join a neighbour
+        a, b = regions[k]
+        options = [(a - regions[j][1] if j < k else regions[j][0] - b, j)
+                   for j in (k - 1, k + 1) if 0 <= j < len(regions)
+                   and max(b, regions[j][1]) - min(a, regions[j][0]) <= max_fr]
+        if b - a < min_fr and options:
+            j = min(options)[1]
+            lo = min(j, k)
+            regions[lo:lo + 2] = [[regions[lo][0], regions[lo + 1][1]]]
+            k = lo
+        else:
+            k += 1
+    out: list[tuple[int, int]] = []
+    while regions:                                   # long ones are cut at their quietest part
+        a, b = regions.pop(0)
+        if b - a <= max_fr:
+            out.append((a, b))
+            continue
+        lo, hi = a + min(min_fr, (b - a) // 2), min(b - min_fr, a + max_fr)
+        if hi <= lo:
+            lo, hi = a + 1, a + max_fr
+        width = min(fr(0.2), max(1, (hi - lo) // 4))
+        smooth = np.convolve(energy[lo:hi], np.ones(width) / width, mode="same")
+        cut = lo + int(np.argmin(smooth))
+        regions[:0] = [[a, cut], [cut, b]]
+    segs = []
+    for k, (a, b) in enumerate(out):                 # edges: down to `silence_db` below the segment's own peak
+        edge = max(float(energy[a:b].max()) + silence_db, floor)
+        lo, hi = (out[k - 1][1] + a) // 2 if k else 0, (b + out[k + 1][0]) // 2 if k + 1 < len(out) else energy.size
+        while a > lo and energy[a - 1] > edge:
+            a -= 1
+        while b < hi and energy[b] > edge:
+            b += 1
+        start = max(a - fr(pad), (out[k - 1][1] + a) // 2 if k else 0)
+        stop = min(b + fr(pad), (b + out[k + 1][0] + 1) // 2 if k + 1 < len(out) else energy.size)
+        segs.append(Segment(round(start * hop / SAMPLE_RATE, 3), round(min(stop * hop, n) / SAMPLE_RATE, 3)))
+    return segs
 
 
 def iter_segments(wav: np.ndarray, **kw) -> Iterator[tuple[Segment, np.ndarray]]:
