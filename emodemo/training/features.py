@@ -32,7 +32,7 @@ def backbone_key(speech_cfg: dict) -> str:
     """Cache key of a frozen backbone: name, weight source and (if any) its frame options."""
     name = str(speech_cfg.get("backbone", "ge2e"))
     source = Path(str(speech_cfg.get("source") or "default")).name or "default"
-    extra = {k: speech_cfg[k] for k in sorted(speech_cfg) if k in ("layers", "window", "min_seconds")}
+    extra = {k: speech_cfg[k] for k in sorted(speech_cfg) if k in ("layers", "window", "min_seconds", "level")}
     tail = "-" + hashlib.sha1(repr(extra).encode()).hexdigest()[:8] if extra else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{source}{tail}")
 

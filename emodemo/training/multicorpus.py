@@ -321,3 +321,35 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
     if best_state is not None:
         model.load_state_dict(best_state)
     return model, history, best
+
+
+def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],
+              labels: Sequence[str], l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+              absent: float = 0.0, max_iter: int = 200) -> tuple[LinearProbe, list[dict], float]:
+    """A linear probe on pooled vectors, fitted full-batch (L-BFGS) with the balanced, class-masked
+    loss plus l2 · |W|²; the L2 strength with the best mean validation UA over corpora is kept."""
+    torch.manual_seed(0)
+    x = torch.stack(train.xs).float()
+    masks = class_masks(corpora, labels)
+    mask = torch.stack([masks[c] for c in train.corpus])
+    weight = torch.tensor(balance_weights(train_items, train.corpus, labels), dtype=torch.float32)
+    y = torch.tensor(train.y)
+    collate = make_collate("pooled")
+    best, best_state, history = -1.0, None, []
+    for l2 in l2_grid:
+        probe = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
+        xs = (x - probe.mean) / probe.std
+        opt = torch.optim.LBFGS(probe.out.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = masked_loss(probe.out(xs), y, mask, weight, 0.0, absent) + l2 * probe.out.weight.pow(2).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        per = {c: m for c, m in evaluate_corpora(probe, val, collate, labels).items() if not corpora[c].aux}
+        score = select_score(per)
+        history.append({"l2": l2, "val_mean_UA": score} | {f"val_UA_{c}": round(m["UA"], 4) for c, m in per.items()})
+        if score > best:
+            best, best_state = score, probe
+    return best_state, history, best

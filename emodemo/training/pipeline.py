@@ -62,7 +62,8 @@ def _bundle_config(cfg: dict, recipe: Recipe, labels, speech, fusion, m_speech: 
     sc, tc = cfg["speech"], recipe.text
     return {"format_version": 1, "name": recipe.name, "version": recipe.version, "labels": labels,
             "front_end": {"sample_rate": A.SAMPLE_RATE, "feature": speech.feature},
-            "speech": {k: sc[k] for k in ("backbone", "source", "hidden", "dropout")} | {"temperature": 1.0},
+            "speech": {k: sc[k] for k in ("backbone", "source", "hidden", "dropout")}
+            | {"temperature": m_speech.get("temperature", 1.0)},
             "text": {"base": tc.base, "max_length": tc.max_length, "temperature": 1.0},
             "fusion": fusion.to_config(), "asr": recipe.asr,
             "weights": {"dtype": "float16"},
@@ -81,7 +82,10 @@ def _write_outputs(run: Run, cfg: dict, bcfg: dict, report: dict, speech, text) 
     plot_confusion(report["speech_val"]["confusion"], labels, run.path / "speech_confusion.png", "speech (val)")
     plot_confusion(report["text_dev"]["confusion"], labels, run.path / "text_confusion.png", "text (dev)")
     out = save_bundle(cfg["out"], bcfg, speech, text, card="")
-    (Path(out) / "README.md").write_text(recipe_card(bcfg, report, bundle_size(out), cfg))
+    card = recipe_card
+    if cfg["speech"].get("multicorpus") is not None:
+        from .multicorpus_card import multicorpus_card as card
+    (Path(out) / "README.md").write_text(card(bcfg, report, bundle_size(out), cfg))
     (Path(out) / "metrics.json").write_text(json.dumps(
         {k: v for k, v in report.items() if not k.endswith("history")}, indent=2) + "\n")
 
@@ -98,8 +102,11 @@ def run_recipe(config: dict | str | Path) -> dict:
     run = Run(recipe.run_dir, cfg, rank)
     t0 = time.time()
     speech, text = _init_models(recipe.init, labels) if recipe.init else (None, None)
-    speech, m_speech, h_speech = train_speech(recipe, labels, load_spec(recipe.speech.train),
-                                              load_spec(recipe.speech.val), run, model=speech)
+    train = train_speech
+    if recipe.speech.multicorpus is not None:
+        from .speech_multicorpus import train_speech_multicorpus as train
+    speech, m_speech, h_speech = train(recipe, labels, load_spec(recipe.speech.train),
+                                       load_spec(recipe.speech.val), run, model=speech)
     if rank != 0:
         dist_teardown()
         return {}

@@ -115,6 +115,7 @@ class SpeechRecipe(_Section):
     perturb: Optional[dict] = field(default_factory=lambda: {
         "speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5, "gain_db": [-10, 10]})
     eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
+    multicorpus: Optional[dict] = None   # frozen backbone, several corpora: see training/speech_multicorpus.py
 
     def check(self, where: str) -> None:
         for name in ("epochs", "head_epochs", "hidden"):

