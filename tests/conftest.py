@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -56,6 +57,13 @@ def speech_mp3(speech_wav, tmp_path_factory) -> Path:
 def recognizer():
     import emodemo
     return emodemo.load_recognizer()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier_wait(barrier, timeout: float = 120) -> None:

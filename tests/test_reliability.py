@@ -953,16 +953,16 @@ def test_hostile_text_is_escaped_wherever_it_is_shown(fast_rec, store, tmp_path)
     for eid in ("emodemo-status", "emodemo-summary", "emodemo-correct-msg", "emodemo-history-msg"):
         assert props[eid][0] == "markdown" and props[eid][1].get("sanitize_html") is True
     # errors shown as a toast or returned by the API are escaped too
-    from emodemo.ui import _api_errors, _bind
+    from emodemo.ui import api_errors, bind
     import gradio as gr
     with pytest.raises(gr.Error) as info:
-        _api_errors(lambda: (_ for _ in ()).throw(EmodemoError(XSS[1])))()
+        api_errors(lambda: (_ for _ in ()).throw(EmodemoError(XSS[1])))()
     assert "<img" not in info.value.message and "&lt;img" in info.value.message
     warned = []
     orig = gr.Warning
     gr.Warning = lambda m, *a, **k: warned.append(m)
     try:
-        _bind(lambda: {"_error": XSS[0], "status": "x"}, ["status"])()
+        bind(lambda: {"_error": XSS[0], "status": "x"}, ["status"])()
     finally:
         gr.Warning = orig
     assert warned and "<script" not in warned[0]
@@ -1097,10 +1097,10 @@ def test_launched_app_refuses_bad_uploads_and_server_paths(fast_rec, store, corp
 
     from gradio_client import Client, handle_file
 
-    from test_ui import _free_port
+    from conftest import free_port
     by_name = {c.name: c for c in corpus}
     demo = build_app(fast_rec, store, max_file_size="1mb")
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 max_file_size="1mb")
     base = f"http://127.0.0.1:{port}"

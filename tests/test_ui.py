@@ -3,7 +3,6 @@ numpy signals and espeak-ng speech), plus the figures and the named API endpoint
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SR, tone
+from conftest import ROOT, SR, free_port, tone
 
 from emodemo import plots
 from emodemo.recognizer import EmotionRecognizer
@@ -359,17 +358,11 @@ def test_api_predict_and_correct(h, store, fast_rec):
         h.api_correct(str(ANGRY), "bored")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_app_named_endpoints_via_gradio_client(fast_rec, store):
     """build_app + launch on localhost; /predict and /correct through gradio_client."""
     from gradio_client import Client, handle_file
     demo = build_app(fast_rec, store, max_file_size="5mb")
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)

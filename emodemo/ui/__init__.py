@@ -16,8 +16,5 @@ from .handlers import Handlers
 from .markdown import md_escape
 from .tabs.analyse import example_files
 
-# old private names, still imported by tests/test_reliability.py: use api_errors / bind
-_api_errors, _bind = api_errors, bind
-
 __all__ = ["Handlers", "Limits", "api_errors", "bind", "build_app", "example_files",
            "launch_kwargs", "md_escape", "parse_size"]

@@ -1,0 +1,303 @@
+"""The layering of docs/architecture.md, checked on the real import graph.
+
+Every emodemo/**/*.py (and app.py) is parsed with `ast`; every import counts, at module level and
+inside functions, except those under `if TYPE_CHECKING:` (never run). Layers, bottom to top:
+
+    core       audio, models, asr, fusion, bundle, recognizer, data + the shared small modules
+    store      emodemo/store/ (+ the Alembic migrations)   |  training   emodemo/training/
+    services   analysis, jobs, registry, emodemo/finetune/
+    front ends app.py, emodemo/ui/ (+ plots), emodemo/cli.py, emodemo/__main__.py
+
+A module imports its own layer or the ones below; store and training do not import each other;
+only front ends import Gradio. The shared small modules (labels, settings, errors, textnorm)
+import nothing from emodemo. No import cycles, no private name (`_x`) used across modules, no
+module over MAX_LINES lines.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "emodemo"
+MAX_LINES = 450
+
+CORE = {"emodemo", "emodemo.audio", "emodemo.speech", "emodemo.ge2e", "emodemo.resnet",
+        "emodemo.checkpoint", "emodemo.whisper_port", "emodemo.whisper_encoder", "emodemo.text",
+        "emodemo.asr", "emodemo.fusion", "emodemo.bundle", "emodemo.recognizer", "emodemo.data",
+        "emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm"}
+SHARED = {"emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm"}
+# layer -> (rank, module names or package prefixes); a module belongs to exactly one layer
+LAYERS = {
+    "core": (0, CORE),
+    "store": (1, {"emodemo.store", "emodemo.migrations"}),
+    "training": (1, {"emodemo.training", "emodemo.train"}),
+    "services": (2, {"emodemo.analysis", "emodemo.jobs", "emodemo.registry", "emodemo.finetune"}),
+    # plots: the app's Plotly figures (only the UI draws them)
+    "front ends": (3, {"app", "emodemo.ui", "emodemo.plots", "emodemo.cli", "emodemo.__main__"}),
+}
+# Only front ends draw with Gradio (jobs reports fine-tuning progress through plain callbacks).
+GRADIO_LAYERS = {"front ends"}
+# Known violations in code owned by someone else, each with its owner: (importer, imported).
+KNOWN = set()
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str             # importing module
+    target: str             # imported module (resolved to the deepest module that exists)
+    name: Optional[str]     # the name taken from it (`from target import name`), if any
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line} imports {self.target}{'.' + self.name if self.name else ''}"
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for emodemo/**/*.py and app.py."""
+    mods = {"app": ROOT / "app.py"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        mods[".".join(parts)] = path
+    return mods
+
+
+MODULES = module_files()
+TREES = {m: ast.parse(p.read_text(encoding="utf-8"), str(p)) for m, p in MODULES.items()}
+
+
+def _type_checking(node: ast.AST) -> bool:
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def walk(node: ast.AST) -> Iterator[ast.AST]:
+    """ast.walk without the bodies of `if TYPE_CHECKING:` (imports for type checkers only)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _type_checking(child):
+            yield from (n for c in child.orelse for n in [c, *walk(c)])
+            continue
+        yield child
+        yield from walk(child)
+
+
+def _deepest(name: str) -> str:
+    while name not in MODULES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def imports(module: str) -> list[Import]:
+    """Every import of `module` (third-party ones keep their top-level name)."""
+    is_pkg = MODULES[module].name == "__init__.py"
+    package = module.split(".") if is_pkg else module.split(".")[:-1]
+    out = []
+    for node in walk(TREES[module]):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                top = a.name.split(".")[0]
+                out.append(Import(module, _deepest(a.name) if top == "emodemo" else top, None, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != "emodemo":
+                out.append(Import(module, base.split(".")[0], None, node.lineno))
+                continue
+            for a in node.names:
+                if f"{base}.{a.name}" in MODULES:
+                    out.append(Import(module, f"{base}.{a.name}", None, node.lineno))
+                else:
+                    out.append(Import(module, _deepest(base), a.name, node.lineno))
+    return out
+
+
+IMPORTS = {m: imports(m) for m in MODULES}
+
+
+def layer(module: str) -> Optional[str]:
+    for name, (_, members) in LAYERS.items():
+        if any(module == m or (m != "emodemo" and module.startswith(m + ".")) for m in members):
+            return name
+    return None
+
+
+def internal(module: str) -> list[Import]:
+    return [i for i in IMPORTS[module] if i.target in MODULES and i.target != module]
+
+
+def test_every_module_has_a_layer():
+    """A new module is placed in a layer on purpose (add it to LAYERS and docs/architecture.md)."""
+    assert [m for m in MODULES if layer(m) is None] == []
+    assert [m for m in MODULES if sum(layer(m) == n for n in LAYERS) != 1] == []
+
+
+def test_imports_flow_one_way():
+    bad = []
+    for m in MODULES:
+        lm = layer(m)
+        for imp in internal(m):
+            lt = layer(imp.target)
+            rank_m, rank_t = LAYERS[lm][0], LAYERS[lt][0]
+            if (rank_t > rank_m or (rank_t == rank_m and lt != lm)) and (m, imp.target) not in KNOWN:
+                bad.append(f"{imp} ({lm} -> {lt})")
+    assert bad == [], "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_shared_small_modules_are_leaves():
+    """labels, settings, errors, textnorm: the one rule per concept, importable from anywhere."""
+    assert [str(i) for m in SHARED for i in internal(m)] == []
+
+
+def test_only_front_ends_use_gradio():
+    bad = [str(i) for m in MODULES for i in IMPORTS[m]
+           if i.target == "gradio" and layer(m) not in GRADIO_LAYERS]
+    assert bad == []
+
+
+def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a closed path) per strongly connected component with more than one module."""
+    index, low, stack, on, comps = {}, {}, [], set(), []
+
+    def strong(v: str) -> None:                      # Tarjan, recursive (the graph is small)
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(set(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            strong(v)
+    cycles = []
+    for comp in comps:                               # a shortest way back to the start
+        start = min(comp)
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop(0)
+            nxt = sorted(w for w in edges[path[-1]] if w in comp)
+            if start in nxt:
+                cycles.append(path + [start])
+                break
+            for w in nxt:
+                if w not in seen:
+                    seen.add(w)
+                    paths.append(path + [w])
+    return cycles
+
+
+def test_find_cycles_reports_the_cycle():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert find_cycles(edges) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    edges = {m: {i.target for i in internal(m)} for m in MODULES}
+    cycles = [" -> ".join(c) for c in find_cycles(edges)]
+    assert cycles == [], "import cycles (one per tangle of modules):\n" + "\n".join(cycles)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(path: Path, module: Optional[str]) -> list[str]:
+    """Private names used across modules in one file: `from x import _y`, `mod._y` on an emodemo
+    module, `obj._y` / `getattr(obj, "_y")` on anything but self/cls (torch._VF and the like on
+    third-party modules are not ours to judge)."""
+    tree = TREES.get(module) or ast.parse(path.read_text(encoding="utf-8"), str(path))
+    imps = IMPORTS.get(module) if module else None
+    if imps is None:
+        imps = [Import(str(path), n.module or "", a.name, n.lineno) for n in walk(tree)
+                if isinstance(n, ast.ImportFrom) for a in n.names]
+    bad = [f"{path.name}:{i.line} imports private {i.target}.{i.name}" for i in imps
+           if i.name and _private(i.name) and "emodemo" in i.target and i.target != module]
+    third_party = set()
+    for n in walk(tree):
+        if isinstance(n, ast.Import):
+            third_party |= {(a.asname or a.name).split(".")[0] for a in n.names
+                            if not a.name.startswith("emodemo")}
+        elif isinstance(n, ast.ImportFrom) and not n.level and not (n.module or "").startswith("emodemo"):
+            third_party |= {a.asname or a.name for a in n.names}
+    for n in walk(tree):
+        if isinstance(n, ast.Attribute) and _private(n.attr):
+            root = n.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"):
+                continue
+            if isinstance(root, ast.Name) and root.id in third_party:
+                continue
+            bad.append(f"{path.name}:{n.lineno} uses .{n.attr} of {ast.unparse(n.value)}")
+        elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "setattr")
+              and len(n.args) > 1 and isinstance(n.args[1], ast.Constant)
+              and isinstance(n.args[1].value, str) and _private(n.args[1].value)):
+            bad.append(f"{path.name}:{n.lineno} {n.func.id}(..., {n.args[1].value!r})")
+    return bad
+
+
+def test_private_names_stay_in_their_module():
+    files = [(p, m) for m, p in MODULES.items()]
+    files += [(p, None) for p in sorted((ROOT / "benchmarks").glob("*.py"))]
+    bad = [b for p, m in files for b in private_uses(p, m)]
+    assert bad == [], "private names used across modules:\n" + "\n".join(bad)
+
+
+def test_tests_import_no_private_names():
+    """Tests use the public API (monkeypatching a private method for fault injection aside)."""
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                bad += [f"{path.name}:{n.lineno} from {n.module} import {a.name}"
+                        for a in n.names if _private(a.name)]
+    assert bad == []
+
+
+def test_private_use_checker_catches_what_it_should(tmp_path):
+    src = tmp_path / "x.py"
+    src.write_text("import torch\nfrom emodemo.ui import _bind\nfrom emodemo import asr as A\n"
+                   "def f(rec, self):\n    self._ok = torch._VF\n    A._hidden()\n"
+                   "    return rec._asr, getattr(rec, '_lock'), rec.__dict__\n")
+    found = private_uses(src, None)
+    assert [b.split(" ", 1)[1] for b in found] == [
+        "imports private emodemo.ui._bind", "uses ._hidden of A", "uses ._asr of rec",
+        "getattr(..., '_lock')"]
+
+
+def test_modules_stay_small():
+    sizes = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in MODULES.items()}
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_graph_is_real():
+    """The parser sees what is there: known edges at both levels, TYPE_CHECKING ones skipped."""
+    edges = {m: {i.target for i in internal(m)} for m in MODULES}
+    assert "emodemo.audio" in edges["emodemo.recognizer"]               # module level
+    assert "emodemo.whisper_encoder" in edges["emodemo.speech"]          # inside build_backbone
+    assert "emodemo.store.corrections" not in edges["emodemo.store.agreement"]  # TYPE_CHECKING only
+    assert "gradio" in {i.target for i in IMPORTS["emodemo.ui.app"]}
