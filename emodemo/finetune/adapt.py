@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 GATES = (False, True)                    # domain gate off / on
 BETAS = (1.0, 0.5, 0.0)                  # weight of the head's logits inside the correction
-LAMBDAS = (0.01, 0.1, 0.3, 1.0)          # L2 on W (features standardised)
+LAMBDAS = (0.01, 0.1, 1.0)               # L2 on W (features standardised)
 CORRECTION_SHARE = 0.5                   # ρ: corrections vs replay in the loss
 GATE_C = 0.05                            # inverse L2 strength of the domain gate
 CV_FOLDS = 4
@@ -105,10 +105,11 @@ def fit_gate(corr: Feats, replay: Feats, mean: np.ndarray, std: np.ndarray) -> t
 
 def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mean: np.ndarray,
         std: np.ndarray, gated: bool = False, rho: float = CORRECTION_SHARE,
-        steps: int = LBFGS_STEPS) -> Adapter:
-    """Fit the gate (if `gated`), then W and c for a fixed beta and λ (see the module docstring)."""
+        steps: int = LBFGS_STEPS, gate: Optional[tuple] = None) -> Adapter:
+    """Fit the gate (if `gated`; `gate` = an already fitted (u, d)), then W and c for a fixed beta
+    and λ (see the module docstring)."""
     torch.manual_seed(0)
-    u, d = fit_gate(corr, replay, mean, std) if gated else (None, NO_GATE_BIAS)
+    u, d = (gate or fit_gate(corr, replay, mean, std)) if gated else (None, NO_GATE_BIAS)
     shell = Adapter(np.zeros((n_classes, corr.x.shape[1]), np.float32), np.zeros(n_classes, np.float32),
                     beta, mean, std, u, d)
     present = np.zeros(n_classes, bool)
@@ -180,20 +181,23 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     k = min(CV_FOLDS, max(2, len(set(corr.groups))))
     folds = [f for f in grouped_folds(corr.groups, corr.y, k, seed) if len(f)]
     guard_base = ua(guard.y, base.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
+    splits = [(np.setdiff1d(np.arange(len(corr)), te), te) for te in folds]
+    splits = [(tr, te) for tr, te in splits if len(set(corr.y[tr].tolist())) >= 2]
+    gates = {}                     # the domain gate depends on the fold only: fitted once per fold
+    if len(replay):
+        gates = {j: fit_gate(corr.take(tr), replay, mean, std) for j, (tr, _) in enumerate(splits)}
+        gates["all"] = fit_gate(corr, replay, mean, std)
     table = []
     for gated in (GATES if len(replay) else (False,)):
         for beta in BETAS:
             for lam in LAMBDAS:
                 oof = np.full((len(corr), n_classes), np.nan, np.float32)   # out-of-fold logits
-                for te in folds:
-                    tr = np.setdiff1d(np.arange(len(corr)), te)
-                    if len(set(corr.y[tr].tolist())) < 2:
-                        continue
-                    a = fit(corr.take(tr), replay, n_classes, beta, lam, mean, std, gated)
+                for j, (tr, te) in enumerate(splits):
+                    a = fit(corr.take(tr), replay, n_classes, beta, lam, mean, std, gated, gate=gates.get(j))
                     oof[te] = a.logits(corr.x[te], corr.b[te])
                 ok = ~np.isnan(oof[:, 0])
                 cv = ua(corr.y[ok], oof[ok].argmax(1), classes) if ok.any() else float("nan")
-                a_all = fit(corr, replay, n_classes, beta, lam, mean, std, gated)
+                a_all = fit(corr, replay, n_classes, beta, lam, mean, std, gated, gate=gates.get("all"))
                 g = ua(guard.y, a_all.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
                 table.append({"gate": gated, "beta": beta, "lambda": lam, "cv_UA": round(cv, 4),
                               "guard_UA": None if g is None else round(g, 4), "adapter": a_all,
