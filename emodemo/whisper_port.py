@@ -199,6 +199,21 @@ def convert_state(ct2: CT2Model, dims) -> dict[str, torch.Tensor]:
             else:
                 put(f"{dst}.bias", bias)
 
+    def block(s: str, d: str, n_state: int, cross: bool) -> None:
+        """One residual block: self-attention (+ cross-attention in the decoder), then the MLP."""
+        norm(f"{s}/self_attention/layer_norm", f"{d}.attn_ln")
+        split(f"{s}/self_attention/linear_0", [f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
+              n_state)
+        linear(f"{s}/self_attention/linear_1", f"{d}.attn.out")
+        if cross:
+            norm(f"{s}/attention/layer_norm", f"{d}.cross_attn_ln")
+            linear(f"{s}/attention/linear_0", f"{d}.cross_attn.query")
+            split(f"{s}/attention/linear_1", [f"{d}.cross_attn.key", f"{d}.cross_attn.value"], n_state)
+            linear(f"{s}/attention/linear_2", f"{d}.cross_attn.out")
+        norm(f"{s}/ffn/layer_norm", f"{d}.mlp_ln")
+        linear(f"{s}/ffn/linear_0", f"{d}.mlp.0")
+        linear(f"{s}/ffn/linear_1", f"{d}.mlp.2")
+
     for name, expected in SCALARS.items():
         val = get(name)
         if expected is not None and int(val) != expected:
@@ -211,33 +226,14 @@ def convert_state(ct2: CT2Model, dims) -> dict[str, torch.Tensor]:
     put("encoder.conv2.bias", get("encoder/conv2/bias"))
     put("encoder.positional_embedding", get("encoder/position_encodings/encodings"))
     for i in range(dims.n_audio_layer):
-        s, d = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        norm(f"{s}/self_attention/layer_norm", f"{d}.attn_ln")
-        split(f"{s}/self_attention/linear_0", [f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
-              dims.n_audio_state)
-        linear(f"{s}/self_attention/linear_1", f"{d}.attn.out")
-        norm(f"{s}/ffn/layer_norm", f"{d}.mlp_ln")
-        linear(f"{s}/ffn/linear_0", f"{d}.mlp.0")
-        linear(f"{s}/ffn/linear_1", f"{d}.mlp.2")
+        block(f"encoder/layer_{i}", f"encoder.blocks.{i}", dims.n_audio_state, cross=False)
     norm("encoder/layer_norm", "encoder.ln_post")
 
     # decoder: token + learned positions, blocks with self- and cross-attention, final norm
     put("decoder.token_embedding.weight", get("decoder/embeddings/weight"))
     put("decoder.positional_embedding", get("decoder/position_encodings/encodings"))
     for i in range(dims.n_text_layer):
-        s, d = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        norm(f"{s}/self_attention/layer_norm", f"{d}.attn_ln")
-        split(f"{s}/self_attention/linear_0", [f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
-              dims.n_text_state)
-        linear(f"{s}/self_attention/linear_1", f"{d}.attn.out")
-        norm(f"{s}/attention/layer_norm", f"{d}.cross_attn_ln")
-        linear(f"{s}/attention/linear_0", f"{d}.cross_attn.query")
-        split(f"{s}/attention/linear_1", [f"{d}.cross_attn.key", f"{d}.cross_attn.value"],
-              dims.n_text_state)
-        linear(f"{s}/attention/linear_2", f"{d}.cross_attn.out")
-        norm(f"{s}/ffn/layer_norm", f"{d}.mlp_ln")
-        linear(f"{s}/ffn/linear_0", f"{d}.mlp.0")
-        linear(f"{s}/ffn/linear_1", f"{d}.mlp.2")
+        block(f"decoder/layer_{i}", f"decoder.blocks.{i}", dims.n_text_state, cross=True)
     norm("decoder/layer_norm", "decoder.ln")
 
     # openai-whisper computes the output logits with the token embedding (tied weights)

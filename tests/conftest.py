@@ -4,8 +4,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -64,6 +68,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class AppProcess:
+    """`python app.py ARGS` in a subprocess (output in `log`), served on 127.0.0.1:`port`.
+
+        with AppProcess(["--port", str(port), "--db", url], env, log, port=port) as app:
+            app.wait_ready()            # until the page answers (pytest.fail if it exits / hangs)
+            ... app.url ...
+        app.output()                    # what it printed
+
+    `port` is where the app is told to listen (by --port, or a Space's GRADIO_SERVER_PORT)."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path, port: int,
+                 cwd: Path = ROOT, start_timeout: float = 150.0):
+        self.port, self.log, self.start_timeout = port, log, start_timeout
+        self.url = f"http://127.0.0.1:{port}/"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=cwd,
+                                         env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, ready: Optional[Callable[[str], bool]] = None) -> "AppProcess":
+        """Until the page answers 200 (and `ready(output)` holds, if given)."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"app.py exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    if r.status == 200 and (ready is None or ready(self.output())):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer within {self.start_timeout:.0f} s:\n"
+                            f"{self.output()[-3000:]}")
+            time.sleep(1)
+
+    def stop(self) -> str:
+        """Terminate (kill after 20 s); the output."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        return self.output()
+
+    def __enter__(self) -> "AppProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def barrier_wait(barrier, timeout: float = 120) -> None:

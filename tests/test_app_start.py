@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, AppProcess, free_port
 
 CLIP = ROOT / "data" / "examples" / "angry_actor17.flac"
 START_TIMEOUT = 150        # imports, model bundle (slow on 2 shared cores)
@@ -22,64 +17,28 @@ LIBRARY_CHATTER = ("LOAD REPORT", "alembic", "HTTP Request", "httpx", "Loading w
                    "To create a public link")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class App:
+def start_app(tmp: Path, *args: str) -> AppProcess:
     """`python app.py ARGS` on a free port with a temporary database; output captured."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EMODEMO_", "SPACE_", "OAUTH_", "GRADIO_SERVER"))}
+    env.update(GRADIO_ANALYTICS_ENABLED="False", EMODEMO_MEDIA_DIR=str(tmp / "media"),
+               PYTHONUNBUFFERED="1")
+    return AppProcess(["--port", str(port), "--db", f"sqlite:///{tmp / 'corrections.db'}",
+                       "--no-preload-asr", *args], env, tmp / "app.log", port=port, cwd=tmp,
+                      start_timeout=START_TIMEOUT)
 
-    def __init__(self, tmp: Path, *args: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = tmp / "app.log"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("EMODEMO_", "SPACE_", "OAUTH_", "GRADIO_SERVER"))}
-        env.update(GRADIO_ANALYTICS_ENABLED="False", EMODEMO_MEDIA_DIR=str(tmp / "media"),
-                   PYTHONUNBUFFERED="1")
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--db",
-                 f"sqlite:///{tmp / 'corrections.db'}", "--no-preload-asr", *args],
-                cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        """Until the page answers and the URL line is written."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"app.py exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
-                    if r.status == 200 and "running on" in self.output():
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_TIMEOUT} s:\n{self.output()[-3000:]}")
-            time.sleep(1)
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-        return self.output()
+def url_written(output: str) -> bool:
+    return "running on" in output
 
 
 @pytest.mark.slow
 def test_quiet_start_and_predict_with_audio_alone(tmp_path):
     from gradio_client import Client, handle_file
-    app = App(tmp_path)
+    app = start_app(tmp_path)
     try:
-        app.wait_ready()
+        app.wait_ready(url_written)
         client = Client(app.url, verbose=False, download_files=str(tmp_path / "dl"))
         info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/predict"]
         transcript = next(p for p in info["parameters"] if p["parameter_name"] == "transcript")
@@ -104,9 +63,9 @@ def test_quiet_start_and_predict_with_audio_alone(tmp_path):
 
 @pytest.mark.slow
 def test_verbose_start_shows_library_logs(tmp_path):
-    app = App(tmp_path, "--verbose")
+    app = start_app(tmp_path, "--verbose")
     try:
-        app.wait_ready()
+        app.wait_ready(url_written)
     finally:
         out = app.stop()
     assert "alembic.runtime.migration" in out          # schema migrations on the new database

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, AppProcess, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -41,49 +36,17 @@ START_TIMEOUT = 150        # app start: imports, model bundle, ASR preload (slow
 STEP_TIMEOUT = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python app.py` in a subprocess; yields (url, database url)."""
     tmp = tmp_path_factory.mktemp("app")
     db = f"sqlite:///{tmp / 'corrections.db'}"
-    port = _free_port()
-    log_path = tmp / "app.log"
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "EMODEMO_MEDIA_DIR": str(tmp / "media")}
     env.pop("SPACE_ID", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port),
-                                 "--db", db], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_TIMEOUT} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    with AppProcess(["--port", str(port), "--db", db], env, tmp / "app.log", port=port,
+                    start_timeout=START_TIMEOUT) as app:
+        yield app.wait_ready().url, db
 
 
 @pytest.fixture(scope="module")
