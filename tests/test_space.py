@@ -4,26 +4,21 @@ A Space runs `python app.py` in the repository with `SYSTEM=spaces` and `SPACE_I
 the apt packages of packages.txt, and (with persistent storage) gives the app a writable folder.
 Here: the same command and variables, a temporary folder as the persistent storage (through the
 app's own settings, EMODEMO_DB and EMODEMO_MODELS_DIR), a free localhost port, and one prediction
-and one correction through `gradio_client` on a committed example clip.
+and one correction through `gradio_client` on a committed example clip (with sign-in turned off
+through the app's setting, so a typed annotator name is recorded), and, with sign-in on as
+README's `hf_oauth: true` makes it, a correction without a signed-in session refused.
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
-import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, AppProcess, free_port
+from test_deploy import front_matter
 
 CLIP = ROOT / "data" / "examples" / "angry_actor17.flac"
 START_TIMEOUT = 240        # imports, model bundle, ASR preload: slow on 2 busy cores
@@ -72,15 +67,11 @@ def test_packages_txt_lists_every_program_the_app_runs():
     assert not missing, f"packages.txt lacks {sorted(missing)} (the app runs {sorted(found)})"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def space_env(persistent: Path, port: int) -> dict[str, str]:
+def space_env(persistent: Path, port: int, sign_in: bool) -> dict[str, str]:
     """The environment of a Space (SYSTEM, SPACE_ID, ...), with the persistent folder handed to
-    the app through its settings, and the server kept on localhost."""
+    the app through its settings, and the server kept on localhost. With README's `hf_oauth: true`
+    the Space sets the OAuth variables, and the app asks annotators to sign in; `sign_in=False`
+    turns that off through the app's setting (EMODEMO_SIGN_IN=0)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("EMODEMO_", "GRADIO_", "SPACE_", "OAUTH_"))
            and k not in ("SYSTEM", "OPENID_PROVIDER_URL", "HF_TOKEN")}
@@ -93,49 +84,31 @@ def space_env(persistent: Path, port: int) -> dict[str, str]:
         "EMODEMO_DB": f"sqlite:///{persistent / 'emodemo' / 'corrections.db'}",
         "EMODEMO_MODELS_DIR": str(persistent / "emodemo" / "models"),
     })
-    meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n",
-                                   (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1))
-    if meta.get("hf_oauth"):       # what a Space with `hf_oauth: true` sets
+    if front_matter().get("hf_oauth"):       # what a Space with `hf_oauth: true` sets
         env.update({"OAUTH_CLIENT_ID": "test-client", "OAUTH_CLIENT_SECRET": "test-secret",
                     "OAUTH_SCOPES": "openid profile", "OPENID_PROVIDER_URL": "https://huggingface.co"})
+    if not sign_in:
+        env["EMODEMO_SIGN_IN"] = "0"
     return env
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    """`python app.py` with a Space's environment; yields (url, persistent folder)."""
-    tmp = tmp_path_factory.mktemp("space")
+def start_space(tmp: Path, sign_in: bool):
+    """`python app.py` with a Space's environment, as a context manager: (app, persistent folder)."""
     persistent = tmp / "data"
     persistent.mkdir()
     port = free_port()
-    log_path = tmp / "app.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=space_env(persistent, port),
-                                stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_TIMEOUT} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url, persistent
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    app = AppProcess([], space_env(persistent, port, sign_in), tmp / "app.log", port=port,
+                     start_timeout=START_TIMEOUT)
+    return app, persistent
+
+
+@pytest.fixture
+def space(tmp_path_factory):
+    """The Space with sign-in off (EMODEMO_SIGN_IN=0), so a typed annotator name is recorded;
+    yields (url, persistent folder)."""
+    app, persistent = start_space(tmp_path_factory.mktemp("space"), sign_in=False)
+    with app:
+        yield app.wait_ready().url, persistent
 
 
 @pytest.mark.slow
@@ -164,3 +137,25 @@ def test_space_predicts_and_stores_in_persistent_storage(space, tmp_path):
         assert rec is not None and rec["label"] == "angry" and rec["annotator"] == "space-visitor"
     kept = [p for p in (persistent / "emodemo" / "media").rglob("*") if p.is_file()]
     assert len(kept) == 1 and kept[0].stat().st_size > 0, "the clip is not in persistent storage"
+
+
+@pytest.mark.slow
+def test_space_with_sign_in_refuses_a_correction_without_a_session(tmp_path):
+    """README's front matter has `hf_oauth: true`: on the Space annotators sign in, and `/correct`
+    from a client without a signed-in session is refused with a message that says what to do;
+    nothing is stored."""
+    from gradio_client import Client, handle_file
+    assert front_matter().get("hf_oauth") is True
+    app, persistent = start_space(tmp_path, sign_in=True)
+    with app:
+        app.wait_ready()
+        client = Client(app.url, verbose=False, download_files=str(tmp_path / "dl"),
+                        analytics_enabled=False)
+        with pytest.raises(Exception, match="Sign in with your Hugging Face account") as info:
+            client.submit(handle_file(str(CLIP)), "angry", "", "space-visitor", "", None, None, None,
+                          api_name="/correct").result(timeout=CALL_TIMEOUT)
+        assert "Traceback" not in str(info.value)
+    db = persistent / "emodemo" / "corrections.db"
+    from emodemo.store import CorrectionStore
+    with CorrectionStore(f"sqlite:///{db}") as store:
+        assert store.corrections() == []
