@@ -6,11 +6,10 @@ from typing import Optional
 
 from ...analysis import NONE_LABEL, Limits
 from ...settings import ROOT
+from ...store.media import AUDIO_SUFFIXES       # the one list of audio file suffixes
 from ..markdown import label_choice, signed_in
 
 EXAMPLES_DIR = ROOT / "data" / "examples"
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".oga", ".opus", ".webm", ".aac",
-                  ".aiff", ".aif")
 
 
 def example_files(examples_dir: Optional[Path] = None) -> list[str]:
