@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import labels
 from .errors import EmodemoError
 from .speech import SpeechEmotionModel, build_backbone
 from .text import TextEmotionModel
@@ -26,7 +27,7 @@ CONFIG_NAME = "config.json"
 SPEECH_WEIGHTS = "speech.safetensors"
 TEXT_WEIGHTS = "text.safetensors"
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
-LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+LABELS = list(labels.LABELS)              # the seven names, defined once in emodemo.labels
 
 
 def default_config(labels: Optional[list[str]] = None) -> dict:
