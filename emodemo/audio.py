@@ -308,8 +308,25 @@ FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank, "whisper_mel": whisper_mel,
             "ge2e+whisper_mel": ge2e_whisper_mel}
 
 
+TRIMMED = "trimmed:"     # feature-name prefix: leading and trailing silence cut off first
+
+
+def trim_silence(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float = 0.1):
+    """The clip without leading and trailing silence (10-ms frames `top_db` below the loudest), `pad`
+    s kept each side; a view. Corpora differ here (RAVDESS clips are half silence, nEMO's cut tight),
+    and so do uploads: a model pooling over silence learns the recording, not the voice."""
+    x = wav.numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
+    hop, keep = SAMPLE_RATE // 100, int(pad * 100)
+    e = frame_energy_db(x, hop)
+    on = np.flatnonzero(e > e.max() - top_db) if e.size else e
+    return wav[max(0, (on[0] - keep) * hop):min(x.size, (on[-1] + 1 + keep) * hop)] if on.size else wav
+
+
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Compute the named feature type (a key of FEATURES) as [frames, bins]."""
+    """Compute the named feature type (a key of FEATURES, optionally prefixed `trimmed:`) as
+    [frames, bins]."""
+    if name.startswith(TRIMMED):
+        return features(name[len(TRIMMED):], trim_silence(wav))
     try:
         return FEATURES[name](wav)
     except KeyError:
@@ -394,10 +411,8 @@ def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
                    for j in (k - 1, k + 1) if 0 <= j < len(regions)
                    and max(b, regions[j][1]) - min(a, regions[j][0]) <= max_fr]
         if b - a < min_fr and options:
-            j = min(options)[1]
-            lo = min(j, k)
-            regions[lo:lo + 2] = [[regions[lo][0], regions[lo + 1][1]]]
-            k = lo
+            k = min(k, min(options)[1])
+            regions[k:k + 2] = [[regions[k][0], regions[k + 1][1]]]
         else:
             k += 1
     out: list[tuple[int, int]] = []

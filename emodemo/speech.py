@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .audio import TRIMMED
 from .checkpoint import LoadReport, load_checked  # noqa: F401  (re-exported: speech.load_checked)
 from .errors import EmodemoError
 from .ge2e import GE2E, partial_slices, resemblyzer_weights  # noqa: F401  (re-exported)
@@ -113,15 +114,16 @@ class SpeechEmotionModel(nn.Module):
     returns class logits."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
-                 adapter: bool = False):
+                 adapter: bool = False, trim: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.trim = trim          # front end cuts leading/trailing silence (audio.trim_silence)
         self.head = EmotionHead(backbone.frame_dim, n_classes, hidden, dropout)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
 
     @property
     def feature(self) -> str:
-        return self.backbone.feature
+        return (TRIMMED if self.trim else "") + self.backbone.feature
 
     def pooled(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """(pooled backbone stats [B, 2·frame_dim], head logits [B, C]) — what the adapter sees."""

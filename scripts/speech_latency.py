@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="*", default=["ge2e", "whisper-tiny", "ge2e+whisper-tiny"])
     ap.add_argument("--bundles", nargs="*", default=[])
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--wav2vec2", action="store_true", help="also time a random-init wav2vec2-base")
     ap.add_argument("--out", default="runs/latency.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -55,6 +56,15 @@ def main() -> None:
                 feats = A.features(model.feature, wav)[None]
                 return torch.softmax(model(feats, torch.tensor([feats.shape[1]])), -1)
         fns[f"audio branch: {name}"] = run
+    if args.wav2vec2:
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+        w2v = Wav2Vec2Model(Wav2Vec2Config()).eval()          # wav2vec2-base architecture, random init
+        x = torch.from_numpy(wav)[None]
+
+        def run_w2v():
+            with torch.inference_mode():
+                return w2v(x).last_hidden_state.mean(1)
+        fns["wav2vec2-base (random init)"] = run_w2v
     for path in args.bundles:
         from emodemo import load_recognizer
         rec = load_recognizer(path, threads=1)
@@ -64,8 +74,10 @@ def main() -> None:
     res = interleaved(fns, reps=args.reps, warmup=2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    ref = res.get("wav2vec2-base (random init)", {}).get("median")
     for k, v in res.items():
-        print(f"{k:45s} median {v['median'] * 1000:7.1f} ms  min {v['min'] * 1000:7.1f} ms")
+        speedup = f"  {ref / v['median']:5.1f}x faster than wav2vec2-base" if ref and k.startswith("audio") else ""
+        print(f"{k:45s} median {v['median'] * 1000:7.1f} ms  min {v['min'] * 1000:7.1f} ms{speedup}")
 
 
 if __name__ == "__main__":

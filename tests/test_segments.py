@@ -89,3 +89,27 @@ def test_each_segment_of_a_joined_recording_gets_its_transcript(tmp_path, recogn
     for p, word, (a, b) in zip(preds, KEYWORDS, spans):
         assert p.start <= a + 0.02 and p.end >= b - 0.02
         assert word in p.transcript.lower(), (word, p.transcript)
+
+
+def test_trim_silence_and_the_trimmed_front_end(tmp_path):
+    """A model with `trim` pools over the voice only: the same sentence with 1.5 s of silence
+    around it gives (almost) the same features and the same audio-branch probabilities."""
+    import torch
+    from emodemo.bundle import LABELS, build_speech
+    wav = A.load_audio(espeak(SENTENCES[0], tmp_path / "s.wav"))
+    a, b = speech_span(wav)
+    quiet = np.zeros(int(1.5 * SR), np.float32)
+    padded = np.concatenate([quiet, wav, quiet])
+    cut = A.trim_silence(padded)
+    assert abs(cut.size / SR - (b - a + 0.2)) < 0.05                 # speech + 0.1 s each side
+    assert np.array_equal(A.trim_silence(np.zeros(SR, np.float32)), np.zeros(SR, np.float32))
+    assert torch.equal(A.features("trimmed:ge2e_mel", padded), A.features("ge2e_mel", cut))
+    torch.manual_seed(0)
+    model = build_speech({"labels": LABELS, "speech": {"backbone": "ge2e", "trim": True}}).eval()
+    assert model.feature == "trimmed:ge2e_mel"
+    with torch.inference_mode():
+        p = [torch.softmax(model(A.features(model.feature, w)[None]), -1)[0] for w in (padded, wav)]
+        model.trim = False
+        untrimmed = torch.softmax(model(A.features(model.feature, padded)[None]), -1)[0]
+    assert torch.allclose(p[0], p[1], atol=0.02)
+    assert (untrimmed - p[1]).abs().max() > (p[0] - p[1]).abs().max()

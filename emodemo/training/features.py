@@ -32,18 +32,21 @@ def backbone_key(speech_cfg: dict) -> str:
     """Cache key of a frozen backbone: name, weight source and (if any) its frame options."""
     name = str(speech_cfg.get("backbone", "ge2e"))
     source = Path(str(speech_cfg.get("source") or "default")).name or "default"
-    extra = {k: speech_cfg[k] for k in sorted(speech_cfg) if k in ("layers", "window", "min_seconds", "level")}
+    extra = {k: speech_cfg[k] for k in sorted(speech_cfg)
+             if k in ("layers", "window", "min_seconds", "level", "trim") and speech_cfg[k] is not None}
     tail = "-" + hashlib.sha1(repr(extra).encode()).hexdigest()[:8] if extra else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{source}{tail}")
 
 
-def backbone_extractor(backbone: nn.Module) -> Extractor:
-    """Frames of a frozen backbone for one waveform: its front end, then `frames()`."""
+def backbone_extractor(backbone: nn.Module, feature: Optional[str] = None) -> Extractor:
+    """Frames of a frozen backbone for one waveform: its front end (`feature`, default the
+    backbone's own; a SpeechEmotionModel's `feature` adds its trimming), then `frames()`."""
     backbone.eval()
+    feature = feature or backbone.feature
 
     @torch.inference_mode()
     def extract(wav: np.ndarray) -> torch.Tensor:
-        feats = A.features(backbone.feature, wav)[None]
+        feats = A.features(feature, wav)[None]
         frames, lengths = backbone.frames(feats)
         return frames[0, : int(lengths[0])]
     return extract

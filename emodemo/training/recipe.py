@@ -116,6 +116,7 @@ class SpeechRecipe(_Section):
         "speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5, "gain_db": [-10, 10]})
     eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
     multicorpus: Optional[dict] = None   # frozen backbone, several corpora: see training/speech_multicorpus.py
+    trim: Optional[bool] = None          # front end cuts leading/trailing silence (audio.trim_silence)
 
     def check(self, where: str) -> None:
         for name in ("epochs", "head_epochs", "hidden"):

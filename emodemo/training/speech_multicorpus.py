@@ -87,14 +87,16 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
     if model is None:
         from ..bundle import build_speech
         model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
-                                                                 "hidden": sc.hidden, "dropout": sc.dropout}})
+                                                                 "hidden": sc.hidden, "dropout": sc.dropout,
+                                                                 "trim": bool(sc.trim)}})
     model.eval()
     for p in model.backbone.parameters():
         p.requires_grad = False
     test_items = load_spec(mc["test"]) if mc["test"] else []
     corpora = corpora_from_items(train_items, val_items, test_items, mc["aux"])
-    cache = FrameCache(backbone_key({"backbone": sc.backbone, "source": sc.source}), mc["cache"])
-    extract = backbone_extractor(model.backbone)
+    cache = FrameCache(backbone_key({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None}),
+                       mc["cache"])
+    extract = backbone_extractor(model.backbone, model.feature)
     t0 = time.time()
     memo: dict[str, torch.Tensor] = {}
 
