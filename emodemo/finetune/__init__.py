@@ -9,7 +9,8 @@ pipeline (`finetune()`) · card (model card) · cli (command line). See docs/fin
 """
 from .dataset import (MIN_CLASSES, MIN_PER_CLASS, NONE_LABEL, VAL_FRACTION, Clip, Dataset, FinetuneError,
                       TooFewCorrections, build_dataset, check_counts, format_summary, split_clips)
-from .evaluate import compare, ece, evaluate_models, fit_temperature, gate
+from ..training.metrics import ece
+from .evaluate import compare, evaluate_models, fit_temperature, gate
 from .pipeline import FINETUNE_RECIPE, finetune, next_version
 from .replay import DEFAULT_REPLAY_N, clip_items, default_replay, pack_replay, replay_items
 from .cli import main_finetune

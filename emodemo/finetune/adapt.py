@@ -103,6 +103,18 @@ def fit_gate(corr: Feats, replay: Feats, mean: np.ndarray, std: np.ndarray) -> t
     return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
 
 
+class one_thread:
+    """L-BFGS on these small problems is thousands of tiny tensor ops: a second OpenMP thread only
+    adds synchronisation (and stalls badly when another process holds a core)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
 def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mean: np.ndarray,
         std: np.ndarray, gated: bool = False, rho: float = CORRECTION_SHARE,
         steps: int = LBFGS_STEPS, gate: Optional[tuple] = None) -> Adapter:
@@ -135,7 +147,8 @@ def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mea
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with one_thread():
+        opt.step(closure)
     with torch.no_grad():
         shell.W = (W * mask[:, None]).numpy().astype(np.float32)
         shell.c = (c * mask).numpy().astype(np.float32)

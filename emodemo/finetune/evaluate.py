@@ -80,21 +80,6 @@ def fit_temperature(p, y) -> float:
     return best_t
 
 
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error of the top-class confidence (equal-width bins)."""
-    p, y = np.asarray(p), np.asarray(y)
-    if not len(y):
-        return float("nan")
-    conf, pred = p.max(1), p.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    out = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            out += m.mean() * abs(float((pred[m] == y[m]).mean()) - float(conf[m].mean()))
-    return float(out)
-
-
 def softmax(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, np.float64) / t
     z -= z.max(1, keepdims=True)

@@ -30,7 +30,8 @@ from ..errors import EmodemoError
 from . import adapt as AD
 from .dataset import (MIN_CLASSES, MIN_PER_CLASS, VAL_FRACTION, FinetuneError, TooFewCorrections,
                       build_dataset, check_counts, split_clips)
-from .evaluate import (changes, ece, evaluate_models, fit_temperature, gate, short_metrics, softmax)
+from ..training.metrics import ece
+from .evaluate import changes, evaluate_models, fit_temperature, gate, short_metrics, softmax
 from .features import Feats, extract, pooled_dim
 from .replay import (DEFAULT_REPLAY_N, REPLAY_PACK, as_list, available_specs, clip_items, default_replay,
                      load_pack, replay_items)

@@ -22,3 +22,18 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dic
             "UA": unweighted_accuracy(y_true, y_pred, n_classes),
             "macro_F1": float(np.mean(f1)) if f1 else 0.0,
             "n": int(len(y_true)), "confusion": cm.tolist()}
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the top-class confidence (equal-width bins)."""
+    p, y = np.asarray(p), np.asarray(y)
+    if not len(y):
+        return float("nan")
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    out = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            out += m.mean() * abs(float((pred[m] == y[m]).mean()) - float(conf[m].mean()))
+    return float(out)
