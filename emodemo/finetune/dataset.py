@@ -8,10 +8,11 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ..errors import FinetuneError
+from ..errors import EmodemoError, FinetuneError
 from ..labels import NONE_LABEL, normalize_label, vote
 
 MIN_PER_CLASS = 3            # clips per class for it to be used
@@ -227,3 +228,31 @@ def split_clips(clips: Sequence[Clip], val_fraction: float = VAL_FRACTION,
     train = [c for c in clips if c.group not in val_groups]
     val = [c for c in clips if c.group in val_groups]
     return train, val
+
+
+def read_corrections(source: Any, media_dir: Optional[str] = None) -> tuple[list, str]:
+    """(records, where they came from) from a CorrectionStore, a database URL / SQLite path, or an
+    iterable of records (dicts or store Records)."""
+    from ..store import CorrectionStore, normalize_url, redact_url
+    if isinstance(source, CorrectionStore):
+        return source.corrections(), redact_url(source.url)
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source), "(records)"
+    from sqlalchemy.engine import make_url
+    url = normalize_url(str(source))
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        raise FinetuneError(f"not a database URL: {source}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db and db != ":memory:" and not db.startswith("file:") and not Path(db).expanduser().exists():
+            raise FinetuneError(f"no corrections database at {db}")
+    try:
+        store = CorrectionStore(url, media_dir=media_dir)
+    except EmodemoError as exc:
+        raise FinetuneError(str(exc)) from None
+    try:
+        return store.corrections(), redact_url(store.url)
+    finally:
+        store.close()

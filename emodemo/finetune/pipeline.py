@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -29,12 +28,11 @@ import numpy as np
 from ..errors import EmodemoError
 from . import adapt as AD
 from .dataset import (MIN_CLASSES, MIN_PER_CLASS, VAL_FRACTION, FinetuneError, TooFewCorrections,
-                      build_dataset, check_counts, split_clips)
+                      build_dataset, check_counts, read_corrections, split_clips)
 from ..training.metrics import ece
 from .evaluate import changes, evaluate_models, fit_temperature, gate, short_metrics, softmax
-from .features import Feats, extract, pooled_dim
-from .replay import (DEFAULT_REPLAY_N, REPLAY_PACK, as_list, available_specs, clip_items, default_replay,
-                     load_pack, replay_items)
+from .features import Feats, extract
+from .replay import DEFAULT_REPLAY_N, as_list, clip_items, gather_replay
 
 log = logging.getLogger(__name__)
 
@@ -53,71 +51,6 @@ def next_version(version: Any) -> str:
     v = str(version or "0")
     m = re.fullmatch(r"(.*)\.ft(\d+)", v)
     return f"{m.group(1)}.ft{int(m.group(2)) + 1}" if m else f"{v}.ft1"
-
-
-# ---- 1. read --------------------------------------------------------------------------------
-def read_corrections(source: Any, media_dir: Optional[str] = None) -> tuple[list, str]:
-    """(records, where they came from) from a CorrectionStore, a database URL / SQLite path, or an
-    iterable of records (dicts or store Records)."""
-    from ..store import CorrectionStore, normalize_url, redact_url
-    if isinstance(source, CorrectionStore):
-        return source.corrections(), redact_url(source.url)
-    if not isinstance(source, (str, os.PathLike)):
-        return list(source), "(records)"
-    from sqlalchemy.engine import make_url
-    url = normalize_url(str(source))
-    try:
-        parsed = make_url(url)
-    except Exception as exc:  # noqa: BLE001
-        raise FinetuneError(f"not a database URL: {source}") from exc
-    if parsed.get_backend_name() == "sqlite":
-        db = parsed.database or ""
-        if db and db != ":memory:" and not db.startswith("file:") and not Path(db).expanduser().exists():
-            raise FinetuneError(f"no corrections database at {db}")
-    try:
-        store = CorrectionStore(url, media_dir=media_dir)
-    except EmodemoError as exc:
-        raise FinetuneError(str(exc)) from None
-    try:
-        return store.corrections(), redact_url(store.url)
-    finally:
-        store.close()
-
-
-# ---- 3. replay ------------------------------------------------------------------------------
-def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: int, seed: int,
-                  say: Progress) -> dict:
-    """Speech replay (Feats: pack + data on disk), its guard part, and text replay items."""
-    labels = list(cfg["labels"])
-    dim = pooled_dim(speech)
-    pack_tr, pack_guard = load_pack(base_bundle, cfg, dim)
-    asked = default_replay(cfg) if replay_spec is None else \
-        [s for s in as_list(replay_spec) if s.lower() != "none"]
-    specs, missing = available_specs(asked)
-    if replay_spec is not None and missing:      # asked for explicitly: a typo must fail fast
-        spec, why = next(iter(missing.items()))
-        raise FinetuneError(f"cannot read data spec {spec}: {why}")
-    for spec, why in missing.items():
-        log.info("replay: skipping %s (%s)", spec, why)
-    try:
-        rep = replay_items(specs, replay_n, labels, seed)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        raise FinetuneError(f"cannot read data spec: {exc}") from None
-    disk_tr, disk_va = rep["speech"]
-    parts_tr, parts_guard = [pack_tr], [pack_guard]
-    if disk_tr or disk_va:
-        say(0.3, f"features of {len(disk_tr) + len(disk_va)} replay clips from the training data")
-        parts_tr.append(extract(speech, disk_tr, labels))
-        parts_guard.append(extract(speech, disk_va, labels))
-    sources = {s: v for s, v in rep["specs"].items()}
-    if pack_tr is not None:
-        sources[f"bundle:{REPLAY_PACK}"] = {"kind": "speech", "available": len(pack_tr) + len(pack_guard),
-                                            "train": len(pack_tr), "val": len(pack_guard)}
-    for s, why in missing.items():
-        sources[s] = {"kind": "skipped", "reason": why, "available": 0, "train": 0, "val": 0}
-    n = len(labels)
-    return {"train": Feats.concat(parts_tr, dim, n), "guard": Feats.concat(parts_guard, dim, n),
-            "text": rep["text"], "sources": sources}
 
 
 # ---- 4. speech ------------------------------------------------------------------------------

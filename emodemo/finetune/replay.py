@@ -17,8 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import EmodemoError
+from ..errors import EmodemoError, FinetuneError
 from .dataset import Clip
+from .features import Feats, extract, pooled_dim
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,6 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
 
     from ..bundle import CONFIG_NAME, load_bundle
     from ..data import load_spec
-    from .features import Feats, extract
     bundle = Path(bundle)
     cfg, speech, _ = load_bundle(bundle)
     labels = list(cfg["labels"])
@@ -216,7 +216,6 @@ def load_pack(bundle: str | Path, cfg: dict, dim: int):
     import numpy as np
     from safetensors.torch import load_file
 
-    from .features import Feats
     path = Path(bundle) / (cfg.get("replay_pack") or {}).get("file", REPLAY_PACK)
     if not path.is_file():
         return None, None
@@ -229,3 +228,38 @@ def load_pack(bundle: str | Path, cfg: dict, dim: int):
     groups = [f"pack-{'guard' if g else 'train'}" for g in guard]
     f = Feats(x, b, y, groups)
     return f.take(np.flatnonzero(~guard)), f.take(np.flatnonzero(guard))
+
+
+def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: int, seed: int,
+                  say) -> dict:
+    """Speech replay (Feats: pack + data on disk), its guard part, and text replay items."""
+    labels = list(cfg["labels"])
+    dim = pooled_dim(speech)
+    pack_tr, pack_guard = load_pack(base_bundle, cfg, dim)
+    asked = default_replay(cfg) if replay_spec is None else \
+        [s for s in as_list(replay_spec) if s.lower() != "none"]
+    specs, missing = available_specs(asked)
+    if replay_spec is not None and missing:      # asked for explicitly: a typo must fail fast
+        spec, why = next(iter(missing.items()))
+        raise FinetuneError(f"cannot read data spec {spec}: {why}")
+    for spec, why in missing.items():
+        log.info("replay: skipping %s (%s)", spec, why)
+    try:
+        rep = replay_items(specs, replay_n, labels, seed)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        raise FinetuneError(f"cannot read data spec: {exc}") from None
+    disk_tr, disk_va = rep["speech"]
+    parts_tr, parts_guard = [pack_tr], [pack_guard]
+    if disk_tr or disk_va:
+        say(0.3, f"features of {len(disk_tr) + len(disk_va)} replay clips from the training data")
+        parts_tr.append(extract(speech, disk_tr, labels))
+        parts_guard.append(extract(speech, disk_va, labels))
+    sources = {s: v for s, v in rep["specs"].items()}
+    if pack_tr is not None:
+        sources[f"bundle:{REPLAY_PACK}"] = {"kind": "speech", "available": len(pack_tr) + len(pack_guard),
+                                            "train": len(pack_tr), "val": len(pack_guard)}
+    for s, why in missing.items():
+        sources[s] = {"kind": "skipped", "reason": why, "available": 0, "train": 0, "val": 0}
+    n = len(labels)
+    return {"train": Feats.concat(parts_tr, dim, n), "guard": Feats.concat(parts_guard, dim, n),
+            "text": rep["text"], "sources": sources}
