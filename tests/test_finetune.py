@@ -333,6 +333,7 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     assert rep["written"], rep["gate"]
     assert fractions[-1][0] == 1.0 and any(m.startswith("speech: fitting the adapter") for _, m in fractions)
     assert any(m.startswith("features of training corrections") for _, m in fractions)
+    assert any(m.startswith("text epoch 1:") for _, m in fractions)     # epochs reach the progress
     assert all(b >= a for (a, _), (b, _) in zip(fractions, fractions[1:]))
     assert rep["dataset"]["clips"] == 19 and rep["speech"]["updated"]
     assert any(Path(tmp_path / "cache").rglob("*.wav"))      # the segment was cut into the cache

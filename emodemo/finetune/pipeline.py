@@ -96,6 +96,36 @@ def adapt_speech(speech, cfg: dict, tr: Feats, va: Feats, replay: dict, toleranc
 
 
 # ---- 5. text --------------------------------------------------------------------------------
+class EpochLines(logging.Handler):
+    """While active, the training loops' "text epoch N: ..." log lines become progress steps."""
+
+    def __init__(self, cb: Callable[[int, str], None]):
+        super().__init__(logging.INFO)
+        self.cb = cb
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("text epoch ") and not msg.startswith("text epoch 0"):
+            try:
+                self.cb(int(msg.split()[2].rstrip(":")), msg)
+            except (ValueError, IndexError):   # progress must never break training
+                pass
+
+    def __enter__(self):
+        from ..training import TRAIN_LOG
+        self.logger = logging.getLogger(TRAIN_LOG)
+        self.level = self.logger.level
+        self.logger.addHandler(self)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
+
 def adapt_text(text, base_text, labels, recipe: dict, train_items, val_items, replay_text, run_dir: Path,
                say: Progress):
     """Fine-tune the text branch when the corrections carry label information in their transcripts."""
@@ -120,7 +150,8 @@ def adapt_text(text, base_text, labels, recipe: dict, train_items, val_items, re
         n_ep = int(recipe["text"]["epochs"])
         say(0.6, f"text: fine-tuning on {len(t_tr)} transcripts ({n_ep} epochs)")
         text.train()
-        text, m_text, hist = train_text(recipe, labels, t_tr + rt_tr, tv, Run(run_dir, recipe), model=text)
+        with EpochLines(lambda ep, msg: say(0.6 + 0.18 * ep / max(1, n_ep), msg)):
+            text, m_text, hist = train_text(recipe, labels, t_tr + rt_tr, tv, Run(run_dir, recipe), model=text)
         text.eval()
         rep.update(train=len(t_tr), replay_train=len(rt_tr), val=len(tv), val_macro_F1_base=round(base_f1, 4),
                    val_macro_F1_new=round(m_text["macro_F1"], 4), history=hist)

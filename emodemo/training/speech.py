@@ -161,7 +161,8 @@ def train_speech(cfg: Recipe | dict, labels: Sequence[str], train_items: Sequenc
             sampler.set_epoch(ep)
         ddp.train()
         tot, cnt, t0 = 0.0, 0, time.time()
-        for x, lengths, yb in tqdm(loader, desc=f"speech epoch {ep + 1}", leave=False, disable=rank > 0):
+        bar_off = True if rank > 0 else None      # None: a bar on a TTY only, no escape codes in logs
+        for x, lengths, yb in tqdm(loader, desc=f"speech epoch {ep + 1}", leave=False, disable=bar_off):
             loss = crit(ddp(x, lengths), yb)
             opt.zero_grad()
             loss.backward()

@@ -157,7 +157,7 @@ def train_text(cfg: Recipe | dict, labels: Sequence[str], train_items: Sequence[
         model.train()
         batches = epoch_batches(ep)
         tot, t0, seen = 0.0, time.time(), 0
-        for idx in tqdm(batches, desc=f"text epoch {ep + 1}", leave=False):
+        for idx in tqdm(batches, desc=f"text epoch {ep + 1}", leave=False, disable=None):   # bar on a TTY only
             enc = model.tokenize([texts[i] for i in idx], max_length=tc.max_length)
             enc.pop("token_type_ids", None)
             logp = F.log_softmax(model(**enc), -1)
