@@ -174,6 +174,22 @@ def grouped_folds(groups: Sequence[str], y: np.ndarray, k: int, seed: int = 0) -
     return [np.array([i for i, g in enumerate(groups) if where[g] == j]) for j in range(k)]
 
 
+def probe_adapter(corr: Feats, replay: Feats, n_classes: int, mean: np.ndarray, std: np.ndarray,
+                  gate: Optional[tuple] = None) -> Adapter:
+    """The linear probe as an adapter candidate: beta = 0 and the probe's logits on the gated
+    (user-like) audio; classes the corrections lack get a very low logit there, the head elsewhere."""
+    clf = linear_probe(corr, mean, std)
+    W = np.zeros((n_classes, corr.x.shape[1]), np.float32)
+    c = np.full(n_classes, -30.0, np.float32)
+    coef, icpt = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:          # sklearn's binary case: one row for the second class
+        coef, icpt = np.vstack([-coef / 2, coef / 2]), np.r_[-icpt / 2, icpt / 2]
+    for row, k in enumerate(clf.classes_):
+        W[k], c[k] = coef[row], icpt[row]
+    u, d = gate if gate is not None else ((None, NO_GATE_BIAS) if not len(replay) else fit_gate(corr, replay, mean, std))
+    return Adapter(W, c, 0.0, mean, std, u, d)
+
+
 def linear_probe(corr: Feats, mean: np.ndarray, std: np.ndarray, C: float = 1.0):
     """The baseline: logistic regression on standardised pooled features of the corrections alone."""
     from sklearn.linear_model import LogisticRegression
@@ -217,16 +233,36 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
                               "oof": oof[ok], "oof_y": corr.y[ok]})
                 log.info("adapter gate %s beta %.2f lambda %g: CV UA %.3f, guard UA %s", gated, beta, lam,
                          cv, "-" if g is None else f"{g:.3f}")
+    # the linear probe itself (gated when there is replay) competes on the same terms
+    oof = np.full((len(corr), n_classes), np.nan, np.float32)
+    for j, (tr, te) in enumerate(splits):
+        oof[te] = probe_adapter(corr.take(tr), replay, n_classes, mean, std, gates.get(j)).logits(corr.x[te], corr.b[te])
+    ok = ~np.isnan(oof[:, 0])
+    a_all = probe_adapter(corr, replay, n_classes, mean, std, gates.get("all"))
+    g = ua(guard.y, a_all.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
+    table.append({"gate": bool(len(replay)), "beta": 0.0, "lambda": "probe",
+                  "cv_UA": round(ua(corr.y[ok], oof[ok].argmax(1), classes), 4) if ok.any() else float("nan"),
+                  "guard_UA": None if g is None else round(g, 4), "adapter": a_all, "oof": oof[ok], "oof_y": corr.y[ok]})
     allowed = [r for r in table if guard_base is None or r["guard_UA"] >= guard_base - tolerance - 1e-9]
     # ties: prefer the gate, then more of the head, then stronger regularisation
-    best = max(allowed or table, key=lambda r: (r["cv_UA"], r["gate"], r["beta"], r["lambda"]))
+    best = max(allowed or table, key=lambda r: (r["cv_UA"], r["gate"], r["beta"],
+                                                 -1 if r["lambda"] == "probe" else r["lambda"]))
     base_cv = ua(corr.y, base.logits(corr.x, corr.b).argmax(1), classes)
     return {"adapter": best["adapter"], "gate": best["gate"], "beta": best["beta"], "lambda": best["lambda"],
+            "kind": "linear probe" if best["lambda"] == "probe" else "adapter",
             "cv_UA": best["cv_UA"], "cv_UA_base": round(base_cv, 4),
             "guard_UA_base": None if guard_base is None else round(guard_base, 4),
             "guard_UA": best["guard_UA"], "guard_ok": bool(allowed),
             "table": [{k: v for k, v in r.items() if k not in ("adapter", "oof", "oof_y")} for r in table],
             "oof": best["oof"], "oof_y": best["oof_y"], "mean": mean, "std": std}
+
+
+def refit(choice: dict, corr: Feats, replay: Feats, n_classes: int) -> Adapter:
+    """The setting `choose` picked, fitted again on `corr` (e.g. all corrections)."""
+    if choice["lambda"] == "probe":
+        return probe_adapter(corr, replay, n_classes, choice["mean"], choice["std"])
+    return fit(corr, replay, n_classes, choice["beta"], choice["lambda"], choice["mean"], choice["std"],
+               choice["gate"])
 
 
 def install(speech, adapter: Adapter) -> None:

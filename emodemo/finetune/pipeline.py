@@ -72,7 +72,8 @@ def adapt_speech(speech, cfg: dict, tr: Feats, va: Feats, replay: dict, toleranc
     probe = AD.linear_probe(tr, ch["mean"], ch["std"])
     rep = {"method": "residual adapter on frozen-backbone features", "train_corrections": len(tr),
            "val_corrections": len(va), "replay_train": len(replay["train"]),
-           "replay_guard": len(replay["guard"]), "gate": ch["gate"], "beta": ch["beta"], "lambda": ch["lambda"],
+           "replay_guard": len(replay["guard"]), "chosen": ch["kind"], "gate": ch["gate"], "beta": ch["beta"],
+           "lambda": ch["lambda"],
            "cv_UA": ch["cv_UA"], "cv_UA_base": ch["cv_UA_base"], "guard_UA_base": ch["guard_UA_base"],
            "guard_UA_new": ch["guard_UA"], "selection": ch["table"],
            "val_UA_base": round(AD.ua(va.y, lb.argmax(1), classes), 4) if len(va) else None,
@@ -88,7 +89,7 @@ def adapt_speech(speech, cfg: dict, tr: Feats, va: Feats, replay: dict, toleranc
     final = new
     if len(va) and va is not tr:
         both = Feats.concat([tr, va], tr.x.shape[1], n)
-        final = AD.fit(both, replay["train"], n, ch["beta"], ch["lambda"], ch["mean"], ch["std"], ch["gate"])
+        final = AD.refit(ch, both, replay["train"], n)
     rep.update(updated=True, temperature=round(t_new, 4), final_fit_corrections=len(tr) + (len(va) if final is not new else 0),
                ECE_val_base=round(ece(softmax(lb, t_base), va.y), 4) if len(va) else None,
                ECE_val_new=round(ece(softmax(ln, t_new), va.y), 4) if len(va) else None)
