@@ -169,14 +169,21 @@ def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main_pack(argv: Optional[Sequence[str]] = None) -> int:
-    """`emodemo finetune-pack --bundle DIR --data SPEC [--data SPEC ...]`: (re)write a bundle's replay
-    pack from its training data (run where the data is)."""
-    from .replay import pack_replay
+    """`emodemo finetune-pack --bundle DIR [--data SPEC ...]`: (re)write a bundle's replay pack from
+    its training data (default: the speech training specs in its config; run where the data is)."""
+    from ..bundle import read_config
+    from ..training import DEFAULT_RECIPE
+    from .replay import as_list, pack_replay
     p = argparse.ArgumentParser(prog="python -m emodemo finetune-pack",
                                 description="Write a bundle's replay pack (replay.safetensors).")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--data", action="append", required=True, metavar="SPEC")
-    p.add_argument("--per-class", type=int, default=64)
+    p.add_argument("--data", action="append", default=None, metavar="SPEC",
+                   help="speech data specs (default: the bundle's own speech training specs)")
+    p.add_argument("--per-class", type=int, default=64, help="clips per class and spec (default 64)")
     args = p.parse_args(argv)
-    print(json.dumps(pack_replay(args.bundle, args.data, args.per_class), indent=2))
+    specs = args.data
+    if not specs:
+        rc = (read_config(args.bundle).get("training") or {}).get("run_config") or {}
+        specs = as_list((rc.get("speech") or {}).get("train") or DEFAULT_RECIPE["speech"]["train"])
+    print(json.dumps(pack_replay(args.bundle, specs, args.per_class), indent=2))
     return 0
