@@ -200,6 +200,7 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     save_file({"stats": torch.from_numpy(feats.x).half(), "logits": torch.from_numpy(feats.b).half(),
                "labels": torch.from_numpy(feats.y), "guard": torch.from_numpy(guard)},
               str(bundle / REPLAY_PACK))
+    os.chmod(bundle / REPLAY_PACK, 0o644)     # readable like the bundle's other files
     meta = {"file": REPLAY_PACK, "items": int(len(feats)), "guard_items": int(guard.sum()),
             "per_class": per_class, "specs": info,
             "what": "mean+std pooled frozen-backbone frames and head logits (float16)"}
