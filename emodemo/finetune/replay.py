@@ -178,7 +178,7 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     cfg, speech, _ = load_bundle(bundle)
     labels = list(cfg["labels"])
     rng = random.Random(seed)
-    parts, info = [], {}
+    parts, guards, info = [], [], {}
     for spec in specs:
         items = [i for i in load_spec(spec) if i.audio and i.label in labels]
         by: dict = defaultdict(list)
@@ -190,13 +190,12 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
             rng.shuffle(lst)
             chosen += lst[:per_class]
         log.info("replay pack: %s: %d of %d clips", spec, len(chosen), len(items))
-        parts.append(extract(speech, chosen, labels))
-        info[spec] = {"available": len(items), "packed": len(chosen)}
+        f = extract(speech, chosen, labels)
+        parts.append(f)
+        guards.append(guard_part(f.groups, guard_fraction, rng))
+        info[spec] = {"available": len(items), "packed": len(chosen), "guard": int(guards[-1].sum())}
     feats = Feats.concat(parts, 2 * speech.backbone.frame_dim, len(labels))
-    speakers = sorted(set(feats.groups))
-    rng.shuffle(speakers)
-    guard_spk = set(speakers[:max(1, round(guard_fraction * len(speakers)))]) if len(speakers) > 1 else set()
-    guard = np.array([g in guard_spk for g in feats.groups])
+    guard = np.concatenate(guards) if guards else np.zeros(0, bool)
     save_file({"stats": torch.from_numpy(feats.x).half(), "logits": torch.from_numpy(feats.b).half(),
                "labels": torch.from_numpy(feats.y), "guard": torch.from_numpy(guard)},
               str(bundle / REPLAY_PACK))
@@ -209,6 +208,21 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     cfg["replay_pack"] = meta
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     return meta
+
+
+def guard_part(groups: Sequence[str], fraction: float, rng: random.Random):
+    """Which clips of one spec form the guard: `fraction` of its speakers, whole; a spec with a
+    single speaker (e.g. the synthetic voice) is split by clip, so every spec is in both parts."""
+    import numpy as np
+    speakers = sorted(set(groups))
+    if len(speakers) > 1:
+        rng.shuffle(speakers)
+        held = set(speakers[:max(1, round(fraction * len(speakers)))])
+        return np.array([g in held for g in groups])
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    held = set(order[:round(fraction * len(groups))])
+    return np.array([i in held for i in range(len(groups))])
 
 
 def load_pack(bundle: str | Path, cfg: dict, dim: int):
