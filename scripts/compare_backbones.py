@@ -130,7 +130,8 @@ VIEWS = {"whisper-b1-4": ("whisper-proto", slice(0, 1536)), "whisper-final": ("w
          "whisper-b3-4": ("whisper-proto", slice(768, 1536)), "whisper-b2-3": ("whisper-proto", slice(384, 1152)),
          "ge2e-l3": ("ge2e", slice(512, 768)), "whisper-lvl-b1-4": ("whisper-proto-lvl", slice(0, 1536)),
          "whisper-lvl-final": ("whisper-proto-lvl", slice(1536, 1920)),
-         "whisper-trim-b1-4": ("whisper-trim", slice(0, 1536))}
+         "whisper-trim-b1-4": ("whisper-trim", slice(0, 1536)), "whisper-trim-final": ("whisper-trim", slice(1536, 1920)),
+         "whisper-trim-b3-4": ("whisper-trim", slice(768, 1536))}
 
 
 def build_model(kind: str, dim: int, n: int, train_xs) -> tuple[torch.nn.Module, object]:
@@ -151,7 +152,8 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
     model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
                                            epochs=epochs, lr=lr, seed=args.seed,
                                            batch_size=64 if kind == "probe" else 32,
-                                           patience=args.patience, absent=args.absent, log_every=1)
+                                           patience=args.patience, absent=args.absent,
+                                           speaker_shift=args.speaker_shift, log_every=1)
     return model, collate, hist, best
 
 
@@ -226,6 +228,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--absent", type=float, default=0.0,
                     help="share of the loss over all classes (0: each corpus's own classes only)")
+    ap.add_argument("--speaker-shift", type=float, default=0.0,
+                    help="share of training clips moved to another speaker's mean frame")
     ap.add_argument("--extract-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -158,20 +158,24 @@ def test_train_speech_multicorpus_reports_corpora_loco_and_serves_the_same(tone_
     model, m, hist = train_speech_multicorpus(cfg, labels, [i for c in tone_corpora.values() for i in c.train],
                                               [i for c in tone_corpora.values() for i in c.val], run=None)
     r = m["multicorpus"]
+    torch.rand(1000)                                  # whatever ran before, the same recipe gives the same model
+    again, _, _ = train_speech_multicorpus(cfg, labels, [i for c in tone_corpora.values() for i in c.train],
+                                           [i for c in tone_corpora.values() for i in c.val], run=None)
+    assert all(torch.equal(a, b) for a, b in zip(model.head.state_dict().values(), again.head.state_dict().values()))
     assert set(r["val"]) == {"a", "b"} and set(r["test"]) == {"b"}
     assert r["splits"]["a"] == {"train": ["a-s1", "a-s2"], "val": ["a-s3"], "test": []}
     assert r["val"]["a"]["UA"] >= 0.75 and r["test"]["b"]["UA"] >= 0.66
     assert m["mean_UA_over_corpora"] == pytest.approx(max(h["val_UA"] for h in hist))
-    assert 0.5 <= m["temperature"] <= 4.0
+    assert 0.5 <= r["temperature"] <= 4.0 and "temperature" not in m     # folded into the head
     assert set(r["loco"]) == {"a", "b"} and sum(r["loco"]["a"]["all"]["histogram"].values()) == pytest.approx(1.0, abs=1e-3)
     # what serving computes from the waveform (front end, backbone, head, temperature) is what was measured
     from emodemo.audio import features, load_audio
     items = tone_corpora["b"].val[:3]
     cached = MC.predict(model.head, FT.FrameCache("ge2e-resemblyzer", tmp_path / "cache").load(items),
-                        MC.make_collate("frames"), temperature=m["temperature"])
+                        MC.make_collate("frames"))
     model.eval()
     with torch.inference_mode():
-        served = np.stack([torch.softmax(model(features(model.feature, load_audio(i.audio))[None]) / m["temperature"], -1)[0].numpy()
+        served = np.stack([torch.softmax(model(features(model.feature, load_audio(i.audio))[None]), -1)[0].numpy()
                            for i in items])
     assert np.allclose(served, cached, atol=2e-2)
     card = multicorpus_card({"name": "t", "version": "1", "labels": labels, "fusion": {}, "asr": {"backend": "x", "model": "y"}},
@@ -179,3 +183,15 @@ def test_train_speech_multicorpus_reports_corpora_loco_and_serves_the_same(tone_
                              "fusion": {"per_set": {"s": {"audio_UA": 0.5, "text_UA": 0.4, "fused_UA": 0.5}}}},
                             1_000_000, cfg | {"text": {"base": "m", "train": "x", "val": "y"}, "fusion": {"val": ["s"]}})
     assert "| a |" in card and "Leave one corpus out" in card and "a-s3" not in card and "s3" in card
+
+
+def test_speaker_shift_moves_a_clip_to_another_speakers_mean():
+    xs = [torch.full((3, 2), 1.0), torch.full((5, 2), 3.0), torch.full((4, 2), 10.0)]
+    shift = MC.speaker_shifts(xs, ["a", "a", "b"])
+    mean_a = (3 * 1.0 + 5 * 3.0) / 8
+    seen = set()
+    for _ in range(50):
+        moved = xs[0] + shift(0)
+        assert torch.allclose(moved - moved.mean(0), xs[0] - xs[0].mean(0))      # shape of the clip kept
+        seen.add(round(float(shift(0)[0]), 4))
+    assert seen == {0.0, round(10.0 - mean_a, 4)}

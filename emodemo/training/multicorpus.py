@@ -241,6 +241,19 @@ def tempered(p: np.ndarray, t: float) -> np.ndarray:
 
 
 # ---- the training loop ----------------------------------------------------------------------
+def speaker_shifts(xs: Sequence[torch.Tensor], speakers: Sequence[str]) -> Callable[[int], torch.Tensor]:
+    """shift(i): a random other training speaker's mean frame minus item i's speaker's mean frame."""
+    sums: dict[str, tuple[torch.Tensor, int]] = {}
+    for x, s in zip(xs, speakers):
+        t, n = sums.get(s, (0.0, 0))
+        sums[s] = (t + x.float().sum(0), n + x.shape[0])
+    names = sorted(sums)
+    means = torch.stack([sums[s][0] / max(1, sums[s][1]) for s in names])
+    own = [names.index(s) for s in speakers]
+    return lambda i: means[random.randrange(len(names))] - means[own[i]]
+
+
+
 @dataclass
 class Split:
     """Features of one set of items, with labels and the corpus each item came from."""
@@ -277,12 +290,17 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
                     epochs: int = 30, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
                     smoothing: float = 0.1, weight_decay: float = 1e-2, patience: int = 8,
                     corpus_weight: Optional[dict[str, float]] = None, absent: float = 0.0,
-                    log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
+                    speaker_shift: float = 0.0, log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
     """Mixed-corpus training (balanced, class-masked loss); the epoch with the best mean
-    validation UA over the validation corpora is kept. Returns (model, history, best score)."""
+    validation UA over the validation corpora is kept. Returns (model, history, best score).
+
+    `speaker_shift`: the share of training clips whose frames are moved, as a whole, from their
+    speaker's mean frame to another training speaker's (`speaker_shifts`): the head learns that a
+    voice's (and a corpus's) constant offset says nothing about the emotion."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    shift = speaker_shifts(train.xs, [i.speaker or i.id for i in train_items]) if speaker_shift > 0 else None
     masks = class_masks(corpora, labels)
     mask = torch.stack([masks[c] for c in train.corpus])
     weight = torch.tensor(balance_weights(train_items, train.corpus, labels, corpus_weight), dtype=torch.float32)
@@ -296,7 +314,11 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
         tot = 0.0
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            logits = model(*collate([train.xs[i] for i in idx], True))
+            batch = [train.xs[i] for i in idx]
+            if shift is not None:
+                batch = [x + shift(i).to(x.dtype) if random.random() < speaker_shift else x
+                         for x, i in zip(batch, idx)]
+            logits = model(*collate(batch, True))
             loss = masked_loss(logits, y[idx], mask[idx], weight[idx], smoothing, absent)
             opt.zero_grad()
             loss.backward()

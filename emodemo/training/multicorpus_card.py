@@ -84,8 +84,8 @@ and evidence-aware late fusion.
 | part | what |
 |---|---|
 | labels | {', '.join(labels)} |
-| speech | `{sc['backbone']}` backbone from `{sc['source']}`, frozen; emotion head (LayerNorm → Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature {sv['multicorpus']['temperature']} (fitted on the validation speakers) |
-| speech training | mixed corpora, every corpus the same weight and every class within a corpus the same weight; each item's loss over the classes its corpus has (a corpus without a class says nothing about it); random {mc.get('crop_seconds', 4.0)} s crops; best epoch by the **mean validation UA over corpora** |
+| speech | `{sc['backbone']}` backbone from `{sc['source']}`, frozen{', leading/trailing silence trimmed first' if sc.get('trim') else ''}; emotion head (LayerNorm → Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature {sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer) |
+| speech training | mixed corpora, every corpus the same weight and every class within a corpus the same weight; each item's loss over the classes its corpus has (a corpus without a class says nothing about it); random {mc.get('crop_seconds', 4.0)} s crops; {100 * mc.get('speaker_shift', 0):.0f} % of clips moved to another training speaker's mean frame; best epoch by the **mean validation UA over corpora** |
 | text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture) fine-tuned on GoEmotions{', taken unchanged from `' + str((cfg.get('init') or {}).get('text', '')) + '`' if isinstance(cfg.get('init'), dict) and cfg['init'].get('text') else ''} |
 | fusion | {bcfg['fusion']} |
 | ASR | {bcfg['asr']['backend']} / {bcfg['asr']['model']} |

@@ -34,7 +34,7 @@ from .rundir import TRAIN_LOG
 log = logging.getLogger(TRAIN_LOG)
 
 DEFAULTS = {"test": [], "aux": ["espeak"], "loco": False, "epochs": 30, "patience": 8, "lr": 1e-3,
-            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "smoothing": 0.1,
+            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "speaker_shift": 0.0, "smoothing": 0.1,
             "weight_decay": 1e-2, "cache": str(DEFAULT_ROOT)}
 
 
@@ -66,7 +66,7 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     head, hist, best = MC.fit_multicorpus(
         model, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
         batch_size=mc["batch_size"], seed=seed, smoothing=mc["smoothing"], weight_decay=mc["weight_decay"],
-        patience=mc["patience"], absent=mc["absent"])
+        patience=mc["patience"], absent=mc["absent"], speaker_shift=mc["speaker_shift"])
     return head, hist, best, collate, va
 
 
@@ -77,8 +77,9 @@ def _strip(per: dict) -> dict:
 def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[Item],
                              val_items: Sequence[Item], run, model=None) -> tuple[nn.Module, dict, list]:
     """Same contract as `speech.train_speech`: (model with the trained head, validation metrics,
-    history). The metrics also carry `per_corpus` (val and test), `temperature`, and with `loco`
-    the leave-one-corpus-out results."""
+    history). The metrics also carry `multicorpus`: per-corpus val and test reports, the softmax
+    temperature fitted on the validation speakers (folded into the head's output layer, so the
+    bundle's temperature stays 1) and, with `loco`, the leave-one-corpus-out results."""
     from .recipe import Recipe
     recipe = Recipe.coerce(cfg)
     sc = recipe.speech
@@ -86,6 +87,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
     seed = recipe.seed
     if model is None:
         from ..bundle import build_speech
+        torch.manual_seed(seed)          # the head's initial weights do not depend on what ran before
         model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
                                                                  "hidden": sc.hidden, "dropout": sc.dropout,
                                                                  "trim": bool(sc.trim)}})
@@ -137,10 +139,12 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
             report["loco"][left] = res
             log.info("leave out %s: UA %.3f on all its speakers; largest class share %.2f",
                      left, res["all"]["UA"], res["all"]["max_share"])
+    with torch.no_grad():      # the temperature goes into the head, so fusion fitting and serving see it
+        head.out.weight /= temperature
+        head.out.bias /= temperature
     model.head = head
     yv = va.y[np.isin(va.corpus, real)]
     pv = MC.predict(head, [x for x, c in zip(va.xs, va.corpus) if c in real], collate)
-    m = metrics(yv, pv.argmax(1), len(labels)) | {"mean_UA_over_corpora": best, "temperature": temperature,
-                                                   "multicorpus": report}
+    m = metrics(yv, pv.argmax(1), len(labels)) | {"mean_UA_over_corpora": best, "multicorpus": report}
     history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_UA": h["val_mean_UA"]} | h for h in hist]
     return model, m, history
