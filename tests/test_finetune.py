@@ -368,3 +368,27 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     # an existing --out is not overwritten by accident
     with pytest.raises(emodemo.EmodemoError, match="exists"):
         finetune(url, tiny_bundle, out, replay_spec=[], epochs=1, overrides=fast)
+
+
+def test_replay_pack_travels_and_a_stale_one_is_refused(tiny_bundle, tmp_path):
+    """`finetune-pack` writes pooled features + head logits with a fingerprint of the head; loading
+    it for the same model works, for a retrained head it is refused (its logits would be wrong)."""
+    import torch
+    from emodemo.bundle import load_bundle
+    from emodemo.finetune.cli import main_pack
+    from emodemo.finetune.replay import load_pack
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    rows = ["path,label,speaker"]
+    for lab in LABELS3:
+        for j in range(4):
+            rows.append(f"{wav(tmp_path / f'{lab}{j}.wav', lab, j).name},{lab},spk{j % 2}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    assert main_pack(["--bundle", str(bundle), "--data", f"csv:{tmp_path / 'train.csv'}", "--per-class", "3"]) == 0
+    cfg, speech, _ = load_bundle(bundle)
+    assert cfg["replay_pack"]["items"] == 9 and (bundle / "replay.safetensors").stat().st_mode & 0o044
+    tr, guard = load_pack(bundle, cfg, speech)
+    assert len(tr) + len(guard) == 9 and len(guard) >= 1 and set(tr.y.tolist()) <= {0, 1, 2}
+    with torch.no_grad():                                     # "retrained": another head
+        speech.head.out.bias.add_(1.0)
+    assert load_pack(bundle, cfg, speech) == (None, None)

@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from ..errors import EmodemoError, FinetuneError
 from .dataset import Clip
 from .features import Feats, extract, pooled_dim
@@ -198,7 +200,7 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     guard = np.concatenate(guards) if guards else np.zeros(0, bool)
     save_file({"stats": torch.from_numpy(feats.x).half(), "logits": torch.from_numpy(feats.b).half(),
                "labels": torch.from_numpy(feats.y), "guard": torch.from_numpy(guard)},
-              str(bundle / REPLAY_PACK))
+              str(bundle / REPLAY_PACK), metadata={"head_sha256": head_fingerprint(speech)})
     os.chmod(bundle / REPLAY_PACK, 0o644)     # readable like the bundle's other files
     meta = {"file": REPLAY_PACK, "items": int(len(feats)), "guard_items": int(guard.sum()),
             "per_class": per_class, "specs": info,
@@ -225,19 +227,38 @@ def guard_part(groups: Sequence[str], fraction: float, rng: random.Random):
     return np.array([i in held for i in range(len(groups))])
 
 
-def load_pack(bundle: str | Path, cfg: dict, dim: int):
+def head_fingerprint(speech) -> str:
+    """SHA-256 of the speech model's front end name, backbone name and head weights (float16): the
+    pack's logits are only valid for the head (and features) they were computed with."""
+    import hashlib
+    h = hashlib.sha256(f"{speech.feature}|{type(speech.backbone).__name__}".encode())
+    for k, v in sorted(speech.head.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to(torch.float16).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_pack(bundle: str | Path, cfg: dict, speech):
     """(replay Feats, guard Feats) from the bundle's pack, or (None, None) when it has none or
-    when it does not fit the bundle (another backbone or label set)."""
+    when it does not fit the bundle's speech model (another backbone, front end, head or label
+    set: a retrained bundle needs a new pack)."""
     import numpy as np
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(bundle) / (cfg.get("replay_pack") or {}).get("file", REPLAY_PACK)
     if not path.is_file():
         return None, None
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("head_sha256") != head_fingerprint(speech):
+        log.warning("%s was made for another speech head; not used (rebuild it with "
+                    "`python -m emodemo finetune-pack --bundle %s`)", path, bundle)
+        return None, None
     t = load_file(str(path))
     x, b = t["stats"].float().numpy(), t["logits"].float().numpy()
-    if x.shape[1] != dim or b.shape[1] != len(cfg["labels"]):
-        log.warning("%s does not fit this bundle (features %d vs %d); not used", path, x.shape[1], dim)
+    if x.shape[1] != pooled_dim(speech) or b.shape[1] != len(cfg["labels"]):
+        log.warning("%s does not fit this bundle; not used", path)
         return None, None
     y, guard = t["labels"].numpy().astype(np.int64), t["guard"].numpy().astype(bool)
     groups = [f"pack-{'guard' if g else 'train'}" for g in guard]
@@ -250,7 +271,7 @@ def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: i
     """Speech replay (Feats: pack + data on disk), its guard part, and text replay items."""
     labels = list(cfg["labels"])
     dim = pooled_dim(speech)
-    pack_tr, pack_guard = load_pack(base_bundle, cfg, dim)
+    pack_tr, pack_guard = load_pack(base_bundle, cfg, speech)
     asked = default_replay(cfg) if replay_spec is None else \
         [s for s in as_list(replay_spec) if s.lower() != "none"]
     specs, missing = available_specs(asked)
