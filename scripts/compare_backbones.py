@@ -153,7 +153,7 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
                                            epochs=epochs, lr=lr, seed=args.seed,
                                            batch_size=64 if kind == "probe" else 32,
                                            patience=args.patience, absent=args.absent,
-                                           speaker_shift=args.speaker_shift, log_every=1)
+                                           speaker_shift=args.speaker_shift, ema=args.ema, log_every=1)
     return model, collate, hist, best
 
 
@@ -222,7 +222,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["probe", "head"])
     ap.add_argument("--cache", default="runs/features")
     ap.add_argument("--out", default="runs/compare")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the nEMO / Korean speaker split")
     ap.add_argument("--probe-epochs", type=int, default=60)
     ap.add_argument("--head-epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=8)
@@ -230,11 +231,12 @@ def main() -> None:
                     help="share of the loss over all classes (0: each corpus's own classes only)")
     ap.add_argument("--speaker-shift", type=float, default=0.0,
                     help="share of training clips moved to another speaker's mean frame")
+    ap.add_argument("--ema", type=float, default=0.0, help="keep an EMA of the head's weights (decay per step)")
     ap.add_argument("--extract-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    corpora = MC.load_corpora(MC.default_corpora(args.seed))
+    corpora = MC.load_corpora(MC.default_corpora(args.split_seed))
     root = Path(args.cache)
     if args.extract_only:
         items = [i for c in corpora.values() for i in c.train + c.val + c.test]
@@ -248,8 +250,10 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else []
     for b in args.backbones:
         for kind in args.models:
-            results = [r for r in results if (r["backbone"], r["model"]) != (b, kind)]
-            results.append(protocol(b, kind, corpora, root, args))
+            tag = kind + (f" shift={args.speaker_shift}" if args.speaker_shift else "") \
+                + (f" ema={args.ema}" if args.ema else "") + (f" seed={args.seed}" if args.seed else "")
+            results = [r for r in results if (r["backbone"], r["model"]) != (b, tag)]
+            results.append(protocol(b, kind, corpora, root, args) | {"model": tag})
             path.write_text(json.dumps(results, indent=1) + "\n")
             (out / "results.md").write_text(markdown(results))
     print(markdown(results))

@@ -154,7 +154,8 @@ def test_train_speech_multicorpus_reports_corpora_loco_and_serves_the_same(tone_
         "train": [f"folder:{a}:speakers=s1,s2", f"folder:{b}:speakers=t1"],
         "val": [f"folder:{a}:speakers=s3", f"folder:{b}:speakers=t2"],
         "multicorpus": {"test": [f"folder:{b}:speakers=t3"], "loco": True, "epochs": 25, "patience": 25,
-                        "lr": 3e-3, "batch_size": 8, "crop_seconds": 0.2, "cache": str(tmp_path / "cache")}}}
+                        "lr": 3e-3, "batch_size": 8, "crop_seconds": 0.2, "cache": str(tmp_path / "cache"),
+                        "speaker_shift": 0.5, "ema": 0.9}}}
     model, m, hist = train_speech_multicorpus(cfg, labels, [i for c in tone_corpora.values() for i in c.train],
                                               [i for c in tone_corpora.values() for i in c.val], run=None)
     r = m["multicorpus"]

@@ -290,13 +290,16 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
                     epochs: int = 30, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
                     smoothing: float = 0.1, weight_decay: float = 1e-2, patience: int = 8,
                     corpus_weight: Optional[dict[str, float]] = None, absent: float = 0.0,
-                    speaker_shift: float = 0.0, log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
+                    speaker_shift: float = 0.0, ema: float = 0.0,
+                    log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
     """Mixed-corpus training (balanced, class-masked loss); the epoch with the best mean
     validation UA over the validation corpora is kept. Returns (model, history, best score).
 
     `speaker_shift`: the share of training clips whose frames are moved, as a whole, from their
     speaker's mean frame to another training speaker's (`speaker_shifts`): the head learns that a
-    voice's (and a corpus's) constant offset says nothing about the emotion."""
+    voice's (and a corpus's) constant offset says nothing about the emotion. `ema` > 0: the
+    model validated and kept is an exponential moving average of the weights (decay `ema` per
+    step), which depends less on the last batches and on the seed than any single epoch's weights."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -308,6 +311,9 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     best, best_state, history, bad = -1.0, None, [], 0
+    avg = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema)) if ema > 0 else None
+    judged = avg.module if avg is not None else model
     for ep in range(epochs):
         model.train()
         order = np.random.permutation(len(train.xs))
@@ -324,9 +330,11 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            if avg is not None:
+                avg.update_parameters(model)
             tot += float(loss.detach()) * len(idx)
         sched.step()
-        per = {c: m for c, m in evaluate_corpora(model, val, collate, labels).items() if not corpora[c].aux}
+        per = {c: m for c, m in evaluate_corpora(judged, val, collate, labels).items() if not corpora[c].aux}
         score = select_score(per)
         history.append({"epoch": ep + 1, "train_loss": tot / max(1, len(order)), "val_mean_UA": score}
                        | {f"val_UA_{c}": round(m["UA"], 4) for c, m in per.items()})
@@ -335,7 +343,7 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
                      ", ".join(f"{c} {m['UA']:.3f}" for c, m in per.items()))
         if score > best:
             best, bad = score, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         else:
             bad += 1
             if bad >= patience:
