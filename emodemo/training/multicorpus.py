@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from ..data import Item, load_spec, speaker_split
 from ..fusion import unweighted_accuracy
+from .loops import pad_frames
+from .metrics import ece
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +149,6 @@ class LinearProbe(nn.Module):
         return self.out(self.drop((x - self.mean) / self.std))
 
 
-def pad_frames(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([b.shape[0] for b in batch])
-    x = torch.zeros(len(batch), int(lengths.max()), batch[0].shape[-1])
-    for i, b in enumerate(batch):
-        x[i, : b.shape[0]] = b.float()
-    return x, lengths
-
-
 def make_collate(kind: str, crop: int = 0) -> Callable:
     """`frames`: pad [T, D] tensors (random crops of at most `crop` frames in training);
     `pooled`: stack vectors."""
@@ -189,18 +183,6 @@ def predict(model: nn.Module, xs: Sequence[torch.Tensor], collate: Callable, bat
 
 
 # ---- metrics --------------------------------------------------------------------------------
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the top class, equal-width confidence bins."""
-    conf, pred = p.max(1), p.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    err = 0.0
-    for a, b in zip(edges[:-1], edges[1:]):
-        sel = (conf > a) & (conf <= b)
-        if sel.any():
-            err += sel.mean() * abs(float((pred[sel] == y[sel]).mean()) - float(conf[sel].mean()))
-    return float(err)
-
-
 def histogram(pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     """Share of predictions per class."""
     counts = np.bincount(np.asarray(pred, dtype=int), minlength=len(labels))
@@ -212,7 +194,7 @@ def report(p: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict:
     pred = p.argmax(1)
     hist = histogram(pred, labels)
     return {"UA": unweighted_accuracy(y, pred, len(labels)), "WA": float((pred == y).mean()) if len(y) else 0.0,
-            "ECE": ece(p, y), "n": int(len(y)), "histogram": hist, "max_share": max(hist.values()),
+            "ECE": ece(p, y, bins=15), "n": int(len(y)), "histogram": hist, "max_share": max(hist.values()),
             "true_max_share": max(np.bincount(y, minlength=len(labels)) / max(1, len(y)))}
 
 
