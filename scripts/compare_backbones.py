@@ -146,15 +146,35 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
     if kind == "probe":
         model, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, absent=args.absent)
         return model, MC.make_collate("pooled"), hist, best
-    model, collate = build_model(kind, tr.xs[0].shape[-1], len(LABELS), tr.xs)
     epochs = args.probe_epochs if kind == "probe" else args.head_epochs
     lr = 3e-3 if kind == "probe" else 1e-3
-    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
-                                           epochs=epochs, lr=lr, seed=args.seed,
-                                           batch_size=64 if kind == "probe" else 32,
-                                           patience=args.patience, absent=args.absent,
-                                           speaker_shift=args.speaker_shift, ema=args.ema, log_every=1)
-    return model, collate, hist, best
+    members, hists = [], []
+    for k in range(max(1, args.ensemble)):
+        torch.manual_seed(args.seed + k)
+        model, collate = build_model(kind, tr.xs[0].shape[-1], len(LABELS), tr.xs)
+        model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
+                                               epochs=epochs, lr=lr, seed=args.seed + k,
+                                               batch_size=64 if kind == "probe" else 32,
+                                               patience=args.patience, absent=args.absent,
+                                               speaker_shift=args.speaker_shift, ema=args.ema, log_every=1)
+        members.append(model)
+        hists.append(hist)
+    if len(members) == 1:
+        return model, collate, hist, best
+    model = MeanLogits(members)
+    per = {c: m for c, m in MC.evaluate_corpora(model, va, collate, LABELS).items() if not corpora[c].aux}
+    return model, collate, hists, MC.select_score(per)
+
+
+class MeanLogits(torch.nn.Module):
+    """Several heads trained with different seeds; their logits averaged."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, *args):
+        return torch.stack([m(*args) for m in self.members]).mean(0)
 
 
 def strip(d: dict) -> dict:
@@ -232,6 +252,7 @@ def main() -> None:
     ap.add_argument("--speaker-shift", type=float, default=0.0,
                     help="share of training clips moved to another speaker's mean frame")
     ap.add_argument("--ema", type=float, default=0.0, help="keep an EMA of the head's weights (decay per step)")
+    ap.add_argument("--ensemble", type=int, default=1, help="heads per model (seeds seed, seed+1, ...), logits averaged")
     ap.add_argument("--extract-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -251,7 +272,8 @@ def main() -> None:
     for b in args.backbones:
         for kind in args.models:
             tag = kind + (f" shift={args.speaker_shift}" if args.speaker_shift else "") \
-                + (f" ema={args.ema}" if args.ema else "") + (f" seed={args.seed}" if args.seed else "")
+                + (f" ema={args.ema}" if args.ema else "") + (f" seed={args.seed}" if args.seed else "") \
+                + (f" ensemble={args.ensemble}" if args.ensemble > 1 else "")
             results = [r for r in results if (r["backbone"], r["model"]) != (b, tag)]
             results.append(protocol(b, kind, corpora, root, args) | {"model": tag})
             path.write_text(json.dumps(results, indent=1) + "\n")

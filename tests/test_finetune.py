@@ -290,6 +290,33 @@ def test_cli_exit_code_when_worse_on_reference(monkeypatch, capsys, tiny_bundle,
     assert "disk on fire" in capsys.readouterr().err
 
 
+def test_nothing_changed_writes_nothing_and_says_why(monkeypatch, capsys, tiny_bundle, tmp_path):
+    import emodemo.finetune.pipeline as ft
+    from emodemo.ui.markdown import job as job_markdown
+    kept = {"updated": False, "reason": "the adapter did not beat the base in cross-validation"}
+    notext = {"updated": False, "reason": "0 training corrections with transcripts"}
+    assert ft.nothing_changed(kept, notext, {"refit": False}) == [
+        "audio: the adapter did not beat the base in cross-validation",
+        "text: 0 training corrections with transcripts", "fusion: kept the base"]
+    assert ft.nothing_changed({"updated": True}, notext, {"refit": False}) == []
+    assert ft.nothing_changed(kept, notext, {"refit": True}) == []
+    report = {"written": False, "metrics": {"heldout_corrections": {"before": {}, "after": {}}, "reference": {}},
+              "speech": kept, "text": notext, "fusion": {"refit": False},
+              "gate": {"passed": True, "forced": False, "write": True, "failures": []},
+              "unchanged": ft.nothing_changed(kept, notext, {"refit": False})}
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: report)
+    assert main_finetune(["--db", "x.db", "--base", str(tiny_bundle), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert "not written: nothing changed: audio: the adapter did not beat the base" in err
+    assert "worse on the reference" not in err and not (tmp_path / "o").exists()
+
+    class Job:                      # what the Models tab shows for such a run
+        out, state, fraction, started, finished, error, log = tmp_path / "o", "not written", 1.0, 0.0, 1.0, None, []
+    Job.report = report
+    shown = job_markdown(Job())
+    assert "Nothing changed, so nothing was written" in shown and "cross-validation" in shown
+
+
 def _ua(rec, items) -> float:
     from emodemo.train import metrics
     y = [rec.labels.index(lab) for _, lab in items]

@@ -87,7 +87,8 @@ def test_batched_audio_branch_matches_one_by_one(recognizer, speech_wav, tmp_pat
     assert [i for i, _ in out] == list(range(len(paths)))
     assert isinstance(out[2][1], emodemo.AudioError)
     preds = [p for _, p in out if not isinstance(p, Exception)]
-    assert np.abs(np.array([[p.audio[l] for l in recognizer.labels] for p in preds]) - one).max() < 1e-4
+    # the clips went through 16-bit WAV files: equal up to quantisation (~1e-4 in probability)
+    assert np.abs(np.array([[p.audio[l] for l in recognizer.labels] for p in preds]) - one).max() < 5e-4
     assert all(p.text is None and p.end == pytest.approx(p.duration) for p in preds)
 
 

@@ -108,7 +108,7 @@ class Progress:
 
 
 def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
-    """`emodemo finetune ...`; exit 0 written (or dry run), 3 not written (worse on the reference),
+    """`emodemo finetune ...`; exit 0 written (or dry run), 3 not written (worse on the reference, or nothing changed),
     2 bad usage or too few corrections, 1 other error."""
     from . import pipeline
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,6 +163,10 @@ def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {args.out} (v{rep['version']})" + (" despite a worse reference (--force)"
                                                            if rep["gate"]["forced"] else ""))
         return 0
+    if rep.get("unchanged"):
+        print("not written: nothing changed: " + "; ".join(rep["unchanged"])
+              + " (more corrections, from more speakers, give the adapter something to learn)", file=sys.stderr)
+        return 3
     print("not written: worse on the reference set: " + "; ".join(rep["gate"]["failures"])
           + " (use --force to write anyway)", file=sys.stderr)
     return 3

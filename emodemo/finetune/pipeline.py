@@ -373,6 +373,11 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     if not decision["write"]:
         say(1.0, "not written: worse on the reference set")
         return report
+    unchanged = nothing_changed(report_speech, report_text, report_fusion)
+    if unchanged:                   # a copy of the base under a new name would only mislead
+        report["unchanged"] = unchanged
+        say(1.0, "not written: nothing changed (" + "; ".join(unchanged) + ")")
+        return report
 
     say(0.95, "writing the bundle")
     new_cfg["name"] = out_dir.name
@@ -389,6 +394,14 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
         raise
     say(1.0, f"wrote {out_dir} (v{new_cfg['version']})")
     return report
+
+
+def nothing_changed(speech: dict, text: dict, fusion: dict) -> list[str]:
+    """Why each part kept the base, when no part changed; [] when something did."""
+    if speech.get("updated") or text.get("updated") or fusion.get("refit"):
+        return []
+    return [f"{part}: {r.get('reason') or 'kept the base'}"
+            for part, r in (("audio", speech), ("text", text), ("fusion", fusion))]
 
 
 def _close_run_logs(run_dir) -> None:

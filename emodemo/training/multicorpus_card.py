@@ -27,12 +27,36 @@ def _hist(h: dict, labels) -> str:
     return " · ".join(f"{lab} {100 * h.get(lab, 0):.0f}%" for lab in labels if h.get(lab, 0) > 0)
 
 
-def _include(path) -> str:
+SHIPPED_ROW = "SHIPPED_ROW"      # the line of the included comparison table that this bundle's row replaces
+
+
+def _include(path, shipped_row: str = "") -> str:
     if not path or not Path(path).exists():
         return ""
     text = Path(path).read_text()
     a, b = text.find("<!-- card:start -->"), text.find("<!-- card:end -->")
-    return text[a + len("<!-- card:start -->"):b].strip() + "\n" if a >= 0 and b > a else ""
+    part = text[a + len("<!-- card:start -->"):b].strip() + "\n" if a >= 0 and b > a else ""
+    return "\n".join(shipped_row if line.strip() == SHIPPED_ROW else line for line in part.split("\n"))
+
+
+def shipped_row(bcfg: dict, cfg: dict, sv: dict) -> str:
+    """This bundle's line in the backbone comparison: validation mean UA, held-out UA per corpus,
+    leave-one-corpus-out UA per corpus (held-out speakers), their mean and the largest predicted
+    class's share on a left-out corpus's held-out speakers (worst corpus)."""
+    sc, mr = cfg["speech"], sv["multicorpus"]
+    mc = sc.get("multicorpus") or {}
+    names = ["ravdess", "nemo", "emotiontts-ko"]
+    loco = mr.get("loco", {})
+    tested = [loco[c]["test"]["UA"] for c in names if "test" in loco.get(c, {})]
+    shares = [loco[c]["test"]["max_share"] for c in names if "test" in loco.get(c, {})]
+    model = "head" + (f", shift {mc['speaker_shift']:g}" if mc.get("speaker_shift") else "")
+    cells = ([f"**{sc['backbone']}{', trimmed' if sc.get('trim') else ''} (this bundle, v{bcfg['version']})**",
+              model, _f(sv.get("mean_UA_over_corpora"))]
+             + [_f(mr["test"].get(c, {}).get("UA")) for c in names]
+             + [_f(loco.get(c, {}).get("test", {}).get("UA")) for c in names]
+             + [_f(sum(tested) / len(tested) if tested else None),
+                f"{100 * max(shares):.0f} %" if shares else "–"])
+    return "| " + " | ".join(cells) + " |"
 
 
 def multicorpus_card(bcfg: dict, report: dict, size: int, cfg: dict) -> str:
@@ -119,7 +143,7 @@ branch that carries the information on either kind of input); UA per paired set:
 |---|---|---|---|
 {fusion_rows}
 
-{_include(mc.get('card_include'))}
+{_include(mc.get('card_include'), shipped_row(bcfg, cfg, sv))}
 ## Limitations
 Acted speech (English, Polish, Korean) from 44 speakers: expect lower accuracy on spontaneous
 speech, other languages and other microphones; leave-one-corpus-out numbers above are the honest

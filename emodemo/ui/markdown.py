@@ -158,6 +158,9 @@ def job(j) -> str:
     if rep.get("gate") and not rep["gate"].get("write", True):
         lines.append("Worse on the reference set: " + md_escape("; ".join(rep["gate"].get("failures", [])))
                      + ". Tick *write even if worse* to keep it anyway.")
+    if rep.get("unchanged"):
+        lines.append("Nothing changed, so nothing was written: " + md_escape("; ".join(rep["unchanged"]))
+                     + ". More corrections, from more speakers, give it something to learn.")
     ho = (rep.get("metrics") or {}).get("heldout_corrections") or {}
     if ho.get("before") and ho.get("after"):
         rows = ["| held-out corrections | before | after |", "|---|---|---|"]
