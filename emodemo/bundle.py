@@ -67,7 +67,8 @@ def build_speech(cfg: dict, pretrained: bool = True) -> SpeechEmotionModel:
     options = {k: s[k] for k in ("layers", "mix") if k in s}     # Whisper block choice / mixing
     backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained, **options)
     return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3),
-                              adapter=bool(s.get("adapter", False)), trim=bool(s.get("trim", False)))
+                              adapter=bool(s.get("adapter", False)), trim=bool(s.get("trim", False)),
+                              calibrated=bool(s.get("calibrated", False)))
 
 
 def build_text(cfg: dict, pretrained: bool = True) -> TextEmotionModel:
@@ -115,7 +116,7 @@ def save_bundle(out_dir: str | Path, cfg: dict, speech: SpeechEmotionModel,
         speech_base = {f"backbone.{k}": v for k, v in build_speech(cfg).backbone.state_dict().items()}
     if text_base is None:
         text_base = {f"encoder.{k}": v for k, v in build_text(cfg).encoder.state_dict().items()}
-    _save(delta_state(speech, speech_base, ("head.", "adapter.")), out / SPEECH_WEIGHTS, dtype)
+    _save(delta_state(speech, speech_base, ("head.", "adapter.", "calibration.")), out / SPEECH_WEIGHTS, dtype)
     _save(delta_state(text, text_base, ("classifier.",)), out / TEXT_WEIGHTS, dtype)
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "README.md").write_text(card)

@@ -1,4 +1,4 @@
-"""Command line: `python -m emodemo {predict,train,evaluate,iemocap,finetune,corrections} ...`.
+"""Command line: `python -m emodemo {predict,train,evaluate,iemocap,finetune,calibrate,corrections} ...`.
 
 An entry point: a command that needs the `EMODEMO_*` settings reads them once, with
 `Settings.from_env()`, and passes them down (command-line options win)."""
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(python -m emodemo finetune --help)", add_help=False)
     sub.add_parser("finetune-pack", help="write a bundle's replay pack from its training data "
                    "(python -m emodemo finetune-pack --help)", add_help=False)
+    sub.add_parser("calibrate", help="calibrate a bundle to a new kind of recording from unlabelled "
+                   "clips (python -m emodemo calibrate --help)", add_help=False)
     co = sub.add_parser("corrections", help="list, export, import the corrections store",
                         add_help=False)
     co.set_defaults(func=None)
@@ -215,6 +217,9 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "finetune":
         from .finetune import main_finetune
         return main_finetune(argv[1:])
+    if argv and argv[0] == "calibrate":
+        from .finetune.cli import main_calibrate
+        return main_calibrate(argv[1:])
     if argv and argv[0] == "finetune-pack":
         from .finetune.cli import main_pack
         return main_pack(argv[1:])

@@ -109,17 +109,37 @@ class ResidualAdapter(nn.Module):
         return base_logits + g * ((self.beta - 1) * base_logits + self.linear(z))
 
 
+class FrameShift(nn.Module):
+    """A constant added to every backbone frame: unlabelled calibration to a new kind of recording
+    (emodemo.finetune.calibrate). shift = (mean frame of the training audio) − (mean frame of the
+    new setting's clips), so the new setting's audio arrives where the head learned; a new
+    corpus's constant offset is what makes a head call most of it one class."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(dim))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames + self.shift.to(frames.dtype)
+
+
 class SpeechEmotionModel(nn.Module):
     """Backbone + emotion head (+ an optional ResidualAdapter); takes front-end features,
     returns class logits."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
-                 adapter: bool = False, trim: bool = False):
+                 adapter: bool = False, trim: bool = False, calibrated: bool = False):
         super().__init__()
         self.backbone = backbone
         self.trim = trim          # front end cuts leading/trailing silence (audio.trim_silence)
         self.head = EmotionHead(backbone.frame_dim, n_classes, hidden, dropout)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
+        self.calibration = FrameShift(backbone.frame_dim) if calibrated else None
+
+    def frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+        """Backbone frames (moved by the calibration shift, if any) and their lengths."""
+        frames, lengths = self.backbone.frames(feats, lengths)
+        return (frames if self.calibration is None else self.calibration(frames)), lengths
 
     @property
     def feature(self) -> str:
@@ -127,11 +147,11 @@ class SpeechEmotionModel(nn.Module):
 
     def pooled(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """(pooled backbone stats [B, 2·frame_dim], head logits [B, C]) — what the adapter sees."""
-        frames, lengths = self.backbone.frames(feats, lengths)
+        frames, lengths = self.frames(feats, lengths)
         return masked_stats(frames, lengths), self.head(frames, lengths)
 
     def forward(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        frames, lengths = self.backbone.frames(feats, lengths)
+        frames, lengths = self.frames(feats, lengths)
         logits = self.head(frames, lengths)
         if self.adapter is not None:
             logits = self.adapter(masked_stats(frames, lengths), logits)

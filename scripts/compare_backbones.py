@@ -156,7 +156,8 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
                                                epochs=epochs, lr=lr, seed=args.seed + k,
                                                batch_size=64 if kind == "probe" else 32,
                                                patience=args.patience, absent=args.absent,
-                                               speaker_shift=args.speaker_shift, ema=args.ema, log_every=1)
+                                               speaker_shift=args.speaker_shift, ema=args.ema,
+                                               shift_scale=args.shift_scale, log_every=1)
         members.append(model)
         hists.append(hist)
     if len(members) == 1:
@@ -175,6 +176,31 @@ class MeanLogits(torch.nn.Module):
 
     def forward(self, *args):
         return torch.stack([m(*args) for m in self.members]).mean(0)
+
+
+def centred(model, collate, corpora: dict, left: str, others: list[str], feats) -> dict:
+    """Test-time centring on a left-out corpus (no labels used): every clip's frames moved by the
+    training frames' mean minus the mean frame of (a) the whole left-out corpus (`centre_corpus`:
+    a batch of recordings from one setting) or (b) the clip's speaker (`centre_speaker`: several
+    clips of one person). Reported on the held-out speakers."""
+    def mean_frame(xs):
+        return torch.cat([x.float() for x in xs]).mean(0)
+    train = [i for c in others for i in corpora[c].train]
+    mu_train = mean_frame(feats(train))
+    c = corpora[left]
+    allx = c.train + c.val + c.test
+    mu_corpus = mean_frame(feats(allx))
+    spk = {}
+    for it, x in zip(allx, feats(allx)):
+        spk.setdefault(it.speaker, []).append(x)
+    mu_spk = {s: mean_frame(xs) for s, xs in spk.items()}
+    y = np.array([LABELS.index(i.label) for i in c.test])
+    out = {}
+    for name, shift in (("centre_corpus", lambda it: mu_train - mu_corpus),
+                        ("centre_speaker", lambda it: mu_train - mu_spk[it.speaker])):
+        xs = [x + shift(it).to(x.dtype) for it, x in zip(c.test, feats(c.test))]
+        out[name] = strip(MC.evaluate_corpora(model, MC.Split(xs, y, [left] * len(xs)), collate, LABELS)[left])
+    return out
 
 
 def strip(d: dict) -> dict:
@@ -208,6 +234,8 @@ def protocol(backbone: str, kind: str, corpora: dict, root: Path, args) -> dict:
         for part, items in (("test", corpora[left].test), ("rest", corpora[left].train + corpora[left].val)):
             split = MC.Split(feats(items), np.array([LABELS.index(i.label) for i in items]), [left] * len(items))
             res[part] = strip(MC.evaluate_corpora(model, split, collate, LABELS)[left])
+        if args.centre and kind != "probe":
+            res.update(centred(model, collate, corpora, left, others, feats))
         res["selection_val_mean_UA"] = best
         out["loco"][left] = res
     t = out["in_corpus"]["test"]
@@ -221,6 +249,10 @@ def protocol(backbone: str, kind: str, corpora: dict, root: Path, args) -> dict:
     s["loco_test_mean_UA"] = round(float(np.mean(list(s["loco_test_UA"].values()))), 4)
     s["loco_rest_mean_UA"] = round(float(np.mean(list(s["loco_rest_UA"].values()))), 4)
     s["selection_score"] = round((s["in_corpus_val_mean_UA"] + s["loco_rest_mean_UA"]) / 2, 4)
+    for key in ("centre_corpus", "centre_speaker"):
+        if all(key in r for r in out["loco"].values()):
+            s[f"loco_test_UA_{key}"] = {c: round(r[key]["UA"], 4) for c, r in out["loco"].items()}
+            s[f"loco_max_share_{key}"] = {c: round(r[key]["max_share"], 3) for c, r in out["loco"].items()}
     log.info("%s / %s: %s", backbone, kind, json.dumps(s))
     return out
 
@@ -251,8 +283,12 @@ def main() -> None:
                     help="share of the loss over all classes (0: each corpus's own classes only)")
     ap.add_argument("--speaker-shift", type=float, default=0.0,
                     help="share of training clips moved to another speaker's mean frame")
+    ap.add_argument("--shift-scale", type=float, default=1.0,
+                    help="speaker shift times a factor drawn from [0, scale] (1: exactly to the other speaker)")
     ap.add_argument("--ema", type=float, default=0.0, help="keep an EMA of the head's weights (decay per step)")
     ap.add_argument("--ensemble", type=int, default=1, help="heads per model (seeds seed, seed+1, ...), logits averaged")
+    ap.add_argument("--centre", action="store_true",
+                    help="also measure leave-one-corpus-out with test-time centring (corpus / speaker mean frame)")
     ap.add_argument("--extract-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -272,6 +308,7 @@ def main() -> None:
     for b in args.backbones:
         for kind in args.models:
             tag = kind + (f" shift={args.speaker_shift}" if args.speaker_shift else "") \
+                + (f" scale={args.shift_scale:g}" if args.shift_scale != 1.0 else "") \
                 + (f" ema={args.ema}" if args.ema else "") + (f" seed={args.seed}" if args.seed else "") \
                 + (f" ensemble={args.ensemble}" if args.ensemble > 1 else "")
             results = [r for r in results if (r["backbone"], r["model"]) != (b, tag)]

@@ -5,7 +5,8 @@
 dataset (corrections → clips, guards, split) · features (frozen-backbone pooled features) ·
 replay (the bundle's replay pack + base training data where present) · adapt (the residual adapter
 and the linear-probe baseline) · evaluate (metrics, calibration, gate, what changed) ·
-pipeline (`finetune()`) · card (model card) · cli (command line). See docs/finetune.md.
+pipeline (`finetune()`) · card (model card) · calibrate (the unlabelled alternative: one frame
+shift for a new setting) · cli (command line). See docs/finetune.md.
 """
 from .dataset import (MIN_CLASSES, MIN_PER_CLASS, NONE_LABEL, VAL_FRACTION, Clip, Dataset, FinetuneError,
                       TooFewCorrections, build_dataset, check_counts, format_summary, split_clips)

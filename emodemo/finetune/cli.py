@@ -191,3 +191,37 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
         specs = as_list((rc.get("speech") or {}).get("train") or DEFAULT_RECIPE["speech"]["train"])
     print(json.dumps(pack_replay(args.bundle, specs, args.per_class), indent=2))
     return 0
+
+
+def main_calibrate(argv: Optional[Sequence[str]] = None) -> int:
+    """`emodemo calibrate --base DIR --out DIR CLIP ...`: a calibrated bundle from unlabelled clips
+    of a new setting (emodemo.finetune.calibrate); exit 0 written, 2 refused (with the reason)."""
+    from .calibrate import MIN_CLIPS, calibrate
+    p = argparse.ArgumentParser(
+        prog="python -m emodemo calibrate",
+        description="Calibrate a bundle to a new kind of recording (language, microphone, room) from "
+                    f"unlabelled clips: at least {MIN_CLIPS}, varied speech, ideally several speakers.")
+    p.add_argument("clips", nargs="+", help="audio files of the new setting (no labels needed)")
+    p.add_argument("--base", default=None, help="bundle to calibrate (default: models/default)")
+    p.add_argument("--out", required=True, help="new bundle directory, e.g. models/my-setting")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    from ..bundle import DEFAULT_BUNDLE
+    try:
+        rep = calibrate(args.base or DEFAULT_BUNDLE, args.clips, args.out)
+    except EmodemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    for path, why in rep["skipped"]:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    top = lambda h: max(h, key=h.get)  # noqa: E731
+    hb, ha = rep["histogram_before"], rep["histogram_after"]
+    print(f"calibrated on {rep['clips']} clips (shift {rep['shift_vs_training_spread']:.2f}x the training "
+          f"clips' spread); largest predicted class on them: {top(hb)} {100 * hb[top(hb)]:.0f} % before, "
+          f"{top(ha)} {100 * ha[top(ha)]:.0f} % after")
+    print(f"wrote {args.out}")
+    return 0
+

@@ -223,8 +223,11 @@ def tempered(p: np.ndarray, t: float) -> np.ndarray:
 
 
 # ---- the training loop ----------------------------------------------------------------------
-def speaker_shifts(xs: Sequence[torch.Tensor], speakers: Sequence[str]) -> Callable[[int], torch.Tensor]:
-    """shift(i): a random other training speaker's mean frame minus item i's speaker's mean frame."""
+def speaker_shifts(xs: Sequence[torch.Tensor], speakers: Sequence[str],
+                   scale: float = 1.0) -> Callable[[int], torch.Tensor]:
+    """shift(i): a random other training speaker's mean frame minus item i's speaker's mean frame;
+    with `scale` != 1 that difference times a factor drawn uniformly from [0, scale] (> 1 reaches
+    past the training speakers, towards voices and recordings further away)."""
     sums: dict[str, tuple[torch.Tensor, int]] = {}
     for x, s in zip(xs, speakers):
         t, n = sums.get(s, (0.0, 0))
@@ -232,7 +235,9 @@ def speaker_shifts(xs: Sequence[torch.Tensor], speakers: Sequence[str]) -> Calla
     names = sorted(sums)
     means = torch.stack([sums[s][0] / max(1, sums[s][1]) for s in names])
     own = [names.index(s) for s in speakers]
-    return lambda i: means[random.randrange(len(names))] - means[own[i]]
+    if scale == 1.0:
+        return lambda i: means[random.randrange(len(names))] - means[own[i]]
+    return lambda i: random.uniform(0.0, scale) * (means[random.randrange(len(names))] - means[own[i]])
 
 
 
@@ -272,20 +277,22 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
                     epochs: int = 30, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
                     smoothing: float = 0.1, weight_decay: float = 1e-2, patience: int = 8,
                     corpus_weight: Optional[dict[str, float]] = None, absent: float = 0.0,
-                    speaker_shift: float = 0.0, ema: float = 0.0,
+                    speaker_shift: float = 0.0, ema: float = 0.0, shift_scale: float = 1.0,
                     log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
     """Mixed-corpus training (balanced, class-masked loss); the epoch with the best mean
     validation UA over the validation corpora is kept. Returns (model, history, best score).
 
     `speaker_shift`: the share of training clips whose frames are moved, as a whole, from their
     speaker's mean frame to another training speaker's (`speaker_shifts`): the head learns that a
-    voice's (and a corpus's) constant offset says nothing about the emotion. `ema` > 0: the
+    voice's (and a corpus's) constant offset says nothing about the emotion (`shift_scale`: see
+    `speaker_shifts`). `ema` > 0: the
     model validated and kept is an exponential moving average of the weights (decay `ema` per
     step), which depends less on the last batches and on the seed than any single epoch's weights."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    shift = speaker_shifts(train.xs, [i.speaker or i.id for i in train_items]) if speaker_shift > 0 else None
+    shift = (speaker_shifts(train.xs, [i.speaker or i.id for i in train_items], shift_scale)
+             if speaker_shift > 0 else None)
     masks = class_masks(corpora, labels)
     mask = torch.stack([masks[c] for c in train.corpus])
     weight = torch.tensor(balance_weights(train_items, train.corpus, labels, corpus_weight), dtype=torch.float32)

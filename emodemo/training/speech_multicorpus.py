@@ -34,7 +34,7 @@ from .rundir import TRAIN_LOG
 log = logging.getLogger(TRAIN_LOG)
 
 DEFAULTS = {"test": [], "aux": ["espeak"], "loco": False, "epochs": 30, "patience": 8, "lr": 1e-3,
-            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "speaker_shift": 0.0, "ema": 0.0, "smoothing": 0.1,
+            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "speaker_shift": 0.0, "shift_scale": 1.0, "ema": 0.0, "smoothing": 0.1,
             "weight_decay": 1e-2, "cache": str(DEFAULT_ROOT)}
 
 
@@ -66,7 +66,8 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     head, hist, best = MC.fit_multicorpus(
         model, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
         batch_size=mc["batch_size"], seed=seed, smoothing=mc["smoothing"], weight_decay=mc["weight_decay"],
-        patience=mc["patience"], absent=mc["absent"], speaker_shift=mc["speaker_shift"], ema=mc["ema"])
+        patience=mc["patience"], absent=mc["absent"], speaker_shift=mc["speaker_shift"], ema=mc["ema"],
+        shift_scale=mc["shift_scale"])
     return head, hist, best, collate, va
 
 

@@ -1,0 +1,183 @@
+"""Calibration to a new kind of recording without labels.
+
+    python -m emodemo calibrate --base models/default --out models/my-setting clips/*.wav
+
+A head trained on some corpora meets a new language, microphone or room as a constant offset of
+the backbone's frames, and calls most of it one class (the leave-one-corpus-out histograms in the
+model card). Given unlabelled clips of the new setting, with varied speech and emotions (the clips
+you are about to analyse will do), calibration stores one vector in the new bundle,
+
+    shift = mean frame of the training audio (from the bundle's replay pack) − mean frame of the clips,
+
+that `speech.FrameShift` adds to every frame, so the new setting arrives where the head learned.
+Measured with `scripts/compare_backbones.py --centre` (docs/generalisation.md): on a corpus left
+out of training, UA rose and no class took more than 40 % of the predictions. Clips that are all
+one emotion would move that emotion to the average, so calibrate on a varied set.
+
+Calibration and fine-tuning are alternatives: a fine-tuned bundle's adapter learned from unshifted
+frames, so it is refused here (calibrate its base), and fine-tuning refuses a calibrated base (its
+corrections adapt the base to their setting by themselves).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import AudioError
+from .dataset import FinetuneError
+from .replay import load_pack
+
+log = logging.getLogger(__name__)
+
+MIN_CLIPS = 20             # fewer clips give a mean frame that says more about them than the setting
+
+
+def _hist(p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(p.argmax(1), minlength=len(labels)) / max(1, len(p))
+    return {lab: round(float(c), 4) for lab, c in zip(labels, counts)}
+
+
+@torch.inference_mode()
+def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable[[int, int], None]] = None):
+    """Mean backbone frame (uncalibrated) and audio-branch probabilities of each readable clip, and
+    the clips that could not be used (path, reason)."""
+    from .. import audio as A
+    from ..speech import masked_stats
+    speech.eval()
+    means, probs, skipped = [], [], []
+    for k, path in enumerate(paths):
+        try:
+            wav = A.load_audio(str(path))
+        except AudioError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        f = A.features(speech.feature, wav)[None]
+        n = torch.tensor([f.shape[1]])
+        frames, lengths = speech.backbone.frames(f, n)
+        means.append(masked_stats(frames, lengths)[0, :frames.shape[-1]].float())
+        probs.append(torch.softmax(speech(f, n), -1)[0].double().numpy())
+        if progress:
+            progress(k + 1, len(paths))
+    return means, np.array(probs), skipped
+
+
+def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
+              progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Write `out`: the base bundle with a frame shift fitted on `paths` (unlabelled). Returns a
+    report: clips used and skipped, the size of the shift and the prediction histogram of the
+    audio branch on the clips before and after."""
+    from ..bundle import load_bundle
+    base, out = Path(base), Path(out)
+    if out.resolve() == base.resolve():
+        raise FinetuneError("--out must differ from --base (the base bundle is never overwritten)")
+    cfg, speech, text = load_bundle(base)
+    labels = cfg["labels"]
+    if cfg["speech"].get("adapter"):
+        parent = ((cfg.get("lineage") or {}).get("base") or {}).get("path") or "its base bundle"
+        raise FinetuneError(f"{base} was fine-tuned on corrections (its adapter learned from uncalibrated "
+                            f"frames); calibrate {parent} instead, or keep fine-tuning")
+    ref, _ = load_pack(base, cfg, speech)
+    if ref is None:
+        raise FinetuneError(f"{base} has no replay pack that fits it, and the pack is where the training "
+                            f"audio's mean frame comes from; rebuild it where the training data is: "
+                            f"python -m emodemo finetune-pack --bundle {base}")
+    dim = int(speech.backbone.frame_dim)
+    reference = torch.tensor(ref.x[:, :dim].mean(0), dtype=torch.float32)
+    had = speech.calibration
+    speech.calibration = None                       # "before" = the uncalibrated head
+    means, before, skipped = clip_frames(speech, paths, progress)
+    if len(means) < MIN_CLIPS:
+        raise FinetuneError(f"{len(means)} usable clips (need {MIN_CLIPS}, of varied speech from the new "
+                            f"setting)" + (f"; {len(skipped)} could not be read" if skipped else ""))
+    domain = torch.stack(means).mean(0)
+    shift = reference - domain
+    from ..speech import FrameShift
+    speech.calibration = FrameShift(dim)
+    speech.calibration.shift.copy_(shift)
+    with torch.inference_mode():
+        after = np.array([torch.softmax(speech(*_feats(speech, p)), -1)[0].double().numpy()
+                          for p in paths if str(p) not in {s for s, _ in skipped}])
+    spread = float(torch.from_numpy(ref.x[:, :dim]).float().std(0).norm())
+    report = {"base": str(base), "out": str(out), "clips": len(means), "skipped": skipped,
+              "shift_norm": round(float(shift.norm()), 3),
+              "shift_vs_training_spread": round(float(shift.norm()) / max(spread, 1e-6), 3),
+              "recalibrated": had is not None,
+              "histogram_before": _hist(before, labels), "histogram_after": _hist(after, labels)}
+    new_cfg = json.loads(json.dumps(cfg))
+    new_cfg["speech"]["calibrated"] = True
+    new_cfg.pop("replay_pack", None)                # fine-tuning refuses a calibrated bundle
+    new_cfg["name"] = out.name
+    new_cfg["version"] = f"{cfg.get('version', '0')}.cal"
+    new_cfg["calibration"] = {"base": {"name": cfg.get("name"), "version": cfg.get("version"), "path": str(base)},
+                              "clips": len(means), "shift_norm": report["shift_norm"],
+                              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write(out, new_cfg, speech, text, card(new_cfg, report, base))
+    return report
+
+
+def _feats(speech, path):
+    from .. import audio as A
+    f = A.features(speech.feature, A.load_audio(str(path)))[None]
+    return f, torch.tensor([f.shape[1]])
+
+
+def _write(out: Path, cfg: dict, speech, text, readme: str) -> None:
+    """Atomically: a staging folder next to `out`, then one rename."""
+    from ..bundle import save_bundle
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        save_bundle(staging, cfg, speech, text, card=readme)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(staging), str(out))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _share(h: dict) -> str:
+    lab = max(h, key=h.get)
+    return f"{lab} {100 * h[lab]:.0f} %"
+
+
+def card(cfg: dict, report: dict, base: Path) -> str:
+    base_card = (base / "README.md").read_text() if (base / "README.md").exists() else ""
+    lic = "cc-by-nc-sa-4.0" if "cc-by-nc-sa-4.0" in base_card else "other"
+    rows = "\n".join(f"| {lab} | {100 * report['histogram_before'][lab]:.0f} % | {100 * report['histogram_after'][lab]:.0f} % |"
+                     for lab in cfg["labels"])
+    return f"""---
+license: {lic}
+tags: [speech-emotion-recognition, calibration]
+---
+# emodemo bundle `{cfg['name']}` v{cfg['version']} (calibrated)
+
+The bundle `{report['base']}` (v{cfg['calibration']['base']['version']}) calibrated without labels on
+{report['clips']} clips of a new setting (`python -m emodemo calibrate`): the audio branch adds one
+vector to every backbone frame (the training audio's mean frame minus these clips'; norm
+{report['shift_norm']}, {report['shift_vs_training_spread']:.2f}× the spread of the training clips'
+mean frames). Nothing else changed: text branch, fusion and all weights are the base's.
+
+Audio-branch predictions on the calibration clips (largest class before: {_share(report['histogram_before'])},
+after: {_share(report['histogram_after'])}):
+
+| class | before | after |
+|---|---|---|
+{rows}
+
+Training data, metrics and limitations: the base bundle's card, below. The license is the base's:
+its training corpora are non-commercial (CC BY-NC-SA 4.0), so this bundle is too.
+
+---
+
+{base_card.split('---', 2)[-1].strip() if base_card.startswith('---') else base_card}
+"""
