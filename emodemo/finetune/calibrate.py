@@ -10,8 +10,9 @@ you are about to analyse will do), calibration stores one vector in the new bund
     shift = mean frame of the training audio (from the bundle's replay pack) − mean frame of the clips,
 
 that `speech.FrameShift` adds to every frame, so the new setting arrives where the head learned.
-Measured with `scripts/compare_backbones.py --centre` (docs/generalisation.md): on a corpus left
-out of training, UA rose and no class took more than 40 % of the predictions. Clips that are all
+Measured (docs/generalisation.md): a bundle that never heard Polish, calibrated on 200 unlabelled
+clips of other Polish speakers, went from UA 0.194 to 0.270 on two unseen Polish speakers, and its
+largest predicted class from 43 % to 24 %. Clips that are all
 one emotion would move that emotion to the average, so calibrate on a varied set.
 
 Calibration and fine-tuning are alternatives: a fine-tuned bundle's adapter learned from unshifted
