@@ -78,6 +78,25 @@ class EmotionHead(nn.Module):
         return self.out(self.drop(F.relu(self.fc(s))))
 
 
+class HeadEnsemble(nn.Module):
+    """Several EmotionHeads trained alike from different seeds; their logits averaged. Each one's
+    choice of epoch depends on its seed's luck; the mean depends less on it (recipe `speech.heads`)."""
+
+    def __init__(self, in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, n: int = 3):
+        super().__init__()
+        self.members = nn.ModuleList(EmotionHead(in_dim, n_classes, hidden, dropout) for _ in range(n))
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(frames, lengths) for m in self.members]).mean(0)
+
+
+def build_head(in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, heads: int = 1) -> nn.Module:
+    """One EmotionHead, or a HeadEnsemble of `heads` of them."""
+    if heads > 1:
+        return HeadEnsemble(in_dim, n_classes, hidden, dropout, heads)
+    return EmotionHead(in_dim, n_classes, hidden, dropout)
+
+
 class ResidualAdapter(nn.Module):
     """A correction of the head's logits learned from a few hundred user corrections:
 
@@ -128,11 +147,11 @@ class SpeechEmotionModel(nn.Module):
     returns class logits."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
-                 adapter: bool = False, trim: bool = False, calibrated: bool = False):
+                 adapter: bool = False, trim: bool = False, calibrated: bool = False, heads: int = 1):
         super().__init__()
         self.backbone = backbone
         self.trim = trim          # front end cuts leading/trailing silence (audio.trim_silence)
-        self.head = EmotionHead(backbone.frame_dim, n_classes, hidden, dropout)
+        self.head = build_head(backbone.frame_dim, n_classes, hidden, dropout, heads)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
         self.calibration = FrameShift(backbone.frame_dim) if calibrated else None
 

@@ -215,3 +215,15 @@ def make_store(tmp_path: Path, n_per_class: int = 6, transcripts: bool = True) -
                 store.add(p, lab, annotator=f"ann{j % 2}",
                           transcript=f"{words[lab]} number {j}" if transcripts else None)
     return url
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch) -> Path:
+    """Point the training-data folder at an empty one, in this process and in subprocesses."""
+    import emodemo.data
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("EMODEMO_DATA", str(empty))
+    monkeypatch.setattr(emodemo.data, "SHARED_DATA", empty)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return empty

@@ -39,16 +39,6 @@ def setting(tmp_path_factory) -> list[str]:
     return paths
 
 
-@pytest.fixture
-def no_data(tmp_path, monkeypatch) -> Path:
-    import emodemo.data
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    monkeypatch.setenv("EMODEMO_DATA", str(empty))
-    monkeypatch.setattr(emodemo.data, "SHARED_DATA", empty)
-    return empty
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-m", "emodemo", "calibrate", *args], cwd=ROOT, env=env,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import espeak
 from emodemo.store import CorrectionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +41,6 @@ def corrections(tmp_path_factory) -> str:
                                 str(path), text], check=True, capture_output=True)
                 store.add(path, lab, annotator=f"user{j % 2}")
     return url
-
-
-@pytest.fixture
-def no_data(tmp_path, monkeypatch) -> Path:
-    """Point the training-data folder at an empty one, in this process and in subprocesses."""
-    import emodemo.data
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    monkeypatch.setenv("EMODEMO_DATA", str(empty))
-    monkeypatch.setattr(emodemo.data, "SHARED_DATA", empty)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return empty
 
 
 def _check_written_or_gated(out: Path, report: dict) -> None:

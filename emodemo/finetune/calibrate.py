@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -120,7 +118,10 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     new_cfg["calibration"] = {"base": {"name": cfg.get("name"), "version": cfg.get("version"), "path": str(base)},
                               "clips": len(means), "shift_norm": report["shift_norm"],
                               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write(out, new_cfg, speech, text, card(new_cfg, report, base))
+    from ..bundle import save_bundle
+    from .write import write_atomically
+    write_atomically(out, lambda staging: save_bundle(staging, new_cfg, speech, text,
+                                                      card=card(new_cfg, report, base)))
     return report
 
 
@@ -128,22 +129,6 @@ def _feats(speech, path):
     from .. import audio as A
     f = A.features(speech.feature, A.load_audio(str(path)))[None]
     return f, torch.tensor([f.shape[1]])
-
-
-def _write(out: Path, cfg: dict, speech, text, readme: str) -> None:
-    """Atomically: a staging folder next to `out`, then one rename."""
-    from ..bundle import save_bundle
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        staging.chmod(0o755)
-        save_bundle(staging, cfg, speech, text, card=readme)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.move(str(staging), str(out))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _share(h: dict) -> str:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,14 +53,28 @@ def lineage(cfg, base_bundle, ds, clips, train_items, val_items, too_few, db_sho
     }
 
 
-def write_bundle(out_dir: Path, base_bundle: Path, new_cfg: dict, speech, text, report: dict) -> None:
-    """Write atomically (staging folder, then rename); the replay pack travels with the bundle."""
-    from ..bundle import bundle_size, save_bundle
-    from .card import finetune_card
+def write_atomically(out_dir: Path, fill: Callable[[Path], None]) -> None:
+    """Let `fill` write a bundle into a staging folder next to `out_dir`, then rename it into place
+    (an existing `out_dir` is replaced only once the new one is complete)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         os.chmod(staging, 0o755)
+        fill(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.move(str(staging), str(out_dir))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_bundle(out_dir: Path, base_bundle: Path, new_cfg: dict, speech, text, report: dict) -> None:
+    """Write atomically (staging folder, then rename); the replay pack travels with the bundle."""
+    from ..bundle import bundle_size, save_bundle
+    from .card import finetune_card
+
+    def fill(staging: Path) -> None:
         pack = base_bundle / (new_cfg.get("replay_pack") or {}).get("file", REPLAY_PACK)
         if pack.is_file():
             shutil.copy2(pack, staging / pack.name)
@@ -69,9 +83,4 @@ def write_bundle(out_dir: Path, base_bundle: Path, new_cfg: dict, speech, text, 
         save_bundle(staging, new_cfg, speech, text, card="")
         (staging / "README.md").write_text(finetune_card(new_cfg, report, bundle_size(staging)))
         (staging / "finetune_report.json").write_text(json.dumps(jsonable(report), indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.move(str(staging), str(out_dir))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_atomically(out_dir, fill)

@@ -30,6 +30,11 @@ def _hist(h: dict, labels) -> str:
 SHIPPED_ROW = "SHIPPED_ROW"      # the line of the included comparison table that this bundle's row replaces
 
 
+def _heads(sc: dict) -> str:
+    n = int(sc.get("heads", 1))
+    return "emotion head" if n == 1 else f"{n} emotion heads from seeds seed…seed+{n - 1}, logits averaged, each"
+
+
 def _include(path, shipped_row: str = "") -> str:
     if not path or not Path(path).exists():
         return ""
@@ -49,7 +54,9 @@ def shipped_row(bcfg: dict, cfg: dict, sv: dict) -> str:
     loco = mr.get("loco", {})
     tested = [loco[c]["test"]["UA"] for c in names if "test" in loco.get(c, {})]
     shares = [loco[c]["test"]["max_share"] for c in names if "test" in loco.get(c, {})]
-    model = "head" + (f", shift {mc['speaker_shift']:g}" if mc.get("speaker_shift") else "")
+    heads = int(sc.get("heads", 1))
+    model = ("head" if heads == 1 else f"{heads} heads, mean") + (f", shift {mc['speaker_shift']:g}"
+                                                               if mc.get("speaker_shift") else "")
     cells = ([f"**{sc['backbone']}{', trimmed' if sc.get('trim') else ''} (this bundle, v{bcfg['version']})**",
               model, _f(sv.get("mean_UA_over_corpora"))]
              + [_f(mr["test"].get(c, {}).get("UA")) for c in names]
@@ -108,7 +115,7 @@ and evidence-aware late fusion.
 | part | what |
 |---|---|
 | labels | {', '.join(labels)} |
-| speech | `{sc['backbone']}` backbone from `{sc['source']}`, frozen{', leading/trailing silence trimmed first' if sc.get('trim') else ''}; emotion head (LayerNorm → Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature {sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer) |
+| speech | `{sc['backbone']}` backbone from `{sc['source']}`, frozen{', leading/trailing silence trimmed first' if sc.get('trim') else ''}; {_heads(sc)} (LayerNorm → Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature {sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer) |
 | speech training | mixed corpora, every corpus the same weight and every class within a corpus the same weight; each item's loss over the classes its corpus has (a corpus without a class says nothing about it); random {mc.get('crop_seconds', 4.0)} s crops; {100 * mc.get('speaker_shift', 0):.0f} % of clips moved to another training speaker's mean frame; best epoch by the **mean validation UA over corpora** |
 | text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture) fine-tuned on GoEmotions{', taken unchanged from `' + str((cfg.get('init') or {}).get('text', '')) + '`' if isinstance(cfg.get('init'), dict) and cfg['init'].get('text') else ''} |
 | fusion | {bcfg['fusion']} |

@@ -117,11 +117,12 @@ class SpeechRecipe(_Section):
     eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
     multicorpus: Optional[dict] = None   # frozen backbone, several corpora: see training/speech_multicorpus.py
     trim: Optional[bool] = None          # front end cuts leading/trailing silence (audio.trim_silence)
+    heads: int = 1                       # > 1: an ensemble of heads from seeds seed, seed+1, ... (multicorpus)
 
     def check(self, where: str) -> None:
         for name in ("epochs", "head_epochs", "hidden"):
             _require(getattr(self, name) >= 0, where, name, getattr(self, name), "must be >= 0")
-        for name in ("batch_size", "patience"):
+        for name in ("batch_size", "patience", "heads"):
             _require(getattr(self, name) >= 1, where, name, getattr(self, name), "must be >= 1")
         for name in ("lr", "backbone_lr"):
             _require(getattr(self, name) > 0, where, name, getattr(self, name), "must be > 0")

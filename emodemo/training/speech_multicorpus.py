@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..data import Item, corpus_of, load_spec
-from ..speech import EmotionHead
+from ..speech import HeadEnsemble, build_head
 from . import multicorpus as MC
 from .features import DEFAULT_ROOT, FrameCache, backbone_extractor, backbone_key
 from .metrics import metrics
@@ -60,15 +60,36 @@ def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequenc
 
 def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Sequence[str],
               mc: dict, hop_ms: float, seed: int, names: Optional[list[str]] = None):
+    """Train the head (each member of a HeadEnsemble with its own seed, seed + k, chosen on the
+    validation speakers by itself); the score is the whole head's mean validation UA."""
     tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
     va, _ = MC.gather(corpora, "val", feats, labels, names)
     collate = MC.make_collate("frames", crop=int(mc["crop_seconds"] * 1000 / hop_ms))
-    head, hist, best = MC.fit_multicorpus(
-        model, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
-        batch_size=mc["batch_size"], seed=seed, smoothing=mc["smoothing"], weight_decay=mc["weight_decay"],
-        patience=mc["patience"], absent=mc["absent"], speaker_shift=mc["speaker_shift"], ema=mc["ema"],
-        shift_scale=mc["shift_scale"])
-    return head, hist, best, collate, va
+    members = list(model.members) if isinstance(model, HeadEnsemble) else [model]
+    fitted, hists = [], []
+    for k, member in enumerate(members):
+        head, hist, best = MC.fit_multicorpus(
+            member, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
+            batch_size=mc["batch_size"], seed=seed + k, smoothing=mc["smoothing"],
+            weight_decay=mc["weight_decay"], patience=mc["patience"], absent=mc["absent"],
+            speaker_shift=mc["speaker_shift"], ema=mc["ema"], shift_scale=mc["shift_scale"])
+        fitted.append(head)
+        hists.append(hist)
+    if not isinstance(model, HeadEnsemble):
+        return fitted[0], hists[0], best, collate, va
+    model.members = nn.ModuleList(fitted)
+    per = {c: m for c, m in MC.evaluate_corpora(model, va, collate, labels).items() if not corpora[c].aux}
+    best = MC.select_score(per)
+    log.info("ensemble of %d heads: mean validation UA %.3f", len(fitted), best)
+    return model, hists[0], best, collate, va
+
+
+def fold_temperature(head: nn.Module, temperature: float) -> None:
+    """Divide the output layer(s) by the temperature: the head's softmax is then calibrated."""
+    with torch.no_grad():
+        for m in (head.members if isinstance(head, HeadEnsemble) else [head]):
+            m.out.weight /= temperature
+            m.out.bias /= temperature
 
 
 def _strip(per: dict) -> dict:
@@ -91,7 +112,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
         torch.manual_seed(seed)          # the head's initial weights do not depend on what ran before
         model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
                                                                  "hidden": sc.hidden, "dropout": sc.dropout,
-                                                                 "trim": bool(sc.trim)}})
+                                                                 "trim": bool(sc.trim), "heads": sc.heads}})
     model.eval()
     for p in model.backbone.parameters():
         p.requires_grad = False
@@ -127,7 +148,8 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
         report["loco"] = {}
         for left in real:
             others = [c for c in corpora if c != left]
-            fresh = EmotionHead(model.head.frame.in_features, len(labels), sc.hidden, sc.dropout)
+            torch.manual_seed(seed)
+            fresh = build_head(model.backbone.frame_dim, len(labels), sc.hidden, sc.dropout, sc.heads)
             h, _, sel, col, _ = _fit_head(fresh, corpora, feats, labels, mc, hop_ms, seed, others)
             c = corpora[left]
             res = {}
@@ -140,9 +162,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
             report["loco"][left] = res
             log.info("leave out %s: UA %.3f on all its speakers; largest class share %.2f",
                      left, res["all"]["UA"], res["all"]["max_share"])
-    with torch.no_grad():      # the temperature goes into the head, so fusion fitting and serving see it
-        head.out.weight /= temperature
-        head.out.bias /= temperature
+    fold_temperature(head, temperature)   # so fusion fitting and serving see the calibrated head
     model.head = head
     yv = va.y[np.isin(va.corpus, real)]
     pv = MC.predict(head, [x for x, c in zip(va.xs, va.corpus) if c in real], collate)
