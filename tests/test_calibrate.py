@@ -85,7 +85,9 @@ def test_calibrate_command_writes_a_bundle_with_the_mean_frame_shift(setting, no
     p = cal.predict(setting[1], transcript="")
     assert abs(sum(p.fused.values()) - 1) < 1e-4
 
-    # fine-tuning a calibrated bundle is refused with what to do instead
+    # calibrating it again, or fine-tuning it, is refused with what to do instead
+    r = _run("--base", str(out), "--out", str(tmp_path / "again"), *setting)
+    assert r.returncode == 2 and "already calibrated; calibrate" in r.stderr and "models/default" in r.stderr
     from emodemo.finetune import FinetuneError, finetune
     from emodemo.store import CorrectionStore
     with CorrectionStore(f"sqlite:///{tmp_path}/c.db") as store:

@@ -83,6 +83,10 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
         parent = ((cfg.get("lineage") or {}).get("base") or {}).get("path") or "its base bundle"
         raise FinetuneError(f"{base} was fine-tuned on corrections (its adapter learned from uncalibrated "
                             f"frames); calibrate {parent} instead, or keep fine-tuning")
+    if cfg["speech"].get("calibrated"):
+        parent = ((cfg.get("calibration") or {}).get("base") or {}).get("path") or "its base bundle"
+        raise FinetuneError(f"{base} is already calibrated; calibrate {parent} instead (a calibration "
+                            "replaces the last one, it does not add to it)")
     ref, _ = load_pack(base, cfg, speech)
     if ref is None:
         raise FinetuneError(f"{base} has no replay pack that fits it, and the pack is where the training "
@@ -90,8 +94,6 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
                             f"python -m emodemo finetune-pack --bundle {base}")
     dim = int(speech.backbone.frame_dim)
     reference = torch.tensor(ref.x[:, :dim].mean(0), dtype=torch.float32)
-    had = speech.calibration
-    speech.calibration = None                       # "before" = the uncalibrated head
     means, before, skipped = clip_frames(speech, paths, progress)
     if len(means) < MIN_CLIPS:
         raise FinetuneError(f"{len(means)} usable clips (need {MIN_CLIPS}, of varied speech from the new "
@@ -108,7 +110,6 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     report = {"base": str(base), "out": str(out), "clips": len(means), "skipped": skipped,
               "shift_norm": round(float(shift.norm()), 3),
               "shift_vs_training_spread": round(float(shift.norm()) / max(spread, 1e-6), 3),
-              "recalibrated": had is not None,
               "histogram_before": _hist(before, labels), "histogram_after": _hist(after, labels)}
     new_cfg = json.loads(json.dumps(cfg))
     new_cfg["speech"]["calibrated"] = True

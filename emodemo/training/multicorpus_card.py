@@ -121,7 +121,7 @@ and evidence-aware late fusion.
 | fusion | {bcfg['fusion']} |
 | ASR | {bcfg['asr']['backend']} / {bcfg['asr']['model']} |
 | seed | {cfg['seed']} |
-| size on disk | {size / 1e6:.2f} MB (head + changed tensors, float16; base weights come from the packages) |
+| size on disk | {size / 1e6:.2f} MB (heads and changed tensors in float16, plus the replay pack once written; base weights come from the packages) |
 
 ## Training data and speaker splits (whole speakers apart)
 | corpus | what | train speakers | validation speakers | held-out speakers | license |
