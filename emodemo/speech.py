@@ -79,12 +79,12 @@ class EmotionHead(nn.Module):
 
 
 class HeadEnsemble(nn.Module):
-    """Several EmotionHeads trained alike from different seeds; their logits averaged. Each one's
-    choice of epoch depends on its seed's luck; the mean depends less on it (recipe `speech.heads`)."""
+    """Several heads trained alike from different seeds; their logits averaged. Each one's choice
+    of epoch depends on its seed's luck; the mean depends less on it (recipe `speech.heads`)."""
 
-    def __init__(self, in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, n: int = 3):
+    def __init__(self, members):
         super().__init__()
-        self.members = nn.ModuleList(EmotionHead(in_dim, n_classes, hidden, dropout) for _ in range(n))
+        self.members = nn.ModuleList(members)
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(frames, lengths) for m in self.members]).mean(0)
@@ -93,7 +93,7 @@ class HeadEnsemble(nn.Module):
 def build_head(in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, heads: int = 1) -> nn.Module:
     """One EmotionHead, or a HeadEnsemble of `heads` of them."""
     if heads > 1:
-        return HeadEnsemble(in_dim, n_classes, hidden, dropout, heads)
+        return HeadEnsemble([EmotionHead(in_dim, n_classes, hidden, dropout) for _ in range(heads)])
     return EmotionHead(in_dim, n_classes, hidden, dropout)
 
 

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emodemo.bundle import LABELS  # noqa: E402
-from emodemo.speech import EmotionHead  # noqa: E402
+from emodemo.speech import EmotionHead, HeadEnsemble  # noqa: E402
 from emodemo.training import features as FT  # noqa: E402
 from emodemo.training import multicorpus as MC  # noqa: E402
 
@@ -162,20 +162,9 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
         hists.append(hist)
     if len(members) == 1:
         return model, collate, hist, best
-    model = MeanLogits(members)
+    model = HeadEnsemble(members)
     per = {c: m for c, m in MC.evaluate_corpora(model, va, collate, LABELS).items() if not corpora[c].aux}
     return model, collate, hists, MC.select_score(per)
-
-
-class MeanLogits(torch.nn.Module):
-    """Several heads trained with different seeds; their logits averaged."""
-
-    def __init__(self, members):
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-
-    def forward(self, *args):
-        return torch.stack([m(*args) for m in self.members]).mean(0)
 
 
 def centred(model, collate, corpora: dict, left: str, others: list[str], feats) -> dict:

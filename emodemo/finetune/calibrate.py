@@ -48,18 +48,15 @@ def _hist(p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
 def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable[[int, int], None]] = None):
     """Mean backbone frame (uncalibrated) and audio-branch probabilities of each readable clip, and
     the clips that could not be used (path, reason)."""
-    from .. import audio as A
     from ..speech import masked_stats
     speech.eval()
     means, probs, skipped = [], [], []
     for k, path in enumerate(paths):
         try:
-            wav = A.load_audio(str(path))
+            f, n = _feats(speech, path)
         except AudioError as exc:
             skipped.append((str(path), str(exc)))
             continue
-        f = A.features(speech.feature, wav)[None]
-        n = torch.tensor([f.shape[1]])
         frames, lengths = speech.backbone.frames(f, n)
         means.append(masked_stats(frames, lengths)[0, :frames.shape[-1]].float())
         probs.append(torch.softmax(speech(f, n), -1)[0].double().numpy())
@@ -126,7 +123,8 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     return report
 
 
-def _feats(speech, path):
+def _feats(speech, path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front-end features [1, T, F] of one file and their length (AudioError if unreadable)."""
     from .. import audio as A
     f = A.features(speech.feature, A.load_audio(str(path)))[None]
     return f, torch.tensor([f.shape[1]])

@@ -77,7 +77,7 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
         hists.append(hist)
     if not isinstance(model, HeadEnsemble):
         return fitted[0], hists[0], best, collate, va
-    model.members = nn.ModuleList(fitted)
+    model = HeadEnsemble(fitted)
     per = {c: m for c, m in MC.evaluate_corpora(model, va, collate, labels).items() if not corpora[c].aux}
     best = MC.select_score(per)
     log.info("ensemble of %d heads: mean validation UA %.3f", len(fitted), best)
