@@ -197,7 +197,7 @@ def main() -> int:
     if args.quick:
         args.cases, args.n = ["nemo"], [50]
     from emodemo.finetune.adapt import linear_probe, probe_predict
-    work, base = Path(args.work), Path(args.base)
+    work, base = Path(args.work).resolve(), Path(args.base).resolve()   # manifests hold absolute paths
     work.mkdir(parents=True, exist_ok=True)
     empty = work / "no-data"
     empty.mkdir(exist_ok=True)
