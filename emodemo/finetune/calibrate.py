@@ -33,6 +33,7 @@ import torch
 from ..errors import AudioError
 from .dataset import FinetuneError
 from .replay import load_pack
+from .write import parent_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ def _hist(p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
 
 @torch.inference_mode()
 def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable[[int, int], None]] = None):
-    """Mean backbone frame (uncalibrated) and audio-branch probabilities of each readable clip, and
-    the clips that could not be used (path, reason)."""
+    """Mean backbone frame (uncalibrated) and the head's probabilities on it (the audio branch of a
+    bundle without adapter or calibration) of each readable clip, and the clips that could not be
+    used (path, reason)."""
     from ..speech import masked_stats
     speech.eval()
     means, probs, skipped = [], [], []
@@ -59,7 +61,7 @@ def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable
             continue
         frames, lengths = speech.backbone.frames(f, n)
         means.append(masked_stats(frames, lengths)[0, :frames.shape[-1]].float())
-        probs.append(torch.softmax(speech(f, n), -1)[0].double().numpy())
+        probs.append(torch.softmax(speech.head(frames, lengths), -1)[0].double().numpy())
         if progress:
             progress(k + 1, len(paths))
     return means, np.array(probs), skipped
@@ -77,13 +79,11 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     cfg, speech, text = load_bundle(base)
     labels = cfg["labels"]
     if cfg["speech"].get("adapter"):
-        parent = ((cfg.get("lineage") or {}).get("base") or {}).get("path") or "its base bundle"
         raise FinetuneError(f"{base} was fine-tuned on corrections (its adapter learned from uncalibrated "
-                            f"frames); calibrate {parent} instead, or keep fine-tuning")
+                            f"frames); calibrate {parent_path(cfg)} instead, or keep fine-tuning")
     if cfg["speech"].get("calibrated"):
-        parent = ((cfg.get("calibration") or {}).get("base") or {}).get("path") or "its base bundle"
-        raise FinetuneError(f"{base} is already calibrated; calibrate {parent} instead (a calibration "
-                            "replaces the last one, it does not add to it)")
+        raise FinetuneError(f"{base} is already calibrated; calibrate {parent_path(cfg)} instead (a "
+                            "calibration replaces the last one, it does not add to it)")
     ref, _ = load_pack(base, cfg, speech)
     if ref is None:
         raise FinetuneError(f"{base} has no replay pack that fits it, and the pack is where the training "
@@ -100,9 +100,10 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     from ..speech import FrameShift
     speech.calibration = FrameShift(dim)
     speech.calibration.shift.copy_(shift)
+    unread = {s for s, _ in skipped}
     with torch.inference_mode():
         after = np.array([torch.softmax(speech(*_feats(speech, p)), -1)[0].double().numpy()
-                          for p in paths if str(p) not in {s for s, _ in skipped}])
+                          for p in paths if str(p) not in unread])
     spread = float(torch.from_numpy(ref.x[:, :dim]).float().std(0).norm())
     report = {"base": str(base), "out": str(out), "clips": len(means), "skipped": skipped,
               "shift_norm": round(float(shift.norm()), 3),
@@ -117,7 +118,6 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
                               "clips": len(means), "shift_norm": report["shift_norm"],
                               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     from ..bundle import save_bundle
-    from .write import write_atomically
     write_atomically(out, lambda staging: save_bundle(staging, new_cfg, speech, text,
                                                       card=card(new_cfg, report, base)))
     return report
@@ -130,7 +130,8 @@ def _feats(speech, path) -> tuple[torch.Tensor, torch.Tensor]:
     return f, torch.tensor([f.shape[1]])
 
 
-def _share(h: dict) -> str:
+def largest_share(h: dict) -> str:
+    """'label NN %' of the most predicted class in a histogram."""
     lab = max(h, key=h.get)
     return f"{lab} {100 * h[lab]:.0f} %"
 
@@ -152,8 +153,8 @@ vector to every backbone frame (the training audio's mean frame minus these clip
 {report['shift_norm']}, {report['shift_vs_training_spread']:.2f}× the spread of the training clips'
 mean frames). Nothing else changed: text branch, fusion and all weights are the base's.
 
-Audio-branch predictions on the calibration clips (largest class before: {_share(report['histogram_before'])},
-after: {_share(report['histogram_after'])}):
+Audio-branch predictions on the calibration clips (largest class before: {largest_share(report['histogram_before'])},
+after: {largest_share(report['histogram_after'])}):
 
 | class | before | after |
 |---|---|---|

@@ -196,7 +196,7 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
 def main_calibrate(argv: Optional[Sequence[str]] = None) -> int:
     """`emodemo calibrate --base DIR --out DIR CLIP ...`: a calibrated bundle from unlabelled clips
     of a new setting (emodemo.finetune.calibrate); exit 0 written, 2 refused (with the reason)."""
-    from .calibrate import MIN_CLIPS, calibrate
+    from .calibrate import MIN_CLIPS, calibrate, largest_share
     p = argparse.ArgumentParser(
         prog="python -m emodemo calibrate",
         description="Calibrate a bundle to a new kind of recording (language, microphone, room) from "
@@ -217,11 +217,9 @@ def main_calibrate(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     for path, why in rep["skipped"]:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    top = lambda h: max(h, key=h.get)  # noqa: E731
-    hb, ha = rep["histogram_before"], rep["histogram_after"]
     print(f"calibrated on {rep['clips']} clips (shift {rep['shift_vs_training_spread']:.2f}x the training "
-          f"clips' spread); largest predicted class on them: {top(hb)} {100 * hb[top(hb)]:.0f} % before, "
-          f"{top(ha)} {100 * ha[top(ha)]:.0f} % after")
+          f"clips' spread); largest predicted class on them: {largest_share(rep['histogram_before'])} before, "
+          f"{largest_share(rep['histogram_after'])} after")
     print(f"wrote {args.out}")
     return 0
 

@@ -282,8 +282,8 @@ def finetune(db_url: Any, base_bundle: str | Path, out_dir: str | Path,
     say(0.04, "loading the base bundle")
     cfg, speech, text = load_bundle(base_bundle)
     if cfg["speech"].get("calibrated"):
-        parent = ((cfg.get("calibration") or {}).get("base") or {}).get("path") or "its base bundle"
-        raise FinetuneError(f"{base_bundle} was calibrated without labels; fine-tune {parent} instead "
+        from .write import parent_path
+        raise FinetuneError(f"{base_bundle} was calibrated without labels; fine-tune {parent_path(cfg)} instead "
                             "(the corrections adapt it to their setting by themselves)")
     base_speech, base_text = copy.deepcopy(speech).eval(), copy.deepcopy(text).eval()
     base_fusion = LateFusion.from_config(cfg.get("fusion"))

@@ -29,6 +29,16 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def parent_path(cfg: dict) -> str:
+    """The bundle a fine-tuned or calibrated bundle was made from (its lineage or calibration
+    record), for messages that send the user back to it."""
+    for key in ("lineage", "calibration"):
+        path = ((cfg.get(key) or {}).get("base") or {}).get("path")
+        if path:
+            return str(path)
+    return "its base bundle"
+
+
 def lineage(cfg, base_bundle, ds, clips, train_items, val_items, too_few, db_shown, snapshot, sources,
             reference, tolerance, decision, sp, tx, fu, recipe, seed, new_cfg, metrics) -> dict:
     return {
