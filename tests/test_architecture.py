@@ -27,7 +27,7 @@ PACKAGE = ROOT / "emodemo"
 MAX_LINES = 450
 
 CORE = {"emodemo", "emodemo.audio", "emodemo.speech", "emodemo.ge2e", "emodemo.resnet",
-        "emodemo.checkpoint", "emodemo.whisper_port", "emodemo.whisper_encoder", "emodemo.text",
+        "emodemo.checkpoint", "emodemo.whisper_assets", "emodemo.whisper_port", "emodemo.whisper_encoder", "emodemo.text",
         "emodemo.asr", "emodemo.fusion", "emodemo.bundle", "emodemo.recognizer", "emodemo.data",
         "emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm"}
 SHARED = {"emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm"}
