@@ -13,7 +13,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from . import vad
 from .errors import AudioError, EmodemoError
+from .vad import frame_energy_db  # noqa: F401 - loudness per frame, also audio's
 
 # ---- front-end constants -------------------------------------------------------------------
 SAMPLE_RATE = 16000          # every model in emodemo works at 16 kHz mono
@@ -165,18 +167,6 @@ def decode(path: Union[str, os.PathLike],
     return _decode_ffmpeg(path, limit)
 
 
-def frame_energy_db(wav: np.ndarray, hop: int, block: int = 1024) -> np.ndarray:
-    """Mean power per `hop`-sample frame in dB, computed on a view in blocks of frames so that
-    memory does not grow with the length of the audio."""
-    nfr = wav.size // hop
-    frames = wav[: nfr * hop].reshape(nfr, hop)
-    energy = np.empty(nfr)
-    for a in range(0, nfr, block):
-        f = frames[a:a + block].astype(np.float64)
-        energy[a:a + block] = np.einsum("ij,ij->i", f, f) / hop
-    return 10 * np.log10(energy + 1e-12)
-
-
 def to_mono_16k(wav: np.ndarray | torch.Tensor, sr: int, owned: bool = False) -> np.ndarray:
     """Downmix to mono, replace non-finite samples, resample to 16 kHz; returns float32 [n].
     Works on at most one copy of the samples; the caller's array is never modified unless
@@ -308,14 +298,35 @@ FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank, "whisper_mel": whisper_mel,
             "ge2e+whisper_mel": ge2e_whisper_mel}
 
 
-TRIMMED = "trimmed:"     # feature-name prefix: leading and trailing silence cut off first
+TRIMMED = "trimmed:"         # feature-name prefix: leading and trailing silence cut off first (energy)
+TRIMMED_VAD = "trimmed-vad:"  # ... where the voice activity detector hears no speech
+TRIM_PREFIXES = {"energy": TRIMMED, "vad": TRIMMED_VAD}
 
 
-def trim_silence(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float = 0.1):
-    """The clip without leading and trailing silence (10-ms frames `top_db` below the loudest), `pad`
-    s kept each side; a view. Corpora differ here (RAVDESS clips are half silence, nEMO's cut tight),
-    and so do uploads: a model pooling over silence learns the recording, not the voice."""
+def trim_prefix(trim: Union[bool, str, None]) -> str:
+    """The feature-name prefix of a bundle's `speech.trim`: false/absent -> no trimming, true (old
+    bundles) or "energy" -> energy trimming, "vad" -> trimming by the VAD."""
+    if trim is None or trim is False:
+        return ""
+    method = "energy" if trim is True else trim
+    if method not in TRIM_PREFIXES:
+        raise EmodemoError(f"unknown speech.trim {trim!r}; use true, false, \"energy\" or \"vad\"")
+    return TRIM_PREFIXES[method]
+
+
+def trim_silence(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float = 0.1,
+                 method: str = "energy"):
+    """The clip without leading and trailing silence, `pad` s kept each side; a view. "energy": 10-ms
+    frames `top_db` below the loudest are silence; "vad": whatever the VAD (vad.py) does not hear as
+    speech, so the noise of a room is cut too (a clip where it hears none comes back whole).
+    Corpora differ here (RAVDESS clips are half silence, nEMO's cut tight), and so do uploads: a
+    model pooling over silence learns the recording, not the voice."""
     x = wav.numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
+    if method == "vad":
+        spans = vad.speech_spans(x, vad.VadOptions(pad=pad))
+        return wav[int(spans[0][0] * SAMPLE_RATE):int(round(spans[-1][1] * SAMPLE_RATE))] if spans else wav
+    if method != "energy":
+        raise EmodemoError(f"unknown trimming method {method!r}; use \"energy\" or \"vad\"")
     hop, keep = SAMPLE_RATE // 100, int(pad * 100)
     e = frame_energy_db(x, hop)
     on = np.flatnonzero(e > e.max() - top_db) if e.size else e
@@ -323,10 +334,11 @@ def trim_silence(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: floa
 
 
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Compute the named feature type (a key of FEATURES, optionally prefixed `trimmed:`) as
-    [frames, bins]."""
-    if name.startswith(TRIMMED):
-        return features(name[len(TRIMMED):], trim_silence(wav))
+    """Compute the named feature type (a key of FEATURES, optionally prefixed `trimmed:` or
+    `trimmed-vad:`) as [frames, bins]."""
+    for method, prefix in TRIM_PREFIXES.items():
+        if name.startswith(prefix):
+            return features(name[len(prefix):], trim_silence(wav, method=method))
     try:
         return FEATURES[name](wav)
     except KeyError:
@@ -375,71 +387,28 @@ class Segment:
 
 def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
             frame_ms: int = 10, silence_db: float = -40.0, min_pause: float = 0.3,
-            pad: float = 0.05) -> list[Segment]:
+            pad: float = 0.05, method: str = "vad") -> list[Segment]:
     """Split speech at the pauses a listener hears as sentence breaks, into segments of at most
     `max_len` s; audio up to `max_len` s stays one segment.
 
-    Energy based, on `frame_ms` frames: a frame is a pause when it is `silence_db` below the
-    loudest frame, or (in a noisy recording) less than 10 dB above the noise floor (5th
-    percentile), but never when it is within 20 dB of the loudest, so quiet speech next to loud
-    speech is still speech; a segment's edges then reach down to `silence_db` below its own
-    loudest frame (the fading end of a quiet sentence belongs to it). Every pause of at least `min_pause` s ends a segment; a segment shorter
-    than `min_len` joins its neighbour across the shorter pause (if the result fits `max_len`); a
-    segment longer than `max_len` is cut at its quietest 200 ms. Segments keep `pad` s of the
-    pause on each side; leading and trailing silence is dropped.
+    "vad" (default): where the VAD hears speech (vad.py), so a noisy room's floor is not speech;
+    every pause of at least `min_pause` s ends a segment, a segment shorter than `min_len` joins
+    its neighbour across the shorter pause (if the result fits `max_len`), one longer than
+    `max_len` is split at its longest pause (speech without one at its quietest 200 ms); segments
+    keep `pad` s of the pause on each side; leading and trailing silence is dropped. "energy":
+    the older loudness rule on `frame_ms` frames with `silence_db` (`vad.energy_segments`), also
+    used where the VAD hears no speech at all (music, tones).
     """
-    n = wav.size
-    total = n / SAMPLE_RATE
+    total = wav.size / SAMPLE_RATE
     if total <= max_len:
         return [Segment(0.0, total)]
-    hop = SAMPLE_RATE * frame_ms // 1000
-    energy = frame_energy_db(wav, hop)
-    top, floor = float(energy.max()), float(np.percentile(energy, 5)) + 10.0
-    thresh = max(top + silence_db, min(floor, top - 20.0))
-    voiced = np.flatnonzero(energy > thresh)
-    if voiced.size == 0:
-        return [Segment(0.0, total)]
-    fr = lambda sec: max(1, int(round(sec * 1000 / frame_ms)))  # noqa: E731
-    max_fr, min_fr = fr(max_len), fr(min_len)
-    breaks = np.flatnonzero(np.diff(voiced) > fr(min_pause))
-    regions = [[int(a), int(b) + 1] for a, b in zip(np.r_[voiced[0], voiced[breaks + 1]],
-                                                   np.r_[voiced[breaks], voiced[-1]])]
-    k = 0
-    while k < len(regions) and len(regions) > 1:     # short ones join a neighbour
-        a, b = regions[k]
-        options = [(a - regions[j][1] if j < k else regions[j][0] - b, j)
-                   for j in (k - 1, k + 1) if 0 <= j < len(regions)
-                   and max(b, regions[j][1]) - min(a, regions[j][0]) <= max_fr]
-        if b - a < min_fr and options:
-            k = min(k, min(options)[1])
-            regions[k:k + 2] = [[regions[k][0], regions[k + 1][1]]]
-        else:
-            k += 1
-    out: list[tuple[int, int]] = []
-    while regions:                                   # long ones are cut at their quietest part
-        a, b = regions.pop(0)
-        if b - a <= max_fr:
-            out.append((a, b))
-            continue
-        lo, hi = a + min(min_fr, (b - a) // 2), min(b - min_fr, a + max_fr)
-        if hi <= lo:
-            lo, hi = a + 1, a + max_fr
-        width = min(fr(0.2), max(1, (hi - lo) // 4))
-        smooth = np.convolve(energy[lo:hi], np.ones(width) / width, mode="same")
-        cut = lo + int(np.argmin(smooth))
-        regions[:0] = [[a, cut], [cut, b]]
-    segs = []
-    for k, (a, b) in enumerate(out):                 # edges: down to `silence_db` below the segment's own peak
-        edge = max(float(energy[a:b].max()) + silence_db, floor)
-        lo, hi = (out[k - 1][1] + a) // 2 if k else 0, (b + out[k + 1][0]) // 2 if k + 1 < len(out) else energy.size
-        while a > lo and energy[a - 1] > edge:
-            a -= 1
-        while b < hi and energy[b] > edge:
-            b += 1
-        start = max(a - fr(pad), (out[k - 1][1] + a) // 2 if k else 0)
-        stop = min(b + fr(pad), (b + out[k + 1][0] + 1) // 2 if k + 1 < len(out) else energy.size)
-        segs.append(Segment(round(start * hop / SAMPLE_RATE, 3), round(min(stop * hop, n) / SAMPLE_RATE, 3)))
-    return segs
+    if method not in ("vad", "energy"):
+        raise EmodemoError(f"unknown segmentation method {method!r}; use \"vad\" or \"energy\"")
+    o = vad.SegmentOptions(max_len=max_len, min_len=min_len, min_pause=min_pause, pad=pad,
+                           frame_ms=frame_ms, silence_db=silence_db)
+    spans = vad.speech_spans(wav, vad.VadOptions(pad=0.0)) if method == "vad" else []
+    found = vad.sentences(spans, wav, o) if spans else vad.energy_segments(wav, o)
+    return [Segment(a, b) for a, b in found]
 
 
 def iter_segments(wav: np.ndarray, **kw) -> Iterator[tuple[Segment, np.ndarray]]:

@@ -67,7 +67,7 @@ def build_speech(cfg: dict, pretrained: bool = True) -> SpeechEmotionModel:
     options = {k: s[k] for k in ("layers", "mix") if k in s}     # Whisper block choice / mixing
     backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained, **options)
     return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3),
-                              adapter=bool(s.get("adapter", False)), trim=bool(s.get("trim", False)),
+                              adapter=bool(s.get("adapter", False)), trim=s.get("trim") or False,
                               calibrated=bool(s.get("calibrated", False)), heads=int(s.get("heads", 1)))
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .audio import TRIMMED
+from .audio import trim_prefix
 from .checkpoint import LoadReport, load_checked  # noqa: F401  (re-exported: speech.load_checked)
 from .errors import EmodemoError
 from .ge2e import GE2E, partial_slices, resemblyzer_weights  # noqa: F401  (re-exported)
@@ -147,10 +147,11 @@ class SpeechEmotionModel(nn.Module):
     returns class logits."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
-                 adapter: bool = False, trim: bool = False, calibrated: bool = False, heads: int = 1):
+                 adapter: bool = False, trim: bool | str = False, calibrated: bool = False, heads: int = 1):
         super().__init__()
         self.backbone = backbone
-        self.trim = trim          # front end cuts leading/trailing silence (audio.trim_silence)
+        self.trim = trim          # front end cuts leading/trailing silence: True/"energy", "vad" (audio.trim_silence)
+        trim_prefix(trim)         # an unknown method is refused when the model is built
         self.head = build_head(backbone.frame_dim, n_classes, hidden, dropout, heads)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
         self.calibration = FrameShift(backbone.frame_dim) if calibrated else None
@@ -162,7 +163,7 @@ class SpeechEmotionModel(nn.Module):
 
     @property
     def feature(self) -> str:
-        return (TRIMMED if self.trim else "") + self.backbone.feature
+        return trim_prefix(self.trim) + self.backbone.feature
 
     def pooled(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """(pooled backbone stats [B, 2·frame_dim], head logits [B, C]) — what the adapter sees."""

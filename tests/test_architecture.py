@@ -26,7 +26,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "emodemo"
 MAX_LINES = 450
 
-CORE = {"emodemo", "emodemo.audio", "emodemo.speech", "emodemo.ge2e", "emodemo.resnet",
+CORE = {"emodemo", "emodemo.audio", "emodemo.vad", "emodemo.speech", "emodemo.ge2e", "emodemo.resnet",
         "emodemo.checkpoint", "emodemo.whisper_assets", "emodemo.whisper_port", "emodemo.whisper_encoder", "emodemo.text",
         "emodemo.asr", "emodemo.fusion", "emodemo.bundle", "emodemo.recognizer", "emodemo.data",
         "emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm"}
