@@ -4,6 +4,8 @@
     python benchmarks/bench_vad.py --quick            # fewer sentences and recordings (~30 s)
     python benchmarks/bench_vad.py --out /tmp/vad.json --no-speed
 
+It prints the markdown tables of benchmarks/README.md ("Speech found by a VAD").
+
 Ground truth: each sentence is synthesised alone, and its speech runs from its first to its last
 10-ms frame within 40 dB of its loudest (the clean signal). Noise (white, or pink = 1/f power) is
 added at an SNR measured against the speech's own power over that span: clean, 20, 10, 5, 0 dB.
@@ -11,7 +13,8 @@ added at an SNR measured against the speech's own power over that span: clean, 2
 * trimming: every sentence with 0.5-2 s of silence before and after (random), cut by
   `audio.trim_silence(pad=0, method=...)`; boundary error = |estimated - true| start and end (s),
   frame F1 = 10-ms frames kept vs frames of the true span.
-* segmentation: recordings of 6 sentences (one voice each, 0.4-1.2 s pauses, 1 s of silence at
+* segmentation: recordings of 6 sentences (each sentence in 3 recordings, shuffled; one voice
+  per sentence, 0.4-1.2 s pauses, 1 s of silence at
   both ends), `audio.segment(max_len=10, method=...)`; a recording is right when it gives one
   segment per sentence, each sentence whole (within 0.05 s, or loosely 0.3 s, at each end) inside
   its own segment and nothing of its neighbours; frame F1 = frames inside segments vs frames
@@ -209,6 +212,31 @@ def speed(clip5: np.ndarray, long_wav: np.ndarray) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The README tables: trimming and segmentation per noise condition, energy | VAD; speed."""
+    lines = ["| noise | trim start / end error, median (s) | trim worse end, 90th pct (s) | trim within 0.3 s "
+             "| trim frame F1 | segments: count right | right (0.05 s) | right (0.3 s) | segment frame F1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["accuracy"]:
+        t, g = row["trim"], row["segment"]
+        pair = lambda d, k, f: " \u2192 ".join(format(d[m][k], f) for m in METHODS)  # noqa: E731
+        errs = " \u2192 ".join(f"{t[m]['start_err']:.2f} / {t[m]['end_err']:.2f}" for m in METHODS)
+        name = "clean" if row["snr_db"] is None else f"{row['noise']} {row['snr_db']} dB"
+        lines.append(f"| {name} | {errs} | {pair(t, 'end_err_p90', '.2f')} | {pair(t, 'within_0.3s', '.0%')} | "
+                     f"{pair(t, 'f1', '.3f')} | {pair(g, 'count_right', '.0%')} | {pair(g, 'right', '.0%')} | "
+                     f"{pair(g, 'right_0.3s', '.0%')} | {pair(g, 'f1', '.3f')} |")
+    sp = result.get("speed")
+    if sp:
+        lines += ["", "| step | time |", "|---|---|",
+                  f"| `vad.speech_spans`, 5-s clip | {sp['vad_5s'] * 1000:.1f} ms |",
+                  f"| energy trimming, 5-s clip | {sp['energy_trim_5s'] * 1000:.2f} ms |",
+                  f"| audio branch (`rec.audio_proba`, default bundle), same clip | {sp['audio_branch_5s'] * 1000:.0f} ms |",
+                  f"| VAD / audio branch | {sp['vad_over_audio_branch']:.1%} |",
+                  f"| `audio.segment`, 10 min: VAD / energy | {sp['vad_segment_10min']:.2f} s / "
+                  f"{sp['energy_segment_10min']:.3f} s (VAD RTF {sp['vad_rtf_10min']:.4f}) |"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -218,13 +246,17 @@ def main(argv=None) -> dict:
     n = 12 if args.quick else 24
     clips = sentences(n)
     rng = np.random.default_rng(1)
-    recs = [recording(clips[i:i + 6], rng) for i in range(0, n - 5, 6)]
+    recs = []
+    for _ in range(3):                   # every sentence in three recordings, in shuffled orders
+        order = rng.permutation(n)
+        recs += [recording([clips[j] for j in order[i:i + 6]], rng) for i in range(0, n - 5, 6)]
     result = {"sentences": n, "recordings": len(recs), "accuracy": accuracy(clips, recs)}
     if not args.no_speed:
         five = recs[0][0][: 5 * SR]
         tiled = np.tile(np.concatenate([r[0] for r in recs]), 20)[: 600 * SR]
         result["speed"] = speed(five, add_noise(tiled, [(0, 600)], 20, "white", rng))
     args.out.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return result
 
