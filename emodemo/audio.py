@@ -385,9 +385,12 @@ class Segment:
         return wav[int(self.start * SAMPLE_RATE):int(self.end * SAMPLE_RATE)]
 
 
-def segment(wav: np.ndarray, max_len: float = 10.0, min_len: float = 1.0,
-            frame_ms: int = 10, silence_db: float = -40.0, min_pause: float = 0.3,
-            pad: float = 0.05, method: str = "vad") -> list[Segment]:
+_SEG = vad.SegmentOptions()     # the defaults, written once
+
+
+def segment(wav: np.ndarray, max_len: float = _SEG.max_len, min_len: float = _SEG.min_len,
+            frame_ms: int = _SEG.frame_ms, silence_db: float = _SEG.silence_db,
+            min_pause: float = _SEG.min_pause, pad: float = _SEG.pad, method: str = "vad") -> list[Segment]:
     """Split speech at the pauses a listener hears as sentence breaks, into segments of at most
     `max_len` s; audio up to `max_len` s stays one segment.
 

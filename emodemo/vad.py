@@ -114,7 +114,9 @@ class SegmentOptions:
     `silence_db` are the loudness rule's (`energy_segments`)."""
     max_len: float = 10.0
     min_len: float = 1.0
-    min_pause: float = 0.3
+    # A comma's pause (espeak-ng: ~0.3 s) stays inside; 0.3 split 3-12 % of noisy 6-sentence
+    # recordings (white 10/0 dB, pink 5/0 dB) at a comma, 0.35-0.45 none of 48 (sentence pauses >= 0.4 s).
+    min_pause: float = 0.35
     pad: float = 0.05
     frame_ms: int = 10
     silence_db: float = -40.0

@@ -217,3 +217,25 @@ def test_a_bundle_with_vad_trimming_hears_the_voice_not_the_room(tmp_path, sente
         rec = load_recognizer(bundle)
         out[trim] = np.abs(rec.audio_proba(room) - rec.audio_proba(tight)).sum()
     assert out["vad"] < 0.6 * out[True], out           # measured 0.19 vs 0.39 (L1 distance)
+
+
+def test_benchmark_noise_has_the_asked_snr_and_colour():
+    """benchmarks/bench_vad.py's noisy clips are what its README says they are."""
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_vad
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * SR) / SR
+    wav = (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    for kind in ("white", "pink"):
+        y = bench_vad.add_noise(wav, [(0.0, 2.0)], 10, kind, rng)
+        snr = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) / np.mean((y - wav).astype(np.float64) ** 2))
+        assert snr == pytest.approx(10, abs=0.1)
+    spec = np.abs(np.fft.rfft(bench_vad.noise("pink", 4 * SR, rng))) ** 2
+    f = np.fft.rfftfreq(4 * SR, 1 / SR)
+    low, high = spec[(f > 100) & (f < 200)].mean(), spec[(f > 4000) & (f < 8000)].mean()
+    assert 10 * np.log10(low / high) == pytest.approx(10 * np.log10(6000 / 150), abs=2)   # 1/f
+    segs = [A.Segment(0.9, 3.2), A.Segment(3.5, 6.0)]
+    assert bench_vad.aligned(segs, [(1.0, 3.0), (3.6, 5.9)], 0.05)
+    assert not bench_vad.aligned(segs, [(1.0, 3.0), (3.1, 5.9)], 0.05)      # the first holds some of the second
+    assert bench_vad.f1(bench_vad.frames([(0, 1)], 2), bench_vad.frames([(0.5, 1.5)], 2)) == pytest.approx(0.5)
