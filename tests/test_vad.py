@@ -126,6 +126,8 @@ def test_trim_methods_and_the_vad_front_end(sentence):
     for trim, feature in ((True, "trimmed:"), ("energy", "trimmed:"), ("vad", "trimmed-vad:"), (False, "")):
         model = build_speech({"labels": LABELS, "speech": {"backbone": "ge2e", "trim": trim}}, pretrained=False)
         assert model.feature == feature + "ge2e_mel"
+    from emodemo.training.recipe import Recipe
+    assert Recipe.coerce({"speech": {"trim": "vad"}}).speech.trim == "vad"     # a recipe may train with it
     with pytest.raises(EmodemoError, match="speech.trim"):
         build_speech({"labels": LABELS, "speech": {"backbone": "ge2e", "trim": "loudness"}}, pretrained=False)
     with pytest.raises(EmodemoError, match="trimming method"):

@@ -116,7 +116,7 @@ class SpeechRecipe(_Section):
         "speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5, "gain_db": [-10, 10]})
     eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
     multicorpus: Optional[dict] = None   # frozen backbone, several corpora: see training/speech_multicorpus.py
-    trim: Optional[bool] = None          # front end cuts leading/trailing silence (audio.trim_silence)
+    trim: Union[bool, str, None] = None  # front end cuts leading/trailing silence: true/"energy", "vad" (audio.trim_silence)
     heads: int = 1                       # > 1: an ensemble of heads from seeds seed, seed+1, ... (multicorpus)
 
     def check(self, where: str) -> None:

@@ -112,7 +112,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
         torch.manual_seed(seed)          # the head's initial weights do not depend on what ran before
         model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
                                                                  "hidden": sc.hidden, "dropout": sc.dropout,
-                                                                 "trim": bool(sc.trim), "heads": sc.heads}})
+                                                                 "trim": sc.trim or False, "heads": sc.heads}})
     model.eval()
     for p in model.backbone.parameters():
         p.requires_grad = False
