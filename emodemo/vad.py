@@ -29,7 +29,7 @@ VAD_FRAME = 512             # samples the model scores at a time (32 ms)
 
 Span = tuple[float, float]  # (start, end) in seconds
 # Silero decides on 32-ms frames and hears a quiet onset late: on espeak-ng sentences its span
-# starts a median 27 ms (90th percentile 85 ms) after the first frame within 40 dB of the peak.
+# starts a median 18-27 ms (90th percentile 85 ms) after the first frame within 40 dB of the peak.
 # Sentence segments are widened by this much on top of their pad (benchmarks/bench_vad.py).
 EDGE = 0.05
 
