@@ -78,6 +78,20 @@ def test_vad_finds_a_sentence_and_nothing_in_silence_tones_or_noise(sentence):
     assert probs[: int(1.4 * SR) // vad.VAD_FRAME].max() < 0.2 and np.median(probs[int(a * SR) // 512:int(b * SR) // 512]) > 0.8
 
 
+def test_long_audio_is_scored_a_chunk_at_a_time_with_the_same_spans(joined, monkeypatch):
+    """Spans across chunk boundaries are joined again: 3.2-s chunks cut every sentence of the
+    joined recording, and the spans stay those of one pass (as the 60-s chunks of real use)."""
+    wav, spans = joined
+    before = wav.copy()
+    whole = vad.speech_spans(wav, vad.VadOptions(pad=0.0))
+    assert np.array_equal(wav, before)                                       # the caller's samples untouched
+    assert len(whole) == len(spans) and all(abs(a - t) < 0.15 for (a, _), (t, _) in zip(whole, spans))
+    monkeypatch.setattr(vad, "CHUNK_FRAMES", 100)
+    chunked = vad.speech_spans(wav, vad.VadOptions(pad=0.0))
+    assert len(chunked) == len(whole)
+    assert np.abs(np.array(chunked) - np.array(whole)).max() < 0.1, (chunked, whole)
+
+
 def test_vad_refuses_what_it_cannot_read():
     with pytest.raises(EmodemoError, match="mono"):
         vad.speech_spans(np.zeros((2, SR), np.float32))
