@@ -81,12 +81,14 @@ def _samples(wav) -> np.ndarray:
 
 
 def speech_probabilities(wav) -> np.ndarray:
-    """Silero's speech probability of every 32-ms frame (`VAD_FRAME` samples) of 16 kHz audio."""
-    x = _samples(wav)
-    padded = np.pad(x, (0, -x.size % VAD_FRAME or 0))
-    if padded.size == 0:
-        return np.zeros(0, np.float32)
-    return np.asarray(vad_model()(padded), dtype=np.float32).reshape(-1)[: padded.size // VAD_FRAME]
+    """Silero's speech probability of every 32-ms frame (`VAD_FRAME` samples, the last one
+    zero-padded) of 16 kHz audio, a minute at a time."""
+    x, step = _samples(wav), CHUNK_FRAMES * VAD_FRAME
+    out = [np.zeros(0, np.float32)]
+    for at in range(0, x.size, step):
+        chunk = np.pad(x[at:at + step], (0, -min(step, x.size - at) % VAD_FRAME))   # a copy: the model writes in it
+        out.append(np.asarray(vad_model()(chunk), dtype=np.float32).reshape(-1)[: chunk.size // VAD_FRAME])
+    return np.concatenate(out)
 
 
 def widen(spans: list[Span], pad: float, total: float) -> list[Span]:
