@@ -31,6 +31,8 @@ from .textnorm import MAX_TEXT_CHARS, clean_text
 from .store import MAX_ANNOTATOR_CHARS
 
 NONE_DISPLAY = "none of these"          # how "none" is offered to people
+#: fused top-1 minus top-2 probability below which a call is "unsure" (the one uncertainty rule)
+UNSURE_MARGIN = 0.15
 
 # ---- limits --------------------------------------------------------------------------------
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
@@ -240,15 +242,43 @@ def predict_spans(rec, wav: np.ndarray, limits: Limits, progress: Optional[Calla
     return [rec.predict_wave(wav)]
 
 
+# ---- uncertainty: one rule --------------------------------------------------------------------
+def margin(probs: Mapping[str, float]) -> float:
+    """Top-1 minus top-2 probability (1.0 with a single label)."""
+    top = sorted((float(v) for v in probs.values()), reverse=True)
+    return top[0] - top[1] if len(top) > 1 else 1.0
+
+
+def is_unsure(probs: Mapping[str, float]) -> bool:
+    """A tie or a near tie between the two most likely labels (margin < UNSURE_MARGIN)."""
+    return margin(probs) < UNSURE_MARGIN
+
+
+def call(probs: Mapping[str, float]) -> str:
+    """What the model says, in words: "angry", or "angry or fearful — unsure" when unsure."""
+    ranked = sorted(probs, key=lambda k: -float(probs[k]))
+    if len(ranked) > 1 and is_unsure(probs):
+        return f"{ranked[0]} or {ranked[1]} — unsure"
+    return ranked[0]
+
+
+def verdict(probs: Mapping[str, float]) -> dict:
+    """The JSON fields of the call: margin, unsure, call (see `call`)."""
+    return {"margin": round(margin(probs), 6), "unsure": is_unsure(probs), "call": call(probs)}
+
+
 def _vec(labels: Sequence[str], probs: Optional[Mapping[str, float]]) -> Optional[list]:
     return None if probs is None else [float(probs.get(k, 0.0)) for k in labels]
 
 
 def span_record(labels: Sequence[str], p) -> dict:
     """The JSON-able record of one predicted span (see the module docstring)."""
+    translation = getattr(p, "translation", "") or ""      # C1 (branch asr): read defensively
+    read = translation or p.transcript                       # what the (English) text model read
     return {"start": float(p.start), "end": float(p.end), "audio": _vec(labels, p.audio),
-            "text": _vec(labels, p.text), "asr": p.transcript, "transcript": p.transcript,
-            "warnings": list(p.warnings)}
+            "text": _vec(labels, p.text), "asr": read, "transcript": read,
+            "original": p.transcript if translation else None,
+            "language": getattr(p, "language", None), "warnings": list(p.warnings)}
 
 
 def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
@@ -309,7 +339,7 @@ def predict_clip(rec, audio: Any, transcript: Optional[str], limits: Limits, wor
     dur = wav.size / A.SAMPLE_RATE
     if text is not None or not is_long(wav, limits):
         out = rec.predict_wave(wav, text).to_dict()
-        out["segments"] = []
+        out.update(verdict(out["fused"]), segments=[])
         return out
     preds = predict_spans(rec, wav, limits, progress)
     ov = overall(rec.labels, preds)
@@ -318,5 +348,5 @@ def predict_clip(rec, audio: Any, transcript: Optional[str], limits: Limits, wor
             "transcript": " ".join(p.transcript for p in preds if p.transcript),
             "duration": dur, "start": 0.0, "end": dur,
             "bundle": getattr(rec, "name", ""), "bundle_version": getattr(rec, "version", ""),
-            "warnings": sorted({w for p in preds for w in p.warnings}),
-            "segments": [p.to_dict() for p in preds]}
+            "warnings": sorted({w for p in preds for w in p.warnings}), **verdict(ov["fused"]),
+            "segments": [{**p.to_dict(), **verdict(p.fused)} for p in preds]}
