@@ -150,7 +150,7 @@ def test_persistent_models_folder_lists_the_shipped_ones_too(models_dir, tmp_pat
 
 def test_admin_token_guards_switching_and_finetuning(models_dir, tmp_path):
     h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
-    h.admin_token = "s3cret"
+    h.registry.admin_token = "s3cret"
     for token in (None, "", "wrong"):
         assert "admin token" in h.switch_model("tiny-b", token)["models_msg"]
         assert "admin token" in h.start_finetune("new-v1", 1, 3, "", False, token)["ft_msg"]

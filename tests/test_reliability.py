@@ -52,6 +52,7 @@ from emodemo.cli import main as emodemo_main
 from emodemo.recognizer import EmotionRecognizer
 from emodemo.store import DEFAULT_LABELS, CorrectionStore, StoreError
 from emodemo.text import clean_text
+from emodemo.settings import Settings
 from emodemo.ui import Handlers, Limits, build_app
 
 EXAMPLES = ROOT / "data" / "examples"
@@ -946,7 +947,7 @@ def test_hostile_text_is_escaped_wherever_it_is_shown(fast_rec, store, tmp_path)
     assert hist["history"].iloc[0]["annotator"] == XSS[1]            # plain-text cell
     _no_live_markup([hist["history_msg"]])
     # the history tables are plain-text cells and every Markdown output sanitises HTML
-    demo = build_app(rec, store)
+    demo = build_app(Settings(preload_asr=False), rec, store)
     props = {c["props"].get("elem_id"): (c["type"], c["props"]) for c in demo.config["components"]}
     assert props["emodemo-history"][1]["datatype"] == "str"
     assert props["emodemo-agreement"][1]["datatype"] == "str"
@@ -1061,11 +1062,9 @@ def test_app_binds_to_localhost_unless_told_otherwise(fast_rec, tmp_path, monkey
     assert seen.pop()["server_name"] == "127.0.0.1"
 
     class Demo:  # the rest only resolves settings: skip building the Blocks again
-        def __init__(self, _rec, _store, **limits):
-            self.emodemo_limits = Limits.from_kwargs(**{
-                k: v for k, v in limits.items()
-                if k not in ("preload_asr", "models_dir", "allow_finetune", "extra_model_dirs",
-                              "admin_token")})
+        def __init__(self, settings, _rec, _store):
+            from emodemo.ui.app import limits_of
+            self.emodemo_limits = limits_of(settings)
 
         def launch(self, **kw):
             seen.append(kw)
@@ -1099,7 +1098,7 @@ def test_launched_app_refuses_bad_uploads_and_server_paths(fast_rec, store, corp
 
     from conftest import free_port
     by_name = {c.name: c for c in corpus}
-    demo = build_app(fast_rec, store, max_file_size="1mb")
+    demo = build_app(Settings(max_file_size="1mb", preload_asr=False), fast_rec, store)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 max_file_size="1mb")
