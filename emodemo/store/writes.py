@@ -83,6 +83,23 @@ class WritableStore(StoreBase):
         M.ensure_file(self.abs_media(rel), clip.data)
         return rel
 
+    def store_media(self, audio: Any) -> M.MediaClip:
+        """Keep `audio` (a path or a (waveform, sr) pair) in the media folder and its ``media``
+        row, without a correction (the annotation queue's clips); returns what was stored."""
+        self.check_writable()
+        clip = M.ingest(audio)
+        try:
+            rel = self._store_media_file(clip)
+        except OSError as exc:
+            raise M.media_write_error(exc) from exc
+
+        def insert() -> None:
+            with self.database.write() as s, s.begin():
+                self._insert_media(s, clip, rel, now_utc())
+
+        self.database.retry_write(insert)
+        return clip
+
     def add(self, audio: Any, label: str, annotator: Optional[str] = None,
             transcript: Optional[str] = None, prediction: Any = None, note: Optional[str] = None,
             start: Optional[float] = None, end: Optional[float] = None,
