@@ -36,7 +36,8 @@ LAYERS = {
     "core": (0, CORE),
     "store": (1, {"emodemo.store", "emodemo.migrations"}),
     "training": (1, {"emodemo.training", "emodemo.train"}),
-    "services": (2, {"emodemo.analysis", "emodemo.jobs", "emodemo.registry", "emodemo.finetune"}),
+    "services": (2, {"emodemo.analysis", "emodemo.jobs", "emodemo.registry", "emodemo.finetune",
+                     "emodemo.annotate"}),
     # plots: the app's Plotly figures (only the UI draws them)
     "front ends": (3, {"app", "emodemo.ui", "emodemo.plots", "emodemo.cli", "emodemo.__main__"}),
 }

@@ -291,7 +291,8 @@ def test_export_csv_and_jsonl_roundtrip_with_formula_guard(store, tmp_path):
     assert json.loads(ra["prob_audio"]) == {"happy": 1.0} and ra["prob_text"] == ""
     assert (float(rb["start"]), float(rb["end"])) == (0.25, 0.75)
     assert ra["media_sha256"] == sha256_file(wav)
-    assert Path(ra["media_path"]).read_bytes() == wav.read_bytes()
+    assert not Path(ra["media_path"]).is_absolute()          # relative to the media folder
+    assert (store.media_dir / ra["media_path"]).read_bytes() == wav.read_bytes()
     for r in rows:  # no cell of the export starts a formula
         assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in r.values())
 
@@ -306,7 +307,8 @@ def test_export_csv_and_jsonl_roundtrip_with_formula_guard(store, tmp_path):
     recs = {r.id: r for r in store.corrections()}
     for o in objs:
         assert o["created_at"] == recs[o["id"]].created_at.isoformat()
-        assert o["media_path"] == recs[o["id"]].media_path
+        assert store.media_dir / o["media_path"] == Path(recs[o["id"]].media_path)
+        assert str(store.media_dir) not in lines[0]             # no server path leaks out
 
     with pytest.raises(StoreError, match=r"\.csv or \.jsonl"):
         store.export(tmp_path / "out.xlsx")
@@ -338,18 +340,21 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
 
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
     try:
-        assert store.schema_revision() == "0003"   # the head: 0002 updated_at, 0003 account
+        assert store.schema_revision() == "0004"   # the head: 0002 updated_at, 0003 account,
+        # 0004 language / translation / file name / soft delete / queue tables
         [rec] = store.corrections()
         assert (rec.label, rec.annotator, rec.note, rec.start, rec.end) == (
             "sad", "old", "from 0001", 0.5, 1.0)
         assert rec.annotator_account is None
+        assert (rec.language, rec.translation, rec.deleted_at, rec.queue_item_id) == (
+            None, None, None, None)
         assert rec.created_at.year == 2024 and rec.updated_at == rec.created_at  # backfilled
         assert rec.sample_rate == 22050
         assert rec.media_path == str(tmp_path / "media" / "ab" / f"{'ab' * 32}.wav")
         with store.engine.connect() as conn:
             idx = {i["name"] for i in inspect(conn).get_indexes("corrections")}
         assert {"ix_corrections_created_at", "ix_corrections_media_sha256",
-                "ix_corrections_annotator_account"} <= idx
+                "ix_corrections_annotator_account", "ix_corrections_queue_item_id"} <= idx
         new = store.add(write_tone(tmp_path / "n.wav"), "happy")
         assert [r.id for r in store.corrections()] == [new, rec.id]
     finally:
@@ -376,8 +381,10 @@ def test_agreement(store, tmp_path):
     b = write_tone(tmp_path / "b.wav", 330)
     c = write_tone(tmp_path / "c.wav", 440)
     store.add(a, "happy", annotator="ann")
-    store.add(a, "sad", annotator="bob")
-    store.add(a, "sad", annotator="bob")           # repeated: bob still counts once
+    first = store.add(a, "sad", annotator="bob")
+    again = store.add(a, "sad", annotator="bob")   # a double submit: stored once
+    assert (again, again.duplicate, first.duplicate) == (first, True, False)
+    store.add(a, "sad", annotator="bob", note="sure")  # repeated: bob still counts once
     store.add(a, "angry", annotator="cid")
     store.add(a, "happy", annotator="cid")         # cid changed their mind: latest counts
     store.add(a, "happy", annotator="dee", start=0.0, end=0.5)  # another clip (a segment)
@@ -561,7 +568,7 @@ def test_media_file_is_written_before_the_row(sqlite_store, tmp_path, monkeypatc
     real_insert = mod.CorrectionStore._insert_media
 
     def spy(self, s, clip, rel, now):
-        path = self._abs_media(rel)
+        path = self.abs_media(rel)
         seen["bytes_at_insert"] = path.read_bytes() if path.exists() else None
         return real_insert(self, s, clip, rel, now)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
@@ -40,9 +40,8 @@ from ..errors import EmodemoError
 from ..labels import NONE_LABEL, clip_key
 from .media import atomic_open
 from .records import ImportResult, StoreError
+from .writes import WritableStore
 
-if TYPE_CHECKING:
-    from .corrections import CorrectionStore
 
 FROM_NAME, TEXT_NAME, TO_NAME = "emotion", "transcript", "audio"
 LOCAL_FILES = "/data/local-files/?d="
@@ -106,7 +105,7 @@ def _prediction(rec: Any) -> Optional[dict]:
                         "value": {"choices": [rec.predicted_label]}}]}
 
 
-def export_labelstudio(store: "CorrectionStore", path: Union[str, os.PathLike],
+def export_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                        audio_url: Optional[str] = None) -> int:
     """Write the corrections as Label Studio tasks (JSON list) to `path`; returns the number of
     tasks (clips). `audio_url`: prefix for the audio references (default: the local-files URL of
@@ -169,7 +168,7 @@ def _identity(ann: dict) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def _audio_path(task: dict, audio_root: Path, store: "CorrectionStore") -> Path:
+def _audio_path(task: dict, audio_root: Path, store: WritableStore) -> Path:
     data = task.get("data") or {}
     ref = data.get(TO_NAME)
     if not isinstance(ref, str) or not ref.strip():
@@ -215,7 +214,7 @@ def _results(ann: dict, task: dict) -> list[dict]:
     return out
 
 
-def import_labelstudio(store: "CorrectionStore", path: Union[str, os.PathLike],
+def import_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                        audio_root: Union[str, os.PathLike, None] = None,
                        annotator: Optional[str] = None) -> ImportResult:
     """Add the annotations of a Label Studio JSON export (a list of tasks) as corrections.
