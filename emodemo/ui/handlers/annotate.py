@@ -3,7 +3,6 @@
 Plain functions `fn(ctx, ...)`; the queue is `ctx.queue`."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional, Sequence
 
 from ... import analysis
@@ -46,19 +45,16 @@ def _paths(files: Any) -> list[str]:
 
 
 def _report_text(rep: Any) -> str:
-    """An AddReport (any dataclass or object) as one line: its counts and problems."""
-    if dataclasses.is_dataclass(rep):
-        fields = dataclasses.asdict(rep)
-    else:
-        fields = dict(getattr(rep, "__dict__", {}) or {"result": rep})
-    parts = []
-    for k, v in fields.items():
-        if isinstance(v, (list, tuple)):
-            shown = "; ".join(md.md_escape(x) for x in v[:5]) + (" …" if len(v) > 5 else "")
-            parts.append(f"{k.replace('_', ' ')}: {len(v)}" + (f" ({shown})" if v else ""))
-        else:
-            parts.append(f"{k.replace('_', ' ')}: {md.md_escape(v)}")
-    return ", ".join(parts)
+    """An AddReport as one line: clips added and skipped (already queued), files read, and
+    each file that could not be used."""
+    added = getattr(rep, "added", []) or []
+    errors = getattr(rep, "errors", []) or []
+    text = (f"{len(added)} clip{'' if len(added) == 1 else 's'} added from "
+            f"{getattr(rep, 'files', '?')} file(s), {getattr(rep, 'skipped', 0)} already queued")
+    if errors:
+        text += "; not used: " + "; ".join(md.md_escape(e) for e in errors[:5])
+        text += " …" if len(errors) > 5 else ""
+    return text
 
 
 @guard("ann_msg")
@@ -94,10 +90,11 @@ def item_view(item) -> dict:
     row = {"id": item.id, "media_path": item.media_path, "start": item.start, "end": item.end}
     span = (f", {item.start:.1f}–{item.end:.1f} s" if item.start is not None and item.end is not None
             else "")
-    votes = sum((item.votes or {}).values())
+    votes = getattr(item, "n_votes", None) or sum(len(v) if isinstance(v, (list, set, tuple)) else int(v) for v in (item.votes or {}).values())
+    words = f" · heard: “{md.md_escape(item.transcript)}”" if getattr(item, "transcript", "") else ""
     return {"ann_item": item.id, "ann_audio": clip_audio(row), "ann_label": None,
             "ann_transcript": "",
-            "ann_clip_md": (f"Clip **{md.md_escape(item.file_name)}**{span} · votes so far: {votes}"
+            "ann_clip_md": (f"Clip **{md.md_escape(item.file_name)}**{span} · votes so far: {votes}{words}"
                             " · keys: 1–7 label, 0 none of these, space play, enter submit, s skip")}
 
 
@@ -120,7 +117,7 @@ def vote(ctx, item_id: Any, label: Any, transcript: Any = None, typed: Any = Non
     cid = _queue(ctx).vote(int(item_id), who, lab, transcript=analysis.blank_none(transcript))
     shown = NONE_DISPLAY if lab == NONE_LABEL else lab
     out = next_clip(ctx, typed, account)
-    out["ann_msg"] = out.get("ann_msg") or md.ok(f"Stored **{md.md_escape(shown)}** as correction #{cid}.")
+    out["ann_msg"] = out.get("ann_msg") or md.ok(f"Stored **{md.md_escape(shown)}** as correction #{int(cid)}.")
     return out
 
 

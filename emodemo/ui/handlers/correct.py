@@ -26,8 +26,8 @@ def identity(ctx, annotator: Any, account: Optional[str]) -> dict:
 
 
 def language_fields(store, span: Mapping) -> dict:
-    """language= / translation= for `store.add` (C4) when the store accepts them and the span
-    was not English; {} otherwise."""
+    """language= / translation= for `store.add` (C4) when the store accepts them and a
+    language was identified; {} otherwise (a store without the columns, typed transcripts)."""
     lang = span.get("language") or None
     if not lang:
         return {}
@@ -37,9 +37,7 @@ def language_fields(store, span: Mapping) -> dict:
         return {}
     out = {}
     if "language" in params:
-        out["language"] = lang.get("code")
-    if "language_probability" in params:
-        out["language_probability"] = lang.get("probability")
+        out["language"] = dict(lang)
     if "translation" in params and span.get("original"):
         out["translation"] = span.get("asr")
     return out
@@ -73,10 +71,13 @@ def correct(ctx, state: Optional[dict], label: Any, annotator: Optional[str] = N
                         transcript=analysis.blank_none(transcript), prediction=pred,
                         note=analysis.blank_none(note), start=span[0], end=span[1],
                         **language_fields(ctx.store, S.selected(state)))
-    done[key] = cid
+    done[key] = int(cid)
+    if getattr(cid, "duplicate", False):     # the store recognised a double submit
+        return {"correct_msg": md.correction_duplicate(int(cid)), "stored_id": int(cid),
+                "state": state, **FORM_CLEARED}
     row = ctx.store.get(cid) or {}
     name = who["annotator"].strip() if who["annotator"] else None
-    msg = md.correction_stored(cid, lab, pred["label"], row.get("media_sha256") or "", span, name)
+    msg = md.correction_stored(int(cid), lab, pred["label"], row.get("media_sha256") or "", span, name)
     return {"correct_msg": msg, "stored_id": cid, "state": state, **FORM_CLEARED}
 
 

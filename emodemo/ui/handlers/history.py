@@ -59,9 +59,10 @@ def agreement_row(a: Mapping) -> list:
 
 
 def _rows(store, label: Optional[str], deleted: bool) -> list:
+    """Live corrections; with `deleted`, the soft-deleted ones too (stores with soft delete)."""
     kw = {"limit": 5000, "label": label}
-    if deleted and "include_deleted" in inspect.signature(store.corrections).parameters:
-        kw["include_deleted"] = True
+    if deleted and "deleted" in inspect.signature(store.corrections).parameters:
+        kw["deleted"] = None
     return store.corrections(**kw)
 
 
