@@ -81,6 +81,14 @@ def progress(ctx) -> dict:
                              + f'\n\n<progress value="{pct}" max="100" style="width:100%"></progress>')}
 
 
+def n_votes(item) -> int:
+    """Votes an item has ({label: voters} or {label: count} in `votes`)."""
+    if getattr(item, "n_votes", None) is not None:
+        return int(item.n_votes)
+    return sum(len(v) if isinstance(v, (list, set, tuple)) else int(v)
+               for v in (item.votes or {}).values())
+
+
 def item_view(item) -> dict:
     """A queue item shown: its audio (the span for a span), where it is from; form reset."""
     if item is None:
@@ -90,12 +98,13 @@ def item_view(item) -> dict:
     row = {"id": item.id, "media_path": item.media_path, "start": item.start, "end": item.end}
     span = (f", {item.start:.1f}–{item.end:.1f} s" if item.start is not None and item.end is not None
             else "")
-    votes = getattr(item, "n_votes", None) or sum(len(v) if isinstance(v, (list, set, tuple)) else int(v) for v in (item.votes or {}).values())
+    votes = n_votes(item)
     words = f" · heard: “{md.md_escape(item.transcript)}”" if getattr(item, "transcript", "") else ""
     return {"ann_item": item.id, "ann_audio": clip_audio(row), "ann_label": None,
             "ann_transcript": "",
-            "ann_clip_md": (f"Clip **{md.md_escape(item.file_name)}**{span} · votes so far: {votes}{words}"
-                            " · keys: 1–7 label, 0 none of these, space play, enter submit, s skip")}
+            "ann_clip_md": (f"Clip **{md.md_escape(item.file_name)}**{span} · votes so far: "
+                            f"{votes}{words} · keys: 1–7 label, 0 none of these, space play, "
+                            "enter submit, s skip")}
 
 
 @guard("ann_msg")
