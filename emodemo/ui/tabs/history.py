@@ -24,7 +24,7 @@ def layout(ctx) -> dict:
                                 wrap=True, max_height=420, label="Corrections (newest first)",
                                 elem_id="emodemo-history")
     with gr.Row():
-        c["history_id"] = gr.Number(label="Selected correction", precision=0, interactive=False,
+        c["history_id"] = gr.Number(None, label="Selected correction", precision=0, interactive=False,
                                     elem_id="emodemo-history-id", scale=1)
         c["history_audio"] = gr.Audio(label="Its audio (the segment for a segment)",
                                       interactive=False, elem_id="emodemo-history-audio", scale=3)
