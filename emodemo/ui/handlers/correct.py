@@ -78,7 +78,7 @@ def correct(ctx, state: Optional[dict], label: Any, annotator: Optional[str] = N
     row = ctx.store.get(cid) or {}
     name = who["annotator"].strip() if who["annotator"] else None
     msg = md.correction_stored(int(cid), lab, pred["label"], row.get("media_sha256") or "", span, name)
-    return {"correct_msg": msg, "stored_id": cid, "state": state, **FORM_CLEARED}
+    return {"correct_msg": msg, "stored_id": int(cid), "state": state, **FORM_CLEARED}
 
 
 def api_correct(ctx, audio: Any, label: Any, transcript: Optional[str] = None,
@@ -100,5 +100,5 @@ def api_correct(ctx, audio: Any, label: Any, transcript: Optional[str] = None,
                         transcript=analysis.blank_none(transcript), prediction=pred,
                         note=analysis.blank_none(note), start=start, end=end)
     row = ctx.store.get(cid)
-    return {"id": cid, "label": lab, "media_sha256": row["media_sha256"] if row else None,
+    return {"id": int(cid), "label": lab, "media_sha256": row["media_sha256"] if row else None,
             "start": row["start"] if row else start, "end": row["end"] if row else end}
