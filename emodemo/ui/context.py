@@ -50,6 +50,12 @@ class UIContext:
         ctx.queue = _queue(store, registry)
         return ctx
 
+    def follow_switch(self) -> None:
+        """After a model switch: the annotation queue pre-labels new clips with the new model
+        (the queue's state is in the store, so a new queue object carries on)."""
+        if self.queue is not None:
+            self.queue = _queue(self.store, self.registry, getattr(self.queue, "options", None))
+
     @property
     def rec(self):
         """The active recognizer (switching models replaces it for everyone)."""
@@ -90,10 +96,11 @@ class UIContext:
         self.finetuner.options = dict(options)
 
 
-def _queue(store, registry):
+def _queue(store, registry, options=None):
     """The annotation queue service (emodemo.annotate, branch store) when it is installed."""
     try:
         from .. import annotate
     except ImportError:
         return None
-    return annotate.AnnotationQueue(store, recognizer=registry.recognizer)
+    kw = {"options": options} if options is not None else {}
+    return annotate.AnnotationQueue(store, recognizer=registry.recognizer, **kw)

@@ -66,8 +66,7 @@ def switch_model(ctx, key: Optional[str], token: Any = None) -> dict:
         out["models_msg"] = md.ok(f"**{md.md_escape(key)}** is already the active model.")
         return out
     new = ctx.rec
-    if ctx.queue is not None and hasattr(ctx.queue, "recognizer"):
-        ctx.queue.recognizer = new
+    ctx.follow_switch()           # the annotation queue pre-labels with the new model
     out.update(weight=float(new.fusion.audio_weight), active_md=md.active_model(new),
                about=md.about(new, ctx.limits, ctx.sign_in))
     out["models_msg"] = md.ok(f"Now using **{md.md_escape(new.name)} v{md.md_escape(new.version)}** "
