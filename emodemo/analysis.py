@@ -238,7 +238,8 @@ def predict_spans(rec, wav: np.ndarray, limits: Limits, progress: Optional[Calla
                                "into segments and analysing each")
         return rec.predict_segments(wav, transcribe=True, max_len=limits.segment_len)
     if progress:
-        progress(0.1, desc="Transcribing and analysing")
+        progress(0.1, desc=f"Transcribing and analysing {format_duration(wav.size / A.SAMPLE_RATE)}"
+                           " of audio")
     return [rec.predict_wave(wav)]
 
 

@@ -30,6 +30,10 @@ TITLE = "emodemo — speech + text emotion recognition"
 CSS = """
 #emodemo-summary h2 { margin: 0.2em 0 0.3em 0; font-size: 1.9em; }
 #emodemo-status { min-height: 1.5em; }
+/* Gradio's "elapsed/estimate" timer on the analysis outputs: the estimate is the mean of all
+   earlier clips, so a long clip read "4.0/1.8s"; the progress text names the clip's length */
+#emodemo-summary .progress-text, #emodemo-probs .progress-text, #emodemo-wave .progress-text,
+#emodemo-timeline .progress-text, #emodemo-transcript .progress-text { display: none; }
 footer { visibility: visible; }
 """
 INTRO = ("Upload or record a short clip of speech. The **audio branch** listens to *how* it is "
