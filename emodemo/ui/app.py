@@ -31,9 +31,9 @@ CSS = """
 #emodemo-summary h2 { margin: 0.2em 0 0.3em 0; font-size: 1.9em; }
 #emodemo-status { min-height: 1.5em; }
 /* Gradio's "elapsed/estimate" timer on the analysis outputs: the estimate is the mean of all
-   earlier clips, so a long clip read "4.0/1.8s"; the progress text names the clip's length */
-#emodemo-summary .progress-text, #emodemo-probs .progress-text, #emodemo-wave .progress-text,
-#emodemo-timeline .progress-text, #emodemo-transcript .progress-text { display: none; }
+   earlier clips, so a long clip read "4.0/1.8s"; the progress bar's text names the clip's
+   length instead */
+#emodemo-tab-analyse .progress-text { display: none; }
 footer { visibility: visible; }
 """
 INTRO = ("Upload or record a short clip of speech. The **audio branch** listens to *how* it is "
@@ -92,8 +92,9 @@ def build_app(settings: Settings, recognizer, store, *, ctx: Optional[UIContext]
         with gr.Tabs():
             for tab in TABS:
                 if getattr(tab, "available", lambda ctx: True)(ctx):
-                    with gr.Tab(tab.TITLE, id=tab.ID) as c[f"{tab.ID}_tab"]:
+                    with gr.Tab(tab.TITLE, id=tab.ID, elem_id=f"emodemo-tab-{tab.ID}") as t:
                         c.update(tab.layout(ctx))
+                    c[f"{tab.ID}_tab"] = t
         w = Wiring(ctx, c, dict(concurrency_id="model", concurrency_limit=concurrency_limit))
         w.demo = demo
         for tab in TABS:

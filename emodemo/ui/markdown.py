@@ -75,8 +75,8 @@ def summary(state: dict, preds: Sequence, fusion, overall: Optional[Mapping] = N
         share = sorted(overall["share"].items(), key=lambda kv: -kv[1])
         mix = ", ".join(f"{EMOJI.get(k, '')} {md_escape(k)} {v:.0%}" for k, v in share[:3])
         lines.append(f"**Whole recording** ({format_duration(state['duration'])}, "
-                     f"{len(preds)} segments): overall **{md_escape(overall['label'])}** "
-                     f"({overall['confidence']:.0%}); share of speech time: {mix}.")
+                     f"{len(preds)} segments): overall **{md_escape(analysis.call(overall['fused']))}**"
+                     f" ({overall['confidence']:.0%}); share of speech time: {mix}.")
         lines.append(f"**Segment #{i + 1}** ({p.start:.1f}–{p.end:.1f} s):")
     lines.append(headline(p.fused))
     a_top = max(p.audio, key=p.audio.get)
