@@ -131,6 +131,18 @@ def test_annotate_two_annotators_votes_skip_progress(h, store, tmp_path):
     assert store.get(cid)["label"] == "sad" and store.get(cid)["annotator"] == "ana"
     skipped = h.skip(voted["ann_item"], "ana")
     assert skipped["ann_item"] != voted["ann_item"]
+    # a zip of clips is added clip by clip; a file that is not audio is named, not fatal
+    import zipfile
+    bundle = tmp_path / "batch.zip"
+    with zipfile.ZipFile(bundle, "w") as z:
+        for i, f in enumerate((250, 350)):
+            sf.write(str(tmp_path / f"z{i}.wav"), tone(1.2, f), SR)
+            z.write(tmp_path / f"z{i}.wav", f"z{i}.wav")
+    (tmp_path / "notes.wav").write_text("not audio")
+    out = h.add([str(bundle), str(tmp_path / "notes.wav")])
+    assert "2 clips added" in out["ann_msg"] and "not used:" in out["ann_msg"]
+    assert "notes.wav" in out["ann_msg"] and "/ 5** clips done" in out["ann_progress"]
+    assert "Choose audio files" in h.add(None)["ann_msg"]
 
 
 # ---- fine-tuning job state for every visitor (C6) -------------------------------------------

@@ -45,7 +45,7 @@ def layout(ctx) -> dict:
             c["ann_skip"] = gr.Button("Skip (s)", elem_id="emodemo-ann-skip")
         c["ann_msg"] = gr.Markdown("", elem_id="emodemo-ann-msg")
         with gr.Accordion("Add audio to the queue", open=False):
-            c["ann_files"] = gr.File(file_count="multiple", file_types=[*AUDIO_SUFFIXES, ".zip"],
+            c["ann_files"] = gr.File(file_count="multiple", file_types=[*sorted(AUDIO_SUFFIXES), ".zip"],
                                      label="Audio files, a zip of them, or long recordings "
                                            "(split into segments)", elem_id="emodemo-ann-files")
             c["ann_add"] = gr.Button("Add to the queue", elem_id="emodemo-ann-add")
