@@ -279,7 +279,8 @@ def span_record(labels: Sequence[str], p) -> dict:
     return {"start": float(p.start), "end": float(p.end), "audio": _vec(labels, p.audio),
             "text": _vec(labels, p.text), "asr": read, "transcript": read,
             "original": p.transcript if translation else None,
-            "language": getattr(p, "language", None), "warnings": list(p.warnings)}
+            "language": getattr(p, "language", None), "asr_trust": getattr(p, "asr_trust", None),
+            "warnings": list(p.warnings)}
 
 
 def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
@@ -289,6 +290,18 @@ def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
     return dataclasses.replace(rec.fusion, audio_weight=float(np.clip(float(audio_weight), 0.0, 1.0)))
 
 
+def _asr_fields(span: Mapping) -> dict:
+    """The C1 Prediction fields a span record keeps (only those it has: recognizers without
+    them take none): the ASR's trust, which weights the text branch in the fusion, the
+    language and the English translation the text branch read."""
+    out = {}
+    if span.get("asr_trust") is not None:
+        out["asr_trust"] = span["asr_trust"]
+    if span.get("language"):
+        out.update(language=span["language"], translation=span["asr"] if span.get("original") else "")
+    return out
+
+
 def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
     """A span record re-fused into a Prediction (no model runs)."""
     text = span["text"]
@@ -296,11 +309,14 @@ def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
                        None if text is None else np.asarray(text, dtype=np.float64),
                        span["transcript"], fusion=fusion_at(rec, audio_weight),
                        duration=span["end"] - span["start"], start=span["start"], end=span["end"],
-                       warnings=list(span.get("warnings", [])))
+                       warnings=list(span.get("warnings", [])), **_asr_fields(span))
 
 
 def set_transcript(rec, span: dict, text: str) -> None:
-    """Use `text` (already checked) as the span's transcript: re-runs only the text branch."""
+    """Use `text` (already checked) as the span's transcript: re-runs only the text branch.
+    Text a person typed is read with full weight (the ASR's trust no longer applies)."""
+    if text != span.get("asr"):
+        span["asr_trust"] = None
     span["transcript"] = text
     span["text"] = rec.text_proba([text])[0].tolist() if text else None
 
