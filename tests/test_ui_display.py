@@ -114,6 +114,42 @@ def test_language_original_words_and_the_english_the_model_read(fast_rec):
     assert english["original"] is None and md.language(english) == ""
 
 
+def test_refusion_keeps_the_asr_trust_until_a_person_edits(fast_rec):
+    """The slider re-fuses a span as the recognizer fused it: the ASR's trust (C1), language and
+    translation go back into `combine`; a transcript a person typed is read with full weight."""
+    seen = []
+
+    class Rec:
+        fusion = fast_rec.fusion
+        labels = LABELS
+
+        def combine(self, p_audio, p_text, transcript, fusion=None, **extra):
+            seen.append(extra)
+            return SimpleNamespace(fused={k: 1 / 7 for k in LABELS})
+
+        def text_proba(self, texts):
+            return np.full((len(texts), len(LABELS)), 1 / 7)
+
+    p = SimpleNamespace(start=0.0, end=2.0, audio={k: 1 / 7 for k in LABELS},
+                        text={k: 1 / 7 for k in LABELS}, transcript="Nie wiem.", warnings=[],
+                        language={"code": "pl", "name": "Polish", "probability": 0.9},
+                        translation="I don't know.", asr_trust=0.38)
+    span = analysis.span_record(LABELS, p)
+    analysis.fuse(Rec(), span, 0.3)
+    assert seen[-1]["asr_trust"] == 0.38 and seen[-1]["translation"] == "I don't know."
+    assert seen[-1]["language"]["code"] == "pl"
+    analysis.set_transcript(Rec(), span, "I don't know.")          # unchanged: still the ASR's
+    analysis.fuse(Rec(), span, 0.3)
+    assert seen[-1]["asr_trust"] == 0.38
+    analysis.set_transcript(Rec(), span, "I really do not know!")  # typed by a person
+    analysis.fuse(Rec(), span, 0.3)
+    assert "asr_trust" not in seen[-1]
+    plain = analysis.span_record(LABELS, SimpleNamespace(start=0.0, end=1.0, audio=p.audio,
+                                                         text=None, transcript="", warnings=[]))
+    analysis.fuse(Rec(), plain, 0.3)
+    assert seen[-1] == {"duration": 1.0, "start": 0.0, "end": 1.0, "warnings": []}
+
+
 # ---- long audio: a segment on its own player -------------------------------------------------
 def test_a_segment_of_a_long_recording_plays_on_its_own(fast_rec, store, tmp_path):
     parts = [tone(4.0, 200), np.zeros(SR // 2, np.float32), tone(4.0, 400),
