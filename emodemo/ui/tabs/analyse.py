@@ -109,13 +109,9 @@ def wire(w) -> None:
                     api_visibility="private", api_name="ui_correct_lock")
     names = ["state", "label_in", "annotator_in", "note_in", "transcript", "weight"]
     outs = ["correct_msg", "state", "label_in", "note_in"]
-    stored = w.on(off.then, C.correct, names, outs, account=ctx_signs_in(w), toast=False)
+    stored = w.on(off.then, C.correct, names, outs, account=w.ctx.sign_in, toast=False)
     stored.then(lambda: gr.update(interactive=True), None, btn, queue=False,
                 api_visibility="private", api_name="ui_correct_unlock")
-    if ctx_signs_in(w):
+    if w.ctx.sign_in:
         w.on(w.demo.load, lambda ctx, account: {"signin_msg": signed_in(account)}, [],
              ["signin_msg"], account=True, name="signed_in")
-
-
-def ctx_signs_in(w) -> bool:
-    return bool(w.ctx.sign_in)
