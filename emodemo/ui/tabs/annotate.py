@@ -20,6 +20,9 @@ def layout(ctx) -> dict:
     import gradio as gr
     c = {"ann_item": gr.State(None)}
     with gr.Column(elem_id="emodemo-annotate"):
+        if ctx.sign_in:
+            gr.Markdown("Your votes are recorded under your Hugging Face account: sign in with "
+                        "the button on the Analyse tab first.")
         with gr.Row():
             c["ann_name"] = gr.Textbox(label="Your name (the queue keeps your place)",
                                        max_lines=1, visible=not ctx.sign_in, scale=2,
