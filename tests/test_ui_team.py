@@ -186,3 +186,8 @@ def test_gate_checks_by_name_with_per_class_before_after():
     assert "done: not written" in shown
     forced = md.job({**view, "status": "finished", "report": {"forced": True, "checks": checks}})
     assert "Forced" in forced and "done: written" in forced
+    # a finished run's report (finetune()'s "gate" block) shows the same table
+    report = {"written": False, "gate": {"write": False, "forced": False, "checks": checks,
+                                         "failures": ["reference UA within tolerance ..."]}}
+    shown = md.job({**view, "report": report})
+    assert "| reference UA within tolerance | ❌ |" in shown and "Forced" not in shown

@@ -241,14 +241,16 @@ def per_class(table: Mapping) -> str:
 def _outcome(rep: Mapping) -> list[str]:
     lines = []
     lin = rep.get("lineage") or {}
-    if rep.get("checks") or lin.get("checks"):
-        lines.append(checks(rep.get("checks") or lin.get("checks")))
+    gate = rep.get("gate") or {}
+    named = rep.get("checks") or lin.get("checks") or gate.get("checks")
+    if named:
+        lines.append(checks(named))
     elif rep.get("gate") and not rep["gate"].get("write", True):
         lines.append("Worse on the reference set: " + md_escape("; ".join(rep["gate"].get("failures", [])))
                      + ". Tick *write even if worse* to keep it anyway.")
     if rep.get("per_class") or lin.get("per_class"):
         lines.append(per_class(rep.get("per_class") or lin.get("per_class")))
-    if rep.get("forced") or lin.get("forced"):
+    if rep.get("forced") or lin.get("forced") or gate.get("forced"):
         lines.append("⚠️ **Forced**: written although a check failed; the Models table marks it.")
     if rep.get("unchanged"):
         lines.append("Nothing changed, so nothing was written: " + md_escape("; ".join(rep["unchanged"]))
