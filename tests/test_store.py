@@ -824,3 +824,26 @@ def test_opening_a_current_store_takes_no_write_lock(tmp_path):
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_a_write_that_cannot_get_the_lock_says_so_and_stores_nothing(tmp_path, monkeypatch):
+    """Retried with backoff for RETRY_SECONDS (180 s in use; 1 s here), then a StoreError the
+    app shows while keeping the form: nothing half-stored, the next try works."""
+    import emodemo.store.db as D
+    monkeypatch.setattr(D, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(D, "RETRY_SECONDS", 1.0)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = CorrectionStore(url, media_dir=tmp_path / "media")
+    wav = write_tone(tmp_path / "a.wav")
+    holder = sqlite3.connect(tmp_path / "c.db", timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match=r"Could not save the correction: .* stayed busy "
+                                             r"for 1 s .* Nothing was stored"):
+            store.add(wav, "happy", annotator="ana")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert store.corrections() == []
+    assert store.add(wav, "happy", annotator="ana") and len(store.corrections()) == 1
+    store.close()
