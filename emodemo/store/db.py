@@ -43,6 +43,10 @@ PG_MIGRATION_LOCK = 0x656D6F64656D6F     # "emodemo": key for pg_advisory_xact_l
 T = TypeVar("T")
 
 
+class DatabaseBusy(StoreError):
+    """The database stayed locked by other writers for all of RETRY_SECONDS."""
+
+
 # ---- URLs ------------------------------------------------------------------------------------
 def default_url() -> str:
     """The database URL when none is given: ``$EMODEMO_DB`` if set (a URL or a plain SQLite file
@@ -272,8 +276,8 @@ class Database:
                     isinstance(exc, IntegrityError) and not self.has_upsert())
                 if not transient or time.monotonic() > deadline:
                     if isinstance(exc, OperationalError) and is_transient(exc):
-                        raise StoreError(f"database stayed busy for {RETRY_SECONDS:.0f} s: "
-                                         f"{exc.orig}") from exc
+                        raise DatabaseBusy(f"database stayed busy for {RETRY_SECONDS:.0f} s: "
+                                           f"{exc.orig}") from exc
                     raise
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
@@ -283,6 +287,10 @@ class Database:
         unreachable) becomes a StoreError that says so; the transaction was rolled back."""
         try:
             return self.retry(fn)
+        except DatabaseBusy as exc:
+            raise StoreError(f"Could not save the correction: the corrections database stayed "
+                             f"busy for {RETRY_SECONDS:.0f} s (other writers held it). "
+                             f"{NOT_STORED}") from exc
         except SQLAlchemyError as exc:
             err = db_write_error(exc)
             if err is None:

@@ -87,7 +87,10 @@ def _annotation(rec: Any, task_id: int) -> dict:
                        "predicted_label": rec.predicted_label, "prob_audio": rec.prob_audio,
                        "prob_text": rec.prob_text, "prob_fused": rec.prob_fused,
                        "bundle_name": rec.bundle_name, "bundle_version": rec.bundle_version,
-                       "start": rec.start, "end": rec.end}}
+                       "start": rec.start, "end": rec.end, "file_name": rec.file_name,
+                       "language": rec.language,
+                       "language_probability": rec.language_probability,
+                       "translation": rec.translation}}
     who = _completed_by(rec)
     if who is not None:
         ann["completed_by"] = who
@@ -262,9 +265,14 @@ def import_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                 for item in _results(ann, task):
                     start = extra.get("start", item["start"]) if extra else item["start"]
                     end = extra.get("end", item["end"]) if extra else item["end"]
+                    kept = {"file_name": extra["file_name"]} if extra.get("file_name") else {}
+                    lang = extra.get("language")
                     store.add(audio, item["label"], annotator=name or annotator, account=account,
                               transcript=item["transcript"], note=extra.get("note"),
-                              prediction=pred, start=start, end=end)
+                              prediction=pred, start=start, end=end,
+                              language=None if not lang else {
+                                  "code": lang, "probability": extra.get("language_probability")},
+                              translation=extra.get("translation"), **kept)
                     imported += 1
         except (EmodemoError, OSError) as exc:
             errors.append(f"task {tid}: {exc}")

@@ -49,6 +49,9 @@ class CorrectionId(int):
         obj.duplicate = duplicate
         return obj
 
+    def __str__(self) -> str:              # f"{cid}", str(cid): the number, as for an int
+        return int.__repr__(self)
+
     def __repr__(self) -> str:
         return f"CorrectionId({int(self)}{', duplicate=True' if self.duplicate else ''})"
 
