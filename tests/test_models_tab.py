@@ -126,7 +126,10 @@ def test_finetune_from_the_tab(models_dir, tmp_path, monkeypatch):
     out = h.start_finetune("tones-v1", 1, 3, "", False)
     assert "too few corrections" in out["ft_msg"] and h.job is None
     assert not (models_dir / "tones-v1").exists()
-    assert "No fine-tuning run yet" in h.finetune_status()["ft_progress"]
+    # the refusal is the job's state for every visitor (C6), with why
+    refused = h.finetune_status()
+    assert "done: not written" in refused["ft_progress"] and "too few corrections" in refused["ft_progress"]
+    assert refused["ft_timer"] is False
 
     h = handlers(models_dir, make_store(tmp_path, 6), tmp_path)
     dry = h.finetune_dry_run(3)["ft_msg"]

@@ -146,28 +146,31 @@ def test_annotate_two_annotators_votes_skip_progress(h, store, tmp_path):
 
 
 # ---- fine-tuning job state for every visitor (C6) -------------------------------------------
-def test_job_state_is_read_from_disk_for_every_visitor(h, monkeypatch):
-    """A fresh app (no run of its own) shows the persisted job: running with its detail text,
-    and "interrupted" when its process is gone; the poller runs only while it runs."""
-    state = {"status": "running", "progress": 0.4, "message": "fitting the speech adapter",
-             "detail": "fold 3 of 5", "started": 1000.0, "finished": None, "bundle": "mine-v2",
-             "reason": None}
-    monkeypatch.setattr(jobs, "read_state", lambda d: jobs_state(state), raising=False)
+def test_job_state_is_read_from_disk_for_every_visitor(fast_rec, recognizer, store, tmp_path):
+    """A fresh app (no run of its own: another process's, or one from before a restart) shows
+    the persisted job (C6): running with what it does now and its log, the poller on; once its
+    process is gone it reads "interrupted" and the poller stops."""
+    models = tmp_path / "models"
+    h = Handlers(fast_rec, store, work_dir=tmp_path / "w", models_dir=models)
+    assert "No fine-tuning run yet" in h.finetune_status()["ft_progress"]
+    lock = jobs.RunLock(models)
+    assert lock.acquire()                                  # "another process" runs it
+    jobs.write_state(models, jobs.JobState(
+        status="running", progress=0.4, message="fitting the speech adapter",
+        detail="     2 s  reading corrections\n    40 s  fitting the speech adapter",
+        started=1000.0, bundle="mine-v2"))
     out = h.finetune_status()
     assert out["ft_timer"] is True
-    assert "mine-v2" in out["ft_progress"] and "40%" in out["ft_progress"]
-    assert "fitting the speech adapter — fold 3 of 5" in out["ft_progress"]
-    state.update(status="interrupted", progress=0.4)
+    shown = out["ft_progress"]
+    assert "mine-v2" in shown and "40%" in shown and "Now: fitting the speech adapter" in shown
+    assert "2 s  reading corrections" in shown                         # the log tail
+    fresh = Handlers(recognizer, store, work_dir=tmp_path / "w2", models_dir=models)
+    assert fresh.finetune_status()["ft_progress"] == shown            # every visitor, every app
+    assert "already going" in fresh.start_finetune("other", 1, 3, "", False)["ft_msg"]
+    lock.release()                                         # its process is gone
     out = h.finetune_status()
     assert out["ft_timer"] is False and "interrupted" in out["ft_progress"]
-    assert "models_table" in out                                    # the table is refreshed
-    state.update(status="idle")
-    assert "No fine-tuning run yet" in h.finetune_status()["ft_progress"]
-
-
-def jobs_state(d):
-    from types import SimpleNamespace
-    return SimpleNamespace(**d)
+    assert "models_table" in out                           # the table is refreshed
 
 
 def test_gate_checks_by_name_with_per_class_before_after():

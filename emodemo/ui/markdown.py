@@ -279,14 +279,16 @@ def job(j) -> str:
     head = JOB_HEADS.get(v["status"], md_escape(v["status"]))
     lines = [f"**{md_escape(v.get('bundle') or '')}** — {head} · {pct}% · {format_duration(took)}",
              f'<progress value="{pct}" max="100" style="width:100%"></progress>']
-    now = " — ".join(md_escape(x) for x in (v.get("message"), v.get("detail")) if x)
+    detail = str(v.get("detail") or "")
+    log_lines = list(v.get("log") or []) or (detail.splitlines() if "\n" in detail else [])
+    now = " — ".join(md_escape(x) for x in (v.get("message"), "" if log_lines else detail) if x)
     if now and v["status"] in ("queued", "running"):
         lines.append(f"Now: {now}")
     if v.get("reason"):
         lines.append(f"**{md_escape(v['reason'])}**")
     lines += _outcome(v.get("report") or {})
-    if v.get("log"):
-        lines.append("```text\n" + "\n".join(v["log"][-8:]) + "\n```")
+    if log_lines:        # the run's log: this process's, or the shared state's detail
+        lines.append("```text\n" + "\n".join(x.replace("`", "'") for x in log_lines[-8:]) + "\n```")
     return "\n\n".join(lines)
 
 
