@@ -60,6 +60,10 @@ def test_a_double_submit_stores_one_correction(h, store, state):
     other = h.correct(fresh, "angry", "ana", "loud", None, 0.5)
     assert other["stored_id"] == cid and "Already stored" in other["correct_msg"]
     assert len(store.corrections()) == 1
+    # a click on the cleared form (the second click of a double click) names the stored one
+    cleared = h.correct(first["state"], None, "ana", "", None, 0.5)
+    assert "_error" not in cleared and f"Stored as correction **#{cid}**" in cleared["correct_msg"]
+    assert "Pick the emotion" in h.correct(state | {"stored": {}}, None)["correct_msg"]
     # a different label is a different correction
     assert h.correct(first["state"], "sad", "ana", None, None, 0.5)["stored_id"] != cid
     assert len(store.corrections()) == 2

@@ -154,6 +154,11 @@ def correction_duplicate(cid: int) -> str:
               "were submitted again; nothing new was stored).")
 
 
+def correction_kept(cid: int) -> str:
+    return ok(f"Stored as correction **#{cid}**. To add another label for this clip, pick an "
+              "emotion first.")
+
+
 def signed_in(account: Optional[str]) -> str:
     """The line above the correction form when annotators sign in."""
     if account:

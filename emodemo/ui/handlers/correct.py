@@ -57,6 +57,9 @@ def correct(ctx, state: Optional[dict], label: Any, annotator: Optional[str] = N
     the same submission again names the stored row instead of adding one. Clears the form."""
     if not state:
         raise EmodemoError("Analyse a clip first, then tell us the emotion you hear.")
+    last = list((state.get("stored") or {}).values())
+    if label in (None, "") and last:      # a second click on the cleared form: said, not an error
+        return {"correct_msg": md.correction_kept(last[-1])}
     lab = analysis.check_label(label, ctx.labels)
     analysis.check_texts(ctx.limits, transcript, annotator, note)
     who = identity(ctx, annotator, account)
