@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from emodemo.ui import build_app, launch_kwargs, parse_size
 
     try:
-        max_bytes = parse_size(settings.max_file_size)
+        parse_size(settings.max_file_size)          # a clear message before any model loads
     except ValueError as exc:
         print(f"error: --max-file-size: {exc}", file=sys.stderr)
         return 2
@@ -144,12 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store = CorrectionStore(default_db(settings), media_dir=settings.media_dir,
                                 labels=rec.labels)
         log.info("corrections in %r", store)
-        # sign_in only when on: callers that wrap build_app keep working without it
-        demo = build_app(rec, store, max_file_bytes=max_bytes, max_duration=settings.max_duration,
-                         long_audio=settings.long_audio, segment_len=settings.segment_len,
-                         preload_asr=settings.preload_asr, models_dir=settings.models_folder(),
-                         extra_model_dirs=[ROOT / "models"], allow_finetune=not settings.no_finetune,
-                         admin_token=settings.admin_token, **({"sign_in": True} if sign_in else {}))
+        demo = build_app(settings, rec, store)
     except (EmodemoError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,8 @@ from .textnorm import MAX_TEXT_CHARS, clean_text
 from .store import MAX_ANNOTATOR_CHARS
 
 NONE_DISPLAY = "none of these"          # how "none" is offered to people
+#: fused top-1 minus top-2 probability below which a call is "unsure" (the one uncertainty rule)
+UNSURE_MARGIN = 0.15
 
 # ---- limits --------------------------------------------------------------------------------
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
@@ -236,8 +238,34 @@ def predict_spans(rec, wav: np.ndarray, limits: Limits, progress: Optional[Calla
                                "into segments and analysing each")
         return rec.predict_segments(wav, transcribe=True, max_len=limits.segment_len)
     if progress:
-        progress(0.1, desc="Transcribing and analysing")
+        progress(0.1, desc=f"Transcribing and analysing {format_duration(wav.size / A.SAMPLE_RATE)}"
+                           " of audio")
     return [rec.predict_wave(wav)]
+
+
+# ---- uncertainty: one rule --------------------------------------------------------------------
+def margin(probs: Mapping[str, float]) -> float:
+    """Top-1 minus top-2 probability (1.0 with a single label)."""
+    top = sorted((float(v) for v in probs.values()), reverse=True)
+    return top[0] - top[1] if len(top) > 1 else 1.0
+
+
+def is_unsure(probs: Mapping[str, float]) -> bool:
+    """A tie or a near tie between the two most likely labels (margin < UNSURE_MARGIN)."""
+    return margin(probs) < UNSURE_MARGIN
+
+
+def call(probs: Mapping[str, float]) -> str:
+    """What the model says, in words: "angry", or "angry or fearful — unsure" when unsure."""
+    ranked = sorted(probs, key=lambda k: -float(probs[k]))
+    if len(ranked) > 1 and is_unsure(probs):
+        return f"{ranked[0]} or {ranked[1]} — unsure"
+    return ranked[0]
+
+
+def verdict(probs: Mapping[str, float]) -> dict:
+    """The JSON fields of the call: margin, unsure, call (see `call`)."""
+    return {"margin": round(margin(probs), 6), "unsure": is_unsure(probs), "call": call(probs)}
 
 
 def _vec(labels: Sequence[str], probs: Optional[Mapping[str, float]]) -> Optional[list]:
@@ -246,8 +274,12 @@ def _vec(labels: Sequence[str], probs: Optional[Mapping[str, float]]) -> Optiona
 
 def span_record(labels: Sequence[str], p) -> dict:
     """The JSON-able record of one predicted span (see the module docstring)."""
+    translation = getattr(p, "translation", "") or ""      # C1 (branch asr): read defensively
+    read = translation or p.transcript                       # what the (English) text model read
     return {"start": float(p.start), "end": float(p.end), "audio": _vec(labels, p.audio),
-            "text": _vec(labels, p.text), "asr": p.transcript, "transcript": p.transcript,
+            "text": _vec(labels, p.text), "asr": read, "transcript": read,
+            "original": p.transcript if translation else None,
+            "language": getattr(p, "language", None), "asr_trust": getattr(p, "asr_trust", None),
             "warnings": list(p.warnings)}
 
 
@@ -258,6 +290,18 @@ def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
     return dataclasses.replace(rec.fusion, audio_weight=float(np.clip(float(audio_weight), 0.0, 1.0)))
 
 
+def _asr_fields(span: Mapping) -> dict:
+    """The C1 Prediction fields a span record keeps (only those it has: recognizers without
+    them take none): the ASR's trust, which weights the text branch in the fusion, the
+    language and the English translation the text branch read."""
+    out = {}
+    if span.get("asr_trust") is not None:
+        out["asr_trust"] = span["asr_trust"]
+    if span.get("language"):
+        out.update(language=span["language"], translation=span["asr"] if span.get("original") else "")
+    return out
+
+
 def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
     """A span record re-fused into a Prediction (no model runs)."""
     text = span["text"]
@@ -265,11 +309,14 @@ def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
                        None if text is None else np.asarray(text, dtype=np.float64),
                        span["transcript"], fusion=fusion_at(rec, audio_weight),
                        duration=span["end"] - span["start"], start=span["start"], end=span["end"],
-                       warnings=list(span.get("warnings", [])))
+                       warnings=list(span.get("warnings", [])), **_asr_fields(span))
 
 
 def set_transcript(rec, span: dict, text: str) -> None:
-    """Use `text` (already checked) as the span's transcript: re-runs only the text branch."""
+    """Use `text` (already checked) as the span's transcript: re-runs only the text branch.
+    Text a person typed is read with full weight (the ASR's trust no longer applies)."""
+    if text != span.get("asr"):
+        span["asr_trust"] = None
     span["transcript"] = text
     span["text"] = rec.text_proba([text])[0].tolist() if text else None
 
@@ -309,7 +356,7 @@ def predict_clip(rec, audio: Any, transcript: Optional[str], limits: Limits, wor
     dur = wav.size / A.SAMPLE_RATE
     if text is not None or not is_long(wav, limits):
         out = rec.predict_wave(wav, text).to_dict()
-        out["segments"] = []
+        out.update(verdict(out["fused"]), segments=[])
         return out
     preds = predict_spans(rec, wav, limits, progress)
     ov = overall(rec.labels, preds)
@@ -318,5 +365,5 @@ def predict_clip(rec, audio: Any, transcript: Optional[str], limits: Limits, wor
             "transcript": " ".join(p.transcript for p in preds if p.transcript),
             "duration": dur, "start": 0.0, "end": dur,
             "bundle": getattr(rec, "name", ""), "bundle_version": getattr(rec, "version", ""),
-            "warnings": sorted({w for p in preds for w in p.warnings}),
-            "segments": [p.to_dict() for p in preds]}
+            "warnings": sorted({w for p in preds for w in p.warnings}), **verdict(ov["fused"]),
+            "segments": [{**p.to_dict(), **verdict(p.fused)} for p in preds]}

@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("corrections", help="list, export, import the corrections store",
                         add_help=False)
     co.set_defaults(func=None)
+    sub.add_parser("queue", help="active-learning annotation queue (python -m emodemo queue "
+                   "--help)", add_help=False)
     return p
 
 
@@ -214,6 +216,9 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "corrections":
         from .store import main_corrections
         return main_corrections(argv[1:])
+    if argv and argv[0] == "queue":
+        from .annotate.cli import main_queue
+        return main_queue(argv[1:])
     if argv and argv[0] == "finetune":
         from .finetune import main_finetune
         return main_finetune(argv[1:])

@@ -28,6 +28,10 @@ _FALLBACK = ["#56B4E9", "#999933", "#882255", "#44AA99", "#AA4499", "#117733", "
 BRANCH_COLORS = {"audio": "#4C78A8", "text": "#72B7B2", "fused": "#F58518"}
 WAVE_POINTS = 2000          # columns of the min/max envelope drawn for the waveform
 _MARGIN = dict(l=50, r=20, t=40, b=40)
+# legends sit under the plot, left: the top right corner is Plotly's toolbar
+_LEGEND = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
+_MARGIN_LEGEND = dict(l=50, r=20, t=40, b=80)
+UNSURE_PATTERN = "/"        # hatching of the segments the model is unsure about
 
 
 def label_color(label: str, labels: Sequence[str] = ()) -> str:
@@ -64,9 +68,8 @@ def probabilities_figure(labels: Sequence[str], audio: Mapping[str, float],
                            font=dict(size=11, color="#777"))
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=14)),
-        barmode="group", bargap=0.25, bargroupgap=0.05, height=320, margin=_MARGIN,
-        yaxis=dict(range=[0, 1.1], tickformat=".0%", title=None),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        barmode="group", bargap=0.25, bargroupgap=0.05, height=340, margin=_MARGIN_LEGEND,
+        yaxis=dict(range=[0, 1.1], tickformat=".0%", title=None), legend=_LEGEND,
         template="plotly_white", uniformtext=dict(minsize=8, mode="hide"))
     return fig
 
@@ -120,7 +123,7 @@ def waveform_figure(env: Mapping[str, Sequence[float]], duration: float,
 def _hover(seg: Mapping, labels: Sequence[str], max_chars: int = 160) -> str:
     fused = seg.get("fused") or {}
     top = sorted(((float(fused.get(k, 0.0)), k) for k in labels), reverse=True)
-    lines = [f"<b>{html.escape(str(seg.get('label', '')))}</b> "
+    lines = [f"<b>{html.escape(str(seg.get('call') or seg.get('label', '')))}</b> "
              f"{float(seg['start']):.1f}–{float(seg['end']):.1f} s"]
     lines += [f"{html.escape(k)}: {p:.0%}" for p, k in top[:4]]
     tr = str(seg.get("transcript") or "")
@@ -133,7 +136,9 @@ def _hover(seg: Mapping, labels: Sequence[str], max_chars: int = 160) -> str:
 def timeline_figure(segments: Sequence[Mapping], labels: Sequence[str],
                     selected: Optional[int] = None, title: str = "Emotion timeline") -> go.Figure:
     """One coloured band per segment (colour = fused label); hover shows the probabilities and
-    the transcript. `segments`: dicts with start, end, label, fused ({label: p}), transcript."""
+    the transcript. `segments`: dicts with start, end, label, fused ({label: p}), transcript,
+    and optionally call (emodemo.analysis.call: "angry or fearful — unsure"): the segments whose
+    call says unsure are hatched and named so."""
     labels = list(labels)
     fig = go.Figure()
     by_label: dict[str, list[int]] = {}
@@ -147,6 +152,8 @@ def timeline_figure(segments: Sequence[Mapping], labels: Sequence[str],
             base=[float(segments[i]["start"]) for i in idx],
             x=[max(float(segments[i]["end"]) - float(segments[i]["start"]), 1e-3) for i in idx],
             marker=dict(color=label_color(lab, labels),
+                        pattern=dict(shape=[UNSURE_PATTERN if "unsure" in str(segments[i].get("call", ""))
+                                            else "" for i in idx], fgcolor="#ffffff"),
                         line=dict(width=[3 if i == selected else 0.5 for i in idx],
                                   color=["#111" if i == selected else "#fff" for i in idx])),
             customdata=[i + 1 for i in idx],
@@ -155,8 +162,8 @@ def timeline_figure(segments: Sequence[Mapping], labels: Sequence[str],
     end = max([float(s["end"]) for s in segments] + [1e-3])
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=14)),
-        barmode="overlay", height=180, margin=_MARGIN, template="plotly_white",
+        barmode="overlay", height=230, margin=_MARGIN_LEGEND, template="plotly_white",
         xaxis=dict(title="time (s)", range=[0, end]), yaxis=dict(showticklabels=False),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        legend={**_LEGEND, "y": -0.45, "title": dict(text="hatched = unsure  ")},
         hoverlabel=dict(align="left"))
     return fig

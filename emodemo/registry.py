@@ -37,6 +37,9 @@ class BundleInfo:
     audio_ua: Optional[float] = None
     text_f1: Optional[float] = None
     corrections: Optional[int] = None
+    heldout_before: Optional[float] = None   # UA on the held-out corrections, parent / this one
+    heldout_after: Optional[float] = None
+    forced: bool = False                     # written although a check of the gate failed
 
     @property
     def key(self) -> str:
@@ -55,6 +58,36 @@ def _metric(cfg: dict) -> tuple[Optional[float], Optional[float]]:
     return audio, text
 
 
+def _ua(value: Any) -> Optional[float]:
+    """A held-out number from lineage: a float, or {"fused": {"UA": x}} / {"UA": x}."""
+    if isinstance(value, dict):
+        value = (value.get("fused") or {}).get("UA", value.get("UA"))
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parent(lin: dict) -> str:
+    """Which bundle a fine-tuned one came from: C7's "parent" (a name or {name, version}), or
+    the older "base" block."""
+    p = lin.get("parent") or lin.get("base") or ""
+    if isinstance(p, dict):
+        return f"{p.get('name', '')} v{p.get('version', '')}".strip()
+    return str(p)
+
+
+def _lineage(lin: dict) -> dict:
+    """The Models table's lineage fields of a config's "lineage" block (C7, and the older
+    layout: base, corrections.clips_used, metrics.heldout_corrections)."""
+    ho = (lin.get("metrics") or {}).get("heldout_corrections") or {}
+    used = lin.get("corrections_used", (lin.get("corrections") or {}).get("clips_used"))
+    return {"base": _parent(lin), "corrections": None if used is None else int(used),
+            "heldout_before": _ua(lin.get("heldout_before", ho.get("before"))),
+            "heldout_after": _ua(lin.get("heldout_after", ho.get("after"))),
+            "forced": bool(lin.get("forced") or (lin.get("gate") or {}).get("forced"))}
+
+
 def describe(path: str | Path) -> BundleInfo:
     """Read a bundle folder's config.json (raises EmodemoError when it is not a bundle)."""
     from .bundle import bundle_size, read_config
@@ -69,13 +102,10 @@ def describe(path: str | Path) -> BundleInfo:
                                              timezone.utc).isoformat(timespec="seconds")
         except OSError:
             created = ""
-    base = lin.get("base") or {}
     return BundleInfo(path=path.resolve(), name=str(cfg.get("name", path.name)),
                       version=str(cfg.get("version", "")), labels=list(cfg.get("labels", [])),
-                      size=bundle_size(path), created=created,
-                      base=f"{base.get('name', '')} v{base.get('version', '')}" if base else "",
-                      audio_ua=audio, text_f1=text,
-                      corrections=(lin.get("corrections") or {}).get("clips_used"))
+                      size=bundle_size(path), created=created, audio_ua=audio, text_f1=text,
+                      **_lineage(lin))
 
 
 def find_bundles(root: str | Path) -> list[BundleInfo]:

@@ -74,6 +74,9 @@ def test_switch_model_changes_the_active_bundle(models_dir, tmp_path):
     out = h.switch_model("tiny-b")
     assert "Now using" in out["models_msg"] and out["weight"] == pytest.approx(0.8)
     assert h.rec.version == "2" and [r[0] for r in out["models_table"]] == ["", "● active"]
+    # the Analyse and About tabs name the model now in use (About used to keep the old one)
+    assert "tiny v2" in out["active_md"] and "`tiny 2`" in out["about"]
+    assert h.active_model() == {"active_md": out["active_md"], "about": out["about"]}
     assert h.api_predict(str(clip), "hello there")["bundle_version"] == "2"
     cid = h.correct(h.analyse(str(clip))["state"], "sad")["stored_id"]
     assert h.store.get(cid)["bundle_version"] == "2"             # corrections record the version
@@ -82,6 +85,29 @@ def test_switch_model_changes_the_active_bundle(models_dir, tmp_path):
     for bad in (None, "broken", "../tiny", "nope"):
         msg = h.switch_model(bad)["models_msg"]
         assert "Choose one of the listed models" in msg and h.rec.version == "2"
+
+
+def test_models_table_shows_lineage_and_forced(models_dir, tmp_path):
+    """Parent, corrections used, held-out before/after and a forced flag, from the bundle's
+    lineage (C7 keys, and the layout fine-tuning writes today)."""
+    from emodemo.ui.handlers.models import MODEL_COLUMNS
+    cfg = json.loads((models_dir / "tiny-b" / "config.json").read_text())
+    cfg["lineage"] = {"parent": "tiny v1", "corrections_used": 42, "heldout_before": 0.41,
+                      "heldout_after": 0.63, "forced": True, "checks": []}
+    (models_dir / "tiny-b" / "config.json").write_text(json.dumps(cfg))
+    cfg["lineage"] = {"base": {"name": "tiny", "version": "1"}, "corrections": {"clips_used": 7},
+                      "forced": False, "metrics": {"heldout_corrections": {
+                          "before": {"fused": {"UA": 0.5}}, "after": {"fused": {"UA": 0.6}}}}}
+    shutil.copytree(models_dir / "tiny-b", models_dir / "tiny-c")
+    (models_dir / "tiny-c" / "config.json").write_text(json.dumps(cfg))
+    h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
+    rows = {r[1]: dict(zip(MODEL_COLUMNS, r)) for r in h.models()["models_table"]}
+    b, c = rows["tiny-b"], rows["tiny-c"]
+    assert (b["parent"], b["corrections used"], b["held-out before"], b["held-out after"],
+            b["forced"]) == ("tiny v1", "42", "0.410", "0.630", "⚠️ forced")
+    assert (c["parent"], c["corrections used"], c["held-out before"], c["held-out after"],
+            c["forced"]) == ("tiny v1", "7", "0.500", "0.600", "")
+    assert rows["tiny"]["parent"] == "–" and rows["tiny"]["forced"] == ""
 
 
 def test_switch_refuses_other_labels(models_dir, tmp_path):
@@ -100,7 +126,10 @@ def test_finetune_from_the_tab(models_dir, tmp_path, monkeypatch):
     out = h.start_finetune("tones-v1", 1, 3, "", False)
     assert "too few corrections" in out["ft_msg"] and h.job is None
     assert not (models_dir / "tones-v1").exists()
-    assert "No fine-tuning run yet" in h.finetune_status()["ft_progress"]
+    # the refusal is the job's state for every visitor (C6), with why
+    refused = h.finetune_status()
+    assert "done: not written" in refused["ft_progress"] and "too few corrections" in refused["ft_progress"]
+    assert refused["ft_timer"] is False
 
     h = handlers(models_dir, make_store(tmp_path, 6), tmp_path)
     dry = h.finetune_dry_run(3)["ft_msg"]
@@ -150,7 +179,7 @@ def test_persistent_models_folder_lists_the_shipped_ones_too(models_dir, tmp_pat
 
 def test_admin_token_guards_switching_and_finetuning(models_dir, tmp_path):
     h = handlers(models_dir, f"sqlite:///{tmp_path}/c.db", tmp_path)
-    h.admin_token = "s3cret"
+    h.registry.admin_token = "s3cret"
     for token in (None, "", "wrong"):
         assert "admin token" in h.switch_model("tiny-b", token)["models_msg"]
         assert "admin token" in h.start_finetune("new-v1", 1, 3, "", False, token)["ft_msg"]

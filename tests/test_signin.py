@@ -74,11 +74,12 @@ def test_launched_app_signs_in_with_mocked_oauth(fast_rec, store, monkeypatch):
     import gradio.oauth
     from gradio_client import Client, handle_file
 
+    from emodemo.settings import Settings
     from emodemo.ui import build_app
     monkeypatch.setattr(gradio.oauth, "get_token", lambda: "hf_local_test_token")
     monkeypatch.setattr(gradio.oauth, "whoami", lambda *a, **k: dict(USER))
-    assert not build_app(fast_rec, store).expects_oauth        # local default: no sign-in
-    demo = build_app(fast_rec, store, sign_in=True)
+    assert not build_app(Settings(preload_asr=False), fast_rec, store).expects_oauth        # local default: no sign-in
+    demo = build_app(Settings(sign_in=True, preload_asr=False), fast_rec, store)
     import gradio as gr
     login = [b for b in demo.blocks.values() if isinstance(b, gr.LoginButton)]
     assert [b.elem_id for b in login] == ["emodemo-login"] and demo.expects_oauth

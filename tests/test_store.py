@@ -291,7 +291,8 @@ def test_export_csv_and_jsonl_roundtrip_with_formula_guard(store, tmp_path):
     assert json.loads(ra["prob_audio"]) == {"happy": 1.0} and ra["prob_text"] == ""
     assert (float(rb["start"]), float(rb["end"])) == (0.25, 0.75)
     assert ra["media_sha256"] == sha256_file(wav)
-    assert Path(ra["media_path"]).read_bytes() == wav.read_bytes()
+    assert not Path(ra["media_path"]).is_absolute()          # relative to the media folder
+    assert (store.media_dir / ra["media_path"]).read_bytes() == wav.read_bytes()
     for r in rows:  # no cell of the export starts a formula
         assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in r.values())
 
@@ -306,7 +307,8 @@ def test_export_csv_and_jsonl_roundtrip_with_formula_guard(store, tmp_path):
     recs = {r.id: r for r in store.corrections()}
     for o in objs:
         assert o["created_at"] == recs[o["id"]].created_at.isoformat()
-        assert o["media_path"] == recs[o["id"]].media_path
+        assert store.media_dir / o["media_path"] == Path(recs[o["id"]].media_path)
+        assert str(store.media_dir) not in lines[0]             # no server path leaks out
 
     with pytest.raises(StoreError, match=r"\.csv or \.jsonl"):
         store.export(tmp_path / "out.xlsx")
@@ -338,18 +340,21 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
 
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
     try:
-        assert store.schema_revision() == "0003"   # the head: 0002 updated_at, 0003 account
+        assert store.schema_revision() == "0004"   # the head: 0002 updated_at, 0003 account,
+        # 0004 language / translation / file name / soft delete / queue tables
         [rec] = store.corrections()
         assert (rec.label, rec.annotator, rec.note, rec.start, rec.end) == (
             "sad", "old", "from 0001", 0.5, 1.0)
         assert rec.annotator_account is None
+        assert (rec.language, rec.translation, rec.deleted_at, rec.queue_item_id) == (
+            None, None, None, None)
         assert rec.created_at.year == 2024 and rec.updated_at == rec.created_at  # backfilled
         assert rec.sample_rate == 22050
         assert rec.media_path == str(tmp_path / "media" / "ab" / f"{'ab' * 32}.wav")
         with store.engine.connect() as conn:
             idx = {i["name"] for i in inspect(conn).get_indexes("corrections")}
         assert {"ix_corrections_created_at", "ix_corrections_media_sha256",
-                "ix_corrections_annotator_account"} <= idx
+                "ix_corrections_annotator_account", "ix_corrections_queue_item_id"} <= idx
         new = store.add(write_tone(tmp_path / "n.wav"), "happy")
         assert [r.id for r in store.corrections()] == [new, rec.id]
     finally:
@@ -376,8 +381,10 @@ def test_agreement(store, tmp_path):
     b = write_tone(tmp_path / "b.wav", 330)
     c = write_tone(tmp_path / "c.wav", 440)
     store.add(a, "happy", annotator="ann")
-    store.add(a, "sad", annotator="bob")
-    store.add(a, "sad", annotator="bob")           # repeated: bob still counts once
+    first = store.add(a, "sad", annotator="bob")
+    again = store.add(a, "sad", annotator="bob")   # a double submit: stored once
+    assert (again, again.duplicate, first.duplicate) == (first, True, False)
+    store.add(a, "sad", annotator="bob", note="sure")  # repeated: bob still counts once
     store.add(a, "angry", annotator="cid")
     store.add(a, "happy", annotator="cid")         # cid changed their mind: latest counts
     store.add(a, "happy", annotator="dee", start=0.0, end=0.5)  # another clip (a segment)
@@ -561,7 +568,7 @@ def test_media_file_is_written_before_the_row(sqlite_store, tmp_path, monkeypatc
     real_insert = mod.CorrectionStore._insert_media
 
     def spy(self, s, clip, rel, now):
-        path = self._abs_media(rel)
+        path = self.abs_media(rel)
         seen["bytes_at_insert"] = path.read_bytes() if path.exists() else None
         return real_insert(self, s, clip, rel, now)
 
@@ -699,3 +706,144 @@ def test_postgres_bad_password_is_a_clear_error(tmp_path):
         CorrectionStore(url.render_as_string(hide_password=False), media_dir=tmp_path)
     assert "definitely-wrong-pw" not in str(info.value)
     assert "cannot open corrections database" in str(info.value)
+
+
+# ---- soft delete, double submits, language (contracts C4, C5) ---------------------------------
+def test_soft_delete_and_restore_keep_the_row_and_leave_it_out_everywhere(store, tmp_path):
+    a = write_tone(tmp_path / "a.wav", 220)
+    ana = store.add(a, "happy", annotator="ana")
+    bob = store.add(a, "sad", annotator="bob", account="bob-hf")
+    cid_ = store.add(a, "sad", annotator="cid")
+    assert store.agreement()[0].labels == {"sad": 2, "happy": 1}
+    with pytest.raises(StoreError, match="someone else"):
+        store.delete(ana, by="bob")                              # not bob's
+    with pytest.raises(StoreError, match="say who"):
+        store.delete(ana, by=None)
+    rec = store.delete(bob, by="bob-hf")                         # own (by account)
+    assert rec.deleted_by == "bob-hf" and rec.deleted_at is not None
+    assert store.delete(bob, by="bob-hf").deleted_at == rec.deleted_at  # twice: no change
+    admin = store.delete(cid_, by="root", admin=True)            # an admin: anyone's
+    assert admin.deleted_by == "root"
+    assert [r.id for r in store.corrections()] == [ana]          # left out of reads ...
+    assert {r.id for r in store.corrections(deleted=True)} == {bob, cid_}
+    assert len(store.corrections(deleted=None)) == 3             # ... the rows stay
+    assert store.get(bob).deleted_at is not None
+    assert store.stats()["corrections"] == 1 and store.stats()["deleted"] == 2
+    assert store.agreement(min_annotators=1)[0].labels == {"happy": 1}
+    assert store.export(tmp_path / "out.csv") == 1               # exports
+    from emodemo.finetune.dataset import read_corrections         # fine-tuning reads
+    assert [r.id for r in read_corrections(store)[0]] == [ana]
+    store.restore(bob, by="bob-hf")
+    store.restore(cid_, by="root", admin=True)
+    assert store.agreement()[0].labels == {"sad": 2, "happy": 1}  # nothing was lost
+    assert store.get(bob).deleted_at is None and store.stats()["deleted"] == 0
+    with pytest.raises(StoreError, match="no correction"):
+        store.delete(10 ** 6, by="ana")
+
+
+def test_delete_and_restore_through_the_cli(tmp_path, capsys):
+    db = ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--media-dir", str(tmp_path / "media")]
+    with CorrectionStore(f"sqlite:///{tmp_path / 'c.db'}", media_dir=tmp_path / "media") as s:
+        cid = s.add(write_tone(tmp_path / "a.wav"), "happy", annotator="ana")
+    assert main_corrections([*db, "delete", str(cid), "--by", "bob"]) == 1
+    assert "someone else" in capsys.readouterr().err
+    assert main_corrections([*db, "delete", str(cid), "--by", "ana"]) == 0
+    assert capsys.readouterr().out.strip() == f"{cid}\tdeleted by ana"
+    assert main_corrections([*db, "list", "--json"]) == 0 and capsys.readouterr().out == ""
+    assert main_corrections([*db, "list", "--json", "--deleted"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == cid
+    assert main_corrections([*db, "restore", str(cid), "--by", "ana"]) == 0
+    assert capsys.readouterr().out.strip() == f"{cid}\tlive"
+
+
+def test_double_submit_is_stored_once(store, tmp_path, monkeypatch):
+    a = write_tone(tmp_path / "a.wav", 220)
+    first = store.add(a, "happy", annotator="ana", transcript="hi", start=0.1, end=0.6)
+    again = store.add(a, "happy", annotator="ana", transcript="hi", start=0.1, end=0.6)
+    assert (int(again), again.duplicate, first.duplicate) == (first, True, False)
+    assert store.add(a, "happy", annotator="ana", transcript="hi!", start=0.1, end=0.6) != first
+    assert store.add(a, "happy", annotator="ana", transcript="hi") != first   # whole file
+    assert store.add(a, "happy", annotator="bob", transcript="hi", start=0.1, end=0.6) != first
+    store.delete(first, by="ana")                                 # deleted: a new submit counts
+    assert not store.add(a, "happy", annotator="ana", transcript="hi", start=0.1,
+                         end=0.6).duplicate
+    import emodemo.store.writes as W
+    monkeypatch.setattr(W, "DUPLICATE_WINDOW_S", 0.0)             # outside the window: kept
+    assert not store.add(a, "sad", annotator="ana").duplicate
+    assert not store.add(a, "sad", annotator="ana").duplicate
+
+
+def test_double_submits_at_the_same_moment_store_one_row(store, tmp_path):
+    """Ten clicks of one person's Save at once (threads, as the app's workers): one row."""
+    a = write_tone(tmp_path / "a.wav", 330)
+    ids = []
+    errors = run_threads(lambda i: ids.append(store.add(a, "angry", annotator="ana", note="x")),
+                         10, [], timeout=120)
+    assert not errors, errors
+    assert len(set(ids)) == 1 and sum(not i.duplicate for i in ids) == 1
+    assert len(store.corrections()) == 1
+
+
+def test_language_translation_and_file_name(store, tmp_path):
+    a = write_tone(tmp_path / "mowa po polsku.wav", 220)
+    pred = {"label": "sad", "fused": {"sad": 0.6, "happy": 0.4}, "transcript": "jestem smutny",
+            "language": {"code": "PL", "name": "Polish", "probability": 0.98},
+            "translation": "I am sad"}
+    cid = store.add(a, "sad", annotator="ana", prediction=pred)
+    rec = store.get(cid)
+    assert (rec.language, rec.language_probability, rec.translation, rec.file_name) == (
+        "pl", 0.98, "I am sad", "mowa po polsku.wav")
+    assert rec.transcript_shown == "jestem smutny"
+    cid2 = store.add((tone(220, 1.0), SR), "happy", language="de", translation="hallo -> hello",
+                     file_name="upload.webm")
+    rec2 = store.get(cid2)
+    assert (rec2.language, rec2.language_probability, rec2.file_name) == ("de", None, "upload.webm")
+    with pytest.raises(StoreError, match="language probability"):
+        store.add(a, "sad", language={"code": "pl", "probability": 3})
+    assert list(store.history()[0])[:6] == ["id", "file_name", "start", "end", "label",
+                                            "predicted_label"]
+    store.export(tmp_path / "out.jsonl")
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert (rows[cid]["language"], rows[cid]["translation"], rows[cid]["file_name"]) == (
+        "pl", "I am sad", "mowa po polsku.wav")
+
+
+def test_opening_a_current_store_takes_no_write_lock(tmp_path):
+    """A store at the head revision opens while another connection holds the write lock (it
+    only reads the revision), so many processes open at once without queueing behind writers."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    CorrectionStore(url, media_dir=tmp_path / "media").close()
+    holder = sqlite3.connect(tmp_path / "c.db", timeout=0)
+    holder.execute("BEGIN IMMEDIATE")                            # a writer holds the lock
+    try:
+        import time
+        t0 = time.perf_counter()
+        with CorrectionStore(url, media_dir=tmp_path / "media") as s:
+            assert s.schema_revision() == "0004" and s.corrections() == []
+        assert time.perf_counter() - t0 < 20                      # not the 30 s busy timeout
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_a_write_that_cannot_get_the_lock_says_so_and_stores_nothing(tmp_path, monkeypatch):
+    """Retried with backoff for RETRY_SECONDS (180 s in use; 1 s here), then a StoreError the
+    app shows while keeping the form: nothing half-stored, the next try works."""
+    import emodemo.store.db as D
+    monkeypatch.setattr(D, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(D, "RETRY_SECONDS", 1.0)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = CorrectionStore(url, media_dir=tmp_path / "media")
+    wav = write_tone(tmp_path / "a.wav")
+    holder = sqlite3.connect(tmp_path / "c.db", timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match=r"Could not save the correction: .* stayed busy "
+                                             r"for 1 s .* Nothing was stored"):
+            store.add(wav, "happy", annotator="ana")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert store.corrections() == []
+    assert store.add(wav, "happy", annotator="ana") and len(store.corrections()) == 1
+    store.close()

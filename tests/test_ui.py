@@ -14,6 +14,7 @@ from conftest import ROOT, SR, free_port, tone
 
 from emodemo import plots
 from emodemo.recognizer import EmotionRecognizer
+from emodemo.settings import Settings
 from emodemo.store import CorrectionStore
 from emodemo.ui import Handlers, Limits, build_app, example_files, md_escape, parse_size
 
@@ -361,7 +362,7 @@ def test_api_predict_and_correct(h, store, fast_rec):
 def test_app_named_endpoints_via_gradio_client(fast_rec, store):
     """build_app + launch on localhost; /predict and /correct through gradio_client."""
     from gradio_client import Client, handle_file
-    demo = build_app(fast_rec, store, max_file_size="5mb")
+    demo = build_app(Settings(max_file_size="5mb", preload_asr=False), fast_rec, store)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

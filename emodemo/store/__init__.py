@@ -15,7 +15,9 @@ Modules, one job each:
 ``db``             URLs (`normalize_url`, `redact_url`), engine, SQLite pragmas, retries, migrations
 ``media``          audio files by SHA-256, atomic writes
 ``validate``       labels, text fields, spans, the model's prediction
-``corrections``    `CorrectionStore`: add, update, read
+``base``           `StoreBase`: opening and reading (what the modules below the facade use)
+``writes``         `WritableStore`: add (double submits kept once), update, soft delete, restore
+``corrections``    `CorrectionStore`: the facade (base + writes + the modules below)
 ``agreement``      inter-annotator agreement per clip
 ``transfer``       CSV / JSONL export, CSV import, SQLite backup; `export` dispatches every format
 ``audiofolder``    Hugging Face audiofolder export (``datasets.load_dataset("audiofolder", ...)``)
@@ -32,7 +34,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
-    "CorrectionStore": "corrections",
+    "CorrectionStore": "corrections", "CorrectionId": "writes",
+    "QueueItem": "schema", "QueueSkip": "schema",
     "Record": "records", "ImportResult": "records", "StoreError": "records",
     "Base": "schema", "Media": "schema", "Correction": "schema", "VERSION_TABLE": "schema",
     "DEFAULT_URL": "db", "DB_ENV": "db", "default_url": "db", "normalize_url": "db",
@@ -45,7 +48,8 @@ _PUBLIC = {
 }
 
 __all__ = [
-    "AUDIO_SUFFIXES", "Base", "Correction", "CorrectionStore", "DB_ENV", "DEFAULT_LABELS",
+    "AUDIO_SUFFIXES", "Base", "Correction", "CorrectionId", "CorrectionStore", "QueueItem",
+    "QueueSkip", "DB_ENV", "DEFAULT_LABELS",
     "DEFAULT_URL", "EXPORT_FIELDS", "ImportResult", "MAX_ANNOTATOR_CHARS", "MAX_MEDIA_BYTES",
     "MAX_TEXT_CHARS", "MEDIA_ENV", "Media", "NONE_LABEL", "Record", "StoreError", "VERSION_TABLE",
     "alembic_config", "default_url", "main_corrections", "normalize_url", "redact_url",
@@ -59,8 +63,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
                      redact_url)
     from .media import AUDIO_SUFFIXES, MAX_MEDIA_BYTES, MEDIA_ENV
     from .records import ImportResult, Record, StoreError
-    from .schema import VERSION_TABLE, Base, Correction, Media
+    from .schema import VERSION_TABLE, Base, Correction, Media, QueueItem, QueueSkip
     from .transfer import EXPORT_FIELDS
+    from .writes import CorrectionId
     from .validate import DEFAULT_LABELS, MAX_ANNOTATOR_CHARS, MAX_TEXT_CHARS, NONE_LABEL
 
 

@@ -5,17 +5,14 @@ fine-tuning dataset uses.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import select
 
 from ..labels import vote
+from .base import StoreBase
 from .media import resolve
 from .records import Record
 from .schema import Correction, Media
 
-if TYPE_CHECKING:
-    from .corrections import CorrectionStore
 
 # what `labels.vote` needs of each correction (a light query: no probabilities, no notes)
 _COLUMNS = (Correction.id, Correction.media_sha256, Correction.start, Correction.end,
@@ -23,7 +20,7 @@ _COLUMNS = (Correction.id, Correction.media_sha256, Correction.start, Correction
             Correction.created_at, Correction.updated_at, Media.path, Media.duration)
 
 
-def clip_agreement(store: "CorrectionStore", min_annotators: int = 2) -> list[Record]:
+def clip_agreement(store: StoreBase, min_annotators: int = 2) -> list[Record]:
     """Inter-annotator agreement per clip (`emodemo.labels.clip_key`: the audio hash and the span
     rounded to 10 ms, a whole-file span being no span).
 
@@ -34,7 +31,8 @@ def clip_agreement(store: "CorrectionStore", min_annotators: int = 2) -> list[Re
     majority_count, agreement (majority share of voters), tie (True when several labels share
     the top count; the majority_label is then the alphabetically first of them).
     """
-    stmt = select(*_COLUMNS).join(Media, Correction.media_sha256 == Media.sha256)
+    stmt = select(*_COLUMNS).join(Media, Correction.media_sha256 == Media.sha256).where(
+        Correction.deleted_at.is_(None))                     # soft-deleted ones do not vote
     with store.database.read() as s:
         rows = [dict(id=r.id, media_sha256=r.media_sha256, start=r.start, end=r.end,
                      annotator=r.annotator, annotator_account=r.annotator_account,

@@ -20,13 +20,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from ..labels import clip_key
+from .base import StoreBase
 from .records import StoreError
 
-if TYPE_CHECKING:
-    from .corrections import CorrectionStore
 
 METADATA = "metadata.jsonl"
 # suffixes both the store and `datasets`' audiofolder know; other stored files become WAV
@@ -88,7 +87,7 @@ def _row(rec: Any, file_name: str) -> dict:
     }
 
 
-def export_audiofolder(store: "CorrectionStore", out_dir: Union[str, os.PathLike]) -> int:
+def export_audiofolder(store: StoreBase, out_dir: Union[str, os.PathLike]) -> int:
     """Write every correction to `out_dir` (created; it must not exist or be empty) as an
     audiofolder dataset; returns the number of rows. The folder appears complete or not at all
     (built next to it, then renamed into place)."""

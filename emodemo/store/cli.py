@@ -1,4 +1,4 @@
-"""``python -m emodemo corrections {list,export,import,stats,agreement,backup}``."""
+"""``python -m emodemo corrections {list,export,import,stats,agreement,backup,delete,restore}``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", help="show corrections, newest first")
     p.add_argument("--limit", type=int, default=50, help="at most this many (0 = all; default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--deleted", action="store_true", help="the soft-deleted corrections instead")
     p = command("export", help="write all corrections to OUT (.csv, .jsonl, a Hugging Face "
                 "audiofolder or Label Studio JSON)")
     p.add_argument("out")
@@ -61,16 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-root", default=None,
                    help="Label Studio JSON: the folder its audio references point into "
                    "(default: the JSON file's folder)")
+    p.add_argument("--media-root", default=None,
+                   help="CSV: the exporting store's media folder, which the exported paths are "
+                   "relative to (default: a 'media' folder next to the CSV)")
     p = command("stats", help="counts per label and annotator")
     p.add_argument("--json", action="store_true")
     command("agreement", help="inter-annotator agreement per clip")
     p = command("backup", help="copy the SQLite database to OUT")
     p.add_argument("out")
+    for name, what in (("delete", "soft-delete"), ("restore", "restore soft-deleted")):
+        p = command(name, help=f"{what} corrections (the rows stay; nothing is lost)")
+        p.add_argument("ids", metavar="ID", type=int, nargs="+")
+        p.add_argument("--by", required=True, help="who does it (annotator name or account)")
+        p.add_argument("--admin", action="store_true", help="allowed for anyone's corrections")
     return parser
 
 
 def _list(store: CorrectionStore, args: argparse.Namespace, out) -> int:
-    recs = store.corrections(limit=args.limit or None)
+    recs = store.corrections(limit=args.limit or None, deleted=bool(args.deleted))
     for r in recs:
         if args.json:
             out.write(record_json(r) + "\n")
@@ -106,7 +115,7 @@ def _import(store: CorrectionStore, args: argparse.Namespace, out) -> int:
         res = store.import_labelstudio(args.file, audio_root=args.audio_root,
                                        annotator=args.annotator)
     else:
-        res = store.import_csv(args.file, annotator=args.annotator)
+        res = store.import_csv(args.file, annotator=args.annotator, media_root=args.media_root)
     for err in res.errors:
         print(one_line(err, 300), file=sys.stderr)
     print(f"imported {res.imported} corrections, {len(res.errors)} rows with errors", file=out)
@@ -143,8 +152,18 @@ def _backup(store: CorrectionStore, args: argparse.Namespace, out) -> int:
     return 0
 
 
+def _delete_or_restore(store: CorrectionStore, args: argparse.Namespace, out) -> int:
+    act = store.delete if args.cmd == "delete" else store.restore
+    for cid in args.ids:
+        rec = act(cid, by=args.by, admin=args.admin)
+        state = f"deleted by {one_line(rec.deleted_by, 60)}" if rec.deleted_at else "live"
+        print(f"{rec.id}\t{state}", file=out)
+    return 0
+
+
 COMMANDS = {"list": _list, "export": _export, "import": _import, "stats": _stats,
-            "agreement": _agreement, "backup": _backup}
+            "agreement": _agreement, "backup": _backup, "delete": _delete_or_restore,
+            "restore": _delete_or_restore}
 
 
 def main_corrections(argv: Optional[Sequence[str]] = None) -> int:

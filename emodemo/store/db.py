@@ -6,11 +6,14 @@
   "database is locked", so many threads and processes can write at once.
 * A SQLite file that cannot be written (read-only volume, no write permission) is opened
   read-only (`Database.read_only`) rather than refused.
-* Opening upgrades the schema to Alembic's head; concurrent first opens are serialised (SQLite:
-  ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level advisory lock).
+* Opening reads the schema revision first (no lock: many processes open at once without
+  queueing behind writers); only a database behind Alembic's head is upgraded, and concurrent
+  upgrades are serialised (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level
+  advisory lock), re-checking the revision once the lock is held.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sqlite3
@@ -32,11 +35,16 @@ from .schema import VERSION_TABLE
 DEFAULT_URL = "sqlite:///data/corrections.db"
 DB_ENV = VARIABLES["db"][0]              # EMODEMO_DB, read by emodemo.settings
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-RETRY_SECONDS = 60.0                     # total time to keep retrying a locked write
+RETRY_SECONDS = 180.0                    # total time to keep retrying a locked write (a
+                                         # correction is not dropped while the machine is busy)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PG_MIGRATION_LOCK = 0x656D6F64656D6F     # "emodemo": key for pg_advisory_xact_lock
 
 T = TypeVar("T")
+
+
+class DatabaseBusy(StoreError):
+    """The database stayed locked by other writers for all of RETRY_SECONDS."""
 
 
 # ---- URLs ------------------------------------------------------------------------------------
@@ -77,6 +85,13 @@ def alembic_config(url: Union[str, URL, None] = None, connection: Any = None):
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def head_revision() -> Optional[str]:
+    """The newest revision in emodemo/migrations (read once per process)."""
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 # ---- SQLite ----------------------------------------------------------------------------------
@@ -261,8 +276,8 @@ class Database:
                     isinstance(exc, IntegrityError) and not self.has_upsert())
                 if not transient or time.monotonic() > deadline:
                     if isinstance(exc, OperationalError) and is_transient(exc):
-                        raise StoreError(f"database stayed busy for {RETRY_SECONDS:.0f} s: "
-                                         f"{exc.orig}") from exc
+                        raise DatabaseBusy(f"database stayed busy for {RETRY_SECONDS:.0f} s: "
+                                           f"{exc.orig}") from exc
                     raise
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
@@ -272,6 +287,10 @@ class Database:
         unreachable) becomes a StoreError that says so; the transaction was rolled back."""
         try:
             return self.retry(fn)
+        except DatabaseBusy as exc:
+            raise StoreError(f"Could not save the correction: the corrections database stayed "
+                             f"busy for {RETRY_SECONDS:.0f} s (other writers held it). "
+                             f"{NOT_STORED}") from exc
         except SQLAlchemyError as exc:
             err = db_write_error(exc)
             if err is None:
@@ -279,22 +298,22 @@ class Database:
             raise err from exc
 
     def migrate(self) -> None:
-        """Upgrade the schema to the head revision (a read-only database must be there already)."""
+        """Upgrade the schema to the head revision (a read-only database must be there already).
+        A database already at the head is only read: no write lock is taken."""
         from alembic import command
 
-        if self.read_only:  # nothing can be upgraded: it must already be current
-            from alembic.script import ScriptDirectory
-            head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-            current = self.schema_revision()
-            if current != head:
-                raise StoreError(f"the corrections database {redact_url(self.url)} is read-only "
-                                 f"and at schema revision {current}, not {head}: open it once "
-                                 "with write access to upgrade it")
+        head = head_revision()
+        current = self.schema_revision()
+        if current == head:
             return
+        if self.read_only:  # nothing can be upgraded: it must already be current
+            raise StoreError(f"the corrections database {redact_url(self.url)} is read-only "
+                             f"and at schema revision {current}, not {head}: open it once "
+                             "with write access to upgrade it")
         with self.write_engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE serialises openers
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
-            command.upgrade(alembic_config(self.url, connection=conn), "head")
+            command.upgrade(alembic_config(self.url, connection=conn), "head")  # no-op if done
 
     def schema_revision(self) -> Optional[str]:
         """The Alembic revision the database is at."""

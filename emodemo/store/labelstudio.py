@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
@@ -40,9 +40,8 @@ from ..errors import EmodemoError
 from ..labels import NONE_LABEL, clip_key
 from .media import atomic_open
 from .records import ImportResult, StoreError
+from .writes import WritableStore
 
-if TYPE_CHECKING:
-    from .corrections import CorrectionStore
 
 FROM_NAME, TEXT_NAME, TO_NAME = "emotion", "transcript", "audio"
 LOCAL_FILES = "/data/local-files/?d="
@@ -88,7 +87,10 @@ def _annotation(rec: Any, task_id: int) -> dict:
                        "predicted_label": rec.predicted_label, "prob_audio": rec.prob_audio,
                        "prob_text": rec.prob_text, "prob_fused": rec.prob_fused,
                        "bundle_name": rec.bundle_name, "bundle_version": rec.bundle_version,
-                       "start": rec.start, "end": rec.end}}
+                       "start": rec.start, "end": rec.end, "file_name": rec.file_name,
+                       "language": rec.language,
+                       "language_probability": rec.language_probability,
+                       "translation": rec.translation}}
     who = _completed_by(rec)
     if who is not None:
         ann["completed_by"] = who
@@ -106,7 +108,7 @@ def _prediction(rec: Any) -> Optional[dict]:
                         "value": {"choices": [rec.predicted_label]}}]}
 
 
-def export_labelstudio(store: "CorrectionStore", path: Union[str, os.PathLike],
+def export_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                        audio_url: Optional[str] = None) -> int:
     """Write the corrections as Label Studio tasks (JSON list) to `path`; returns the number of
     tasks (clips). `audio_url`: prefix for the audio references (default: the local-files URL of
@@ -169,7 +171,7 @@ def _identity(ann: dict) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def _audio_path(task: dict, audio_root: Path, store: "CorrectionStore") -> Path:
+def _audio_path(task: dict, audio_root: Path, store: WritableStore) -> Path:
     data = task.get("data") or {}
     ref = data.get(TO_NAME)
     if not isinstance(ref, str) or not ref.strip():
@@ -215,7 +217,7 @@ def _results(ann: dict, task: dict) -> list[dict]:
     return out
 
 
-def import_labelstudio(store: "CorrectionStore", path: Union[str, os.PathLike],
+def import_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                        audio_root: Union[str, os.PathLike, None] = None,
                        annotator: Optional[str] = None) -> ImportResult:
     """Add the annotations of a Label Studio JSON export (a list of tasks) as corrections.
@@ -263,9 +265,14 @@ def import_labelstudio(store: "CorrectionStore", path: Union[str, os.PathLike],
                 for item in _results(ann, task):
                     start = extra.get("start", item["start"]) if extra else item["start"]
                     end = extra.get("end", item["end"]) if extra else item["end"]
+                    kept = {"file_name": extra["file_name"]} if extra.get("file_name") else {}
+                    lang = extra.get("language")
                     store.add(audio, item["label"], annotator=name or annotator, account=account,
                               transcript=item["transcript"], note=extra.get("note"),
-                              prediction=pred, start=start, end=end)
+                              prediction=pred, start=start, end=end,
+                              language=None if not lang else {
+                                  "code": lang, "probability": extra.get("language_probability")},
+                              translation=extra.get("translation"), **kept)
                     imported += 1
         except (EmodemoError, OSError) as exc:
             errors.append(f"task {tid}: {exc}")

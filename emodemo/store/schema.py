@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (DateTime, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String,
+                        Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Alembic's version table (named so that it cannot clash with an application's own).
@@ -37,6 +38,7 @@ class Correction(Base):
         Index("ix_corrections_media_sha256", "media_sha256"),
         Index("ix_corrections_annotator", "annotator"),
         Index("ix_corrections_annotator_account", "annotator_account"),
+        Index("ix_corrections_queue_item_id", "queue_item_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -59,3 +61,49 @@ class Correction(Base):
     end: Mapped[Optional[float]] = mapped_column("end_sec", Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # 0004: the speaker's language (as the ASR identified it), the English text the model read
+    file_name: Mapped[Optional[str]] = mapped_column(String(300))        # as uploaded
+    language: Mapped[Optional[str]] = mapped_column(String(16))           # code, e.g. "pl"
+    language_probability: Mapped[Optional[float]] = mapped_column(Float)
+    translation: Mapped[Optional[str]] = mapped_column(Text)
+    # soft delete: the row stays (restorable); excluded from votes, fine-tuning and exports
+    deleted_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    deleted_by: Mapped[Optional[str]] = mapped_column(String(200))
+    # a vote in the annotation queue (emodemo.annotate): the queue item it answers
+    queue_item_id: Mapped[Optional[int]] = mapped_column(Integer)
+
+
+class QueueItem(Base):
+    """One clip (a file or a span of a long recording) waiting in the annotation queue."""
+    __tablename__ = "queue_items"
+    __table_args__ = (
+        UniqueConstraint("media_sha256", "start_sec", "end_sec", name="uq_queue_items_clip"),
+        Index("ix_queue_items_priority", "priority"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    media_sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("media.sha256", name="fk_queue_items_media_sha256",
+                               ondelete="RESTRICT"))
+    file_name: Mapped[Optional[str]] = mapped_column(String(300))
+    start: Mapped[float] = mapped_column("start_sec", Float)
+    end: Mapped[float] = mapped_column("end_sec", Float)
+    priority: Mapped[float] = mapped_column(Float)                  # model uncertainty, 0..1
+    model_label: Mapped[Optional[str]] = mapped_column(String(64))
+    prob_fused: Mapped[Optional[str]] = mapped_column(Text)         # JSON {label: p}
+    transcript: Mapped[Optional[str]] = mapped_column(Text)
+    bundle_name: Mapped[Optional[str]] = mapped_column(String(200))
+    lease_annotator: Mapped[Optional[str]] = mapped_column(String(200))
+    lease_until: Mapped[Optional[float]] = mapped_column(Float)     # Unix time; portable compare
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class QueueSkip(Base):
+    """An annotator passed on a queue item: it is not served to them again."""
+    __tablename__ = "queue_skips"
+    __table_args__ = (PrimaryKeyConstraint("item_id", "annotator", name="pk_queue_skips"),)
+
+    item_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("queue_items.id", name="fk_queue_skips_item_id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

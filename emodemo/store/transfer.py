@@ -12,7 +12,7 @@ import os
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 from ..errors import EmodemoError
 from .audiofolder import export_audiofolder
@@ -20,15 +20,15 @@ from .labelstudio import export_labelstudio
 from .media import atomic_open, atomic_path
 from .records import ImportResult, StoreError
 from .validate import loads
+from .writes import WritableStore
 
-if TYPE_CHECKING:
-    from .corrections import CorrectionStore
 
 EXPORT_FIELDS = (
     "id", "created_at", "updated_at", "label", "annotator", "annotator_account", "note",
     "transcript_shown", "transcript_corrected", "predicted_label",
     "prob_audio", "prob_text", "prob_fused", "bundle_name", "bundle_version",
     "media_sha256", "media_path", "duration", "sample_rate", "start", "end",
+    "file_name", "language", "language_probability", "translation",
 )
 EXPORT_FORMATS = ("csv", "jsonl", "audiofolder", "labelstudio")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -41,6 +41,9 @@ IMPORT_COLUMNS = (("path", PATH_COLUMNS), ("label", ("label",)),
                   ("annotator", ("annotator",)), ("account", ("annotator_account",)),
                   ("note", ("note",)),
                   ("start", ("start",)), ("end", ("end",)),
+                  ("media_sha256", ("media_sha256",)), ("file_name", ("file_name",)),
+                  ("language", ("language",)), ("language_probability", ("language_probability",)),
+                  ("translation", ("translation",)),
                   *((k, (k,)) for k in PREDICTION_COLUMNS))
 POSITIONAL_COLUMNS = {"path": 0, "label": 1, "transcript": 2, "annotator": 3}
 
@@ -73,12 +76,20 @@ def json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def export_row(rec: Any) -> dict:
+    """A record's export fields; ``media_path`` relative to the media folder ('/'-separated),
+    never the server's absolute path."""
+    row = {k: rec[k] for k in EXPORT_FIELDS}
+    row["media_path"] = rec["media_file"]
+    return row
+
+
 def record_json(rec: Any) -> str:
     """One record as a JSON line (the export fields, verbatim)."""
-    return json.dumps({k: json_value(rec[k]) for k in EXPORT_FIELDS}, ensure_ascii=False)
+    return json.dumps({k: json_value(v) for k, v in export_row(rec).items()}, ensure_ascii=False)
 
 
-def export(store: "CorrectionStore", path: Union[str, os.PathLike], format: Optional[str] = None,
+def export(store: WritableStore, path: Union[str, os.PathLike], format: Optional[str] = None,
            audio_url: Optional[str] = None) -> int:
     """Write all corrections to `path`; returns the number of rows (tasks for Label Studio).
 
@@ -105,7 +116,7 @@ def export(store: "CorrectionStore", path: Union[str, os.PathLike], format: Opti
             writer = csv.writer(f)
             writer.writerow(EXPORT_FIELDS)
             for rec in store.iter_records():
-                writer.writerow([csv_cell(rec[k]) for k in EXPORT_FIELDS])
+                writer.writerow([csv_cell(v) for v in export_row(rec).values()])
                 n += 1
         else:
             for rec in store.iter_records():
@@ -138,15 +149,40 @@ def _prediction(cell) -> Optional[dict]:
     return prediction
 
 
-def import_csv(store: "CorrectionStore", path: Union[str, os.PathLike],
-               annotator: Optional[str] = None) -> ImportResult:
+def _audio_file(audio: str, roots: list[Path], sha: Optional[str], store: WritableStore) -> Path:
+    """An audio path from a CSV cell: absolute as it is; relative: the first of `roots` that
+    has it, else this store's copy of the same audio (by hash), else as under the first root."""
+    audio_path = Path(audio.strip()).expanduser()
+    if audio_path.is_absolute():
+        return audio_path
+    for root in roots:
+        if (root / audio_path).is_file():
+            return root / audio_path
+    if sha:
+        try:
+            return store.media_path(sha)
+        except StoreError:
+            pass
+    return roots[0] / audio_path
+
+
+def _language(cell) -> Optional[dict]:
+    code, prob = cell("language"), cell("language_probability")
+    return None if code is None else {"code": code, "probability": prob}
+
+
+def import_csv(store: WritableStore, path: Union[str, os.PathLike],
+               annotator: Optional[str] = None,
+               media_root: Union[str, os.PathLike, None] = None) -> ImportResult:
     """Add corrections from a manifest CSV with rows ``path,label[,transcript][,annotator]``.
 
     A header row is optional (recognised when its first cell is "path"/"media_path"/"file",
     or when it names a path column and a "label" column; named columns may then come in any
     order). A CSV written by `export` is read back as it was written: its formula guard
     quotes are removed and the model's prediction columns are kept. Relative audio paths
-    are resolved against the CSV's folder. `annotator` is used for rows without one. Bad
+    are resolved against the CSV's folder, then `media_root` (the exporting store's media
+    folder: exports hold paths relative to it; default: a ``media`` folder next to the CSV),
+    then this store's own copy of the same audio. `annotator` is used for rows without one. Bad
     rows are skipped and reported: returns ImportResult(imported, errors) with errors like
     "line 3: file not found: ...".
     """
@@ -156,6 +192,7 @@ def import_csv(store: "CorrectionStore", path: Union[str, os.PathLike],
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
     base = path.resolve().parent
+    roots = [base, Path(media_root).expanduser().resolve() if media_root else base / "media"]
     imported, errors = 0, []
     with f:
         reader = csv.reader(f)
@@ -189,13 +226,13 @@ def import_csv(store: "CorrectionStore", path: Union[str, os.PathLike],
                 audio, label = cell("path"), cell("label")
                 if audio is None or label is None:
                     raise StoreError("each row needs a path and a label")
-                audio_path = Path(audio.strip()).expanduser()
-                if not audio_path.is_absolute():
-                    audio_path = base / audio_path
+                audio_path = _audio_file(audio, roots, cell("media_sha256"), store)
+                extra = {"file_name": cell("file_name")} if exported else {}
                 store.add(audio_path, label.strip(), annotator=cell("annotator") or annotator,
                           account=cell("account"), transcript=cell("transcript"),
-                          note=cell("note"),
-                          start=cell("start"), end=cell("end"), prediction=_prediction(cell))
+                          note=cell("note"), start=cell("start"), end=cell("end"),
+                          prediction=_prediction(cell), language=_language(cell),
+                          translation=cell("translation"), **extra)
                 imported += 1
             except (EmodemoError, OSError) as exc:
                 errors.append(f"line {line}: {exc}")
@@ -203,7 +240,7 @@ def import_csv(store: "CorrectionStore", path: Union[str, os.PathLike],
 
 
 # ---- backup ----------------------------------------------------------------------------------
-def backup(store: "CorrectionStore", path: Union[str, os.PathLike]) -> Path:
+def backup(store: WritableStore, path: Union[str, os.PathLike]) -> Path:
     """Consistent copy of a SQLite database (sqlite3 backup API) written atomically to `path`.
     The media folder is not included."""
     if not store.is_sqlite or store.db_file is None:

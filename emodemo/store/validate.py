@@ -123,6 +123,34 @@ def loads(value: Optional[str]) -> Any:
         return value
 
 
+MAX_LANGUAGE_CHARS = 16
+
+
+def check_language(value: Any) -> dict[str, Any]:
+    """The language columns from a code ("pl") or the recognizer's dict ({"code": "pl",
+    "name": "Polish", "probability": 0.98}, `emodemo.recognizer.Prediction.language`)."""
+    if value is None:
+        return {}
+    prob = None
+    if isinstance(value, Mapping):
+        code, prob = value.get("code"), value.get("probability")
+    else:
+        code = value
+    code = clean_field(code if code is None or isinstance(code, (str, bytes)) else str(code),
+                       "language", MAX_LANGUAGE_CHARS, strip=True)
+    if prob is not None:
+        try:
+            prob = float(prob)
+        except (TypeError, ValueError):
+            raise StoreError(f"language probability is not a number: {short(prob)}") from None
+        if not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
+            raise StoreError(f"language probability must be in [0, 1], got {prob}")
+    out: dict[str, Any] = {"language": code.lower() if code else None}
+    if prob is not None:
+        out["language_probability"] = prob
+    return out
+
+
 def _pred_get(pred: Any, *names: str) -> Any:
     for name in names:
         if isinstance(pred, Mapping):
@@ -152,7 +180,12 @@ def prediction_fields(pred: Any) -> dict[str, Any]:
     if predicted is not None and not isinstance(predicted, (str, bytes)):
         predicted = str(predicted)
     # start/end/confidence of a Prediction are not taken over: pass start/end to add() explicitly.
+    extra = check_language(_pred_get(pred, "language"))
+    translation = clean_field(_pred_get(pred, "translation"), "translation", MAX_TEXT_CHARS)
+    if translation:
+        extra["translation"] = translation
     return {
+        **extra,
         "predicted_label": clean_field(predicted, "predicted label", MAX_LABEL_CHARS),
         "prob_audio": probs_json(_pred_get(pred, "audio", "prob_audio"), "audio"),
         "prob_text": probs_json(_pred_get(pred, "text", "prob_text"), "text"),

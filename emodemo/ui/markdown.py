@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from .. import analysis
 from ..analysis import NONE_DISPLAY, NONE_LABEL, format_bytes, format_duration
 
 EMOJI = {"neutral": "😐", "happy": "😄", "sad": "😢", "angry": "😠", "fearful": "😨",
@@ -21,11 +22,31 @@ _MD_LINE_START = re.compile(r"^(\s*)(?:([-+=])|(\d+)\.)", re.M)
 def md_escape(text: Any) -> str:
     """Text shown literally inside Markdown: HTML-escaped (no tags), Markdown punctuation
     backslash-escaped (no emphasis, links, code, headings, lists, LaTeX), newlines kept."""
-    s = html.escape("" if text is None else str(text), quote=True)
+    # quotes stay quotes: Gradio shows an entity such as &#x27; literally in a message
+    s = html.escape("" if text is None else str(text), quote=False)
     s = _MD_SPECIAL.sub(r"\\\1", s)
     s = _MD_LINE_START.sub(lambda m: m.group(1) + ("\\" + m.group(2) if m.group(2)
                                                    else m.group(3) + "\\."), s)
     return s.replace("\n", "  \n")
+
+
+def code(text: Any) -> str:
+    """Text shown as inline code (a folder, a file name): no escaping inside the backticks,
+    where a backslash would show literally; backticks and newlines are taken out."""
+    s = " ".join(str("" if text is None else text).replace("`", "'").split())
+    return f"`{s}`"
+
+
+#: command-line flags a shared message may name, as the app's form calls them
+FORM_NAMES = {"--min-per-class": "“Min. corrections per class”",
+              "--force": "“write even if worse”", "--epochs": "“Text-branch epochs”"}
+
+
+def for_the_app(msg: str) -> str:
+    """A message written for the CLI, with its flags named as the app's form fields."""
+    for flag, name in FORM_NAMES.items():
+        msg = msg.replace(f"lower {flag}", f"lower {name}").replace(flag, name)
+    return msg
 
 
 def error(msg: str) -> str:
@@ -54,10 +75,10 @@ def summary(state: dict, preds: Sequence, fusion, overall: Optional[Mapping] = N
         share = sorted(overall["share"].items(), key=lambda kv: -kv[1])
         mix = ", ".join(f"{EMOJI.get(k, '')} {md_escape(k)} {v:.0%}" for k, v in share[:3])
         lines.append(f"**Whole recording** ({format_duration(state['duration'])}, "
-                     f"{len(preds)} segments): overall **{md_escape(overall['label'])}** "
-                     f"({overall['confidence']:.0%}); share of speech time: {mix}.")
+                     f"{len(preds)} segments): overall **{md_escape(analysis.call(overall['fused']))}**"
+                     f" ({overall['confidence']:.0%}); share of speech time: {mix}.")
         lines.append(f"**Segment #{i + 1}** ({p.start:.1f}–{p.end:.1f} s):")
-    lines.append(f"## {EMOJI.get(p.label, '')} {md_escape(p.label)} · {p.confidence:.0%}")
+    lines.append(headline(p.fused))
     a_top = max(p.audio, key=p.audio.get)
     branch = [f"audio branch: **{md_escape(a_top)}** {p.audio[a_top]:.0%}"]
     if p.text is not None:
@@ -72,6 +93,39 @@ def summary(state: dict, preds: Sequence, fusion, overall: Optional[Mapping] = N
     lines.append(f"Transcript used: “{md_escape(tr)}”" if tr else
                  "Transcript used: *(none — nothing was recognised, or it was cleared)*")
     return "\n\n".join(lines)
+
+
+def headline(fused: Mapping[str, float]) -> str:
+    """The big line: the label and its probability, or both candidates when unsure
+    (emodemo.analysis's one rule)."""
+    ranked = sorted(fused, key=lambda k: -fused[k])
+    top = ranked[0]
+    if analysis.is_unsure(fused):
+        second = ranked[1]
+        return (f"## {EMOJI.get(top, '')} {md_escape(top)} or {EMOJI.get(second, '')} "
+                f"{md_escape(second)} — unsure · {fused[top]:.0%} vs {fused[second]:.0%}")
+    return f"## {EMOJI.get(top, '')} {md_escape(top)} · {fused[top]:.0%}"
+
+
+def language(span: Mapping) -> str:
+    """The language line of a span: "Polish (0.98)", the original words and the English text
+    the model read; "" when there was no language identification (C1)."""
+    lang = span.get("language")
+    if not lang:
+        return ""
+    name = lang.get("name") or lang.get("code") or "?"
+    prob = lang.get("probability")
+    line = f"**Language:** {md_escape(name)}" + (f" ({float(prob):.2f})" if prob is not None else "")
+    if span.get("original"):
+        line += (f"  \n**Original words:** “{md_escape(span['original'])}”  \n"
+                 f"**English text the model read** (editable below): “{md_escape(span['asr'])}”")
+    return line
+
+
+def active_model(rec) -> str:
+    """The line naming the model that answers now (Analyse tab)."""
+    return (f"<small>Model: **{md_escape(getattr(rec, 'name', '') or 'unnamed')} "
+            f"v{md_escape(getattr(rec, 'version', '') or '?')}**</small>")
 
 
 def analysed_status(state: dict, took: float) -> str:
@@ -95,6 +149,16 @@ def correction_stored(cid: int, label: str, predicted: str, sha: str,
               f"*{md_escape(predicted)}*) for clip `{sha[:12]}`{where}{by}. Thank you!")
 
 
+def correction_duplicate(cid: int) -> str:
+    return ok(f"Already stored as correction **#{cid}** (the same label, transcript and note "
+              "were submitted again; nothing new was stored).")
+
+
+def correction_kept(cid: int) -> str:
+    return ok(f"Stored as correction **#{cid}**. To add another label for this clip, pick an "
+              "emotion first.")
+
+
 def signed_in(account: Optional[str]) -> str:
     """The line above the correction form when annotators sign in."""
     if account:
@@ -104,16 +168,30 @@ def signed_in(account: Optional[str]) -> str:
 
 # ---- Models tab ----------------------------------------------------------------------------
 def models_listed(n: int, folders: Sequence, rec, active_key: Optional[str]) -> str:
-    where = " and ".join(f"`{md_escape(str(d))}`" for d in folders)
+    where = " and ".join(code(d) for d in folders)
     now = (f"Active: **{md_escape(rec.name)} v{md_escape(rec.version)}**"
-           + (f" (`{md_escape(active_key)}`)" if active_key else ""))
+           + (f" ({code(active_key)})" if active_key else ""))
     if not n:
         return ok(f"No model bundles in {where}. {now}.")
     return ok(f"{n} model bundle{'s' if n != 1 else ''} in {where}. {now}.")
 
 
-JOB_HEADS = {"queued": "⏳ starting", "running": "⏳ running", "written": "✅ done: written",
-             "not written": "⚠️ done: not written", "failed": "❌ failed"}
+JOB_HEADS = {"queued": "⏳ starting", "running": "⏳ running", "finished": "✅ done: written",
+             "refused": "⚠️ done: not written", "failed": "❌ failed",
+             "interrupted": "⚠️ interrupted (the app restarted while it ran): start it again"}
+
+
+def job_as_view(j) -> Optional[dict]:
+    """A fine-tuning job (emodemo.jobs.FinetuneJob or a dict already in this shape) as the
+    plain dict `job` shows: status (C6 names), progress, message, detail, started, finished,
+    bundle, reason, log, report."""
+    if j is None or isinstance(j, Mapping):
+        return j
+    status = {"written": "finished", "not written": "refused"}.get(j.state, j.state)
+    return {"status": status, "progress": j.fraction, "message": getattr(j, "message", ""),
+            "detail": getattr(j, "detail", ""), "started": j.started,
+            "finished": j.finished or None, "bundle": j.out.name, "reason": j.error or "",
+            "log": list(j.log or []), "report": j.report or {}}
 
 
 def _num(x: Optional[float]) -> str:
@@ -144,20 +222,41 @@ def changes(report: Optional[Mapping]) -> str:
     return "\n\n".join(parts)
 
 
-def job(j) -> str:
-    """Progress, outcome and log tail of a fine-tuning job (emodemo.jobs.FinetuneJob)."""
-    if j is None:
-        return "No fine-tuning run yet."
-    pct = int(round(100 * j.fraction))
-    lines = [f"**{md_escape(j.out.name)}** — {JOB_HEADS[j.state]} · {pct}% · "
-             f"{format_duration((j.finished or time.time()) - j.started)}",
-             f'<progress value="{pct}" max="100" style="width:100%"></progress>']
-    if j.error:
-        lines.append(f"**{md_escape(j.error)}**")
-    rep = j.report or {}
-    if rep.get("gate") and not rep["gate"].get("write", True):
+def checks(items: Sequence[Mapping]) -> str:
+    """The fine-tuning gate's checks (C7 lineage "checks"), each by its name, with its value,
+    threshold and what to do when it failed."""
+    rows = ["| check | passed | value | threshold | what to do |", "|---|---|---|---|---|"]
+    for c in items:
+        rows.append(f"| {md_escape(c.get('name', ''))} | {'✅' if c.get('passed') else '❌'} | "
+                    f"{_num(c.get('value'))} | {_num(c.get('threshold'))} | "
+                    f"{'' if c.get('passed') else md_escape(c.get('what_to_do') or '')} |")
+    return "**The gate**\n\n" + "\n".join(rows)
+
+
+def per_class(table: Mapping) -> str:
+    """C7 lineage "per_class": {label: {before, after, corrected}} as a table; the classes
+    without corrections are marked, so a change there is read as a side effect."""
+    rows = ["| class | corrected | before | after |", "|---|---|---|---|"]
+    for label, r in table.items():
+        rows.append(f"| {md_escape(label)} | {'yes' if r.get('corrected') else 'no (side effect)'} | "
+                    f"{_num(r.get('before'))} | {_num(r.get('after'))} |")
+    return "\n".join(rows)
+
+
+def _outcome(rep: Mapping) -> list[str]:
+    lines = []
+    lin = rep.get("lineage") or {}
+    gate = rep.get("gate") or {}
+    named = rep.get("checks") or lin.get("checks") or gate.get("checks")
+    if named:
+        lines.append(checks(named))
+    elif rep.get("gate") and not rep["gate"].get("write", True):
         lines.append("Worse on the reference set: " + md_escape("; ".join(rep["gate"].get("failures", [])))
                      + ". Tick *write even if worse* to keep it anyway.")
+    if rep.get("per_class") or lin.get("per_class"):
+        lines.append(per_class(rep.get("per_class") or lin.get("per_class")))
+    if rep.get("forced") or lin.get("forced") or gate.get("forced"):
+        lines.append("⚠️ **Forced**: written although a check failed; the Models table marks it.")
     if rep.get("unchanged"):
         lines.append("Nothing changed, so nothing was written: " + md_escape("; ".join(rep["unchanged"]))
                      + ". More corrections, from more speakers, give it something to learn.")
@@ -168,16 +267,38 @@ def job(j) -> str:
             if br in ho["before"] and br in ho["after"]:
                 rows.append(f"| {br} UA | {ho['before'][br]['UA']:.3f} | {ho['after'][br]['UA']:.3f} |")
         lines.append("\n".join(rows))
-    per_class = changes(rep)
-    if per_class:
-        lines.append(per_class)
-    if j.log:
-        lines.append("```text\n" + "\n".join(j.log[-8:]) + "\n```")
+    what = changes(rep)
+    if what:
+        lines.append(what)
+    return lines
+
+
+def job(j) -> str:
+    """Progress, what it is doing now, outcome and log tail of the fine-tuning job (a view from
+    emodemo.ui.handlers.models.job_view, or a FinetuneJob)."""
+    v = job_as_view(j)
+    if v is None:
+        return "No fine-tuning run yet."
+    pct = int(round(100 * float(v.get("progress") or 0)))
+    took = ((v.get("finished") or time.time()) - v["started"]) if v.get("started") else 0.0
+    head = JOB_HEADS.get(v["status"], md_escape(v["status"]))
+    lines = [f"**{md_escape(v.get('bundle') or '')}** — {head} · {pct}% · {format_duration(took)}",
+             f'<progress value="{pct}" max="100" style="width:100%"></progress>']
+    detail = str(v.get("detail") or "")
+    log_lines = list(v.get("log") or []) or (detail.splitlines() if "\n" in detail else [])
+    now = " — ".join(md_escape(x) for x in (v.get("message"), "" if log_lines else detail) if x)
+    if now and v["status"] in ("queued", "running"):
+        lines.append(f"Now: {now}")
+    if v.get("reason"):
+        lines.append(f"**{md_escape(v['reason'])}**")
+    lines += _outcome(v.get("report") or {})
+    if log_lines:        # the run's log: this process's, or the shared state's detail
+        lines.append("```text\n" + "\n".join(x.replace("`", "'") for x in log_lines[-8:]) + "\n```")
     return "\n\n".join(lines)
 
 
 def dry_run(report: Mapping, summary_text: str) -> str:
-    verdict = (f"⚠️ {md_escape(report['guard'])}" if report.get("guard")
+    verdict = (f"⚠️ {md_escape(for_the_app(report['guard']))}" if report.get("guard")
                else "✅ Enough corrections to fine-tune.")
     return f"{verdict}\n\n```text\n{summary_text}\n```"
 
@@ -187,7 +308,7 @@ def about(rec, limits, sign_in: bool) -> str:
     bundle = " ".join(x for x in (getattr(rec, "name", ""), getattr(rec, "version", "")) if x)
     who = ("Annotators sign in with their Hugging Face account; corrections record the account "
            "name." if sign_in else "Corrections record the optional name typed in the form.")
-    return (f"**Model bundle:** `{html.escape(bundle or 'unnamed')}` · labels: "
+    return (f"**Active model:** `{html.escape(bundle or 'unnamed')}` · labels: "
             f"{', '.join(html.escape(l) for l in rec.labels)} · fusion: "
             f"{html.escape(rec.fusion.mode)}, default audio weight "
             f"{float(rec.fusion.audio_weight):.2f}\n\n"
@@ -197,6 +318,7 @@ def about(rec, limits, sign_in: bool) -> str:
             f"{format_duration(limits.segment_len)}.\n\n"
             f"**Annotators:** {who}\n\n"
             "**Examples:** four RAVDESS clips (Livingstone & Russo 2018, PLoS ONE "
-            "13(5): e0196391, CC BY-NC-SA 4.0) and one synthetic espeak-ng clip; see "
-            "`data/examples/ATTRIBUTION.md`.\n\n"
+            "13(5): e0196391), a Polish nEMO clip (Christop 2024) and a Korean emotiontts clip, "
+            "all CC BY-NC-SA 4.0, and one synthetic espeak-ng clip; each is shown with the "
+            "emotion that was performed (see `data/examples/ATTRIBUTION.md`).\n\n"
             "**API:** `/predict` (audio, optional transcript) and `/correct` — see “Use via API”.")

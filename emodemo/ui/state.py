@@ -2,7 +2,8 @@
 
     {"path", "name", "duration", "long", "env" (waveform envelope for the plot),
      "segments": [span records, see emodemo.analysis], "selected": index,
-     "bundle", "bundle_version"}
+     "bundle", "bundle_version", "stored": {submission: correction id} (added by the first
+     correction: the same submission again is not stored twice)}
 
 Moving the fusion slider re-fuses the stored span records and editing the transcript re-runs
 only the text branch of the selected span: neither re-runs ASR or the audio branch.

@@ -1,15 +1,19 @@
-"""Models tab: the bundles, switching the active one, fine-tuning a new one in the background."""
+"""Models tab: the bundles and their lineage, switching the active one, fine-tuning a new one in
+the background with its job state shown to every visitor. Its layout and its wiring."""
 from __future__ import annotations
 
 from ... import jobs
-from ..handlers.models import MODEL_COLUMNS
+from ..handlers import models as H
+
+TITLE, ID = "Models", "models"
+POLL_SECONDS = 2.0
 
 
-def layout(reference_choices: list, allow_finetune: bool, admin_token: bool) -> dict:
+def layout(ctx) -> dict:
     import gradio as gr
     c = {}
     c["models_msg"] = gr.Markdown("", elem_id="emodemo-models-msg")
-    c["models_table"] = gr.Dataframe(headers=MODEL_COLUMNS, datatype="str", interactive=False,
+    c["models_table"] = gr.Dataframe(headers=H.MODEL_COLUMNS, datatype="str", interactive=False,
                                      wrap=True, max_height=320, label="Model bundles",
                                      elem_id="emodemo-models")
     with gr.Row():
@@ -20,27 +24,35 @@ def layout(reference_choices: list, allow_finetune: bool, admin_token: bool) -> 
         c["models_refresh"] = gr.Button("Refresh", elem_id="emodemo-models-refresh", scale=1)
     gr.Markdown("<small>Switching changes the model for everyone using this app; every "
                 "prediction and correction records the model version that made it.</small>")
-    c["admin_in"] = gr.Textbox(label="Admin token (needed to switch models and fine-tune)",
-                               type="password", max_lines=1, visible=bool(admin_token),
-                               elem_id="emodemo-admin-token")
-    defaults = jobs.form_defaults() if allow_finetune else {"epochs": 1, "min_per_class": 1}
-    with gr.Group(visible=allow_finetune):
+    c["admin_in"] = gr.Textbox(label="Admin token (needed to switch models, fine-tune and "
+                               "undo others' corrections)", type="password", max_lines=1,
+                               visible=bool(ctx.registry.admin_token), elem_id="emodemo-admin-token")
+    c.update(finetune_form(ctx))
+    c["ft_timer"] = gr.Timer(POLL_SECONDS, active=False)
+    return c
+
+
+def finetune_form(ctx) -> dict:
+    import gradio as gr
+    c = {}
+    defaults = jobs.form_defaults() if ctx.allow_finetune else {"epochs": 1, "min_per_class": 1}
+    with gr.Group(visible=ctx.allow_finetune):
         gr.Markdown("### Fine-tune a new version from the stored corrections\n"
                     "Starts from the active model, holds out a quarter of the corrected clips to "
                     "measure before/after, mixes in a sample of the original training data so "
                     "old skills are kept, and writes a new bundle with its lineage card into "
-                    "`models/<name>`.")
+                    "the models folder.")
         with gr.Row():
             c["ft_name"] = gr.Textbox(label="Name of the new model", max_lines=1,
                                       placeholder="e.g. my-voices-v1", elem_id="emodemo-ft-name")
             c["ft_epochs"] = gr.Number(value=defaults["epochs"], precision=0, minimum=1,
-                                       maximum=50, label="Text-branch epochs (at most)",
+                                       maximum=50, label="Text-branch epochs",
                                        elem_id="emodemo-ft-epochs")
             c["ft_min"] = gr.Number(value=defaults["min_per_class"], precision=0, minimum=1,
                                     maximum=1000, label="Min. corrections per class",
                                     elem_id="emodemo-ft-min")
         with gr.Row():
-            c["ft_ref"] = gr.Dropdown(reference_choices, value="",
+            c["ft_ref"] = gr.Dropdown(H.reference_choices(ctx), value="",
                                       label="Reference set (must not get worse)",
                                       elem_id="emodemo-ft-ref", scale=3)
             c["ft_force"] = gr.Checkbox(label="write even if worse on the reference",
@@ -51,5 +63,23 @@ def layout(reference_choices: list, allow_finetune: bool, admin_token: bool) -> 
                                       elem_id="emodemo-ft-start")
         c["ft_msg"] = gr.Markdown("", elem_id="emodemo-ft-msg")
         c["ft_progress"] = gr.Markdown("", elem_id="emodemo-ft-progress")
-    c["ft_timer"] = gr.Timer(2.0, active=False)
     return c
+
+
+def wire(w) -> None:
+    c = w.c
+    keys = list(H.MODELS_KEYS)
+    for trig in (c["models_tab"].select, c["models_refresh"].click):
+        w.on(trig, H.models, [], keys)
+    w.on(c["switch_btn"].click, H.switch_model, ["models_dd", "admin_in"],
+         [*keys, "weight", "active_md", "about"], **w.model_queue)
+    w.on(c["ft_dry"].click, H.finetune_dry_run, ["ft_min"], ["ft_msg"])
+    w.on(c["ft_start"].click, H.start_finetune,
+         ["ft_name", "ft_epochs", "ft_min", "ft_ref", "ft_force", "admin_in"],
+         ["ft_msg", "ft_timer", "ft_progress"])
+    status = ["ft_progress", "ft_timer", "models_table", "models_dd"]
+    w.on(c["ft_timer"].tick, H.finetune_status, [], status, show_progress="hidden")
+    # every visitor, on opening the page or the tab, sees the job's state (and the poller
+    # starts when one is running: started by someone else, or before a reload)
+    for trig in (w.demo.load, c["models_tab"].select):
+        w.on(trig, H.finetune_status, [], status, show_progress="hidden", name="finetune_state")

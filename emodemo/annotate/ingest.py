@@ -1,0 +1,83 @@
+"""What the annotation queue takes in: audio files, folders, zip archives, long recordings.
+
+`expand` turns the paths given into (audio file, name to show) pairs (a zip's audio members are
+extracted into a work folder, never outside it); `clips_of` cuts a recording into the clips an
+annotator hears (a short file is one clip; a long one is split at pauses by
+`emodemo.audio.iter_segments`); `prelabel` runs the model on a clip.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Union
+
+import numpy as np
+
+from .. import audio as A
+from ..store.media import AUDIO_SUFFIXES, MAX_MEDIA_BYTES
+
+__all__ = ["expand", "clips_of", "prelabel"]
+
+
+def _is_audio(name: str) -> bool:
+    return Path(name).suffix.lower() in AUDIO_SUFFIXES
+
+
+def _unzip(archive: Path, work: Path, errors: list[str]) -> Iterator[tuple[Path, str]]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        errors.append(f"{archive.name}: not a readable zip archive ({exc})")
+        return
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir() and _is_audio(m.filename)]
+        if not members:
+            errors.append(f"{archive.name}: no audio files in the archive")
+        for i, m in enumerate(sorted(members, key=lambda m: m.filename)):
+            name = f"{archive.name}/{m.filename}"
+            if m.file_size > MAX_MEDIA_BYTES:
+                errors.append(f"{name}: too large ({m.file_size / 2**20:.0f} MiB)")
+                continue
+            # extracted under a made-up name: the member's own path never touches the disk
+            target = work / f"{archive.stem[:40]}-{i:05d}{Path(m.filename).suffix.lower()}"
+            with zf.open(m) as src, open(target, "wb") as dst:
+                dst.write(src.read(MAX_MEDIA_BYTES + 1))
+            yield target, name
+
+
+def expand(paths: Iterable[Union[str, os.PathLike]], work: Path,
+           errors: list[str]) -> Iterator[tuple[Path, str]]:
+    """(audio file, display name) for every audio file named, in a folder (recursively, sorted)
+    or in a zip archive; what cannot be used is reported in `errors` and skipped."""
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_audio(p.name))
+            if not found:
+                errors.append(f"{path}: no audio files in the folder")
+            for p in found:
+                yield p, p.relative_to(path).as_posix()
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            yield from _unzip(path, work, errors)
+        elif path.is_file():
+            yield path, path.name
+        else:
+            errors.append(f"{path}: no such file or folder")
+
+
+def clips_of(wav: np.ndarray, max_len: float) -> list[tuple[float, float, np.ndarray]]:
+    """(start, end, samples) of each clip: the whole recording up to `max_len` s, else its
+    speech segments (pauses split it; see `emodemo.audio.segment`), too-short ones dropped."""
+    total = wav.size / A.SAMPLE_RATE
+    if total <= max_len:
+        return [(0.0, round(total, 3), wav)]
+    return [(round(seg.start, 3), round(seg.end, 3), chunk)
+            for seg, chunk in A.iter_segments(wav, max_len=max_len)
+            if chunk.size >= A.MIN_SAMPLES]
+
+
+def prelabel(recognizer: Any, samples: np.ndarray, transcribe: bool) -> Any:
+    """The model's prediction for a clip (fused probabilities; with `transcribe` the ASR
+    supplies the text branch's transcript, else audio only)."""
+    return recognizer.predict_wave(samples, None if transcribe else "")

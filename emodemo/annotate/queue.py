@@ -1,0 +1,299 @@
+"""`AnnotationQueue`: clips the model is least sure about, served to a team of annotators.
+
+* `add` takes files, folders, zips and long recordings (cut at pauses); the model pre-labels
+  every clip and its uncertainty (`rank.uncertainty`) is the clip's priority.
+* Serving order: clips still needing votes first; among them those whose votes disagree, then
+  the most uncertain. A clip is done with `votes_needed` agreeing votes, or `max_votes` when
+  they disagree.
+* `next(annotator)` leases a clip to one annotator for `lease_seconds` (a conditional UPDATE that
+  only succeeds while nobody else holds a live lease: safe on SQLite and PostgreSQL), so people
+  working at once get different clips; an expired lease (someone walked away) frees the clip.
+* A vote is a correction in the store (with ``queue_item_id``), so it flows into agreement,
+  exports and fine-tuning; a soft-deleted vote stops counting. Everything is in the database:
+  the queue survives restarts and is shared by every process using the same store.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import EmodemoError, StoreError
+from ..store.base import now_utc as _now
+from ..store.schema import Correction, Media, QueueSkip
+from ..store.schema import QueueItem as QueueRow
+from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
+from .ingest import clips_of, expand, prelabel
+from .rank import RANKINGS, tally, uncertainty
+
+__all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
+    disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
+    annotator; ranking: "margin" or "entropy"; transcribe: pre-label with the ASR transcript
+    (else audio only); max_len: recordings longer than this (s) are cut into segments."""
+    votes_needed: int = 2
+    max_votes: Optional[int] = None
+    lease_seconds: float = 600.0
+    ranking: str = "margin"
+    transcribe: bool = True
+    max_len: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.votes_needed) <= 100:
+            raise EmodemoError("votes_needed must be 1-100")
+        if self.max_votes is not None and int(self.max_votes) < int(self.votes_needed):
+            raise EmodemoError("max_votes must be at least votes_needed")
+        if not float(self.lease_seconds) > 0:
+            raise EmodemoError("lease_seconds must be positive")
+        if self.ranking not in RANKINGS:
+            raise EmodemoError(f"ranking must be one of {', '.join(RANKINGS)}")
+
+    @property
+    def votes_if_disagreeing(self) -> int:
+        return int(self.max_votes) if self.max_votes is not None else int(self.votes_needed) + 1
+
+
+@dataclass
+class QueueItem:
+    """One clip of the queue as the UI shows it (`to_dict` for JSON)."""
+    id: int
+    file_name: str
+    media_path: str
+    start: float
+    end: float
+    priority: float                       # the model's uncertainty, 0..1
+    model_label: Optional[str]
+    probabilities: dict
+    votes: dict                           # {label: voters}
+    transcript: str = ""
+    media_sha256: str = ""
+    n_votes: int = 0
+    disagreement: float = 0.0
+    done: bool = False
+    leased_by: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AddReport:
+    """What `add` did: new item ids, clips already queued, files read, one message per problem."""
+    added: list = field(default_factory=list)
+    skipped: int = 0
+    files: int = 0
+    errors: list = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """done / total clips, and live votes per annotator."""
+    done: int
+    total: int
+    per_annotator: dict
+
+
+def _who(annotator: Any) -> str:
+    who = clean_field(annotator, "annotator", MAX_ANNOTATOR_CHARS, strip=True)
+    if not who:
+        raise StoreError("an annotator name is needed")
+    return who
+
+
+class AnnotationQueue:
+    """The active-learning queue on a `CorrectionStore` (see the module docstring).
+    recognizer: pre-labels added clips (None: `load_recognizer()` on first add)."""
+
+    def __init__(self, store: Any, recognizer: Any = None, options: QueueOptions = QueueOptions()):
+        self.store = store
+        self.options = options
+        self._recognizer = recognizer
+        self.clock = time.time            # the lease clock (tests may replace it)
+
+    @property
+    def recognizer(self) -> Any:
+        if self._recognizer is None:
+            from ..recognizer import load_recognizer
+            self._recognizer = load_recognizer()
+        return self._recognizer
+
+    # -- adding --------------------------------------------------------------------------------
+    def add(self, paths: Iterable[Union[str, os.PathLike]]) -> AddReport:
+        """Queue every clip of the audio files, folders and zips in `paths`, pre-labelled by the
+        model. Clips already queued are skipped (counted); unusable files are reported."""
+        report = AddReport()
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        with tempfile.TemporaryDirectory(prefix="emodemo-queue-") as tmp:
+            for path, name in expand(paths, Path(tmp), report.errors):
+                report.files += 1
+                try:
+                    self._add_file(path, name, report)
+                except EmodemoError as exc:              # AudioError, StoreError
+                    report.errors.append(f"{name}: {exc}")
+        return report
+
+    def _add_file(self, path: Path, name: str, report: AddReport) -> None:
+        from ..audio import load_audio
+
+        wav = load_audio(path)
+        media = self.store.store_media(path)
+        for start, end, samples in clips_of(wav, self.options.max_len):
+            if self._queued(media.sha256, start, end):
+                report.skipped += 1
+                continue
+            pred = prelabel(self.recognizer, samples, self.options.transcribe)
+            row = QueueRow(media_sha256=media.sha256, file_name=name[-300:], start=start,
+                           end=end, priority=uncertainty(pred.fused, self.options.ranking),
+                           model_label=pred.label, prob_fused=probs_json(pred.fused, "fused"),
+                           transcript=pred.transcript or None, bundle_name=pred.bundle or None,
+                           created_at=_now())
+            try:
+                report.added.append(self.store.database.retry_write(lambda row=row: self._insert(row)))
+            except IntegrityError:                      # queued by someone else meanwhile
+                report.skipped += 1
+
+    def _queued(self, sha: str, start: float, end: float) -> bool:
+        with self.store.database.read() as s:
+            return s.scalar(select(QueueRow.id).where(
+                QueueRow.media_sha256 == sha, QueueRow.start == start, QueueRow.end == end)) is not None
+
+    def _insert(self, row: QueueRow) -> int:
+        with self.store.database.write() as s, s.begin():
+            s.add(row)
+            s.flush()
+            return row.id
+
+    # -- reading -------------------------------------------------------------------------------
+    def _load(self) -> tuple[list[QueueItem], dict[int, set], dict[int, float]]:
+        """(items unordered, {item id: names of its voters}, {item id: lease end})."""
+        with self.store.database.read() as s:
+            rows = s.execute(select(QueueRow, Media.path).join(
+                Media, QueueRow.media_sha256 == Media.sha256)).all()
+            votes = s.execute(select(
+                Correction.id, Correction.queue_item_id, Correction.label, Correction.annotator,
+                Correction.annotator_account, Correction.created_at, Correction.updated_at).where(
+                Correction.queue_item_id.is_not(None), Correction.deleted_at.is_(None))).mappings().all()
+        by_item: dict[int, list[dict]] = {}
+        for v in votes:
+            by_item.setdefault(v["queue_item_id"], []).append(dict(v))
+        items, voters, leases = [], {}, {}
+        now = self.clock()
+        for row, rel in rows:
+            counts, disagreement = tally(by_item.get(row.id, []))
+            n = sum(counts.values())
+            needed = self.options.votes_needed if disagreement == 0 else \
+                self.options.votes_if_disagreeing
+            live = row.lease_annotator if (row.lease_until or 0) > now else None
+            items.append(QueueItem(
+                id=row.id, file_name=row.file_name or Path(rel).name,
+                media_path=str(self.store.abs_media(rel)), start=row.start, end=row.end,
+                priority=row.priority, model_label=row.model_label,
+                probabilities=loads(row.prob_fused) or {}, votes=counts,
+                transcript=row.transcript or "", media_sha256=row.media_sha256, n_votes=n,
+                disagreement=round(disagreement, 4), done=n >= needed, leased_by=live))
+            voters[row.id] = {x for v in by_item.get(row.id, [])
+                              for x in (v["annotator"], v["annotator_account"]) if x}
+            leases[row.id] = row.lease_until or 0.0
+        return items, voters, leases
+
+    @staticmethod
+    def _order(item: QueueItem) -> tuple:
+        return item.done, -item.disagreement, -item.priority, item.id
+
+    def items(self) -> list[QueueItem]:
+        """Every clip, in serving order (done ones last)."""
+        return sorted(self._load()[0], key=self._order)
+
+    def item(self, item_id: int) -> QueueItem:
+        for it in self._load()[0]:
+            if it.id == int(item_id):
+                return it
+        raise StoreError(f"no queue item with id {item_id}")
+
+    def progress(self) -> Progress:
+        items = self._load()[0]
+        per: dict[str, int] = {}
+        with self.store.database.read() as s:
+            for ann, acc in s.execute(select(Correction.annotator, Correction.annotator_account)
+                                      .where(Correction.queue_item_id.is_not(None),
+                                             Correction.deleted_at.is_(None))):
+                key = acc or ann or "(anonymous)"
+                per[key] = per.get(key, 0) + 1
+        return Progress(done=sum(it.done for it in items), total=len(items),
+                        per_annotator=dict(sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+    # -- serving -------------------------------------------------------------------------------
+    def next(self, annotator: str) -> Optional[QueueItem]:
+        """The next clip for `annotator`, leased to them (the one they already hold, if any);
+        None when nothing is left for them (all done, voted, skipped, or held by others)."""
+        who = _who(annotator)
+        items, voters, leases = self._load()
+        with self.store.database.read() as s:
+            skipped = set(s.scalars(select(QueueSkip.item_id).where(QueueSkip.annotator == who)))
+        open_ = [it for it in sorted(items, key=self._order)
+                 if not it.done and who not in voters[it.id] and it.id not in skipped]
+        for it in sorted(open_, key=lambda it: it.leased_by != who):  # their own lease first
+            if it.leased_by not in (None, who):
+                continue
+            if self._lease(it.id, who):
+                it.leased_by = who
+                return it
+        return None
+
+    def _lease(self, item_id: int, who: str) -> bool:
+        """Take (or renew) the lease on `item_id` unless someone else holds a live one."""
+        def take() -> bool:
+            now = self.clock()
+            with self.store.database.write() as s, s.begin():
+                res = s.execute(update(QueueRow).where(
+                    QueueRow.id == item_id,
+                    or_(QueueRow.lease_annotator.is_(None), QueueRow.lease_until < now,
+                        QueueRow.lease_annotator == who))
+                    .values(lease_annotator=who, lease_until=now + self.options.lease_seconds))
+                return res.rowcount == 1
+        return self.store.database.retry_write(take)
+
+    def _release(self, item_id: int, who: str) -> None:
+        def free() -> None:
+            with self.store.database.write() as s, s.begin():
+                s.execute(update(QueueRow).where(and_(QueueRow.id == item_id,
+                                                      QueueRow.lease_annotator == who))
+                          .values(lease_annotator=None, lease_until=None))
+        self.store.database.retry_write(free)
+
+    def vote(self, item_id: int, annotator: str, label: str, transcript: Optional[str] = None,
+             account: Optional[str] = None) -> int:
+        """Store `annotator`'s label for a clip as a correction (its span, the model's
+        pre-label as the prediction) and free their lease; returns the correction id."""
+        who = _who(annotator)
+        it = self.item(item_id)
+        pred = {"label": it.model_label, "fused": it.probabilities,
+                "transcript": it.transcript or None}
+        cid = self.store.add(it.media_path, label, annotator=who, account=account,
+                             transcript=transcript, prediction=pred, start=it.start, end=it.end,
+                             queue_item_id=it.id, file_name=it.file_name)
+        self._release(it.id, who)
+        return cid
+
+    def skip(self, item_id: int, annotator: str) -> None:
+        """`annotator` passes on a clip: it is not served to them again (others still get it)."""
+        who = _who(annotator)
+        self.item(item_id)
+
+        def mark() -> None:
+            with self.store.database.write() as s, s.begin():
+                if s.get(QueueSkip, (int(item_id), who)) is None:
+                    s.add(QueueSkip(item_id=int(item_id), annotator=who, created_at=_now()))
+        self.store.database.retry_write(mark)
+        self._release(int(item_id), who)

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Active learning benchmark: do clips chosen by the annotation queue teach fine-tuning more than
+the same number of clips chosen at random?
+
+Leave-one-corpus-out, as `adaptation_experiment.py` (whose split, feature cache and evaluation
+this reuses): the corpus's speakers are split in two halves (seeded by the corpus name); half A
+is the pool a team labels, half B (speakers never labelled) is the test.
+
+* queue: the whole pool goes through `emodemo.annotate.AnnotationQueue.add` (pre-labelled by the
+  shipped model, audio only: the corpora's sentences carry no emotion), then a simulated
+  annotator asks `next()` and `vote()`s the true label n times (votes_needed=1). Deterministic.
+* random: n clips drawn uniformly at random from the pool (several seeds), imported with
+  `python -m emodemo corrections import`.
+
+Each store is fine-tuned with `python -m emodemo finetune --db ... --base models/default --out
+...` exactly as a user runs it (no training data on disk), and base and new bundle are compared
+on half B (unweighted accuracy, UA). The queue's pre-labels are the model's own audio
+probabilities, computed from the cached frozen-backbone features (what `load_recognizer` gives;
+`adaptation_experiment.check_exact` checks that equivalence).
+
+    python scripts/queue_benchmark.py                                 # emovo, n = 50 100, 3 seeds
+    python scripts/queue_benchmark.py --corpus nemo --n 50 --seeds 0 1
+
+Results: <work>/results.json and a markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import adaptation_experiment as AE  # noqa: E402  (split, feature cache, evaluation)
+
+
+class CachedModel:
+    """The base bundle's audio-only prediction for each pool clip, from the cached features
+    (found by the clip's samples: the queue hands `predict_wave` the decoded waveform)."""
+
+    def __init__(self, items, probs: np.ndarray, labels: list[str]):
+        from emodemo.audio import load_audio
+        self.by_wave = {self.key(load_audio(it.audio)): p for it, p in zip(items, probs)}
+        self.labels = labels
+
+    @staticmethod
+    def key(wav: np.ndarray) -> str:
+        return hashlib.sha1(np.ascontiguousarray(wav, np.float32).tobytes()).hexdigest()
+
+    def predict_wave(self, wav, transcript=None):
+        from emodemo.recognizer import Prediction
+        p = self.by_wave[self.key(wav)]
+        fused = {lab: float(v) for lab, v in zip(self.labels, p)}
+        return Prediction(label=max(fused, key=fused.get), fused=fused, audio=fused, text=None,
+                          transcript="", bundle="default")
+
+
+def queue_choice(pool, model: CachedModel, n: int, db: Path) -> list:
+    """The n clips the queue serves one annotator, voted with their true labels, in `db`."""
+    from emodemo.annotate import AnnotationQueue, QueueOptions
+    from emodemo.store import CorrectionStore
+    truth = {Path(it.audio).name: it for it in pool}
+    with CorrectionStore(f"sqlite:///{db}", media_dir=db.parent / "media") as store:
+        q = AnnotationQueue(store, model, QueueOptions(votes_needed=1, transcribe=False,
+                                                       max_len=600.0))
+        rep = q.add([it.audio for it in pool])
+        assert not rep.errors, rep.errors[:3]
+        chosen = []
+        for _ in range(n):
+            it = q.next("benchmark")
+            if it is None:
+                break
+            item = truth[it.file_name]
+            q.vote(it.id, "benchmark", item.label)
+            chosen.append(item)
+    return chosen
+
+
+def random_choice(pool, n: int, seed: int, d: Path) -> list:
+    chosen = random.Random(seed).sample(sorted(pool, key=lambda i: i.id), min(n, len(pool)))
+    with open(d / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "transcript", "annotator"])
+        for it in chosen:
+            w.writerow([it.audio, it.label, "", "benchmark"])
+    rc, _, log = AE.run_cli(["corrections", "import", str(d / "manifest.csv"), "--db",
+                             f"sqlite:///{d / 'c.db'}"], env())
+    assert rc == 0, log
+    return chosen
+
+
+def env() -> dict:
+    empty = ROOT / "runs" / "no-data"
+    empty.mkdir(parents=True, exist_ok=True)
+    return dict(os.environ, EMODEMO_DATA=str(empty), EMODEMO_TORCH_THREADS="2",
+                TOKENIZERS_PARALLELISM="false")
+
+
+def finetune_and_score(d: Path, base: Path, labels, xb, bb, yb, classes) -> dict:
+    rc, secs, log = AE.run_cli(["finetune", "--db", f"sqlite:///{d / 'c.db'}", "--base", str(base),
+                                "--out", str(d / "bundle")], env())
+    (d / "finetune.log").write_text(log)
+    new = d / "bundle" if rc == 0 else base
+    lg, t = AE.bundle_logits(new, xb, bb)
+    return {"exit": rc, "minutes": round(secs / 60, 2),
+            "unseen_UA": AE.evaluate(labels, yb, lg, t, classes)["UA"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default=str(ROOT / "models" / "default"))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "queue_benchmark"))
+    ap.add_argument("--corpus", default="emovo")
+    ap.add_argument("--n", nargs="+", type=int, default=[50, 100])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = ap.parse_args()
+    from emodemo.finetune.evaluate import softmax
+    work, base = Path(args.work).resolve(), Path(args.base).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cache = AE.FeatureCache(base, work / "features.npz")
+    labels = cache.labels
+    pool, test = AE.case_items(args.corpus, work)
+    classes = sorted({labels.index(i.label) for i in pool + test})
+    xa, ba, _ = cache.get(pool)
+    xb, bb, yb = cache.get(test)
+    lg0, t0 = AE.bundle_logits(base, xb, bb)
+    before = AE.evaluate(labels, yb, lg0, t0, classes)["UA"]
+    model = CachedModel(pool, softmax(*AE.bundle_logits(base, xa, ba)), labels)
+    print(f"{args.corpus}: pool {len(pool)} clips ({len({i.speaker for i in pool})} speakers), "
+          f"test {len(test)} ({len({i.speaker for i in test})} speakers), base UA {before:.3f}",
+          flush=True)
+    results = []
+    for n in args.n:
+        runs = [("queue", None)] + [("random", s) for s in args.seeds]
+        for how, seed in runs:
+            d = work / f"{args.corpus}-n{n}-{how}{'' if seed is None else seed}"
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            chosen = (queue_choice(pool, model, n, d / "c.db") if how == "queue"
+                      else random_choice(pool, n, seed, d))
+            row = {"corpus": args.corpus, "n": len(chosen), "how": how, "seed": seed,
+                   "classes_labelled": dict(sorted(
+                       {lab: sum(i.label == lab for i in chosen) for lab in labels}.items())),
+                   "unseen_UA_before": before,
+                   **finetune_and_score(d, base, labels, xb, bb, yb, classes)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            (work / "results.json").write_text(json.dumps(results, indent=2))
+    print("\n| n | queue UA | random UA (mean ± sd over seeds) | base UA | fine-tune exits |")
+    print("|---|---|---|---|---|")
+    for n in args.n:
+        q = [r for r in results if r["how"] == "queue" and r["n"] <= n and r["n"] >= n * 0.9]
+        rnd = [r["unseen_UA"] for r in results if r["how"] == "random" and r["n"] == n]
+        sd = statistics.stdev(rnd) if len(rnd) > 1 else 0.0
+        exits = [r["exit"] for r in results if r["n"] == n]
+        print(f"| {n} | {q[0]['unseen_UA']:.3f} | {statistics.mean(rnd):.3f} ± {sd:.3f} | "
+              f"{before:.3f} | {exits} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The annotation queue (emodemo.annotate, contract C5) through its Python API and its CLI, on
+SQLite and PostgreSQL: adding files / folders / zips / long recordings, the model's pre-labels,
+the serving order (uncertainty, then disagreement), leases that give annotators working at once
+different clips and expire, votes that are corrections, skips, progress, restarts."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, SR, barrier_wait, espeak, run_threads
+from emodemo.annotate import AnnotationQueue, QueueOptions
+from emodemo.annotate.rank import tally, uncertainty
+from emodemo.errors import StoreError
+from emodemo.recognizer import Prediction
+from emodemo.store import CorrectionStore
+from test_store import db_url  # noqa: F401  (the sqlite + PostgreSQL fixture)
+
+EXAMPLES = ROOT / "data" / "examples"
+
+
+class ScriptedModel:
+    """A recognizer whose fused probabilities are set by the clip's length (1 s -> 0.9 happy,
+    each further 0.5 s closer to 50/50), so the expected serving order is known."""
+
+    def predict_wave(self, wav, transcript=None):
+        steps = int(round((wav.size / SR - 1.0) / 0.5))
+        p = max(0.5, 0.9 - 0.1 * steps)
+        fused = {"happy": p, "sad": 1 - p}
+        return Prediction(label="happy", fused=fused, audio=fused, text=None, transcript="",
+                          bundle="scripted")
+
+
+def tones(folder: Path, n: int) -> list[Path]:
+    """n tone clips of 1, 1.5, 2 ... s (more uncertain as they get longer)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        t = np.arange(int((1.0 + 0.5 * i) * SR)) / SR
+        p = folder / f"tone{i}.wav"
+        sf.write(str(p), (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32), SR)
+        out.append(p)
+    return out
+
+
+@pytest.fixture
+def queue(db_url, tmp_path):  # noqa: F811
+    store = CorrectionStore(db_url, media_dir=tmp_path / "media")
+    q = AnnotationQueue(store, ScriptedModel(), QueueOptions(votes_needed=2, lease_seconds=60))
+    yield q
+    store.close()
+
+
+def test_uncertainty_and_tally():
+    assert uncertainty({"a": 0.9, "b": 0.1}) == pytest.approx(0.2)
+    assert uncertainty({"a": 0.5, "b": 0.5}) == pytest.approx(1.0)
+    assert uncertainty({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, "entropy") == pytest.approx(1.0)
+    assert uncertainty({"a": 1.0, "b": 0.0}, "entropy") == pytest.approx(0.0)
+    assert uncertainty(None) == 1.0
+    votes = [dict(id=1, label="sad", annotator="a", annotator_account=None, created_at=None,
+                  updated_at=None),
+             dict(id=2, label="happy", annotator="b", annotator_account=None, created_at=None,
+                  updated_at=None),
+             dict(id=3, label="happy", annotator="a", annotator_account=None, created_at=None,
+                  updated_at=None)]                       # a changed their mind: latest counts
+    assert tally(votes) == ({"happy": 2}, 0.0)
+    assert tally(votes[:2]) == ({"happy": 1, "sad": 1}, 0.5)
+
+
+def test_serving_order_leases_votes_and_progress(queue, tmp_path):
+    rep = queue.add(tones(tmp_path / "in", 4))
+    assert (len(rep.added), rep.skipped, rep.files, rep.errors) == (4, 0, 4, [])
+    assert queue.add([tmp_path / "in"]).skipped == 4             # a folder: all queued already
+    items = queue.items()
+    assert [it.file_name for it in items] == ["tone3.wav", "tone2.wav", "tone1.wav", "tone0.wav"]
+    assert [round(it.priority, 2) for it in items] == [0.8, 0.6, 0.4, 0.2]  # most uncertain first
+    assert items[0].probabilities == pytest.approx({"happy": 0.6, "sad": 0.4})
+    assert items[0].model_label == "happy" and Path(items[0].media_path).is_file()
+
+    # three annotators at once get three different clips, the most uncertain first
+    a, b, c = (queue.next(n) for n in ("ana", "bob", "cid"))
+    assert [a.file_name, b.file_name, c.file_name] == ["tone3.wav", "tone2.wav", "tone1.wav"]
+    assert queue.next("ana").id == a.id                          # asking again: the same clip
+    cid = queue.vote(a.id, "ana", "happy")
+    rec = queue.store.get(cid)
+    assert (rec.queue_item_id, rec.start, rec.end, rec.predicted_label, rec.file_name) == (
+        a.id, a.start, a.end, "happy", "tone3.wav")
+    assert queue.next("ana").file_name == "tone0.wav"            # a, b, c taken or voted
+    queue.vote(a.id, "bob", "sad")                               # disagreement on tone3
+    queue.vote(b.id, "bob", "sad")
+    items = {it.file_name: it for it in queue.items()}
+    assert items["tone3.wav"].votes == {"happy": 1, "sad": 1}
+    assert items["tone3.wav"].disagreement == 0.5 and not items["tone3.wav"].done  # 3rd vote
+    assert queue.items()[0].file_name == "tone3.wav"            # disagreement is served first
+    assert queue.next("dee").file_name == "tone3.wav"
+    queue.vote(a.id, "dee", "sad")
+    assert queue.item(a.id).done and queue.items()[-1].id == a.id  # done: last in the list
+    prog = queue.progress()
+    assert (prog.done, prog.total) == (1, 4)
+    assert prog.per_annotator == {"bob": 2, "ana": 1, "dee": 1}
+    # votes are corrections: agreement and exports see them
+    agree = {r.media_sha256: r for r in queue.store.agreement()}
+    assert agree[a.media_sha256].labels == {"sad": 2, "happy": 1}
+    assert queue.store.export(tmp_path / "out.jsonl") == 4
+
+
+def test_leases_expire_skips_stick_and_deleted_votes_stop_counting(queue, tmp_path):
+    queue.add(tones(tmp_path / "in", 2))
+    now = [1000.0]
+    queue.clock = lambda: now[0]
+    first = queue.next("ana")
+    assert queue.next("bob").id != first.id
+    assert queue.next("cid") is None                             # both clips leased
+    now[0] += 61                                                 # ana and bob walked away
+    assert queue.next("cid").id == first.id
+    queue.skip(first.id, "cid")                                  # cid passes: lease freed
+    assert queue.next("cid").id != first.id
+    assert queue.next("dee").id == first.id                      # others still get it
+    v1 = queue.vote(first.id, "dee", "sad")
+    queue.vote(first.id, "eve", "sad")
+    assert queue.item(first.id).done
+    queue.store.delete(v1, by="dee")                             # a soft-deleted vote ...
+    it = queue.item(first.id)
+    assert (it.votes, it.done) == ({"sad": 1}, False)            # ... stops counting
+    with pytest.raises(StoreError, match="someone else"):
+        queue.store.restore(v1, by="eve")
+    queue.store.restore(v1, by="dee")
+    assert queue.item(first.id).done
+    with pytest.raises(StoreError, match="no queue item"):
+        queue.vote(99999, "ana", "sad")
+    with pytest.raises(StoreError, match="unknown label"):
+        queue.vote(first.id, "ana", "bored")
+    with pytest.raises(StoreError, match="annotator name"):
+        queue.next("  ")
+
+
+def test_queue_survives_a_restart(db_url, tmp_path):  # noqa: F811
+    media = tmp_path / "media"
+    with CorrectionStore(db_url, media_dir=media) as s:
+        q = AnnotationQueue(s, ScriptedModel())
+        q.add(tones(tmp_path / "in", 3))
+        held = q.next("ana")
+        q.vote(q.next("bob").id, "bob", "happy")
+    with CorrectionStore(db_url, media_dir=media) as s:           # a new process, say
+        q = AnnotationQueue(s, ScriptedModel())
+        assert q.next("ana").id == held.id                       # still ana's
+        assert sum(it.n_votes for it in q.items()) == 1
+        assert len(q.items()) == 3
+
+
+def _next_in_process(url, media, name, barrier, conn):
+    store = CorrectionStore(url, media_dir=media)
+    q = AnnotationQueue(store, ScriptedModel())
+    barrier_wait(barrier)
+    it = q.next(name)
+    conn.send(None if it is None else it.id)
+    store.close()
+
+
+@pytest.mark.slow
+def test_annotators_at_once_never_share_a_clip(db_url, tmp_path):  # noqa: F811
+    """12 annotators ask at the same moment (8 threads on one store, as the app does, and 4
+    processes with their own): 12 different clips, each leased to exactly its annotator."""
+    media = tmp_path / "media"
+    store = CorrectionStore(db_url, media_dir=media)
+    q = AnnotationQueue(store, ScriptedModel())
+    q.add(tones(tmp_path / "in", 14))
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(12)
+    pipes = [ctx.Pipe(duplex=False) for _ in range(4)]
+    procs = [ctx.Process(target=_next_in_process, args=(db_url, str(media), f"p{i}", barrier, w))
+             for i, (_, w) in enumerate(pipes)]
+    for p in procs:
+        p.start()
+    got = {}
+
+    def annotator(i):
+        barrier_wait(barrier)
+        got[f"t{i}"] = q.next(f"t{i}").id
+
+    errors = run_threads(annotator, 8, procs, timeout=120)
+    assert not errors, errors
+    for i, (r, _) in enumerate(pipes):
+        got[f"p{i}"] = r.recv()
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert None not in got.values() and len(set(got.values())) == 12
+    leases = {it.id: it.leased_by for it in q.items()}
+    assert all(leases[item] == name for name, item in got.items())
+    store.close()
+
+
+@pytest.mark.slow
+def test_zip_and_long_recording_with_the_shipped_model(recognizer, store, tmp_path):
+    """Real audio, the shipped model: committed clips in a zip (members with hostile paths), a
+    long espeak recording cut at its pauses; every clip pre-labelled with fused probabilities."""
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(EXAMPLES / "angry_actor17.flac", "../../escape/angry.flac")
+        zf.write(EXAMPLES / "sad_actor19.flac", "nested/sad.flac")
+        zf.writestr("notes.txt", "not audio")
+    parts = [espeak(t, tmp_path / f"s{i}.wav") for i, t in enumerate([
+        "Good morning everyone, thank you for coming to the meeting today.",
+        "I am absolutely furious about what happened with the budget last week.",
+        "Still, I am sure that together we can fix it before the end of the month."])]
+    gap = np.zeros(SR, dtype=np.float32)
+    long = np.concatenate([x for p in parts for x in (sf.read(str(p), dtype="float32")[0], gap)]
+                          * 2)
+    sf.write(str(tmp_path / "meeting.wav"), long, SR)
+    q = AnnotationQueue(store, recognizer, QueueOptions(transcribe=False, max_len=8.0))
+    rep = q.add([archive, tmp_path / "meeting.wav", tmp_path / "missing.wav"])
+    assert rep.files == 3 and len(rep.errors) == 1 and "missing.wav" in rep.errors[0]
+    items = q.items()
+    names = [it.file_name for it in items]
+    assert "batch.zip/../../escape/angry.flac" in names and "batch.zip/nested/sad.flac" in names
+    assert not (tmp_path.parent / "escape").exists()
+    segs = sorted((it for it in items if it.file_name == "meeting.wav"), key=lambda it: it.start)
+    assert len(segs) >= 3 and all(it.end - it.start <= 8.0 + 1e-6 for it in segs)
+    assert all(b.start >= a.end - 1e-6 for a, b in zip(segs, segs[1:]))  # no overlaps
+    for it in items:
+        assert set(it.probabilities) == set(recognizer.labels)
+        assert sum(it.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert it.model_label == max(it.probabilities, key=it.probabilities.get)
+        assert it.priority == pytest.approx(uncertainty(it.probabilities), abs=1e-6)
+    assert [it.priority for it in items] == sorted((it.priority for it in items), reverse=True)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emodemo", "queue", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_add_list_next_vote_progress(tmp_path):
+    """`python -m emodemo queue ...` as a person types it, with the shipped model and its ASR."""
+    db = ["--db", f"sqlite:///{tmp_path / 'q.db'}"]
+    speech = espeak("I can't believe you did this to me, I am so angry.", tmp_path / "angry.wav")
+    r = _cli("add", str(speech), str(EXAMPLES / "happy_actor18.flac"), *db)
+    assert r.returncode == 0 and "queued 2 clips from 2 files" in r.stdout, r.stderr
+    r = _cli("list", *db, "--json")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [set(row) >= {"file", "start", "end", "priority", "model_label", "votes"}
+            for row in rows] == [True, True]
+    assert rows[0]["priority"] >= rows[1]["priority"]
+    first = json.loads(_cli("next", *db, "--annotator", "ana", "--json").stdout)
+    assert first["file"] == rows[0]["file"] and first["leased_by"] == "ana"
+    second = json.loads(_cli("next", *db, "--annotator", "bob", "--json").stdout)
+    assert second["id"] != first["id"]
+    r = _cli("vote", str(first["id"]), "angry", *db, "--annotator", "ana")
+    assert r.returncode == 0 and "stored correction" in r.stdout
+    r = _cli("vote", str(first["id"]), "angry", *db, "--annotator", "ana")   # double submit
+    assert "(duplicate)" in r.stdout
+    prog = json.loads(_cli("progress", *db, "--json").stdout)
+    assert prog == {"done": 0, "total": 2, "per_annotator": {"ana": 1}}
+    r = _cli("vote", "12345", "angry", *db, "--annotator", "ana")
+    assert r.returncode == 2 and r.stderr.startswith("error: no queue item") and \
+        "Traceback" not in r.stderr
+    with CorrectionStore(f"sqlite:///{tmp_path / 'q.db'}") as s:     # the ASR's transcript
+        [rec] = s.corrections()
+        assert rec.transcript_shown and rec.label == "angry"
