@@ -1,8 +1,12 @@
-"""Speech recognition backends behind one small interface: `transcribe(wav16k) -> str`."""
+"""Speech recognition backends behind one small interface: `recognize(wav16k) -> Transcript`
+(the words in the speaker's language, the identified language, an English translation for the
+English text model, Whisper's confidence and the trust derived from it); `transcribe(wav16k) ->
+str` is its text."""
 from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import asdict, dataclass
 from typing import Optional, Protocol
 
 import numpy as np
@@ -23,7 +27,61 @@ COMPRESSION_RATIO = 2.4     # own failure tests, as are repetitive texts above t
                             # instead of invented English that the text branch would trust
 
 
+ENGLISH = "en"
+
+
+def ramp(x: float, good: float, bad: float) -> float:
+    """1 at `good` or beyond, 0 at `bad` or beyond, linear in between (either direction)."""
+    return float(np.clip((x - bad) / (good - bad), 0.0, 1.0))
+
+
+def language_name(code: Optional[str]) -> str:
+    """'pl' -> 'Polish' (Whisper's own language table); the code itself when unknown."""
+    from whisper.tokenizer import LANGUAGES
+    return LANGUAGES.get(code or "", code or "").title()
+
+
+@dataclass
+class Transcript:
+    """What the ASR made of one recording.
+
+    text: the words in the speaker's language ("" when nothing trustworthy was decoded).
+    language / language_probability: Whisper's language identification (an English-only model:
+    "en", 1.0). translation: English text decoded with Whisper's translate task from the same
+    encoder output, for speech that is not English ("" for English or with translation off).
+    avg_logprob, no_speech_prob, compression_ratio: Whisper's confidence, averaged over the
+    30-s windows by length. trust: transcript_trust() of those, in [0, 1]."""
+    text: str = ""
+    language: Optional[str] = None
+    language_probability: float = 0.0
+    translation: str = ""
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 1.0
+    compression_ratio: float = 0.0
+    trust: float = 0.0
+
+    @property
+    def english(self) -> str:
+        """The text an English text model should read: the translation, or English text; ""
+        for speech in another language that was not translated."""
+        if self.translation:
+            return self.translation
+        return self.text if self.language in (None, ENGLISH) else ""
+
+    def language_info(self) -> Optional[dict]:
+        """{"code", "name", "probability"} (Prediction.language), None when not identified."""
+        if not self.language:
+            return None
+        return {"code": self.language, "name": language_name(self.language),
+                "probability": round(float(self.language_probability), 4)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class ASR(Protocol):
+    def recognize(self, wav: np.ndarray) -> Transcript: ...
+
     def transcribe(self, wav: np.ndarray) -> str: ...
 
 

@@ -34,7 +34,14 @@ def env_threads() -> Optional[int]:
 @dataclass
 class Prediction:
     """One prediction. `audio`, `text` and `fused` map label → probability; `text` is None when
-    there was no transcript (empty, or ASR found no speech)."""
+    there was no transcript (empty, or ASR found no speech).
+
+    `transcript`: the words in the speaker's language. `language`: {"code", "name",
+    "probability"} of the speech as the ASR identified it, None without ASR (typed transcript or
+    audio only). `translation`: the English text the text branch read when the speech was not
+    English ("" otherwise). `margin`: fused top-1 minus top-2 probability (small = unsure between
+    two labels). `asr_trust`: in [0, 1], the factor the ASR's confidence put on the text branch's
+    weight (asr.transcript_trust); None without ASR."""
     label: str
     fused: dict[str, float]
     audio: dict[str, float]
@@ -47,6 +54,10 @@ class Prediction:
     bundle: str = ""
     bundle_version: str = ""
     warnings: list[str] = field(default_factory=list)
+    language: Optional[dict] = None
+    translation: str = ""
+    margin: float = 0.0
+    asr_trust: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
