@@ -38,6 +38,11 @@ TRUST_NO_SPEECH = (0.5, NO_SPEECH)
 TRUST_LOGPROB = (-0.5, LOGPROB_THRESHOLD)
 TRUST_COMPRESSION = (2.0, COMPRESSION_RATIO)
 TRUST_LANGUAGE = (0.8, 0.4)     # language identification probability
+# A translation is one of many valid wordings, so its tokens are less probable than a
+# transcription's: Whisper base translating clear speech scores about -0.5 to -1.2 per token. Its
+# own log-probability test and ramp are therefore looser (compression is tested as above).
+TRANSLATION_LOGPROB = -1.5
+TRUST_TRANSLATION_LOGPROB = (-0.8, TRANSLATION_LOGPROB)
 
 
 ENGLISH = "en"
@@ -62,8 +67,9 @@ class Transcript:
     language / language_probability: Whisper's language identification (an English-only model:
     "en", 1.0). translation: English text decoded with Whisper's translate task from the same
     encoder output, for speech that is not English ("" for English or with translation off).
-    avg_logprob, no_speech_prob, compression_ratio: Whisper's confidence, averaged over the
-    30-s windows by length. trust: transcript_trust() of those, in [0, 1]."""
+    avg_logprob, no_speech_prob, compression_ratio, translation_logprob: Whisper's confidence
+    (the transcription's, the translation's), averaged over the 30-s windows by length. trust:
+    transcript_trust() of those, in [0, 1]."""
     text: str = ""
     language: Optional[str] = None
     language_probability: float = 0.0
@@ -72,6 +78,7 @@ class Transcript:
     no_speech_prob: float = 1.0
     compression_ratio: float = 0.0
     trust: float = 0.0
+    translation_logprob: float = 0.0
 
     @property
     def english(self) -> str:
@@ -131,12 +138,15 @@ def trustworthy(text: str, avg_logprob: float, no_speech_prob: float) -> bool:
 
 
 def transcript_trust(avg_logprob: float, no_speech_prob: float, compression: float,
-                     language_probability: float = 1.0) -> float:
-    """How far a decoded text can be trusted, in [0, 1]: the product of TRUST_NO_SPEECH,
-    TRUST_LOGPROB, TRUST_COMPRESSION and TRUST_LANGUAGE's ramps (1 = Whisper is confident on
-    every count; 0 at any of its failure thresholds). Fusion multiplies the text branch's weight
-    by it, so a doubtful transcript cannot drive the fused label."""
-    return (ramp(no_speech_prob, *TRUST_NO_SPEECH) * ramp(avg_logprob, *TRUST_LOGPROB)
+                     language_probability: float = 1.0,
+                     translation_logprob: Optional[float] = None) -> float:
+    """How far a decoded text can be trusted, in [0, 1]: the product of the ramps TRUST_NO_SPEECH,
+    TRUST_LOGPROB (the transcription), TRUST_TRANSLATION_LOGPROB (the translation, if one is
+    read), TRUST_COMPRESSION and TRUST_LANGUAGE (1 = Whisper is confident on every count; 0 at
+    any of its failure thresholds). Fusion multiplies the text branch's weight by it, so a
+    doubtful transcript cannot drive the fused label."""
+    translated = 1.0 if translation_logprob is None else ramp(translation_logprob, *TRUST_TRANSLATION_LOGPROB)
+    return (ramp(no_speech_prob, *TRUST_NO_SPEECH) * ramp(avg_logprob, *TRUST_LOGPROB) * translated
             * ramp(compression, *TRUST_COMPRESSION) * ramp(language_probability, *TRUST_LANGUAGE))
 
 
@@ -151,19 +161,27 @@ class Decoded:
     def ok(self) -> bool:
         return trustworthy(self.text, self.avg_logprob, self.no_speech_prob)
 
+    @property
+    def ok_translation(self) -> bool:
+        """Whisper's tests with the translation's log-probability threshold."""
+        return (self.avg_logprob >= TRANSLATION_LOGPROB
+                and trustworthy(self.text, LOGPROB_THRESHOLD, self.no_speech_prob))
+
 
 def window_transcript(original: Decoded, translation: Optional[Decoded], language: str,
                       language_probability: float) -> Transcript:
     """One window's Transcript: texts that fail Whisper's tests are dropped; the trust is that of
-    the text the English text model reads (the translation's log-probability counts too)."""
+    the text the English text model reads (for a translation, its log-probability counts too)."""
     text = original.text if original.ok else ""
-    english = translation.text if translation is not None and translation.ok and text else ""
+    english = translation.text if translation is not None and translation.ok_translation and text else ""
     read = english if language != ENGLISH else text
-    logprob = min(original.avg_logprob, translation.avg_logprob) if english else original.avg_logprob
     ratio = max(compression_ratio(original.text), compression_ratio(english) if english else 0.0)
-    trust = transcript_trust(logprob, original.no_speech_prob, ratio, language_probability) if read else 0.0
-    return Transcript(text, language, language_probability, english, logprob,
-                      original.no_speech_prob, ratio, trust)
+    t_logprob = translation.avg_logprob if english else None
+    trust = transcript_trust(original.avg_logprob, original.no_speech_prob, ratio, language_probability,
+                             t_logprob) if read else 0.0
+    return Transcript(text, language, language_probability, english, original.avg_logprob,
+                      original.no_speech_prob, ratio, trust,
+                      0.0 if t_logprob is None else t_logprob)
 
 
 def merge_windows(parts: list[tuple[Transcript, int]]) -> Transcript:
@@ -183,7 +201,7 @@ def merge_windows(parts: list[tuple[Transcript, int]]) -> Transcript:
 
     return Transcript(join("text"), main.language, main.language_probability, join("translation"),
                       mean("avg_logprob"), mean("no_speech_prob"), mean("compression_ratio"),
-                      mean("trust"))
+                      mean("trust"), mean("translation_logprob"))
 
 
 def recognize_with(asr, wav: np.ndarray) -> Transcript:
@@ -299,7 +317,7 @@ class OpenAIWhisperASR:
     def _decode(self, feats, task: str, language: str) -> Decoded:
         import whisper
         r = whisper.decode(self.model, feats, whisper.DecodingOptions(
-            task=task, language=language, temperature=0.0, without_timestamps=True, fp16=False))
+            task=task, language=language, temperature=0.0, without_timestamps=True, fp16=False))[0]
         return Decoded(collapse_repeats(r.text.strip()), r.avg_logprob, r.no_speech_prob)
 
     def recognize(self, wav: np.ndarray) -> Transcript:

@@ -1,0 +1,127 @@
+"""Multilingual ASR on held-out non-English emotional speech: does the text branch, reading
+Whisper base's English translation and weighted by the ASR's trust, help or hurt?
+
+    nice -n 5 python benchmarks/bench_multilingual.py [--per-corpus 60] [--bundle models/default]
+
+Per corpus (the default bundle's held-out speakers: nEMO MP0, SM0 (Polish), emotiontts-ko emf,
+nee, nem (Korean); EMOVO (Italian, not in training at all)) up to `--per-corpus` clips, balanced
+over the emotions, seed 0. Each clip runs once through `load_recognizer().predict()` (ASR =
+the bundle's: Whisper base, language identification, translation); the per-clip Predictions are
+kept in `--cache` (JSON lines; a rerun resumes). Reported per corpus, all from the same
+predictions: UA of the audio branch, of the fused label (the shipped trust-weighted fusion),
+of the fusion with trust ignored (trust 1: the text weight the bundle was fitted with), of the
+text branch alone where it read something, language identification accuracy, the share of
+clips whose translation was read and the mean trust. Writes benchmarks/multilingual.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CORPORA = {  # name -> (data spec, language code)
+    "nEMO (pl)": ("nemo:speakers=MP0,SM0", "pl"),
+    "emotiontts-ko (ko)": ("emotiontts-ko:speakers=emf,nee,nem", "ko"),
+    "EMOVO (it)": ("folder:{data}/emovo:name=emovo", "it"),
+}
+
+
+def balanced(items: list, n: int, seed: int = 0) -> list:
+    """Up to n items, round-robin over the labels (each label's items shuffled with `seed`)."""
+    rng = random.Random(seed)
+    by: dict = {}
+    for it in items:
+        by.setdefault(it.label, []).append(it)
+    for v in by.values():
+        rng.shuffle(v)
+    out, k = [], 0
+    while len(out) < n and any(k < len(v) for v in by.values()):
+        out += [v[k] for v in by.values() if k < len(v)][: n - len(out)]
+        k += 1
+    return out
+
+
+def run(rec, items: list, cache: Path) -> list[dict]:
+    done = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            r = json.loads(line)
+            done[r["file"]] = r
+    with cache.open("a") as f:
+        for i, it in enumerate(items):
+            if it.audio in done:
+                continue
+            t0 = time.perf_counter()
+            p = rec.predict(it.audio).to_dict()
+            r = {"file": it.audio, "gold": it.label, "seconds": time.perf_counter() - t0, **p}
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            done[it.audio] = r
+            print(f"{i + 1}/{len(items)} {Path(it.audio).name} {it.label} -> {p['label']} "
+                  f"[{(p['language'] or {}).get('code')}] trust {p['asr_trust']} {p['translation'][:60]!r}",
+                  flush=True)
+    return [done[it.audio] for it in items]
+
+
+def summarise(rec, rows: list[dict], code: str) -> dict:
+    from emodemo.fusion import unweighted_accuracy
+    labels = rec.labels
+    y = np.array([labels.index(r["gold"]) for r in rows])
+    vec = lambda d: np.array([d[k] for k in labels])  # noqa: E731
+    pa = np.stack([vec(r["audio"]) for r in rows])
+    fused = np.stack([vec(r["fused"]) for r in rows])
+    has = np.array([r["text"] is not None for r in rows])
+    untrusted = fused.copy()
+    for i, r in enumerate(rows):
+        if r["text"] is not None:
+            untrusted[i] = rec.fusion(pa[i], vec(r["text"]), 1.0)
+    n = len(labels)
+    ua = lambda pred, m=slice(None): unweighted_accuracy(y[m], pred[m].argmax(1), n)  # noqa: E731
+    out = {"n": len(rows), "audio_UA": ua(pa), "fused_UA": ua(fused), "fused_no_trust_UA": ua(untrusted),
+           "language_accuracy": float(np.mean([(r["language"] or {}).get("code") == code for r in rows])),
+           "text_read_share": float(has.mean()),
+           "mean_trust": float(np.mean([r["asr_trust"] or 0.0 for r in rows])),
+           "seconds_per_clip": float(np.median([r["seconds"] for r in rows]))}
+    if has.any():
+        pt = np.stack([vec(r["text"]) for r in rows if r["text"] is not None])
+        out.update(text_UA_where_read=unweighted_accuracy(y[has], pt.argmax(1), n),
+                   audio_UA_where_read=ua(pa, has), fused_UA_where_read=ua(fused, has),
+                   fused_no_trust_UA_where_read=ua(untrusted, has))
+    out["examples"] = [{k: r[k] for k in ("gold", "label", "transcript", "translation", "asr_trust")}
+                       for r in rows if r["translation"]][:3]
+    return out
+
+
+def main() -> None:
+    from emodemo import load_recognizer
+    from emodemo.data import SHARED_DATA, load_spec
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--per-corpus", type=int, default=60)
+    ap.add_argument("--bundle", default=None)
+    ap.add_argument("--cache", default="/tmp/emodemo-bench-multilingual")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "multilingual.json"))
+    a = ap.parse_args()
+    if not Path(SHARED_DATA).is_dir():
+        sys.exit(f"no data at {SHARED_DATA}")
+    rec = load_recognizer(a.bundle)
+    Path(a.cache).mkdir(parents=True, exist_ok=True)
+    res = {"bundle": rec.name, "bundle_version": rec.version, "asr": rec.config.get("asr"), "corpora": {}}
+    for name, (spec, code) in CORPORA.items():
+        items = balanced(load_spec(spec.format(data=SHARED_DATA)), a.per_corpus)
+        rows = run(rec, items, Path(a.cache) / (code + ".jsonl"))
+        res["corpora"][name] = summarise(rec, rows, code)
+        print(json.dumps({name: {k: v for k, v in res["corpora"][name].items() if k != "examples"}}, indent=1))
+    Path(a.out).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

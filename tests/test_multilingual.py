@@ -1,0 +1,110 @@
+"""Speech that is not English, through `load_recognizer()` and the CLI: Whisper base identifies
+the language, the transcript stays in it, the English text model reads Whisper's translation
+(decoded from the same encoder output), and the ASR's trust weights the text branch."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import espeak
+from emodemo import audio as A
+from emodemo.text import looks_english
+
+# (espeak-ng voice, sentence, speed, words of the sentence Whisper base hears in that language)
+SPEECH = {
+    "de": ("de", "Ich bin sehr wütend auf dich, ich will dich nie wieder sehen.", 140, {"dich", "wütend"}),
+    "pl": ("pl", "Jestem na ciebie bardzo zły, nie chcę cię więcej widzieć.", 150, {"ciebie", "bardzo"}),
+    "es": ("es", "Estoy muy enojado contigo, no quiero verte nunca más.", 150, {"enojado", "contigo"}),
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multilingual")
+    return {code: espeak(text, d / f"{code}.wav", voice=voice, speed=speed)
+            for code, (voice, text, speed, _) in SPEECH.items()}
+
+
+def words(text: str) -> set:
+    return {w.strip(".,!?").lower() for w in text.split()}
+
+
+def assert_fused_as_trusted(rec, pred):
+    """The Prediction's fused probabilities are the bundle's fusion with its text weight scaled
+    by the Prediction's ASR trust."""
+    vec = lambda d: np.array([d[k] for k in rec.labels])  # noqa: E731
+    text = None if pred.text is None else vec(pred.text)
+    trust = 1.0 if pred.asr_trust is None else pred.asr_trust
+    assert np.allclose(vec(pred.fused), rec.fusion(vec(pred.audio), text, trust), atol=1e-6)
+    top = sorted(pred.fused.values(), reverse=True)
+    assert pred.margin == pytest.approx(top[0] - top[1])
+
+
+@pytest.mark.slow
+def test_non_english_speech_is_transcribed_in_its_language_and_translated(recognizer, clips):
+    for code, path in clips.items():
+        pred = recognizer.predict(path)
+        assert pred.language["code"] == code and pred.language["probability"] > 0.5, (code, pred.language)
+        assert words(pred.transcript) & SPEECH[code][3], (code, pred.transcript)
+        assert pred.translation and looks_english(pred.translation), (code, pred.translation)
+        assert not words(pred.translation) & SPEECH[code][3]
+        assert pred.text is not None and 0.0 < pred.asr_trust <= 1.0
+        assert_fused_as_trusted(recognizer, pred)
+        d = pred.to_dict()
+        assert d["language"]["name"] in ("German", "Polish", "Spanish") and d["translation"] == pred.translation
+    # the angry Spanish sentence: Whisper translates it cleanly, so the text branch reads anger
+    es = recognizer.predict(clips["es"])
+    assert "angry" in es.translation.lower() and es.asr_trust > 0.8
+    assert max(es.text, key=es.text.get) == "angry"
+
+
+@pytest.mark.slow
+def test_english_speech_has_no_translation(recognizer, speech_wav):
+    pred = recognizer.predict(speech_wav)
+    assert pred.language["code"] == "en" and pred.language["name"] == "English"
+    assert {"happy", "news"} <= words(pred.transcript)
+    assert pred.translation == "" and pred.asr_trust > 0.8 and pred.text is not None
+    assert_fused_as_trusted(recognizer, pred)
+
+
+def test_noise_and_tones_give_no_transcript_and_no_text_weight(recognizer):
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * A.SAMPLE_RATE) / A.SAMPLE_RATE
+    for wav in (0.1 * rng.standard_normal(t.size), 0.3 * np.sin(2 * np.pi * 440 * t)):
+        pred = recognizer.predict((wav.astype(np.float32), A.SAMPLE_RATE))
+        assert pred.transcript == "" and pred.translation == "" and pred.text is None
+        assert pred.asr_trust == 0.0
+        assert pred.fused == pytest.approx(pred.audio)
+
+
+@pytest.mark.slow
+def test_speech_whisper_cannot_identify_does_not_drive_the_label(recognizer, tmp_path):
+    """espeak-ng's Korean voice is not Korean enough for Whisper base (it names Thai, Latin or
+    Khmer with low probability, and decodes nothing it trusts): the text branch gets no weight."""
+    pred = recognizer.predict(espeak("감사합니다. 만나서 반갑습니다.", tmp_path / "ko.wav", voice="ko", speed=120))
+    assert pred.asr_trust is not None and pred.asr_trust < 0.05
+    assert np.allclose(list(pred.fused.values()), list(pred.audio.values()), atol=0.02)
+
+
+def test_typed_transcript_that_is_not_english_warns(recognizer, speech_wav):
+    pred = recognizer.predict(speech_wav, transcript="Jestem na ciebie bardzo zły, nie chcę cię widzieć.")
+    assert any("does not look English" in w for w in pred.warnings)
+    assert pred.language is None and pred.asr_trust is None and pred.translation == ""
+    for text in ("I am so happy today.", "Terrible service, awful food, never again"):
+        assert not any("English" in w for w in recognizer.predict(speech_wav, transcript=text).warnings)
+
+
+@pytest.mark.slow
+def test_cli_json_and_table_carry_language_translation_and_trust(clips, capsys):
+    from emodemo.cli import main
+    assert main(["predict", "--json", str(clips["de"])]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["language"]["code"] == "de" and d["translation"] and 0 < d["asr_trust"] <= 1
+    assert {"margin", "transcript", "fused"} <= set(d)
+    assert main(["predict", str(clips["es"])]) == 0
+    out = capsys.readouterr().out
+    assert "language: Spanish (es" in out and "translation (read by the text model): " in out
+    # English only and faster: tiny.en gives no transcript for German (its trust filter)
+    assert main(["predict", "--json", "--asr", "tiny.en", str(clips["de"])]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["transcript"] == "" and d["translation"] == "" and d["language"]["code"] == "en"
