@@ -27,11 +27,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CORPORA = {  # name -> (data spec, language code)
-    "nEMO (pl)": ("nemo:speakers=MP0,SM0", "pl"),
-    "emotiontts-ko (ko)": ("emotiontts-ko:speakers=emf,nee,nem", "ko"),
-    "EMOVO (it)": ("folder:{data}/emovo:name=emovo", "it"),
+CORPORA = {  # split -> name -> (data spec, language code)
+    "test": {"nEMO (pl)": ("nemo:speakers=MP0,SM0", "pl"),
+             "emotiontts-ko (ko)": ("emotiontts-ko:speakers=emf,nee,nem", "ko"),
+             "EMOVO (it)": ("folder:{data}/emovo:name=emovo", "it")},
+    # the bundle's validation speakers: where TRANSLATION_TRUST was chosen (--split val)
+    "val": {"nEMO (pl)": ("nemo:speakers=EB0,KS0", "pl"),
+            "emotiontts-ko (ko)": ("emotiontts-ko:speakers=emg,ned,nel", "ko")},
 }
+FACTORS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def balanced(items: list, n: int, seed: int = 0) -> list:
@@ -95,6 +99,17 @@ def summarise(rec, rows: list[dict], code: str) -> dict:
         out.update(text_UA_where_read=unweighted_accuracy(y[has], pt.argmax(1), n),
                    audio_UA_where_read=ua(pa, has), fused_UA_where_read=ua(fused, has),
                    fused_no_trust_UA_where_read=ua(untrusted, has))
+    # fused UA if the trust of a read translation were multiplied by each factor (the shipped
+    # rule already holds asr.TRANSLATION_TRUST, so factor 1 = shipped, see the README)
+    tr = np.array([(r["asr_trust"] or 0.0) if r["translation"] else np.nan for r in rows])
+    sweep = {}
+    for k in FACTORS:
+        f = fused.copy()
+        for i, r in enumerate(rows):
+            if r["text"] is not None and r["translation"]:
+                f[i] = rec.fusion(pa[i], vec(r["text"]), tr[i] * k)
+        sweep[str(k)] = ua(f)
+    out["fused_UA_by_translation_trust_factor"] = sweep
     out["examples"] = [{k: r[k] for k in ("gold", "label", "transcript", "translation", "asr_trust")}
                        for r in rows if r["translation"]][:3]
     return out
@@ -106,19 +121,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-corpus", type=int, default=60)
     ap.add_argument("--bundle", default=None)
+    ap.add_argument("--split", choices=tuple(CORPORA), default="test")
     ap.add_argument("--cache", default="/tmp/emodemo-bench-multilingual")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "multilingual.json"))
+    ap.add_argument("--out", default=None, help="default benchmarks/multilingual[_val].json")
     a = ap.parse_args()
     if not Path(SHARED_DATA).is_dir():
         sys.exit(f"no data at {SHARED_DATA}")
     rec = load_recognizer(a.bundle)
     Path(a.cache).mkdir(parents=True, exist_ok=True)
     res = {"bundle": rec.name, "bundle_version": rec.version, "asr": rec.config.get("asr"), "corpora": {}}
-    for name, (spec, code) in CORPORA.items():
+    for name, (spec, code) in CORPORA[a.split].items():
         items = balanced(load_spec(spec.format(data=SHARED_DATA)), a.per_corpus)
-        rows = run(rec, items, Path(a.cache) / (code + ".jsonl"))
+        rows = run(rec, items, Path(a.cache) / f"{a.split}-{code}.jsonl")
         res["corpora"][name] = summarise(rec, rows, code)
         print(json.dumps({name: {k: v for k, v in res["corpora"][name].items() if k != "examples"}}, indent=1))
+    a.out = a.out or str(ROOT / "benchmarks" / f"multilingual{'' if a.split == 'test' else '_' + a.split}.json")
     Path(a.out).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {a.out}")
 
