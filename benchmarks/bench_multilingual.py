@@ -6,12 +6,15 @@ Whisper base's English translation and weighted by the ASR's trust, help or hurt
 Per corpus (the default bundle's held-out speakers: nEMO MP0, SM0 (Polish), emotiontts-ko emf,
 nee, nem (Korean); EMOVO (Italian, not in training at all)) up to `--per-corpus` clips, balanced
 over the emotions, seed 0. Each clip runs once through `load_recognizer().predict()` (ASR =
-the bundle's: Whisper base, language identification, translation); the per-clip Predictions are
-kept in `--cache` (JSON lines; a rerun resumes). Reported per corpus, all from the same
-predictions: UA of the audio branch, of the fused label (the shipped trust-weighted fusion),
-of the fusion with trust ignored (trust 1: the text weight the bundle was fitted with), of the
-text branch alone where it read something, language identification accuracy, the share of
-clips whose translation was read and the mean trust. Writes benchmarks/multilingual.json.
+the bundle's: Whisper base, language identification, translation; the translation's trust
+not scaled, i.e. translation_trust 1); the per-clip Predictions are kept in `--cache` (JSON
+lines; a rerun resumes). Reported per corpus, all from the same predictions: UA of the audio
+branch; of the fused label with the ASR's trust (`fused_UA_asr_trust`), with trust ignored
+(`fused_no_trust_UA`: the text weight the bundle was fitted with), with the trust of a
+translation times each factor (`fused_UA_by_translation_trust_factor`) and times the shipped
+asr.TRANSLATION_TRUST (`fused_UA_shipped`); of the text branch alone where it read something;
+language identification accuracy, the share of clips whose translation was read, the mean
+trust. Writes benchmarks/multilingual.json (`--split val`: multilingual_val.json).
 """
 from __future__ import annotations
 
@@ -89,7 +92,8 @@ def summarise(rec, rows: list[dict], code: str) -> dict:
             untrusted[i] = rec.fusion(pa[i], vec(r["text"]), 1.0)
     n = len(labels)
     ua = lambda pred, m=slice(None): unweighted_accuracy(y[m], pred[m].argmax(1), n)  # noqa: E731
-    out = {"n": len(rows), "audio_UA": ua(pa), "fused_UA": ua(fused), "fused_no_trust_UA": ua(untrusted),
+    out = {"n": len(rows), "audio_UA": ua(pa), "fused_UA_asr_trust": ua(fused),
+           "fused_no_trust_UA": ua(untrusted),
            "language_accuracy": float(np.mean([(r["language"] or {}).get("code") == code for r in rows])),
            "text_read_share": float(has.mean()),
            "mean_trust": float(np.mean([r["asr_trust"] or 0.0 for r in rows])),
@@ -99,17 +103,19 @@ def summarise(rec, rows: list[dict], code: str) -> dict:
         out.update(text_UA_where_read=unweighted_accuracy(y[has], pt.argmax(1), n),
                    audio_UA_where_read=ua(pa, has), fused_UA_where_read=ua(fused, has),
                    fused_no_trust_UA_where_read=ua(untrusted, has))
-    # fused UA if the trust of a read translation were multiplied by each factor (the shipped
-    # rule already holds asr.TRANSLATION_TRUST, so factor 1 = shipped, see the README)
-    tr = np.array([(r["asr_trust"] or 0.0) if r["translation"] else np.nan for r in rows])
-    sweep = {}
-    for k in FACTORS:
+    # fused UA with a read translation's trust multiplied by each factor (the predictions were
+    # made with factor 1; the shipped asr.TRANSLATION_TRUST is "fused_UA_shipped")
+    from emodemo.asr import TRANSLATION_TRUST
+
+    def at(k: float) -> float:
         f = fused.copy()
         for i, r in enumerate(rows):
             if r["text"] is not None and r["translation"]:
-                f[i] = rec.fusion(pa[i], vec(r["text"]), tr[i] * k)
-        sweep[str(k)] = ua(f)
-    out["fused_UA_by_translation_trust_factor"] = sweep
+                f[i] = rec.fusion(pa[i], vec(r["text"]), r["asr_trust"] * k)
+        return ua(f)
+    out["fused_UA_by_translation_trust_factor"] = {str(k): at(k) for k in FACTORS}
+    out["fused_UA_shipped"] = at(TRANSLATION_TRUST)
+    out["translation_trust_shipped"] = TRANSLATION_TRUST
     out["examples"] = [{k: r[k] for k in ("gold", "label", "transcript", "translation", "asr_trust")}
                        for r in rows if r["translation"]][:3]
     return out
@@ -128,6 +134,7 @@ def main() -> None:
     if not Path(SHARED_DATA).is_dir():
         sys.exit(f"no data at {SHARED_DATA}")
     rec = load_recognizer(a.bundle)
+    rec.translation_trust = 1.0          # the ASR's own trust; factors are applied in summarise
     Path(a.cache).mkdir(parents=True, exist_ok=True)
     res = {"bundle": rec.name, "bundle_version": rec.version, "asr": rec.config.get("asr"), "corpora": {}}
     for name, (spec, code) in CORPORA[a.split].items():

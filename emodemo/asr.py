@@ -43,6 +43,13 @@ TRUST_LANGUAGE = (0.8, 0.4)     # language identification probability
 # own log-probability test and ramp are therefore looser (compression is tested as above).
 TRANSLATION_LOGPROB = -1.5
 TRUST_TRANSLATION_LOGPROB = (-0.8, TRANSLATION_LOGPROB)
+# How much a bundle's English text branch + fusion may use a *translated* transcript: a factor on
+# the trust of a translation (the `asr` block's optional "translation_trust" overrides it). 0.0
+# for the shipped v6: on its validation speakers (nEMO EB0, KS0; emotiontts-ko emg, ned, nel) every
+# factor above 0 lowered the fused UA below the audio branch's, the text model reading Whisper
+# base's translations at 0.13 (Polish) and 0.39 (Korean) UA (benchmarks/bench_multilingual.py
+# --split val). The translation is still shown and its text probabilities computed.
+TRANSLATION_TRUST = 0.0
 
 
 ENGLISH = "en"
@@ -343,6 +350,12 @@ class OpenAIWhisperASR:
 
     def transcribe(self, wav: np.ndarray) -> str:
         return self.recognize(wav).text
+
+
+def translation_trust(cfg: Optional[dict] = None) -> float:
+    """The factor on a translated transcript's trust for a bundle's `asr` block (TRANSLATION_TRUST
+    unless the block sets "translation_trust")."""
+    return float(np.clip(float((cfg or {}).get("translation_trust", TRANSLATION_TRUST)), 0.0, 1.0))
 
 
 def asr_config(cfg: Optional[dict] = None) -> dict:

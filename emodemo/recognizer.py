@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import audio as A
-from .asr import ASR, Transcript, load_asr, recognize_with
+from .asr import ASR, Transcript, load_asr, recognize_with, translation_trust
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .errors import AudioError
 from .fusion import LateFusion
@@ -86,6 +86,7 @@ class EmotionRecognizer:
         self.fusion = LateFusion.from_config(config.get("fusion"))
         self._asr = asr
         self._asr_lock = threading.Lock()
+        self.translation_trust = translation_trust(config.get("asr"))
         self.name = str(config.get("name", ""))
         self.version = str(config.get("version", ""))
         self.bundle_path: Optional[Path] = None   # the folder it was loaded from, if any
@@ -205,12 +206,14 @@ class EmotionRecognizer:
                             warnings=warnings, **extra)
 
     def _heard(self, heard: Transcript, warnings: list) -> tuple[str, dict]:
-        """(the English text the text branch reads, the Prediction's ASR fields) of a Transcript."""
+        """(the English text the text branch reads, the Prediction's ASR fields) of a Transcript.
+        A translation's trust is scaled by the bundle's translation_trust (asr.TRANSLATION_TRUST)."""
         read = clean_text(heard.english)
         if heard.text and not read and heard.language:
             warnings.append(NOT_TRANSLATED.format(name=heard.language_info()["name"]))
+        trust = heard.trust * (self.translation_trust if heard.translation else 1.0) if read else 0.0
         return read, {"language": heard.language_info(), "translation": clean_text(heard.translation),
-                      "asr_trust": round(float(heard.trust), 4) if read else 0.0}
+                      "asr_trust": round(float(trust), 4)}
 
     def combine(self, p_audio: np.ndarray, p_text: Optional[np.ndarray], transcript: str,
                 fusion: Optional[LateFusion] = None, **extra) -> Prediction:
