@@ -248,7 +248,8 @@ def span_record(labels: Sequence[str], p) -> dict:
     """The JSON-able record of one predicted span (see the module docstring)."""
     return {"start": float(p.start), "end": float(p.end), "audio": _vec(labels, p.audio),
             "text": _vec(labels, p.text), "asr": p.transcript, "transcript": p.transcript,
-            "warnings": list(p.warnings)}
+            "warnings": list(p.warnings), "language": p.language, "translation": p.translation,
+            "asr_trust": p.asr_trust}
 
 
 def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
@@ -265,13 +266,15 @@ def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
                        None if text is None else np.asarray(text, dtype=np.float64),
                        span["transcript"], fusion=fusion_at(rec, audio_weight),
                        duration=span["end"] - span["start"], start=span["start"], end=span["end"],
-                       warnings=list(span.get("warnings", [])))
+                       warnings=list(span.get("warnings", [])), language=span.get("language"),
+                       translation=span.get("translation", ""), asr_trust=span.get("asr_trust"))
 
 
 def set_transcript(rec, span: dict, text: str) -> None:
     """Use `text` (already checked) as the span's transcript: re-runs only the text branch."""
     span["transcript"] = text
     span["text"] = rec.text_proba([text])[0].tolist() if text else None
+    span.update(translation="", asr_trust=None)      # typed: read as given, full text weight
 
 
 def overall(labels: Sequence[str], preds: Sequence) -> dict:

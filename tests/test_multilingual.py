@@ -117,3 +117,27 @@ def test_cli_json_and_table_carry_language_translation_and_trust(clips, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["language"] == {"code": "en", "name": "English", "probability": 1.0}
     assert d["translation"] == "" and not words(d["transcript"]) & SPEECH["de"][3]
+
+
+def test_refusing_a_stored_span_keeps_the_asr_trust(recognizer):
+    """The app stores each span's branch probabilities and re-fuses them when the fusion slider
+    moves: the ASR's trust, language and translation go with them; an edited transcript is typed
+    text (full weight, no translation)."""
+    from emodemo import analysis
+    n = len(recognizer.labels)
+    pa = np.full(n, 0.5 / (n - 1))
+    pa[1] = 0.5                                         # audio: happy
+    pt = np.full(n, 0.1 / (n - 1))
+    pt[3] = 0.9                                         # text: angry
+    lang = {"code": "pl", "name": "Polish", "probability": 0.9}
+    pred = recognizer.combine(pa, pt, "Jestem zły.", duration=2.0, end=2.0, language=lang,
+                              translation="I am angry.", asr_trust=0.2)
+    span = analysis.span_record(recognizer.labels, pred)
+    again = analysis.fuse(recognizer, span)
+    assert again.fused == pytest.approx(pred.fused) and again.asr_trust == 0.2
+    assert again.language == lang and again.translation == "I am angry."
+    full = recognizer.combine(pa, pt, "Jestem zły.")
+    assert full.fused["angry"] > pred.fused["angry"]
+    analysis.set_transcript(recognizer, span, "I am angry.")
+    edited = analysis.fuse(recognizer, span)
+    assert edited.asr_trust is None and edited.translation == ""
