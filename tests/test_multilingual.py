@@ -141,3 +141,15 @@ def test_refusing_a_stored_span_keeps_the_asr_trust(recognizer):
     analysis.set_transcript(recognizer, span, "I am angry.")
     edited = analysis.fuse(recognizer, span)
     assert edited.asr_trust is None and edited.translation == ""
+
+
+@pytest.mark.slow
+def test_openai_whisper_backend_identifies_and_translates_too(clips):
+    """The openai-whisper backend (Whisper base converted by whisper_port) runs the same path:
+    one encoder pass per 30-s window, language id, transcription, translation."""
+    from emodemo.asr import OpenAIWhisperASR, load_asr
+    asr = load_asr({"backend": "openai-whisper"})
+    assert isinstance(asr, OpenAIWhisperASR) and asr.language is None and asr.translate
+    heard = asr.recognize(A.load_audio(clips["es"]))
+    assert heard.language == "es" and words(heard.text) & SPEECH["es"][3]
+    assert "angry" in heard.translation.lower() and heard.trust > 0.5
