@@ -96,8 +96,10 @@ class Transcript:
         return self.text if self.language in (None, ENGLISH) else ""
 
     def language_info(self) -> Optional[dict]:
-        """{"code", "name", "probability"} (Prediction.language), None when not identified."""
-        if not self.language:
+        """{"code", "name", "probability"} (Prediction.language); None when nothing was
+        transcribed (noise, silence, speech Whisper could not decode: its guess at a language
+        then means little) or no language was identified."""
+        if not self.language or not self.text:
             return None
         return {"code": self.language, "name": language_name(self.language),
                 "probability": round(float(self.language_probability), 4)}
