@@ -37,6 +37,8 @@ CORPORA = {  # split -> name -> (data spec, language code)
     # the bundle's validation speakers: where TRANSLATION_TRUST was chosen (--split val)
     "val": {"nEMO (pl)": ("nemo:speakers=EB0,KS0", "pl"),
             "emotiontts-ko (ko)": ("emotiontts-ko:speakers=emg,ned,nel", "ko")},
+    # English: does Whisper base (vs --asr tiny.en) change what the text branch gets?
+    "english": {"espeak-goemotions (en)": ("espeak-goemotions:dev:eval", "en")},
 }
 FACTORS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
@@ -128,21 +130,27 @@ def main() -> None:
     ap.add_argument("--per-corpus", type=int, default=60)
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--split", choices=tuple(CORPORA), default="test")
+    ap.add_argument("--asr", choices=("base", "tiny.en"), default=None, help="instead of the bundle's")
     ap.add_argument("--cache", default="/tmp/emodemo-bench-multilingual")
     ap.add_argument("--out", default=None, help="default benchmarks/multilingual[_val].json")
     a = ap.parse_args()
     if not Path(SHARED_DATA).is_dir():
         sys.exit(f"no data at {SHARED_DATA}")
-    rec = load_recognizer(a.bundle)
+    asr = None
+    if a.asr:
+        from emodemo.asr import PRESETS, load_asr
+        asr = load_asr(PRESETS[a.asr])
+    rec = load_recognizer(a.bundle, asr=asr)
     rec.translation_trust = 1.0          # the ASR's own trust; factors are applied in summarise
     Path(a.cache).mkdir(parents=True, exist_ok=True)
     res = {"bundle": rec.name, "bundle_version": rec.version, "asr": rec.config.get("asr"), "corpora": {}}
     for name, (spec, code) in CORPORA[a.split].items():
         items = balanced(load_spec(spec.format(data=SHARED_DATA)), a.per_corpus)
-        rows = run(rec, items, Path(a.cache) / f"{a.split}-{code}.jsonl")
+        rows = run(rec, items, Path(a.cache) / f"{a.split}-{code}{'-' + a.asr if a.asr else ''}.jsonl")
         res["corpora"][name] = summarise(rec, rows, code)
         print(json.dumps({name: {k: v for k, v in res["corpora"][name].items() if k != "examples"}}, indent=1))
-    a.out = a.out or str(ROOT / "benchmarks" / f"multilingual{'' if a.split == 'test' else '_' + a.split}.json")
+    suffix = ("" if a.split == "test" else "_" + a.split) + ("_" + a.asr if a.asr else "")
+    a.out = a.out or str(ROOT / "benchmarks" / f"multilingual{suffix}.json")
     Path(a.out).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {a.out}")
 
