@@ -123,7 +123,7 @@ def test_cli_json_and_table_carry_language_translation_and_trust(clips, capsys):
 def test_refusing_a_stored_span_keeps_the_asr_trust(recognizer):
     """The app stores each span's branch probabilities and re-fuses them when the fusion slider
     moves: the ASR's trust, language and translation go with them; an edited transcript is typed
-    text (full weight, no translation)."""
+    text (full weight); the speaker's words stay the transcript."""
     from emodemo import analysis
     n = len(recognizer.labels)
     pa = np.full(n, 0.5 / (n - 1))
@@ -139,9 +139,12 @@ def test_refusing_a_stored_span_keeps_the_asr_trust(recognizer):
     assert again.language == lang and again.translation == "I am angry."
     full = recognizer.combine(pa, pt, "Jestem zły.")
     assert full.fused["angry"] > pred.fused["angry"]
-    analysis.set_transcript(recognizer, span, "I am angry.")
+    analysis.set_transcript(recognizer, span, "I am angry.")       # unchanged: still the ASR's
+    assert analysis.fuse(recognizer, span).asr_trust == 0.2
+    analysis.set_transcript(recognizer, span, "I am furious.")
     edited = analysis.fuse(recognizer, span)
-    assert edited.asr_trust is None and edited.translation == ""
+    assert edited.asr_trust is None and edited.translation == "I am furious."
+    assert edited.transcript == "Jestem zły." and edited.fused["angry"] > pred.fused["angry"]
 
 
 @pytest.mark.slow
