@@ -224,12 +224,17 @@ class AnnotationQueue:
         if not self.options.balance_labels:
             return ordered
         fresh = [it for it in ordered if not it.done and it.n_votes == 0]
-        turns: dict[Optional[str], list[QueueItem]] = {}
-        for it in fresh:                              # most uncertain first within each label
-            turns.setdefault(it.model_label, []).append(it)
-        interleaved = [it for rank in range(max(map(len, turns.values()), default=0))
-                       for group in turns.values() if rank < len(group)
-                       for it in (group[rank],)]
+        # a clip's turn: how many clips of its predicted label were voted on before it, plus
+        # its rank in that label (most uncertain first); a label labelled less goes first
+        taken: dict[Optional[str], int] = {}
+        for it in ordered:
+            if it.n_votes > 0:
+                taken[it.model_label] = taken.get(it.model_label, 0) + 1
+        turn: dict[int, int] = {}
+        for it in fresh:
+            turn[it.id] = taken.get(it.model_label, 0)
+            taken[it.model_label] = turn[it.id] + 1
+        interleaved = sorted(fresh, key=lambda it: (turn[it.id], -it.priority, it.id))
         started = [it for it in ordered if not it.done and it.n_votes > 0]
         return started + interleaved + [it for it in ordered if it.done]
 
