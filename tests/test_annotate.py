@@ -286,3 +286,5 @@ def test_balance_labels_serves_every_predicted_label_in_turn(store, tmp_path):
     assert [balanced.next(n).file_name[4] for n in ("a", "b", "c")] == ["4", "1", "3"]
     balanced.vote(balanced.next("a").id, "a", "sad")                  # done: goes last
     assert balanced.items()[-1].file_name == "tone4.wav"
+    # turns carry over between calls: a "happy" clip was voted on, so "sad" clips come first
+    assert balanced.next("d").file_name == "tone0.wav"          # tone1, tone3 are leased
