@@ -24,6 +24,12 @@ probabilities, computed from the cached frozen-backbone features (what `load_rec
     python scripts/queue_benchmark.py --corpus nemo --n 50 --seeds 0 1
 
 Results: <work>/results.json and a markdown table on stdout.
+
+Last run (2026-12-06, EMOVO, pool 294 clips / 3 speakers, test 294 / 3 unseen speakers, base UA
+0.398, 2 busy CPU cores): n=50: queue 0.371, queue-balanced 0.357, random 0.431 +- 0.012 (3
+seeds); n=100: queue 0.442, queue-balanced 0.398 (fine-tuning refused, exit 3: base kept),
+random 0.464 +- 0.042. Uncertainty sampling from a cold start picks clips the model confuses
+(1-5 "angry" of 50-100) and does not beat random here.
 """
 from __future__ import annotations
 
