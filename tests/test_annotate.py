@@ -264,3 +264,27 @@ def test_cli_add_list_next_vote_progress(tmp_path):
     with CorrectionStore(f"sqlite:///{tmp_path / 'q.db'}") as s:     # the ASR's transcript
         [rec] = s.corrections()
         assert rec.transcript_shown and rec.label == "angry"
+
+
+class TwoLabelModel(ScriptedModel):
+    """The two shortest clips are confidently "sad", the rest more and more unsure "happy"."""
+
+    def predict_wave(self, wav, transcript=None):
+        pred = super().predict_wave(wav, transcript)
+        if wav.size / SR < 1.75:
+            fused = {"sad": pred.fused["happy"], "happy": pred.fused["sad"]}
+            pred = Prediction(label="sad", fused=fused, audio=fused, text=None, transcript="")
+        return pred
+
+
+def test_balance_labels_serves_every_predicted_label_in_turn(store, tmp_path):
+    q = AnnotationQueue(store, TwoLabelModel(), QueueOptions(votes_needed=1))
+    q.add(tones(tmp_path / "in", 5))
+    assert [it.file_name[4] for it in q.items()] == ["4", "3", "2", "1", "0"]   # uncertainty
+    balanced = AnnotationQueue(store, None, QueueOptions(votes_needed=1, balance_labels=True))
+    assert [it.file_name[4] for it in balanced.items()] == ["4", "1", "3", "0", "2"]
+    assert [balanced.next(n).file_name[4] for n in ("a", "b", "c")] == ["4", "1", "3"]
+    balanced.vote(balanced.next("a").id, "a", "sad")                  # done: goes last
+    assert balanced.items()[-1].file_name == "tone4.wav"
+    # turns carry over between calls: a "happy" clip was voted on, so "sad" clips come first
+    assert balanced.next("d").file_name == "tone0.wav"          # tone1, tone3 are leased

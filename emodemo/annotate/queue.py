@@ -40,13 +40,17 @@ class QueueOptions:
     """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
     annotator; ranking: "margin" or "entropy"; transcribe: pre-label with the ASR transcript
-    (else audio only); max_len: recordings longer than this (s) are cut into segments."""
+    (else audio only); max_len: recordings longer than this (s) are cut into segments;
+    balance_labels: serve clips nobody voted on yet in turns by the model's label (the most
+    uncertain of each label first), so a model that is sure about one class still gets it
+    checked (plain uncertainty order can leave a class almost unlabelled)."""
     votes_needed: int = 2
     max_votes: Optional[int] = None
     lease_seconds: float = 600.0
     ranking: str = "margin"
     transcribe: bool = True
     max_len: float = 10.0
+    balance_labels: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.votes_needed) <= 100:
@@ -213,7 +217,26 @@ class AnnotationQueue:
 
     def items(self) -> list[QueueItem]:
         """Every clip, in serving order (done ones last)."""
-        return sorted(self._load()[0], key=self._order)
+        return self._serving_order(self._load()[0])
+
+    def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
+        ordered = sorted(items, key=self._order)
+        if not self.options.balance_labels:
+            return ordered
+        fresh = [it for it in ordered if not it.done and it.n_votes == 0]
+        # a clip's turn: how many clips of its predicted label were voted on before it, plus
+        # its rank in that label (most uncertain first); a label labelled less goes first
+        taken: dict[Optional[str], int] = {}
+        for it in ordered:
+            if it.n_votes > 0:
+                taken[it.model_label] = taken.get(it.model_label, 0) + 1
+        turn: dict[int, int] = {}
+        for it in fresh:
+            turn[it.id] = taken.get(it.model_label, 0)
+            taken[it.model_label] = turn[it.id] + 1
+        interleaved = sorted(fresh, key=lambda it: (turn[it.id], -it.priority, it.id))
+        started = [it for it in ordered if not it.done and it.n_votes > 0]
+        return started + interleaved + [it for it in ordered if it.done]
 
     def item(self, item_id: int) -> QueueItem:
         for it in self._load()[0]:
@@ -241,7 +264,7 @@ class AnnotationQueue:
         items, voters, leases = self._load()
         with self.store.database.read() as s:
             skipped = set(s.scalars(select(QueueSkip.item_id).where(QueueSkip.annotator == who)))
-        open_ = [it for it in sorted(items, key=self._order)
+        open_ = [it for it in self._serving_order(items)
                  if not it.done and who not in voters[it.id] and it.id not in skipped]
         for it in sorted(open_, key=lambda it: it.leased_by != who):  # their own lease first
             if it.leased_by not in (None, who):
