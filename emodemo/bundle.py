@@ -228,6 +228,14 @@ def read_config(bundle: str | Path) -> BundleConfig:
         raise BundleError(f"{path}: {exc}") from None
 
 
+def write_config(bundle: str | Path, cfg: ConfigLike) -> None:
+    """Write a bundle's config.json (checked first; replaced atomically)."""
+    path = Path(bundle) / CONFIG_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(as_config(cfg).to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
 def build_speech(cfg: ConfigLike, pretrained: bool = True) -> SpeechEmotionModel:
     cfg = as_config(cfg)
     s = cfg.speech
@@ -285,7 +293,7 @@ def save_bundle(out_dir: str | Path, cfg: ConfigLike, speech: SpeechEmotionModel
         text_base = {f"encoder.{k}": v for k, v in build_text(cfg).encoder.state_dict().items()}
     _save(delta_state(speech, speech_base, ("head.", "adapter.", "calibration.")), out / SPEECH_WEIGHTS, dtype)
     _save(delta_state(text, text_base, ("classifier.",)), out / TEXT_WEIGHTS, dtype)
-    (out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_config(out, cfg)
     (out / "README.md").write_text(card)
     return out
 

@@ -16,6 +16,7 @@ from emodemo.finetune import (Clip, TooFewCorrections, build_dataset, check_coun
                               split_clips)
 from emodemo.finetune import adapt as AD
 from emodemo.finetune.features import Feats
+from emodemo.training.metrics import ua
 from emodemo.store import CorrectionStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,7 +153,10 @@ def test_guard_message_and_version():
         check_counts(ds, 3)
     msg = str(ei.value)
     assert "too few corrections" in msg and "at least 3 clips per class" in msg
-    assert "happy 5" in msg and "sad 2" in msg and "1 tied" in msg and "--min-per-class" in msg
+    assert "happy 5" in msg and "sad 2" in msg and "1 tied" in msg
+    assert "lower the minimum clips per class" in msg and "--" not in msg     # the app has no flags
+    with pytest.raises(TooFewCorrections, match="lower --min-per-class"):     # the CLI names its flag
+        check_counts(ds, 3, knob="--min-per-class")
     clips, too_few = check_counts(ds, 2)
     assert too_few == {} and len(clips) == 7
     clips, too_few = check_counts(build_dataset(recs + [clip_rec("n", "neutral", "x", 30)], LABELS3,
@@ -182,6 +186,7 @@ def _blobs(n_per_class, classes, dim=12, seed=0, shift=0.0):
                  [f"spk{i % 4}" for i in range(len(y))])
 
 
+@pytest.mark.slow
 def test_adapter_learns_keeps_absent_classes_and_gates():
     """On features where classes are separable, the adapter learns the corrected classes; rows of
     classes absent from the corrections stay zero (their logits are the head's); the domain gate
@@ -198,12 +203,12 @@ def test_adapter_learns_keeps_absent_classes_and_gates():
     assert ch["cv_UA"] > ch["cv_UA_base"] + 0.4 and ch["cv_UA"] >= 0.8, ch["table"]
     assert np.all(a.W[4:] == 0) and np.all(a.c[4:] == 0)       # fearful, disgust, surprised untouched
     test = _blobs(20, [0, 1, 2, 3], seed=3, shift=1.5)
-    assert AD.ua(test.y, a.logits(test.x, test.b).argmax(1)) >= 0.8
+    assert ua(test.y, a.logits(test.x, test.b).argmax(1)) >= 0.8
     assert ch["guard_UA"] >= ch["guard_UA_base"] - 0.02          # the old skills
     # the gate: near 1 on the corrected domain, near 0 on the old one
     gated = AD.fit(corr, replay, 7, 1.0, 0.1, ch["mean"], ch["std"], gated=True)
     assert gated.gate(test.x).mean() > 0.8 and gated.gate(guard.x).mean() < 0.2
-    assert AD.ua(guard.y, gated.logits(guard.x, guard.b).argmax(1)) >= 0.95   # old domain: as before
+    assert ua(guard.y, gated.logits(guard.x, guard.b).argmax(1)) >= 0.95   # old domain: as before
     # into a model and back: the torch module computes what numpy computes
     import torch
     from emodemo.speech import GE2E, SpeechEmotionModel
@@ -234,6 +239,20 @@ def test_temperature_and_calibration_error():
     from emodemo.finetune import ece
     sharp = np.exp(logits * 3) / np.exp(logits * 3).sum(1, keepdims=True)     # over-confident
     assert ece(p_true, y) < 0.03 < 0.1 < ece(sharp, y)
+    # several sets: each set's NLL counts the same, so a small flat set is not drowned by a big one
+    both = fit_temperature([flat[:200], p_true], [y[:200], y])
+    assert 0.5 * 1.05 < both < 1.0 and fit_temperature([], []) == 1.0
+
+
+def test_one_ua_for_training_fusion_and_fine_tuning():
+    """training.metrics.ua is fusion.unweighted_accuracy (the one recall rule) over chosen classes."""
+    from emodemo.fusion import unweighted_accuracy
+    from emodemo.training import metrics
+    y, pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 0, 0])
+    assert ua(y, pred) == pytest.approx((0.5 + 1.0 + 0.0) / 3) == unweighted_accuracy(y, pred, 3)
+    assert metrics(y, pred, 3)["UA"] == ua(y, pred)
+    assert ua(y, pred, classes=[0, 1]) == pytest.approx(0.75)       # class 2 not trained: not counted
+    assert np.isnan(ua(y, pred, classes=[5])) and ua(y[:0], pred[:0], empty=0.0) == 0.0
 
 
 # ---- store-driven runs --------------------------------------------------------------------
@@ -324,6 +343,7 @@ def _ua(rec, items) -> float:
     return metrics(y, p, len(rec.labels))["UA"]
 
 
+@pytest.mark.slow
 def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     """Corrections of pitch-coded tones teach an untrained head; the new bundle loads, beats the base on
     other tones, has a lineage card; a worse reference blocks writing unless forced."""

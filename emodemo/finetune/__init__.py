@@ -10,13 +10,13 @@ shift for a new setting) · cli (command line). See docs/finetune.md.
 """
 from .dataset import (MIN_CLASSES, MIN_PER_CLASS, NONE_LABEL, VAL_FRACTION, Clip, Dataset, FinetuneError,
                       TooFewCorrections, build_dataset, check_counts, format_summary, split_clips)
-from ..training.metrics import ece
-from .evaluate import compare, evaluate_models, fit_temperature, gate
+from ..training.metrics import ece, fit_temperature
+from .evaluate import evaluate_models, gate
 from .pipeline import FINETUNE_RECIPE, finetune, next_version
 from .replay import DEFAULT_REPLAY_N, clip_items, default_replay, pack_replay, replay_items
 from .cli import main_finetune
 
 __all__ = ["MIN_CLASSES", "MIN_PER_CLASS", "NONE_LABEL", "VAL_FRACTION", "Clip", "Dataset", "FinetuneError",
-           "TooFewCorrections", "build_dataset", "check_counts", "format_summary", "split_clips", "compare",
+           "TooFewCorrections", "build_dataset", "check_counts", "format_summary", "split_clips",
            "ece", "evaluate_models", "fit_temperature", "gate", "FINETUNE_RECIPE", "finetune", "next_version",
            "DEFAULT_REPLAY_N", "clip_items", "default_replay", "pack_replay", "replay_items", "main_finetune"]
