@@ -337,7 +337,7 @@ def test_nothing_changed_writes_nothing_and_says_why(monkeypatch, capsys, tiny_b
 
 
 def _ua(rec, items) -> float:
-    from emodemo.train import metrics
+    from emodemo.training import metrics
     y = [rec.labels.index(lab) for _, lab in items]
     p = [int(np.argmax(rec.audio_proba(__import__("emodemo").audio.load_audio(str(path))))) for path, _ in items]
     return metrics(y, p, len(rec.labels))["UA"]
