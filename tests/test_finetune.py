@@ -165,6 +165,35 @@ def test_guard_message_and_version():
     assert next_version("2") == "2.ft1" and next_version("2.ft1") == "2.ft2" and next_version(None) == "0.ft1"
 
 
+def test_checks_are_named_and_say_what_to_do():
+    """Issue #22: with no reference set, a refusal named "replay guard ... 0.810 < 0.905" when the
+    recall of a class nobody corrected fell. Each check is named for what it measures, and a failed
+    one says what to do in the words of the caller (the app has no --flags)."""
+    from emodemo.finetune.evaluate import GUARD_SET
+    from emodemo.finetune.options import CLI_KNOBS
+    labels = ["neutral", "happy", "fearful"]
+
+    def audio(ua, recalls):           # metrics as evaluate_models gives them (recall from confusion)
+        cm = [[round(100 * r) if i == j else (100 - round(100 * r)) * (j == (i + 1) % 3) for j in range(3)]
+              for i, r in enumerate(recalls)]
+        return {"audio": {"UA": ua, "n": 300, "confusion": cm}}
+    guard = {GUARD_SET: {"before": audio(0.905, [0.95, 0.97, 0.79]), "after": audio(0.810, [0.95, 0.97, 0.43])}}
+    g = gate(guard, 0.02, labels=labels, corrected={"neutral", "happy"})
+    [c] = g["checks"]
+    assert c["name"] == "keeps what the base knew: base training clips (replay guard), audio UA"
+    assert (c["passed"], c["value"], c["threshold"], c["base"]) == (False, 0.81, 0.885, 0.905)
+    assert c["what_to_do"] == ("recall of classes nobody corrected fell (fearful 0.79 → 0.43): correct some "
+                               "fearful clips too, or force writing it")
+    assert not g["write"] and "--" not in g["failures"][0] and "fearful 0.79 → 0.43" in g["failures"][0]
+    cli = gate(guard, 0.02, labels=labels, corrected={"neutral", "happy"}, knobs=CLI_KNOBS)
+    assert cli["checks"][0]["what_to_do"].endswith("or --force")
+    # a corrected class that fell: the advice is about the corrections, not about other classes
+    mine = gate(guard, 0.02, labels=labels, corrected={"fearful"})["checks"][0]["what_to_do"]
+    assert mine.startswith("recall of corrected classes fell on this data (fearful 0.79 → 0.43)")
+    forced = gate(guard, 0.02, force=True, labels=labels, corrected=set())
+    assert forced["write"] and forced["forced"] and not forced["passed"]
+
+
 def test_gate_logic():
     m = lambda a, f: {"audio": {"UA": a, "n": 10}, "fused": {"UA": f, "n": 10}}  # noqa: E731
     ok = gate({"ref": {"before": m(0.60, 0.60), "after": m(0.59, 0.61)}}, 0.02)
@@ -266,6 +295,8 @@ def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsy
     assert rc == 0, cap.err
     assert "per class:" in cap.out and "neutral 4" in cap.out and "ann0" in cap.out
     assert "split:" in cap.out and "nothing written" in cap.out
+    # the real count held out, not "a quarter": 3 classes x 4 clips, one of each class held out
+    assert "holds out 3 of 12 clips" in cap.out
     assert not out.exists() and not (tmp_path / "cache").exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     # too few per class: a one-line message on stderr, exit code 2, nothing written
@@ -374,6 +405,17 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     rep = finetune(url, tiny_bundle, out, replay_spec=[], epochs=1, overrides=fast, reference_metrics=worse)
     assert not rep["written"] and not out.exists() and rep["gate"]["failures"]
     assert not out.parent.exists() or not list(out.parent.iterdir())
+    [check] = rep["gate"]["checks"]
+    assert check == {"name": "reference set ref, audio UA", "passed": False, "value": 0.5, "threshold": 0.88,
+                     "base": 0.9, "what_to_do": "add more corrections (from more speakers), or force writing it"}
+    # forced: written, and marked so in its config and its card
+    forced = tmp_path / "forced" / "tones-forced"
+    rep = finetune(url, tiny_bundle, forced, replay_spec=[], epochs=1, overrides=fast, reference_metrics=worse,
+                   force=True)
+    assert rep["written"] and rep["gate"]["forced"]
+    lin = json.loads((forced / "config.json").read_text())["lineage"]
+    assert lin["forced"] is True and lin["checks"][0]["passed"] is False
+    assert "**Forced**: written although 1 check(s) failed" in (forced / "README.md").read_text()
 
     rep = finetune(url, tiny_bundle, out, replay_spec=[], reference_spec=f"csv:{other / 'ref.csv'}",
                    tolerance=1.0, epochs=1, overrides=fast, progress=lambda f, m: fractions.append((f, m)))
@@ -387,6 +429,14 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["name"] == "tones-ft" and cfg["version"] == "1.ft1"
     lin = cfg["lineage"]
+    # contract C7: what the Models table shows
+    assert lin["parent"] == str(tiny_bundle) and lin["corrections_used"] == 19 and lin["forced"] is False
+    assert 0 <= lin["heldout_before"] < lin["heldout_after"] <= 1
+    assert [c["name"] for c in lin["checks"]] == [f"reference set csv:{other / 'ref.csv'}, {b} UA"
+                                                  for b in ("audio", "fused")]   # no transcripts: no text check
+    assert all(c["passed"] and c["what_to_do"] == "" for c in lin["checks"])
+    assert set(lin["per_class"]) == set(LABELS3) and all(v["corrected"] for v in lin["per_class"].values())
+    assert lin["per_class"]["happy"]["after"] is not None
     assert lin["base"]["name"] == "tiny" and lin["base"]["version"] == "1"
     assert lin["corrections"]["clips_used"] == 19 and lin["corrections"]["per_class"]["happy"] == 7
     assert lin["db"]["newest_correction"] and lin["db"]["snapshot_at"]

@@ -283,14 +283,19 @@ def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: i
         log.info("replay: skipping %s (%s)", spec, why)
     try:
         rep = replay_items(specs, replay_n, labels, seed)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (EmodemoError, OSError) as exc:       # DataError, or a file the spec names is missing
         raise FinetuneError(f"cannot read data spec: {exc}") from None
     disk_tr, disk_va = rep["speech"]
     parts_tr, parts_guard = [pack_tr], [pack_guard]
     if disk_tr or disk_va:
-        say(0.3, f"features of {len(disk_tr) + len(disk_va)} replay clips from the training data")
-        parts_tr.append(extract(speech, disk_tr, labels))
-        parts_guard.append(extract(speech, disk_va, labels))
+        total = len(disk_tr) + len(disk_va)
+        say(0.3, f"features of {total} replay clips from the training data")
+
+        def tick(offset: int):
+            return lambda k, n: say(0.3 + 0.1 * (offset + k) / total,
+                                    f"features of replay clips: {offset + k}/{total}")
+        parts_tr.append(extract(speech, disk_tr, labels, tick(0)))
+        parts_guard.append(extract(speech, disk_va, labels, tick(len(disk_tr))))
     sources = {s: v for s, v in rep["specs"].items()}
     if pack_tr is not None:
         sources[f"bundle:{REPLAY_PACK}"] = {"kind": "speech", "available": len(pack_tr) + len(pack_guard),
