@@ -136,13 +136,13 @@ class BundleConfig(_Config):
     """A bundle's config.json. Read with `read_config` / `BundleConfig.from_dict`; write with
     `to_dict()`. Old code may still read it like the dict it was (`config["speech"]`,
     `config.get("lineage")`): those reads see `to_dict()`; they cannot change the config."""
-    labels: list[str]
-    speech: SpeechConfig
-    text: TextConfig
     format_version: int = FORMAT_VERSION
     name: str = "default"
     version: Union[str, int] = "0"
+    labels: list[str] = field(default_factory=lambda: list(LABELS))   # required in a file
     front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)         # required in a file
+    text: TextConfig = field(default_factory=TextConfig)               # required in a file
     fusion: LateFusion = field(default_factory=LateFusion)
     asr: AsrConfig = field(default_factory=AsrConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -195,6 +195,10 @@ class BundleConfig(_Config):
 
     def __contains__(self, key: str) -> bool:
         return key in self.to_dict()
+
+    def keys(self):
+        """The top-level keys of config.json (so `{**config}` gives the dict)."""
+        return self.to_dict().keys()
 
 
 ConfigLike = Union[BundleConfig, dict]
