@@ -26,7 +26,7 @@ from . import audio as A
 from .errors import EmodemoError
 from .fusion import LateFusion
 from .labels import NONE_DISPLAY, NONE_LABEL, normalize_label, unknown_label  # noqa: F401 (the UI's names)
-from .textnorm import MAX_TEXT_CHARS, clean_text, too_long
+from .textnorm import MAX_TEXT_CHARS, clean_text, text_too_long
 
 from .store import MAX_ANNOTATOR_CHARS
 
@@ -130,15 +130,15 @@ def check_texts(limits: Limits, transcript: Any = None, annotator: Any = None,
                                ("note", note, limits.max_text_chars),
                                ("annotator", annotator, limits.max_annotator_chars)):
         n = len(clean_input_text(value)) if value is not None else 0
-        if too_long(name, n, limit):
-            raise EmodemoError(f"The {too_long(name, n, limit)}.")
+        if text_too_long(name, n, limit):
+            raise EmodemoError(f"The {text_too_long(name, n, limit)}.")
 
 
 def check_transcript(text: Any, limits: Limits) -> str:
     """An edited transcript: cleaned, within the limit, whitespace collapsed."""
     text = clean_input_text(text)
-    if too_long("transcript", len(text), limits.max_text_chars):
-        raise EmodemoError(f"The {too_long('transcript', len(text), limits.max_text_chars)}.")
+    if text_too_long("transcript", len(text), limits.max_text_chars):
+        raise EmodemoError(f"The {text_too_long('transcript', len(text), limits.max_text_chars)}.")
     return " ".join(text.split())
 
 

@@ -33,7 +33,7 @@ def clean_text(value: Any, *, keep_whitespace: bool = False) -> str:
     return text if keep_whitespace else " ".join(text.split())
 
 
-def too_long(field: str, n: int, limit: int) -> Optional[str]:
+def text_too_long(field: str, n: int, limit: int) -> Optional[str]:
     """The message for a text field of `n` characters over its `limit` ("transcript is too long
     (12000 characters; the limit is 10000)"), None when it fits: the app and the store say the same."""
     return f"{field} is too long ({n} characters; the limit is {limit})" if n > limit else None

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ..labels import LABELS as DEFAULT_LABELS
 from ..labels import NONE_LABEL, normalize_label, unknown_label
-from ..textnorm import MAX_TEXT_CHARS, clean_text, too_long
+from ..textnorm import MAX_TEXT_CHARS, clean_text, text_too_long
 from .records import StoreError
 
 MAX_ANNOTATOR_CHARS = 200
@@ -39,8 +39,8 @@ def clean_field(value: Any, field: str, limit: int, strip: bool = False) -> Opti
         value = value.strip()
         if not value:
             return None
-    if too_long(field, len(value), limit):
-        raise StoreError(too_long(field, len(value), limit))
+    if text_too_long(field, len(value), limit):
+        raise StoreError(text_too_long(field, len(value), limit))
     return value
 
 
