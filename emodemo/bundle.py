@@ -153,13 +153,15 @@ class BundleConfig(_Config):
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "") -> "BundleConfig":
+        """Check and type a config.json's content (`where` is unused: keys are named from the top)."""
         if isinstance(d, dict):
             missing = [k for k in ("labels", "speech", "text") if k not in d]
             if missing:
-                raise BundleError(f"{where or 'bundle config'} lacks the required field(s) "
+                raise BundleError(f"the bundle config lacks the required field(s) "
                                   f"{', '.join(map(repr, missing))}")
-            if int(d.get("format_version", 0) or 0) > FORMAT_VERSION:
-                raise BundleError(f"bundle format {d['format_version']}; this emodemo reads up to "
+            version = d.get("format_version")
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                raise BundleError(f"bundle format {version}; this emodemo reads up to "
                                   f"{FORMAT_VERSION}: upgrade emodemo")
         return super().from_dict(d, "")
 
@@ -227,7 +229,7 @@ def read_config(bundle: str | Path) -> BundleConfig:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
     try:
-        return BundleConfig.from_dict(raw, str(path))
+        return BundleConfig.from_dict(raw)
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
 
@@ -245,7 +247,7 @@ def build_speech(cfg: ConfigLike, pretrained: bool = True) -> SpeechEmotionModel
     s = cfg.speech
     backbone = build_backbone(s.backbone, s.source, pretrained=pretrained, **s.backbone_options())
     return SpeechEmotionModel(backbone, cfg.n_classes, s.hidden, s.dropout, adapter=s.adapter,
-                              trim=bool(s.trim), calibrated=s.calibrated, heads=s.heads)
+                              trim=s.trim, calibrated=s.calibrated, heads=s.heads)   # trim: bool or mode
 
 
 def build_text(cfg: ConfigLike, pretrained: bool = True) -> TextEmotionModel:
