@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -242,17 +242,28 @@ def write_config(bundle: str | Path, cfg: ConfigLike) -> None:
     tmp.replace(path)
 
 
+def section_of(cfg: ConfigLike, name: str) -> tuple[Any, int]:
+    """(the typed `name` section, the number of labels) of a BundleConfig, or of a partial dict
+    ({"labels": [...], name: {...}}, e.g. a training recipe's section, whose training-only keys
+    are not the model's business and are left out; the model's keys are still type-checked)."""
+    if isinstance(cfg, BundleConfig):
+        return getattr(cfg, name), cfg.n_classes
+    kind = {"speech": SpeechConfig, "text": TextConfig}[name]
+    known = {f.name for f in fields(kind)}
+    section = {k: v for k, v in (cfg.get(name) or {}).items() if k in known}
+    return kind.from_dict(section, f"{name}."), len(cfg["labels"])
+
+
 def build_speech(cfg: ConfigLike, pretrained: bool = True) -> SpeechEmotionModel:
-    cfg = as_config(cfg)
-    s = cfg.speech
+    s, n = section_of(cfg, "speech")
     backbone = build_backbone(s.backbone, s.source, pretrained=pretrained, **s.backbone_options())
-    return SpeechEmotionModel(backbone, cfg.n_classes, s.hidden, s.dropout, adapter=s.adapter,
+    return SpeechEmotionModel(backbone, n, s.hidden, s.dropout, adapter=s.adapter,
                               trim=s.trim, calibrated=s.calibrated, heads=s.heads)   # trim: bool or mode
 
 
 def build_text(cfg: ConfigLike, pretrained: bool = True) -> TextEmotionModel:
-    cfg = as_config(cfg)
-    return TextEmotionModel(cfg.text.base, cfg.n_classes, cfg.text.dropout, pretrained=pretrained)
+    t, n = section_of(cfg, "text")
+    return TextEmotionModel(t.base, n, t.dropout, pretrained=pretrained)
 
 
 def delta_state(model: torch.nn.Module, base: dict[str, torch.Tensor], always: tuple[str, ...]) -> dict:
