@@ -200,7 +200,7 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     """Pick (gate, beta, λ) by grouped CV UA on the training corrections, among candidates whose UA
     on the replay guard stays within `tolerance` of the base bundle (`base`: its adapter, identity
     when it has none); the winner refitted on all training corrections is returned as "adapter".
-    `progress(k, n)` after each of the n candidate settings (the slow part of a run)."""
+    `progress(k, n)` after each domain gate and each candidate setting (the slow part of a run)."""
     mean, std = standardisation(corr, replay)
     classes = sorted(set(corr.y.tolist()))
     k = min(CV_FOLDS, max(2, len(set(corr.groups))))
@@ -208,14 +208,18 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     guard_base = ua(guard.y, base.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
     splits = [(np.setdiff1d(np.arange(len(corr)), te), te) for te in folds]
     splits = [(tr, te) for tr, te in splits if len(set(corr.y[tr].tolist())) >= 2]
-    gates = {}                     # the domain gate depends on the fold only: fitted once per fold
-    if len(replay):
-        gates = {j: fit_gate(corr.take(tr), replay, mean, std) for j, (tr, _) in enumerate(splits)}
-        gates["all"] = fit_gate(corr, replay, mean, std)
-    table = []
     gate_choices = GATES if len(replay) else (False,)
-    total = len(gate_choices) * len(BETAS) * len(LAMBDAS) + 1
+    n_gates = len(splits) + 1 if len(replay) else 0
+    total = n_gates + len(gate_choices) * len(BETAS) * len(LAMBDAS) + 1     # steps reported
     tick = progress or (lambda k, n: None)
+    gates: dict = {}               # the domain gate depends on the fold only: fitted once per fold
+    for j, (tr, _) in enumerate(splits if len(replay) else []):
+        gates[j] = fit_gate(corr.take(tr), replay, mean, std)
+        tick(j + 1, total)
+    if len(replay):
+        gates["all"] = fit_gate(corr, replay, mean, std)
+        tick(n_gates, total)
+    table = []
     for gated in gate_choices:
         for beta in BETAS:
             for lam in LAMBDAS:
@@ -232,7 +236,7 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
                               "oof": oof[ok], "oof_y": corr.y[ok]})
                 log.info("adapter gate %s beta %.2f lambda %g: CV UA %.3f, guard UA %s", gated, beta, lam,
                          cv, "-" if g is None else f"{g:.3f}")
-                tick(len(table), total)
+                tick(n_gates + len(table), total)
     # the linear probe itself (gated when there is replay) competes on the same terms
     oof = np.full((len(corr), n_classes), np.nan, np.float32)
     for j, (tr, te) in enumerate(splits):

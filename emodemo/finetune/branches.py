@@ -29,7 +29,7 @@ def adapt_speech(speech, cfg, tr: Feats, va: Feats, replay: dict, tolerance: flo
 
     Returns (report, adapter fitted on the training part (for the held-out numbers), adapter fitted
     on all corrections (what is written), temperature); both adapters None to keep the base.
-    `progress(k, n)`: candidate settings tried so far, of n."""
+    `progress(k, n)`: steps of the search done so far (domain gates, candidate settings), of n."""
     n = cfg.n_classes
     base = AD.from_model(speech, n)
     ch = AD.choose(tr, replay["train"], replay["guard"], base, n, tolerance, seed, progress)

@@ -160,7 +160,7 @@ def fit_speech(run: FinetuneRun) -> None:
                  f"{len(run.replay['train'])} replay clips")
     rep, run.eval_adapter, run.new_adapter, t_new = adapt_speech(
         run.speech, run.cfg, run.tr, run.va, run.replay, run.opts.tolerance, run.opts.seed,
-        run.progress(0.4, 0.55, "speech: adapter settings tried"))
+        run.progress(0.4, 0.55, "speech: choosing the adapter, step"))
     run.report_speech, run.new_cfg = rep, run.cfg
     if run.new_adapter is not None:
         AD.install(run.speech, run.eval_adapter)   # held-out numbers: the adapter that did not see them
