@@ -210,7 +210,8 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     splits = [(tr, te) for tr, te in splits if len(set(corr.y[tr].tolist())) >= 2]
     gate_choices = GATES if len(replay) else (False,)
     n_gates = len(splits) + 1 if len(replay) else 0
-    total = n_gates + len(gate_choices) * len(BETAS) * len(LAMBDAS) + 1     # steps reported
+    n_fits = len(gate_choices) * len(BETAS) * len(LAMBDAS)
+    total = n_gates + n_fits + len(splits) + 1      # steps reported: gates, settings, probe folds, probe
     tick = progress or (lambda k, n: None)
     gates: dict = {}               # the domain gate depends on the fold only: fitted once per fold
     for j, (tr, _) in enumerate(splits if len(replay) else []):
@@ -241,6 +242,7 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     oof = np.full((len(corr), n_classes), np.nan, np.float32)
     for j, (tr, te) in enumerate(splits):
         oof[te] = probe_adapter(corr.take(tr), replay, n_classes, mean, std, gates.get(j)).logits(corr.x[te], corr.b[te])
+        tick(n_gates + n_fits + j + 1, total)
     ok = ~np.isnan(oof[:, 0])
     a_all = probe_adapter(corr, replay, n_classes, mean, std, gates.get("all"))
     g = ua(guard.y, a_all.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
