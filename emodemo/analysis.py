@@ -25,12 +25,11 @@ import numpy as np
 from . import audio as A
 from .errors import EmodemoError
 from .fusion import LateFusion
-from .labels import NONE_LABEL, normalize_label
-from .textnorm import MAX_TEXT_CHARS, clean_text
+from .labels import NONE_DISPLAY, NONE_LABEL, normalize_label, unknown_label  # noqa: F401 (the UI's names)
+from .textnorm import MAX_TEXT_CHARS, clean_text, text_too_long
 
 from .store import MAX_ANNOTATOR_CHARS
 
-NONE_DISPLAY = "none of these"          # how "none" is offered to people
 #: fused top-1 minus top-2 probability below which a call is "unsure" (the one uncertainty rule)
 UNSURE_MARGIN = 0.15
 
@@ -120,13 +119,9 @@ def check_label(label: Any, labels: Sequence[str]) -> str:
     """A label a person picked: one of `labels`, or "none" (also written "none of these")."""
     if label is None or (isinstance(label, str) and not label.strip()):
         raise EmodemoError("Pick the emotion you hear first (or “none of these”).")
-    lab = str(label).strip()
-    if lab.lower() == NONE_DISPLAY:
-        return NONE_LABEL
-    found = normalize_label(lab, labels)       # case-insensitive, as the store checks it
+    found = normalize_label(label, labels)     # the store's rule (emodemo.labels)
     if found is None:
-        raise EmodemoError(f"unknown label {lab[:40]!r}; expected one of "
-                           f"{', '.join(labels)}, or “{NONE_DISPLAY}”")
+        raise EmodemoError(unknown_label(label, labels))
     return found
 
 
@@ -137,16 +132,15 @@ def check_texts(limits: Limits, transcript: Any = None, annotator: Any = None,
                                ("note", note, limits.max_text_chars),
                                ("annotator", annotator, limits.max_annotator_chars)):
         n = len(clean_input_text(value)) if value is not None else 0
-        if n > limit:
-            raise EmodemoError(f"The {name} is too long ({n} characters; the limit is {limit}).")
+        if text_too_long(name, n, limit):
+            raise EmodemoError(f"The {text_too_long(name, n, limit)}.")
 
 
 def check_transcript(text: Any, limits: Limits) -> str:
     """An edited transcript: cleaned, within the limit, whitespace collapsed."""
     text = clean_input_text(text)
-    if len(text) > limits.max_text_chars:
-        raise EmodemoError(f"The transcript is too long ({len(text)} characters; the limit "
-                           f"is {limits.max_text_chars}).")
+    if text_too_long("transcript", len(text), limits.max_text_chars):
+        raise EmodemoError(f"The {text_too_long('transcript', len(text), limits.max_text_chars)}.")
     return " ".join(text.split())
 
 

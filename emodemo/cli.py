@@ -11,10 +11,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import AudioError, DataError, EmodemoError, FinetuneError, StoreError, TrainError
+from .errors import AudioError, BundleError, DataError, EmodemoError, FinetuneError, StoreError, TrainError
 from .settings import Settings
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def quiet_logging() -> None:
@@ -79,7 +77,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _load_json(path: Optional[str]) -> dict:
-    return json.loads(open(path, encoding="utf-8").read()) if path else {}
+    """A JSON object from a file named on the command line ({} for None); a missing file or bad
+    JSON is a TrainError naming the file."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+    except OSError as exc:
+        raise TrainError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise TrainError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(out, dict):
+        raise TrainError(f"{path} must hold a JSON object (a recipe), not {type(out).__name__}")
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -129,13 +140,8 @@ def cmd_iemocap(args: argparse.Namespace) -> int:
 
 
 def cmd_whisper(args: argparse.Namespace) -> int:
-    from .errors import EmodemoError
     from .whisper_port import export
-    try:
-        out = export(args.out, args.source)
-    except EmodemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = export(args.out, args.source)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): whisper.load_model({str(out)!r})")
     return 0
 
@@ -206,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Exit code per error class (the first class in this order that the error is an instance of):
 #: 1 = some input audio could not be used, 2 = bad usage, data, recipe, store or bundle.
-EXIT_CODES: dict[type, int] = {AudioError: 1, DataError: 2, StoreError: 2, FinetuneError: 2, TrainError: 2,
-                               EmodemoError: 2}
+EXIT_CODES: dict[type, int] = {AudioError: 1, BundleError: 2, DataError: 2, StoreError: 2, FinetuneError: 2,
+                               TrainError: 2, EmodemoError: 2}
 
 
 def exit_code(exc: EmodemoError) -> int:
@@ -216,14 +222,19 @@ def exit_code(exc: EmodemoError) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; an EmodemoError becomes one line on stderr and its exit code."""
+    """Run one command; an EmodemoError becomes one line on stderr and its exit code, and so does
+    an OSError (a file named on the command line that cannot be read or written: exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")   # tokenizers in worker processes
     quiet_logging()
     try:
         return _dispatch(argv)
     except EmodemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(argv: list[str]) -> int:

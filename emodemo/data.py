@@ -4,21 +4,22 @@ plus a deterministic speaker-disjoint split."""
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import DataError
+from .labels import LABELS as _LABELS
+from .settings import read_env
 
-LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+LABELS = list(_LABELS)                 # the seven names, defined once in emodemo.labels
 
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry",
                     "06": "fearful", "07": "disgust", "08": "surprised"}
 RAVDESS_SENTENCES = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 GOEMOTIONS_EKMAN = {"anger": "angry", "disgust": "disgust", "fear": "fearful", "joy": "happy",
                     "neutral": "neutral", "sadness": "sad", "surprise": "surprised"}
-SHARED_DATA = Path(os.environ.get("EMODEMO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(read_env("data") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @dataclass

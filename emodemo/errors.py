@@ -2,6 +2,7 @@
 
     EmodemoError (a ValueError)
     ├── AudioError      the audio cannot be used (empty, unreadable, too short or too long)
+    ├── BundleError     a model bundle cannot be used (missing files, unknown or mistyped config keys)
     ├── DataError       a corpus or data spec cannot be read (missing files, bad labels, bad spec)
     ├── StoreError      a correction cannot be stored or read
     ├── FinetuneError   fine-tuning cannot start (bad arguments, missing database or bundle)
@@ -18,6 +19,11 @@ class EmodemoError(ValueError):
 
 class AudioError(EmodemoError):
     """The audio could not be used: empty, unreadable, not audio, too short or too long."""
+
+
+class BundleError(EmodemoError):
+    """A model bundle cannot be used: no config.json, unknown or mistyped config keys, weights
+    that do not fit the configured model, a format newer than this emodemo reads."""
 
 
 class DataError(EmodemoError):

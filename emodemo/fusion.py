@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import BundleError, TrainError
+
 FUSION_MODES = ("linear", "confidence", "evidence")
 
 
@@ -107,7 +109,7 @@ class LateFusion:
         known = {k: cfg[k] for k in ("audio_weight", "mode", "sharpness", "neutral_index", "evidence_power")
                  if k in cfg}
         if known.get("mode", "confidence") not in FUSION_MODES:
-            raise ValueError(f"unknown fusion mode {known['mode']!r}; known: {FUSION_MODES}")
+            raise BundleError(f"unknown fusion mode {known['mode']!r}; known: {FUSION_MODES}")
         return cls(**known)
 
 
@@ -135,7 +137,7 @@ def fit_fusion(p_audio: np.ndarray, p_text: np.ndarray, y: np.ndarray,
     n_classes = p_audio.shape[1]
     gids = [None] if groups is None else sorted(set(groups))
     if objective not in ("ua", "regret"):
-        raise ValueError(f"unknown objective {objective!r}")
+        raise TrainError(f"unknown fusion objective {objective!r}")
 
     def sel(a, g):
         return a if g is None else a[groups == g]

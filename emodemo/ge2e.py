@@ -35,6 +35,9 @@ class GE2E(nn.Module):
     Parameter names match resemblyzer's `VoiceEncoder` (`lstm.*`, `linear.*`), so its
     `pretrained.pt` (`model_state`) loads directly.
     """
+    # padding after a clip changes none of its frames (a unidirectional LSTM), so clips of any
+    # length share a batch (recognizer.audio_proba_batch)
+    exact_batching = True
     feature = "ge2e_mel"
     frame_dim = GE2E_HIDDEN * GE2E_LAYERS
 

@@ -22,23 +22,32 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 NONE_LABEL = "none"                      # "none of these"
+NONE_DISPLAY = "none of these"           # how NONE_LABEL is offered to people (accepted as input too)
 SPAN_DECIMALS = 2                        # start/end rounded to 10 ms
 
 
 def normalize_label(value: Any, labels: Sequence[str] = LABELS) -> Optional[str]:
-    """The canonical spelling of `value` among `labels` (plus ``"none"``), matched after
-    stripping and case-insensitively; None when it is not one of them."""
+    """The canonical spelling of `value` among `labels` (plus ``"none"``, also written "none of
+    these"), matched after stripping and case-insensitively; None when it is not one of them.
+    The one label rule of the app's forms, the store and imports."""
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", errors="replace")
     if not isinstance(value, str):
         return None
     key = value.strip().lower()
-    if key == NONE_LABEL:
+    if key in (NONE_LABEL, NONE_DISPLAY):
         return NONE_LABEL
     for label in labels:
         if str(label).strip().lower() == key:
             return str(label)
     return None
+
+
+def unknown_label(value: Any, labels: Sequence[str] = LABELS) -> str:
+    """The message for a label `normalize_label` did not accept: what was given, what is allowed."""
+    given = repr(value)
+    given = given if len(given) <= 40 else given[:37] + "..."
+    return f"unknown label {given}; expected one of {', '.join(map(str, labels))}, or “{NONE_DISPLAY}”"
 
 
 def clip_key(media_sha256: str, start: Optional[float], end: Optional[float],

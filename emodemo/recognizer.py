@@ -12,7 +12,7 @@ import torch
 
 from . import audio as A
 from .asr import ASR, Transcript, load_asr, recognize_with, translation_trust
-from .bundle import DEFAULT_BUNDLE, load_bundle
+from .bundle import DEFAULT_BUNDLE, BundleConfig, as_config, load_bundle
 from .errors import AudioError
 from .fusion import LateFusion
 from .settings import read_env
@@ -71,24 +71,24 @@ class Prediction:
 class EmotionRecognizer:
     """Speech + text emotion recognizer with late fusion, loaded from a model bundle."""
 
-    def __init__(self, config: dict, speech, text, asr: Optional[ASR] = None,
+    def __init__(self, config: BundleConfig | dict, speech, text, asr: Optional[ASR] = None,
                  threads: Optional[int] = None, asr_threads: Optional[int] = None):
         # One torch thread by default: the GE2E LSTM runs ~100 dependent steps per second of
         # audio, each ending in an OpenMP barrier, so a second thread loses more to waiting than it
         # gains, and collapses when another process holds a core (benchmarks/README.md).
+        # load_recognizer (the entry point) applies it to the process (torch.set_num_threads).
         self.threads = max(1, int(threads or env_threads() or DEFAULT_THREADS))
         self.asr_threads = asr_threads      # CTranslate2 threads (None: asr.ctranslate2_threads)
-        torch.set_num_threads(self.threads)
-        self.config = config
-        self.labels: list[str] = list(config["labels"])
+        self.config = as_config(config)
+        self.labels: list[str] = list(self.config.labels)
         self.speech = speech.eval()
         self.text_model = text.eval()
-        self.fusion = LateFusion.from_config(config.get("fusion"))
+        self.fusion = self.config.fusion
         self._asr = asr
         self._asr_lock = threading.Lock()
-        self.translation_trust = translation_trust(config.get("asr"))
-        self.name = str(config.get("name", ""))
-        self.version = str(config.get("version", ""))
+        self.translation_trust = translation_trust(self.config.get("asr"))
+        self.name = str(self.config.name)
+        self.version = str(self.config.version)
         self.bundle_path: Optional[Path] = None   # the folder it was loaded from, if any
 
     # ---- branches ----------------------------------------------------------------------
@@ -147,14 +147,14 @@ class EmotionRecognizer:
         """Audio-branch probabilities for several 16 kHz waveforms at once, [n, classes].
 
         Clips are padded into one batch with their true lengths, sorted by length to limit the
-        padding. Exact for the GE2E backbone (unidirectional LSTM, statistics pooled over the true
-        frames only); other backbones see the padding, so clips are batched only with clips of the
+        padding. Exact for backbones that say so (`exact_batching`: GE2E, a unidirectional LSTM with
+        statistics pooled over the true frames only); other backbones see the padding, so clips are batched only with clips of the
         same length there."""
         if not len(wavs):
             return np.zeros((0, len(self.labels)))
-        t = float(self.config["speech"].get("temperature", 1.0))
+        t = self.config.speech.temperature
         feats = [A.features(self.speech.feature, w) for w in wavs]
-        exact = self.config["speech"].get("backbone", "ge2e") == "ge2e"
+        exact = bool(getattr(self.speech.backbone, "exact_batching", False))
         out = np.zeros((len(wavs), len(self.labels)))
         groups: dict = {}
         for i, f in enumerate(feats):
@@ -168,7 +168,7 @@ class EmotionRecognizer:
         return out
 
     def text_proba(self, texts: Sequence[str]) -> np.ndarray:
-        t = float(self.config["text"].get("temperature", 1.0))
+        t = self.config.text.temperature
         return self.text_model.predict_proba([clean_text(x) for x in texts], temperature=t).double().numpy()
 
     def _dict(self, p: np.ndarray) -> dict[str, float]:
@@ -290,6 +290,7 @@ def load_recognizer(bundle: Optional[str | Path] = None, asr: Optional[ASR] = No
     rec = EmotionRecognizer(*load_bundle(bundle or DEFAULT_BUNDLE), asr=asr, threads=threads,
                             asr_threads=asr_threads)
     rec.bundle_path = Path(bundle or DEFAULT_BUNDLE).resolve()
+    torch.set_num_threads(rec.threads)      # the process's torch threads, set by the entry point
     if preload_asr:
         rec.preload()
     return rec

@@ -11,7 +11,7 @@ result is one line, whitespace runs collapsed (what the text model and the trans
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 MAX_TEXT_CHARS = 10_000                  # transcript, note (characters, after cleaning)
 
@@ -31,3 +31,9 @@ def clean_text(value: Any, *, keep_whitespace: bool = False) -> str:
             text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     text = text.replace("\x00", "\ufffd")
     return text if keep_whitespace else " ".join(text.split())
+
+
+def text_too_long(field: str, n: int, limit: int) -> Optional[str]:
+    """The message for a text field of `n` characters over its `limit` ("transcript is too long
+    (12000 characters; the limit is 10000)"), None when it fits: the app and the store say the same."""
+    return f"{field} is too long ({n} characters; the limit is {limit})" if n > limit else None

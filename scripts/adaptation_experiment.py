@@ -172,7 +172,7 @@ def run_cli(args: list[str], env: dict) -> tuple[int, float, str]:
 
 
 def evaluate(labels, y, logits, t, classes) -> dict:
-    from emodemo.finetune.adapt import ua
+    from emodemo.training.metrics import ua
     from emodemo.finetune import ece
     from emodemo.finetune.evaluate import softmax
     p = softmax(logits, t)
@@ -249,7 +249,7 @@ def main() -> int:
                 mean, std = xa.mean(0), xa.std(0) + 1e-4
                 probe = linear_probe(__import__("emodemo.finetune.features", fromlist=["Feats"]).Feats(
                     xa, ba, ya, [i.speaker for i in chosen]), mean, std)
-                from emodemo.finetune.adapt import ua
+                from emodemo.training.metrics import ua
                 row["probe_unseen_UA"] = round(ua(yb, probe_predict(probe, xb, mean, std), classes), 4)
                 row["reference"] = {}
                 for name, (xr, br, yr) in refs.items():

@@ -1,8 +1,13 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
 
 from conftest import ROOT
+from emodemo.bundle import DEFAULT_BUNDLE, LABELS
+from emodemo.cli import main
 
 
 def run(*args):
@@ -10,6 +15,7 @@ def run(*args):
                           cwd=ROOT, timeout=900)
 
 
+@pytest.mark.slow
 def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
@@ -31,3 +37,25 @@ def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):
 def test_missing_bundle_is_one_line(tmp_path, speech_wav):
     r = run("predict", str(speech_wav), "--bundle", str(tmp_path))
     assert r.returncode == 2 and "not a model bundle" in r.stderr and "Traceback" not in r.stderr
+
+
+def one_error_line(capsys, code, want):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and want in err[0], err
+
+
+def test_input_mistakes_are_one_error_line_exit_2(tmp_path, capsys, monkeypatch):
+    """A bad bundle config key, a missing or broken recipe file, a bad data spec: one `error:`
+    line and exit 2, never a traceback."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    cfg = json.loads((DEFAULT_BUNDLE / "config.json").read_text())
+    cfg["speech"]["hiden"] = 256
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    one_error_line(capsys, main(["predict", "x.wav", "--bundle", str(bundle)]), "speech.hiden")
+    one_error_line(capsys, main(["train", "--config", str(tmp_path / "missing.json")]), "missing.json")
+    (tmp_path / "broken.json").write_text("{\"speech\": ")
+    one_error_line(capsys, main(["train", "--config", str(tmp_path / "broken.json")]), "not valid JSON")
+    import emodemo.recognizer as R
+    monkeypatch.setattr(R, "load_recognizer", lambda bundle: SimpleNamespace(labels=LABELS))
+    one_error_line(capsys, main(["evaluate", "--data", "no-such-corpus:dev"]), "unknown data spec")

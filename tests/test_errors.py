@@ -10,15 +10,27 @@ from emodemo.data import load_spec
 
 
 def test_hierarchy_is_one_tree_of_value_errors():
-    for cls in (errors.AudioError, errors.DataError, errors.StoreError, errors.FinetuneError,
-                errors.TrainError):
+    for cls in (errors.AudioError, errors.BundleError, errors.DataError, errors.StoreError,
+                errors.FinetuneError, errors.TrainError):
         assert issubclass(cls, errors.EmodemoError) and issubclass(cls, ValueError)
     assert emodemo.AudioError is errors.AudioError and emodemo.EmodemoError is errors.EmodemoError
     assert exit_code(errors.AudioError("x")) == 1
     assert exit_code(errors.DataError("x")) == exit_code(errors.TrainError("x")) == 2
-    assert exit_code(errors.EmodemoError("x")) == 2
+    assert exit_code(errors.EmodemoError("x")) == exit_code(errors.BundleError("x")) == 2
     assert set(EXIT_CODES) >= {errors.AudioError, errors.DataError, errors.StoreError,
                                errors.FinetuneError, errors.TrainError, errors.EmodemoError}
+
+
+def test_user_fixable_fusion_problems_are_emodemo_errors():
+    """Not a plain ValueError: the CLI turns these into one line instead of a traceback."""
+    import numpy as np
+
+    from emodemo.fusion import LateFusion, fit_fusion
+    with pytest.raises(errors.BundleError, match="unknown fusion mode 'average'"):
+        LateFusion.from_config({"mode": "average"})
+    p = np.full((4, 3), 1 / 3)
+    with pytest.raises(errors.TrainError, match="unknown fusion objective 'loss'"):
+        fit_fusion(p, p, np.array([0, 1, 2, 0]), objective="loss")
 
 
 def test_data_errors_are_data_errors():

@@ -16,6 +16,7 @@ from emodemo.finetune import (Clip, TooFewCorrections, build_dataset, check_coun
                               split_clips)
 from emodemo.finetune import adapt as AD
 from emodemo.finetune.features import Feats
+from emodemo.training.metrics import ua
 from emodemo.store import CorrectionStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,13 +153,45 @@ def test_guard_message_and_version():
         check_counts(ds, 3)
     msg = str(ei.value)
     assert "too few corrections" in msg and "at least 3 clips per class" in msg
-    assert "happy 5" in msg and "sad 2" in msg and "1 tied" in msg and "--min-per-class" in msg
+    assert "happy 5" in msg and "sad 2" in msg and "1 tied" in msg
+    assert "lower the minimum clips per class" in msg and "--" not in msg     # the app has no flags
+    with pytest.raises(TooFewCorrections, match="lower --min-per-class"):     # the CLI names its flag
+        check_counts(ds, 3, knob="--min-per-class")
     clips, too_few = check_counts(ds, 2)
     assert too_few == {} and len(clips) == 7
     clips, too_few = check_counts(build_dataset(recs + [clip_rec("n", "neutral", "x", 30)], LABELS3,
                                                 check_files=False), 2)
     assert too_few == {"neutral": 1} and {c.label for c in clips} == {"happy", "sad"}
     assert next_version("2") == "2.ft1" and next_version("2.ft1") == "2.ft2" and next_version(None) == "0.ft1"
+
+
+def test_checks_are_named_and_say_what_to_do():
+    """Issue #22: with no reference set, a refusal named "replay guard ... 0.810 < 0.905" when the
+    recall of a class nobody corrected fell. Each check is named for what it measures, and a failed
+    one says what to do in the words of the caller (the app has no --flags)."""
+    from emodemo.finetune.evaluate import GUARD_SET
+    from emodemo.finetune.options import CLI_KNOBS
+    labels = ["neutral", "happy", "fearful"]
+
+    def audio(ua, recalls):           # metrics as evaluate_models gives them (recall from confusion)
+        cm = [[round(100 * r) if i == j else (100 - round(100 * r)) * (j == (i + 1) % 3) for j in range(3)]
+              for i, r in enumerate(recalls)]
+        return {"audio": {"UA": ua, "n": 300, "confusion": cm}}
+    guard = {GUARD_SET: {"before": audio(0.905, [0.95, 0.97, 0.79]), "after": audio(0.810, [0.95, 0.97, 0.43])}}
+    g = gate(guard, 0.02, labels=labels, corrected={"neutral", "happy"})
+    [c] = g["checks"]
+    assert c["name"] == "keeps what the base knew: base training clips (replay guard), audio UA"
+    assert (c["passed"], c["value"], c["threshold"], c["base"]) == (False, 0.81, 0.885, 0.905)
+    assert c["what_to_do"] == ("recall of classes nobody corrected fell (fearful 0.79 → 0.43): correct some "
+                               "fearful clips too, or force writing it")
+    assert not g["write"] and "--" not in g["failures"][0] and "fearful 0.79 → 0.43" in g["failures"][0]
+    cli = gate(guard, 0.02, labels=labels, corrected={"neutral", "happy"}, knobs=CLI_KNOBS)
+    assert cli["checks"][0]["what_to_do"].endswith("or --force")
+    # a corrected class that fell: the advice is about the corrections, not about other classes
+    mine = gate(guard, 0.02, labels=labels, corrected={"fearful"})["checks"][0]["what_to_do"]
+    assert mine.startswith("recall of corrected classes fell on this data (fearful 0.79 → 0.43)")
+    forced = gate(guard, 0.02, force=True, labels=labels, corrected=set())
+    assert forced["write"] and forced["forced"] and not forced["passed"]
 
 
 def test_gate_logic():
@@ -182,6 +215,7 @@ def _blobs(n_per_class, classes, dim=12, seed=0, shift=0.0):
                  [f"spk{i % 4}" for i in range(len(y))])
 
 
+@pytest.mark.slow
 def test_adapter_learns_keeps_absent_classes_and_gates():
     """On features where classes are separable, the adapter learns the corrected classes; rows of
     classes absent from the corrections stay zero (their logits are the head's); the domain gate
@@ -198,12 +232,12 @@ def test_adapter_learns_keeps_absent_classes_and_gates():
     assert ch["cv_UA"] > ch["cv_UA_base"] + 0.4 and ch["cv_UA"] >= 0.8, ch["table"]
     assert np.all(a.W[4:] == 0) and np.all(a.c[4:] == 0)       # fearful, disgust, surprised untouched
     test = _blobs(20, [0, 1, 2, 3], seed=3, shift=1.5)
-    assert AD.ua(test.y, a.logits(test.x, test.b).argmax(1)) >= 0.8
+    assert ua(test.y, a.logits(test.x, test.b).argmax(1)) >= 0.8
     assert ch["guard_UA"] >= ch["guard_UA_base"] - 0.02          # the old skills
     # the gate: near 1 on the corrected domain, near 0 on the old one
     gated = AD.fit(corr, replay, 7, 1.0, 0.1, ch["mean"], ch["std"], gated=True)
     assert gated.gate(test.x).mean() > 0.8 and gated.gate(guard.x).mean() < 0.2
-    assert AD.ua(guard.y, gated.logits(guard.x, guard.b).argmax(1)) >= 0.95   # old domain: as before
+    assert ua(guard.y, gated.logits(guard.x, guard.b).argmax(1)) >= 0.95   # old domain: as before
     # into a model and back: the torch module computes what numpy computes
     import torch
     from emodemo.speech import GE2E, SpeechEmotionModel
@@ -234,6 +268,20 @@ def test_temperature_and_calibration_error():
     from emodemo.finetune import ece
     sharp = np.exp(logits * 3) / np.exp(logits * 3).sum(1, keepdims=True)     # over-confident
     assert ece(p_true, y) < 0.03 < 0.1 < ece(sharp, y)
+    # several sets: each set's NLL counts the same, so a small flat set is not drowned by a big one
+    both = fit_temperature([flat[:200], p_true], [y[:200], y])
+    assert 0.5 * 1.05 < both < 1.0 and fit_temperature([], []) == 1.0
+
+
+def test_one_ua_for_training_fusion_and_fine_tuning():
+    """training.metrics.ua is fusion.unweighted_accuracy (the one recall rule) over chosen classes."""
+    from emodemo.fusion import unweighted_accuracy
+    from emodemo.training import metrics
+    y, pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 0, 0])
+    assert ua(y, pred) == pytest.approx((0.5 + 1.0 + 0.0) / 3) == unweighted_accuracy(y, pred, 3)
+    assert metrics(y, pred, 3)["UA"] == ua(y, pred)
+    assert ua(y, pred, classes=[0, 1]) == pytest.approx(0.75)       # class 2 not trained: not counted
+    assert np.isnan(ua(y, pred, classes=[5])) and ua(y[:0], pred[:0], empty=0.0) == 0.0
 
 
 # ---- store-driven runs --------------------------------------------------------------------
@@ -247,6 +295,8 @@ def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsy
     assert rc == 0, cap.err
     assert "per class:" in cap.out and "neutral 4" in cap.out and "ann0" in cap.out
     assert "split:" in cap.out and "nothing written" in cap.out
+    # the real count held out, not "a quarter": 3 classes x 4 clips, one of each class held out
+    assert "holds out 3 of 12 clips" in cap.out
     assert not out.exists() and not (tmp_path / "cache").exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     # too few per class: a one-line message on stderr, exit code 2, nothing written
@@ -318,12 +368,13 @@ def test_nothing_changed_writes_nothing_and_says_why(monkeypatch, capsys, tiny_b
 
 
 def _ua(rec, items) -> float:
-    from emodemo.train import metrics
+    from emodemo.training import metrics
     y = [rec.labels.index(lab) for _, lab in items]
     p = [int(np.argmax(rec.audio_proba(__import__("emodemo").audio.load_audio(str(path))))) for path, _ in items]
     return metrics(y, p, len(rec.labels))["UA"]
 
 
+@pytest.mark.slow
 def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     """Corrections of pitch-coded tones teach an untrained head; the new bundle loads, beats the base on
     other tones, has a lineage card; a worse reference blocks writing unless forced."""
@@ -354,6 +405,17 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     rep = finetune(url, tiny_bundle, out, replay_spec=[], epochs=1, overrides=fast, reference_metrics=worse)
     assert not rep["written"] and not out.exists() and rep["gate"]["failures"]
     assert not out.parent.exists() or not list(out.parent.iterdir())
+    [check] = rep["gate"]["checks"]
+    assert check == {"name": "reference set ref, audio UA", "passed": False, "value": 0.5, "threshold": 0.88,
+                     "base": 0.9, "what_to_do": "add more corrections (from more speakers), or force writing it"}
+    # forced: written, and marked so in its config and its card
+    forced = tmp_path / "forced" / "tones-forced"
+    rep = finetune(url, tiny_bundle, forced, replay_spec=[], epochs=1, overrides=fast, reference_metrics=worse,
+                   force=True)
+    assert rep["written"] and rep["gate"]["forced"]
+    lin = json.loads((forced / "config.json").read_text())["lineage"]
+    assert lin["forced"] is True and lin["checks"][0]["passed"] is False
+    assert "**Forced**: written although 1 check(s) failed" in (forced / "README.md").read_text()
 
     rep = finetune(url, tiny_bundle, out, replay_spec=[], reference_spec=f"csv:{other / 'ref.csv'}",
                    tolerance=1.0, epochs=1, overrides=fast, progress=lambda f, m: fractions.append((f, m)))
@@ -367,6 +429,14 @@ def test_end_to_end_adaptation_on_tones(tiny_bundle, tmp_path, monkeypatch):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["name"] == "tones-ft" and cfg["version"] == "1.ft1"
     lin = cfg["lineage"]
+    # contract C7: what the Models table shows
+    assert lin["parent"] == str(tiny_bundle) and lin["corrections_used"] == 19 and lin["forced"] is False
+    assert 0 <= lin["heldout_before"] < lin["heldout_after"] <= 1
+    assert [c["name"] for c in lin["checks"]] == [f"reference set csv:{other / 'ref.csv'}, {b} UA"
+                                                  for b in ("audio", "fused")]   # no transcripts: no text check
+    assert all(c["passed"] and c["what_to_do"] == "" for c in lin["checks"])
+    assert set(lin["per_class"]) == set(LABELS3) and all(v["corrected"] for v in lin["per_class"].values())
+    assert lin["per_class"]["happy"]["after"] is not None
     assert lin["base"]["name"] == "tiny" and lin["base"]["version"] == "1"
     assert lin["corrections"]["clips_used"] == 19 and lin["corrections"]["per_class"]["happy"] == 7
     assert lin["db"]["newest_correction"] and lin["db"]["snapshot_at"]

@@ -139,3 +139,30 @@ def test_store_agreement_and_labels_vote_agree(tmp_path):
     assert [r.tie for r in table.values()].count(True) == 1
     row_b = next(r for r in table.values() if r.n_corrections == 4)
     assert (row_b.n_annotators, row_b.labels) == (2, {"neutral": 2})
+
+
+def test_one_label_rule_and_one_length_message_for_app_and_store():
+    """The app's form (analysis.check_label) and the store (validate.LabelSet) accept the same
+    labels and say the same thing about a wrong one; so for text over its length limit."""
+    from emodemo.analysis import Limits, check_label, check_texts
+    from emodemo.errors import EmodemoError, StoreError
+    from emodemo.labels import NONE_LABEL, normalize_label, unknown_label
+    from emodemo.store.validate import LabelSet, clean_field
+    from emodemo.textnorm import text_too_long
+    labs = ["happy", "sad"]
+    for given in (" Happy", "None of these", "none", "SAD"):
+        assert check_label(given, labs) == LabelSet(labs).check(given) == normalize_label(given, labs)
+    assert normalize_label("none of these", labs) == NONE_LABEL
+    want = "unknown label 'joy'; expected one of happy, sad, or “none of these”"
+    assert unknown_label("joy", labs) == want
+    with pytest.raises(EmodemoError) as app:
+        check_label("joy", labs)
+    with pytest.raises(StoreError) as store:
+        LabelSet(labs).check("joy")
+    assert str(app.value) == str(store.value) == want
+    assert text_too_long("note", 5, 5) is None
+    assert text_too_long("note", 6, 5) == "note is too long (6 characters; the limit is 5)"
+    with pytest.raises(StoreError, match=r"^note is too long \(6 characters; the limit is 5\)$"):
+        clean_field("x" * 6, "note", 5)
+    with pytest.raises(EmodemoError, match=r"^The note is too long \(6 characters; the limit is 5\)\.$"):
+        check_texts(Limits(max_text_chars=5), note="x" * 6)

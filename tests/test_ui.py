@@ -359,6 +359,7 @@ def test_api_predict_and_correct(h, store, fast_rec):
         h.api_correct(str(ANGRY), "bored")
 
 
+@pytest.mark.slow
 def test_app_named_endpoints_via_gradio_client(fast_rec, store):
     """build_app + launch on localhost; /predict and /correct through gradio_client."""
     from gradio_client import Client, handle_file

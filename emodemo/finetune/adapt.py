@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..training.metrics import ua
 from .features import Feats
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,6 @@ class Adapter:
                        np.zeros(dim, np.float32), np.ones(dim, np.float32))
 
 
-def ua(y: np.ndarray, pred: np.ndarray, classes: Optional[Sequence[int]] = None) -> float:
-    """Unweighted accuracy (mean recall) over `classes` (default: those present in y)."""
-    cls = sorted(set(np.asarray(y).tolist())) if classes is None else list(classes)
-    rec = [float((pred[y == k] == k).mean()) for k in cls if (y == k).any()]
-    return float(np.mean(rec)) if rec else float("nan")
-
-
 def _balanced_weights(y: np.ndarray, n: int) -> np.ndarray:
     """Per-item weights: each class present gets the same total weight; items sum to 1."""
     counts = np.bincount(y, minlength=n).astype(np.float64)
@@ -116,10 +110,10 @@ class one_thread:
 
 
 def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mean: np.ndarray,
-        std: np.ndarray, gated: bool = False, rho: float = CORRECTION_SHARE,
-        steps: int = LBFGS_STEPS, gate: Optional[tuple] = None) -> Adapter:
+        std: np.ndarray, gated: bool = False, gate: Optional[tuple] = None) -> Adapter:
     """Fit the gate (if `gated`; `gate` = an already fitted (u, d)), then W and c for a fixed beta
-    and λ (see the module docstring)."""
+    and λ (see the module docstring); the corrections weigh CORRECTION_SHARE against the replay."""
+    rho, steps = CORRECTION_SHARE, LBFGS_STEPS
     torch.manual_seed(0)
     u, d = (gate or fit_gate(corr, replay, mean, std)) if gated else (None, NO_GATE_BIAS)
     shell = Adapter(np.zeros((n_classes, corr.x.shape[1]), np.float32), np.zeros(n_classes, np.float32),
@@ -201,10 +195,12 @@ def probe_predict(clf, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
 
 
 def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: int,
-           tolerance: float = 0.02, seed: int = 0) -> dict:
+           tolerance: float = 0.02, seed: int = 0,
+           progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Pick (gate, beta, λ) by grouped CV UA on the training corrections, among candidates whose UA
     on the replay guard stays within `tolerance` of the base bundle (`base`: its adapter, identity
-    when it has none); the winner refitted on all training corrections is returned as "adapter"."""
+    when it has none); the winner refitted on all training corrections is returned as "adapter".
+    `progress(k, n)` after each domain gate and each candidate setting (the slow part of a run)."""
     mean, std = standardisation(corr, replay)
     classes = sorted(set(corr.y.tolist()))
     k = min(CV_FOLDS, max(2, len(set(corr.groups))))
@@ -212,12 +208,20 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
     guard_base = ua(guard.y, base.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
     splits = [(np.setdiff1d(np.arange(len(corr)), te), te) for te in folds]
     splits = [(tr, te) for tr, te in splits if len(set(corr.y[tr].tolist())) >= 2]
-    gates = {}                     # the domain gate depends on the fold only: fitted once per fold
+    gate_choices = GATES if len(replay) else (False,)
+    n_gates = len(splits) + 1 if len(replay) else 0
+    n_fits = len(gate_choices) * len(BETAS) * len(LAMBDAS)
+    total = n_gates + n_fits + len(splits) + 1      # steps reported: gates, settings, probe folds, probe
+    tick = progress or (lambda k, n: None)
+    gates: dict = {}               # the domain gate depends on the fold only: fitted once per fold
+    for j, (tr, _) in enumerate(splits if len(replay) else []):
+        gates[j] = fit_gate(corr.take(tr), replay, mean, std)
+        tick(j + 1, total)
     if len(replay):
-        gates = {j: fit_gate(corr.take(tr), replay, mean, std) for j, (tr, _) in enumerate(splits)}
         gates["all"] = fit_gate(corr, replay, mean, std)
+        tick(n_gates, total)
     table = []
-    for gated in (GATES if len(replay) else (False,)):
+    for gated in gate_choices:
         for beta in BETAS:
             for lam in LAMBDAS:
                 oof = np.full((len(corr), n_classes), np.nan, np.float32)   # out-of-fold logits
@@ -233,16 +237,19 @@ def choose(corr: Feats, replay: Feats, guard: Feats, base: Adapter, n_classes: i
                               "oof": oof[ok], "oof_y": corr.y[ok]})
                 log.info("adapter gate %s beta %.2f lambda %g: CV UA %.3f, guard UA %s", gated, beta, lam,
                          cv, "-" if g is None else f"{g:.3f}")
+                tick(n_gates + len(table), total)
     # the linear probe itself (gated when there is replay) competes on the same terms
     oof = np.full((len(corr), n_classes), np.nan, np.float32)
     for j, (tr, te) in enumerate(splits):
         oof[te] = probe_adapter(corr.take(tr), replay, n_classes, mean, std, gates.get(j)).logits(corr.x[te], corr.b[te])
+        tick(n_gates + n_fits + j + 1, total)
     ok = ~np.isnan(oof[:, 0])
     a_all = probe_adapter(corr, replay, n_classes, mean, std, gates.get("all"))
     g = ua(guard.y, a_all.logits(guard.x, guard.b).argmax(1)) if len(guard) else None
     table.append({"gate": bool(len(replay)), "beta": 0.0, "lambda": "probe",
                   "cv_UA": round(ua(corr.y[ok], oof[ok].argmax(1), classes), 4) if ok.any() else float("nan"),
                   "guard_UA": None if g is None else round(g, 4), "adapter": a_all, "oof": oof[ok], "oof_y": corr.y[ok]})
+    tick(total, total)
     allowed = [r for r in table if guard_base is None or r["guard_UA"] >= guard_base - tolerance - 1e-9]
     # ties: prefer the gate, then more of the head, then stronger regularisation
     best = max(allowed or table, key=lambda r: (r["cv_UA"], r["gate"], r["beta"],

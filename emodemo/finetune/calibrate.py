@@ -21,8 +21,8 @@ corrections adapt the base to their setting by themselves).
 """
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -77,11 +77,11 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     if out.resolve() == base.resolve():
         raise FinetuneError("--out must differ from --base (the base bundle is never overwritten)")
     cfg, speech, text = load_bundle(base)
-    labels = cfg["labels"]
-    if cfg["speech"].get("adapter"):
+    labels = cfg.labels
+    if cfg.speech.adapter:
         raise FinetuneError(f"{base} was fine-tuned on corrections (its adapter learned from uncalibrated "
                             f"frames); calibrate {parent_path(cfg)} instead, or keep fine-tuning")
-    if cfg["speech"].get("calibrated"):
+    if cfg.speech.calibrated:
         raise FinetuneError(f"{base} is already calibrated; calibrate {parent_path(cfg)} instead (a "
                             "calibration replaces the last one, it does not add to it)")
     ref, _ = load_pack(base, cfg, speech)
@@ -109,14 +109,12 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
               "shift_norm": round(float(shift.norm()), 3),
               "shift_vs_training_spread": round(float(shift.norm()) / max(spread, 1e-6), 3),
               "histogram_before": _hist(before, labels), "histogram_after": _hist(after, labels)}
-    new_cfg = json.loads(json.dumps(cfg))
-    new_cfg["speech"]["calibrated"] = True
-    new_cfg.pop("replay_pack", None)                # fine-tuning refuses a calibrated bundle
-    new_cfg["name"] = out.name
-    new_cfg["version"] = f"{cfg.get('version', '0')}.cal"
-    new_cfg["calibration"] = {"base": {"name": cfg.get("name"), "version": cfg.get("version"), "path": str(base)},
-                              "clips": len(means), "shift_norm": report["shift_norm"],
-                              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    new_cfg = cfg.with_(
+        speech=replace(cfg.speech, calibrated=True), name=out.name, version=f"{cfg.version}.cal",
+        replay_pack=None,                            # fine-tuning refuses a calibrated bundle
+        calibration={"base": {"name": cfg.name, "version": cfg.version, "path": str(base)},
+                     "clips": len(means), "shift_norm": report["shift_norm"],
+                     "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     from ..bundle import save_bundle
     write_atomically(out, lambda staging: save_bundle(staging, new_cfg, speech, text,
                                                       card=card(new_cfg, report, base)))
@@ -136,18 +134,18 @@ def largest_share(h: dict) -> str:
     return f"{lab} {100 * h[lab]:.0f} %"
 
 
-def card(cfg: dict, report: dict, base: Path) -> str:
+def card(cfg, report: dict, base: Path) -> str:
     base_card = (base / "README.md").read_text() if (base / "README.md").exists() else ""
     lic = "cc-by-nc-sa-4.0" if "cc-by-nc-sa-4.0" in base_card else "other"
     rows = "\n".join(f"| {lab} | {100 * report['histogram_before'][lab]:.0f} % | {100 * report['histogram_after'][lab]:.0f} % |"
-                     for lab in cfg["labels"])
+                     for lab in cfg.labels)
     return f"""---
 license: {lic}
 tags: [speech-emotion-recognition, calibration]
 ---
-# emodemo bundle `{cfg['name']}` v{cfg['version']} (calibrated)
+# emodemo bundle `{cfg.name}` v{cfg.version} (calibrated)
 
-The bundle `{report['base']}` (v{cfg['calibration']['base']['version']}) calibrated without labels on
+The bundle `{report['base']}` (v{cfg.calibration['base']['version']}) calibrated without labels on
 {report['clips']} clips of a new setting (`python -m emodemo calibrate`): the audio branch adds one
 vector to every backbone frame (the training audio's mean frame minus these clips'; norm
 {report['shift_norm']}, {report['shift_vs_training_spread']:.2f}× the spread of the training clips'

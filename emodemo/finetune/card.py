@@ -11,6 +11,44 @@ def _fmt(m: Optional[Mapping], branch: str) -> str:
     return f"{m[branch]['UA']:.3f}"
 
 
+def checks_table(checks) -> str:
+    """The gate's named checks as a Markdown table."""
+    if not checks:
+        return ""
+    rows = [f"| {c['name']} | {c['base']:.3f} | {c['value']:.3f} | ≥ {c['threshold']:.3f} | "
+            f"{'passed' if c['passed'] else 'FAILED: ' + c['what_to_do']} |" for c in checks]
+    return "| check | base | this bundle | needed | result |\n|---|---|---|---|---|\n" + "\n".join(rows)
+
+
+def per_class_table(per_class: Mapping, on: str) -> str:
+    """Audio recall per class before/after, marking the classes that were corrected."""
+    if not per_class:
+        return ""
+    f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    rows = [f"| {lab} | {'yes' if r['corrected'] else 'no'} | {f(r['before'])} | {f(r['after'])} |"
+            for lab, r in per_class.items()]
+    return (f"Audio recall per class on {on}:\n\n| class | corrected | base | this bundle |\n"
+            "|---|---|---|---|\n" + "\n".join(rows))
+
+
+def what_changed(report: dict) -> str:
+    """The card's "What changed" section: each branch adapted or kept, and how."""
+    sp, tx, fu = report["speech"], report["text"], report["fusion"]
+    return f"""## What changed
+- **speech**: {'adapted' if sp['updated'] else 'kept from the base (' + sp.get('reason', '') + ')'}: a gated
+  residual adapter on the frozen backbone's pooled features z, logits = head + g(z)·((beta−1)·head + W·z + c)
+  (domain gate {'on' if sp.get('gate') else 'off'}, beta {sp.get('beta')}, L2 {sp.get('lambda')}), chosen by
+  speaker/recording-grouped cross-validation on the training corrections (CV UA {sp.get('cv_UA')} vs base
+  {sp.get('cv_UA_base')}) among candidates within the tolerance of the base on the replay guard
+  ({sp.get('guard_UA_base')} → {sp.get('guard_UA_new')}); {sp.get('replay_train')} replay clips of the base's
+  training data; classes absent from the corrections keep the head's evidence. Audio UA on the held-out
+  corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')} (linear probe on the same corrections:
+  {sp.get('val_UA_probe')}); temperature {sp.get('temperature', '–')}, ECE {sp.get('ECE_val_base', '–')} →
+  {sp.get('ECE_val_new', '–')}. The written adapter is refitted on all {sp.get('final_fit_corrections', '–')} corrections.
+- **text**: {'fine-tuned' if tx['updated'] else 'kept from the base (' + tx.get('reason', '') + ')'}.
+- **fusion**: {'re-fitted: ' + json.dumps(fu['new']) if fu['refit'] else 'kept from the base: ' + json.dumps(fu['new'])}."""
+
+
 def finetune_card(cfg: dict, report: dict, size: int) -> str:
     """README.md model card of a fine-tuned bundle: lineage, data, before/after metrics, license."""
     lin = cfg["lineage"]
@@ -29,18 +67,20 @@ def finetune_card(cfg: dict, report: dict, size: int) -> str:
                 rows.append(f"| reference `{spec}` | {branch} | {r['before'][branch]['n']} | "
                             f"{_fmt(r['before'], branch)} | {_fmt(r.get('after'), branch)} |")
     g = report["gate"]
-    gate_line = ("no reference set given; nothing gated" if not report["metrics"]["reference"] else
-                 "passed" if g["passed"] else f"FAILED, written anyway (--force): {'; '.join(g['failures'])}")
+    gate_line = ("no reference set and no replay guard; nothing gated" if not report["metrics"]["reference"] else
+                 "passed" if g["passed"] else f"FAILED, written anyway (forced): {'; '.join(g['failures'])}")
+    forced = (f"> **Forced**: written although {sum(not c['passed'] for c in g.get('checks', []))} check(s) "
+              "failed (below); it may have lost what the base knew.\n\n" if lin.get("forced") else "")
     replay = ", ".join(f"`{s}` (not on this machine: skipped)" if v.get("kind") == "skipped" else
                        f"`{s}` ({v['train']} train + {v['val']} guard of {v['available']})"
                        for s, v in lin["replay"].items()) or "none"
-    sp, tx, fu = report["speech"], report["text"], report["fusion"]
     return f"""---
 license: cc-by-nc-sa-4.0
 tags: [speech-emotion-recognition, text-emotion, multimodal, late-fusion, fine-tuned]
 ---
 # emodemo bundle `{cfg['name']}` v{cfg['version']}
 
+{forced}
 Fine-tuned from **`{b['name']}` v{b['version']}** (`{b['path']}`) on corrections people made in the
 emodemo app. Same architecture, labels and base weights as the base bundle; see its card for the
 original training data.
@@ -64,26 +104,17 @@ left out, "none of these" is left out. Agreement: {ds['agreement']['clips_with_s
 with several annotators, {ds['agreement']['unanimous']} unanimous. The held-out part is stratified by
 class and grouped by speaker (else recording).
 
-## What changed
-- **speech**: {'adapted' if sp['updated'] else 'kept from the base (' + sp.get('reason', '') + ')'}: a gated
-  residual adapter on the frozen backbone's pooled features z, logits = head + g(z)·((beta−1)·head + W·z + c)
-  (domain gate {'on' if sp.get('gate') else 'off'}, beta {sp.get('beta')}, L2 {sp.get('lambda')}), chosen by
-  speaker/recording-grouped cross-validation on the training corrections (CV UA {sp.get('cv_UA')} vs base
-  {sp.get('cv_UA_base')}) among candidates within the tolerance of the base on the replay guard
-  ({sp.get('guard_UA_base')} → {sp.get('guard_UA_new')}); {sp.get('replay_train')} replay clips of the base's
-  training data; classes absent from the corrections keep the head's evidence. Audio UA on the held-out
-  corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')} (linear probe on the same corrections:
-  {sp.get('val_UA_probe')}); temperature {sp.get('temperature', '–')}, ECE {sp.get('ECE_val_base', '–')} →
-  {sp.get('ECE_val_new', '–')}. The written adapter is refitted on all {sp.get('final_fit_corrections', '–')} corrections.
-- **text**: {'fine-tuned' if tx['updated'] else 'kept from the base (' + tx.get('reason', '') + ')'}.
-- **fusion**: {'re-fitted: ' + json.dumps(fu['new']) if fu['refit'] else 'kept from the base: ' + json.dumps(fu['new'])}.
-
+{what_changed(report)}
 ## Metrics before / after (UA)
 | data | branch | n | base | this bundle |
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
 Reference gate (tolerance {lin['tolerance']} UA): {gate_line}.
+
+{checks_table(g.get('checks', []))}
+
+{per_class_table(lin.get('per_class') or {}, lin.get('per_class_on', ''))}
 {report.get('changes', {}).get('sentence', '')}
 The held-out corrections chose the temperature and the fusion weight, so their numbers are slightly
 optimistic; the adapter was chosen on the training corrections alone.

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from ..errors import EmodemoError
 from .dataset import MIN_PER_CLASS, FinetuneError, format_summary
+from .options import CLI_KNOBS, FinetuneOptions
 from .pipeline import FINETUNE_RECIPE
 from .write import jsonable
 from .replay import DEFAULT_REPLAY_N
@@ -125,12 +126,13 @@ def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
     bar = Progress()
     quiet = args.dry_run or args.json
     try:
-        rep = pipeline.finetune(args.db or default_url(), args.base or DEFAULT_BUNDLE, args.out or "",
-                                replay_spec=args.replay, reference_spec=args.reference, tolerance=args.tolerance,
-                                force=args.force, dry_run=args.dry_run, min_per_class=args.min_per_class,
-                                epochs=args.epochs, seed=args.seed, progress=None if quiet else bar,
-                                replay_n=args.replay_n, media_dir=args.media_dir, overwrite=args.overwrite,
-                                run_dir=args.run_dir)
+        opts = FinetuneOptions(
+            replay_spec=args.replay, reference_spec=args.reference, tolerance=args.tolerance, force=args.force,
+            dry_run=args.dry_run, min_per_class=args.min_per_class, epochs=args.epochs, seed=args.seed,
+            replay_n=args.replay_n, media_dir=args.media_dir, overwrite=args.overwrite, run_dir=args.run_dir,
+            knobs=CLI_KNOBS)
+        rep = pipeline.finetune(args.db or default_url(), args.base or DEFAULT_BUNDLE, args.out or "", opts,
+                                progress=None if quiet else bar)
     except EmodemoError as exc:
         bar.close()
         msg = str(exc).strip().splitlines()
@@ -167,8 +169,7 @@ def main_finetune(argv: Optional[Sequence[str]] = None) -> int:
         print("not written: nothing changed: " + "; ".join(rep["unchanged"])
               + " (more corrections, from more speakers, give the adapter something to learn)", file=sys.stderr)
         return 3
-    print("not written: worse on the reference set: " + "; ".join(rep["gate"]["failures"])
-          + " (use --force to write anyway)", file=sys.stderr)
+    print("not written: worse on the reference set: " + "; ".join(rep["gate"]["failures"]), file=sys.stderr)
     return 3
 
 
@@ -176,8 +177,7 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
     """`emodemo finetune-pack --bundle DIR [--data SPEC ...]`: (re)write a bundle's replay pack from
     its training data (default: the speech training specs in its config; run where the data is)."""
     from ..bundle import read_config
-    from ..training import DEFAULT_RECIPE
-    from .replay import as_list, pack_replay
+    from .replay import pack_replay, training_specs
     p = argparse.ArgumentParser(prog="python -m emodemo finetune-pack",
                                 description="Write a bundle's replay pack (replay.safetensors).")
     p.add_argument("--bundle", required=True)
@@ -187,8 +187,7 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     specs = args.data
     if not specs:
-        rc = (read_config(args.bundle).get("training") or {}).get("run_config") or {}
-        specs = as_list((rc.get("speech") or {}).get("train") or DEFAULT_RECIPE["speech"]["train"])
+        specs = training_specs(read_config(args.bundle), "speech")
     print(json.dumps(pack_replay(args.bundle, specs, args.per_class), indent=2))
     return 0
 

@@ -151,11 +151,11 @@ def build_dataset(records: Iterable[Any], labels: Sequence[str], check_files: bo
                    dict(sorted(per_annotator.items(), key=lambda kv: (-kv[1], kv[0]))), agreement, newest)
 
 
-def check_counts(ds: Dataset, min_per_class: int = MIN_PER_CLASS,
-                 min_classes: int = MIN_CLASSES) -> tuple[list[Clip], dict[str, int]]:
+def check_counts(ds: Dataset, min_per_class: int = MIN_PER_CLASS, min_classes: int = MIN_CLASSES,
+                 knob: str = "the minimum clips per class") -> tuple[list[Clip], dict[str, int]]:
     """Clips of the classes with at least `min_per_class` clips, and the classes left out for having
     fewer. Raises TooFewCorrections (with the counts and what is needed) when fewer than
-    `min_classes` classes qualify."""
+    `min_classes` classes qualify; `knob` is how the caller names the minimum ("--min-per-class")."""
     counts = ds.per_class()
     ok = {l for l, n in counts.items() if n >= min_per_class}
     too_few = {l: n for l, n in counts.items() if l not in ok}
@@ -171,7 +171,7 @@ def check_counts(ds: Dataset, min_per_class: int = MIN_PER_CLASS,
             f"too few corrections to fine-tune: need at least {min_per_class} clips per class for at "
             f"least {min_classes} classes; the store has {ds.n_records} corrections giving: {have}"
             + (f" (left out: {', '.join(left)})" if left else "")
-            + "; add corrections or lower --min-per-class")
+            + f"; add corrections or lower {knob}")
     return [c for c in ds.clips if c.label in ok], too_few
 
 
@@ -198,7 +198,9 @@ def format_summary(summary: Mapping) -> str:
                      + ", ".join(f"{k} {v}" for k, v in summary["too_few"].items()))
     if "split" in summary:
         sp = summary["split"]
-        lines.append(f"split:          train {sp['train']}, validation {sp['val']}")
+        total = sp["train"] + sp["val"]
+        lines.append(f"split:          holds out {sp['val']} of {total} clips to measure on "
+                     f"(stratified by class, grouped by speaker); trains on {sp['train']}")
     return "\n".join(lines)
 
 

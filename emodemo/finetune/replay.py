@@ -133,12 +133,18 @@ def as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else [s for s in x if s]
 
 
-def default_replay(base_cfg: dict) -> list[str]:
-    """The base bundle's own training data specs (speech and text; each a string or a list)."""
+def training_specs(base_cfg, branch: str) -> list[str]:
+    """The data specs a bundle's `branch` ("speech" or "text") was trained on (its run_config; the
+    default recipe's when the config does not say)."""
+    from ..bundle import as_config
     from ..training import DEFAULT_RECIPE
-    rc = (base_cfg.get("training") or {}).get("run_config") or {}
-    return (as_list((rc.get("speech") or {}).get("train") or DEFAULT_RECIPE["speech"]["train"])
-            + as_list((rc.get("text") or {}).get("train") or DEFAULT_RECIPE["text"]["train"]))
+    rc = as_config(base_cfg).run_config
+    return as_list((rc.get(branch) or {}).get("train") or DEFAULT_RECIPE[branch]["train"])
+
+
+def default_replay(base_cfg) -> list[str]:
+    """The base bundle's own training data specs (speech and text; each a string or a list)."""
+    return training_specs(base_cfg, "speech") + training_specs(base_cfg, "text")
 
 
 def available_specs(specs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -168,13 +174,11 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     speaker-grouped guard part (`guard_fraction` of the speakers) that fine-tuning checks old skills
     on. Records what it holds in config.json (`replay_pack`). Needs the data: run it where the bundle
     is trained."""
-    import json
-
     import numpy as np
     import torch
     from safetensors.torch import save_file
 
-    from ..bundle import CONFIG_NAME, load_bundle
+    from ..bundle import load_bundle, read_config, write_config
     from ..data import load_spec
     bundle = Path(bundle)
     cfg, speech, _ = load_bundle(bundle)
@@ -205,10 +209,7 @@ def pack_replay(bundle: str | Path, specs: Sequence[str], per_class: int = 64,
     meta = {"file": REPLAY_PACK, "items": int(len(feats)), "guard_items": int(guard.sum()),
             "per_class": per_class, "specs": info,
             "what": "mean+std pooled frozen-backbone frames and head logits (float16)"}
-    path = bundle / CONFIG_NAME
-    cfg = json.loads(path.read_text())
-    cfg["replay_pack"] = meta
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    write_config(bundle, read_config(bundle).with_(replay_pack=meta))
     return meta
 
 
@@ -282,14 +283,19 @@ def gather_replay(base_bundle: Path, cfg: dict, speech, replay_spec, replay_n: i
         log.info("replay: skipping %s (%s)", spec, why)
     try:
         rep = replay_items(specs, replay_n, labels, seed)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (EmodemoError, OSError) as exc:       # DataError, or a file the spec names is missing
         raise FinetuneError(f"cannot read data spec: {exc}") from None
     disk_tr, disk_va = rep["speech"]
     parts_tr, parts_guard = [pack_tr], [pack_guard]
     if disk_tr or disk_va:
-        say(0.3, f"features of {len(disk_tr) + len(disk_va)} replay clips from the training data")
-        parts_tr.append(extract(speech, disk_tr, labels))
-        parts_guard.append(extract(speech, disk_va, labels))
+        total = len(disk_tr) + len(disk_va)
+        say(0.3, f"features of {total} replay clips from the training data")
+
+        def tick(offset: int):
+            return lambda k, n: say(0.3 + 0.1 * (offset + k) / total,
+                                    f"features of replay clips: {offset + k}/{total}")
+        parts_tr.append(extract(speech, disk_tr, labels, tick(0)))
+        parts_guard.append(extract(speech, disk_va, labels, tick(len(disk_tr))))
     sources = {s: v for s, v in rep["specs"].items()}
     if pack_tr is not None:
         sources[f"bundle:{REPLAY_PACK}"] = {"kind": "speech", "available": len(pack_tr) + len(pack_guard),

@@ -10,8 +10,8 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 from ..labels import LABELS as DEFAULT_LABELS
-from ..labels import NONE_LABEL, normalize_label
-from ..textnorm import MAX_TEXT_CHARS, clean_text
+from ..labels import NONE_LABEL, normalize_label, unknown_label
+from ..textnorm import MAX_TEXT_CHARS, clean_text, text_too_long
 from .records import StoreError
 
 MAX_ANNOTATOR_CHARS = 200
@@ -39,8 +39,8 @@ def clean_field(value: Any, field: str, limit: int, strip: bool = False) -> Opti
         value = value.strip()
         if not value:
             return None
-    if len(value) > limit:
-        raise StoreError(f"{field} is too long ({len(value)} characters; the limit is {limit})")
+    if text_too_long(field, len(value), limit):
+        raise StoreError(text_too_long(field, len(value), limit))
     return value
 
 
@@ -56,9 +56,7 @@ class LabelSet:
     def check(self, label: Any) -> str:
         canonical = normalize_label(label, self.labels)
         if canonical is None:
-            allowed = ", ".join(self.labels)
-            raise StoreError(f"unknown label {short(label)}; expected one of {allowed}, "
-                             f"or {NONE_LABEL!r} (none of these)")
+            raise StoreError(unknown_label(label, self.labels))
         return canonical
 
 

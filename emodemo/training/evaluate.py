@@ -8,6 +8,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..bundle import SpeechConfig, TextConfig
 from ..data import Item
 from ..text import clean_text
 from .cards import plot_confusion
@@ -27,13 +28,13 @@ def branch_proba(speech, text, cfg: Mapping, items: Sequence[Item]
     labels = list(cfg["labels"])
     pa = None
     if items and all(i.audio for i in items):
-        t = float((cfg.get("speech") or {}).get("temperature", 1.0))
+        t = SpeechConfig.from_dict(cfg.get("speech") or {}).temperature     # its default: bundle.py
         pa = speech_proba(speech, SpeechDataset(items, labels, speech.feature, False), temperature=t)
     texts = [clean_text(i.transcript) for i in items]
     mask = np.array([bool(x) for x in texts], dtype=bool)
     pt = None
     if mask.any() and text is not None:
-        t = float((cfg.get("text") or {}).get("temperature", 1.0))
+        t = TextConfig.from_dict(cfg.get("text") or {}).temperature
         pt = text.predict_proba([x for x in texts if x], temperature=t).double().numpy()
     return pa, pt, mask
 

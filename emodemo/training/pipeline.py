@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import audio as A
-from ..bundle import LABELS
+from ..bundle import FORMAT_VERSION, LABELS
 from ..errors import TrainError
 from ..fusion import fit_fusion
 from .cards import plot_confusion, plot_curves, recipe_card
@@ -60,7 +60,7 @@ def _fusion_on_paired_sets(recipe: Recipe, speech, text, labels: Sequence[str]) 
 
 def _bundle_config(cfg: dict, recipe: Recipe, labels, speech, fusion, m_speech: dict, m_text: dict) -> dict:
     sc, tc = cfg["speech"], recipe.text
-    return {"format_version": 1, "name": recipe.name, "version": recipe.version, "labels": labels,
+    return {"format_version": FORMAT_VERSION, "name": recipe.name, "version": recipe.version, "labels": labels,
             "front_end": {"sample_rate": A.SAMPLE_RATE, "feature": speech.feature},
             "speech": {k: sc[k] for k in ("backbone", "source", "hidden", "dropout", "trim", "heads") if k in sc}
             | {"temperature": m_speech.get("temperature", 1.0)},

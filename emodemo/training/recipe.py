@@ -7,13 +7,12 @@ read attributes (`recipe.speech.batch_size`) instead of dictionary keys.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union
 
 from ..asr import DEFAULT_ASR
 from ..errors import TrainError
+from ..typed import Section
 
 Spec = Union[str, list[str]]          # a data spec, or several concatenated (see emodemo.data.load_spec)
 
@@ -29,64 +28,10 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a type annotation (int is not bool; float accepts int)."""
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, h) for h in get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, (list, tuple)) and all(_fits(v, get_args(hint)[0]) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-class _Section:
-    """from_dict / to_dict for a recipe section; fields that default to None are optional keys."""
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = ""):
-        if not isinstance(d, dict):
-            raise TrainError(f"recipe section {where or cls.__name__!r} must be a mapping, got {d!r}")
-        hints = get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise TrainError(f"unknown recipe key(s) {', '.join(where + k for k in unknown)}; "
-                             f"known: {', '.join(sorted(fields))}")
-        kw = {}
-        for name, value in d.items():
-            sub = hints[name]
-            if isinstance(sub, type) and issubclass(sub, _Section):
-                kw[name] = sub.from_dict(value, f"{where}{name}.")
-                continue
-            if not _fits(value, sub):
-                raise TrainError(f"recipe key {where}{name} = {value!r} should be of type "
-                                 f"{getattr(sub, '__name__', sub)}")
-            kw[name] = value
-        out = cls(**kw)
-        out.check(where)
-        return out
-
-    def check(self, where: str) -> None:
-        """Value checks beyond types (ranges, choices); raise TrainError."""
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v is None and f.default is None:
-                continue
-            out[f.name] = v.to_dict() if isinstance(v, _Section) else v
-        return out
+class _Section(Section):
+    """A recipe section: the shared typed-section rules (emodemo.typed), TrainError messages."""
+    error = TrainError
+    noun = "recipe"
 
 
 def _require(ok: bool, where: str, name: str, value: Any, what: str) -> None:

@@ -25,7 +25,7 @@ def reference_choices(ctx) -> list[tuple[str, str]]:
     validation data when it is present on this machine (never a path typed by a visitor)."""
     from ...data import SHARED_DATA
     out = [("none (no reference check)", "")]
-    rc = ((ctx.rec.config.get("training") or {}).get("run_config") or {})
+    rc = ctx.rec.config.run_config
     val = (rc.get("speech") or {}).get("val") or []
     for spec in ([val] if isinstance(val, str) else val):
         kind = spec.split(":", 1)[0]
