@@ -412,7 +412,6 @@ KNOWN_LONG = {
     "emodemo.training.multicorpus.fit_multicorpus": "v7 (training/): 20 parameters, an options dataclass",
     "emodemo.training.multicorpus_card.multicorpus_card": "v7 (training/)",
     "emodemo.training.text.train_text": "v7 (training/)",
-    "emodemo.ui.app.build_app": "ui",
     "emodemo.whisper_port.convert_state": "the lead",
 }
 

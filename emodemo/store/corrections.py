@@ -40,37 +40,6 @@ class CorrectionStore(WritableStore):
     says which, with nothing half-stored.
     """
 
-    def add(self, audio: Any, label: str, annotator: Optional[str] = None,
-            transcript: Optional[str] = None, prediction: Any = None, note: Optional[str] = None,
-            start: Optional[float] = None, end: Optional[float] = None,
-            account: Optional[str] = None, *, language: Any = None,
-            translation: Optional[str] = None, file_name: Any = UNSET,
-            queue_item_id: Optional[int] = None) -> CorrectionId:
-        """Store one correction and return its id.
-
-        audio: a file path (kept byte for byte) or a ``(waveform, sample_rate)`` pair (stored as
-            16 kHz 16-bit WAV). Raises `emodemo.errors.AudioError` if it is not usable audio.
-        label: one of `labels`, or ``"none"`` ("none of these"); StoreError otherwise.
-        transcript: the corrected transcript; the shown one comes from `prediction`.
-        prediction: dict or object with label, audio, text, fused, transcript, bundle,
-            bundle_version, language, translation (whatever is present is stored).
-        start, end: the span of the audio the correction is about, in seconds.
-        account: the signed-in account (e.g. the Hugging Face user name) that made it; where
-            given, agreement and fine-tuning count one vote per account instead of per
-            `annotator` name (which is free text anyone can type).
-        language: the speaker's language, a code ("pl") or the recognizer's dict with
-            "code" and "probability"; translation: the English text the model read.
-        file_name: the name to show (default: the audio file's name).
-        queue_item_id: the annotation-queue item this correction is a vote on.
-
-        A double submit (same clip/span, label, voter, transcript, note within
-        `writes.DUPLICATE_WINDOW_S` seconds) stores nothing new: the returned `CorrectionId` is
-        the first row's, with ``duplicate=True``.
-        """
-        return super().add(audio, label, annotator, transcript, prediction, note, start, end,
-                           account, language=language, translation=translation,
-                           file_name=file_name, queue_item_id=queue_item_id)
-
     def agreement(self, min_annotators: int = 2) -> list[Record]:
         """Inter-annotator agreement per clip; see `emodemo.store.agreement.clip_agreement`."""
         return clip_agreement(self, min_annotators)

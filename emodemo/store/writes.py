@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypedDict, Unpack
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -34,6 +34,14 @@ __all__ = ["WritableStore", "CorrectionId", "DUPLICATE_WINDOW_S", "UNSET"]
 
 DUPLICATE_WINDOW_S = 30.0        # a second identical submit within this is a double submit
 UNSET: Any = object()            # "not given" for update() and add(file_name=...)
+
+
+class Details(TypedDict, total=False):
+    """What `WritableStore.add` takes by keyword beyond the correction itself."""
+    language: Any                    # a code ("pl") or {"code", "probability"}
+    translation: Optional[str]       # the English text the model read
+    file_name: Any                   # the name to show (default: the audio file's name)
+    queue_item_id: Optional[int]     # the annotation-queue item this correction is a vote on
 # the columns that make two submits "the same correction"
 _SAME = ("media_sha256", "start", "end", "label", "annotator", "annotator_account",
          "transcript_corrected", "note", "queue_item_id")
@@ -106,10 +114,33 @@ class WritableStore(StoreBase):
     def add(self, audio: Any, label: str, annotator: Optional[str] = None,
             transcript: Optional[str] = None, prediction: Any = None, note: Optional[str] = None,
             start: Optional[float] = None, end: Optional[float] = None,
-            account: Optional[str] = None, *, language: Any = None,
-            translation: Optional[str] = None, file_name: Any = UNSET,
-            queue_item_id: Optional[int] = None) -> CorrectionId:
-        """Store one correction and return its id (a `CorrectionId`; see `CorrectionStore.add`)."""
+            account: Optional[str] = None, **details: Unpack[Details]) -> CorrectionId:
+        """Store one correction and return its id.
+
+        audio: a file path (kept byte for byte) or a ``(waveform, sample_rate)`` pair (stored as
+            16 kHz 16-bit WAV). Raises `emodemo.errors.AudioError` if it is not usable audio.
+        label: one of `labels`, or ``"none"`` ("none of these"); StoreError otherwise.
+        transcript: the corrected transcript; the shown one comes from `prediction`.
+        prediction: dict or object with label, audio, text, fused, transcript, bundle,
+            bundle_version, language, translation (whatever is present is stored).
+        start, end: the span of the audio the correction is about, in seconds.
+        account: the signed-in account (e.g. the Hugging Face user name) that made it; where
+            given, agreement and fine-tuning count one vote per account instead of per
+            `annotator` name (which is free text anyone can type).
+        details (keyword only, see `Details`): language: the speaker's language, a code ("pl") or the recognizer's dict with
+            "code" and "probability"; translation: the English text the model read.
+        file_name: the name to show (default: the audio file's name).
+        queue_item_id: the annotation-queue item this correction is a vote on.
+
+        A double submit (same clip/span, label, voter, transcript, note within
+        `writes.DUPLICATE_WINDOW_S` seconds) stores nothing new: the returned `CorrectionId` is
+        the first row's, with ``duplicate=True``.
+        """
+        unknown = set(details) - set(Details.__annotations__)
+        if unknown:
+            raise TypeError(f"add() got unexpected keyword argument(s) {sorted(unknown)}")
+        language, translation = details.get("language"), details.get("translation")
+        file_name, queue_item_id = details.get("file_name", UNSET), details.get("queue_item_id")
         self.check_writable()
         values = dict(
             label=self.label_set.check(label),
