@@ -69,9 +69,9 @@ def _ua(value: Any) -> Optional[float]:
 
 
 def _parent(lin: dict) -> str:
-    """Which bundle a fine-tuned one came from: C7's "parent" (a name or {name, version}), or
-    the older "base" block."""
-    p = lin.get("parent") or lin.get("base") or ""
+    """Which bundle a fine-tuned one came from, as "name vVERSION": the "base" block (name,
+    version, path), else C7's "parent" (a path or {name, version})."""
+    p = lin.get("base") or lin.get("parent") or ""
     if isinstance(p, dict):
         return f"{p.get('name', '')} v{p.get('version', '')}".strip()
     return str(p)
