@@ -1,5 +1,6 @@
 """Datasets as lists of `Item`s: (audio, label, transcript, speaker). Adapters for RAVDESS,
-GoEmotions, IEMOCAP, a generic CSV manifest and "folder + labels.csv" corpora (nEMO, emotiontts-ko),
+GoEmotions, IEMOCAP, a generic CSV manifest and "folder + labels.csv" corpora (nEMO, emotiontts-ko,
+CREMA-D, EMOVO),
 plus a deterministic speaker-disjoint split."""
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def manifest(path: str | Path) -> list[Item]:
 
 
 # ---- "folder + labels.csv" corpora (nEMO, emotiontts-ko, your own) ------------------------
-FOLDER_CORPORA = {"nemo": "nemo", "emotiontts-ko": "emotiontts-ko"}   # name -> folder under SHARED_DATA
+# name -> folder under SHARED_DATA (CREMA-D and EMOVO audio is Opus, which soundfile decodes)
+FOLDER_CORPORA = {"nemo": "nemo", "emotiontts-ko": "emotiontts-ko", "crema-d": "crema-d", "emovo": "emovo"}
 
 
 def folder(root: str | Path, speakers: Optional[Iterable[str]] = None,
@@ -289,7 +291,8 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     `iemocap:ROOT[:sessions=1-4]`, `csv:PATH` (or a path ending in .csv),
     `espeak-goemotions:dev[:fit|eval][:per_class=N]`,
     `folder:ROOT[:speakers=a,b][:exclude_speakers=c][:name=N]` ("folder + labels.csv") and the named
-    folder corpora `nemo[...]`, `emotiontts-ko[...]` (under SHARED_DATA, same options). A trailing
+    folder corpora `nemo[...]`, `emotiontts-ko[...]`, `crema-d[...]`, `emovo[...]` (under
+    SHARED_DATA, same options). A trailing
     `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch).
     """
     if not isinstance(spec, str):

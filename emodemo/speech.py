@@ -30,7 +30,7 @@ from .ge2e import GE2E, partial_slices, resemblyzer_weights  # noqa: F401  (re-e
 def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = True,
                    **options) -> nn.Module:
     """Build a speaker backbone by name ('ge2e' | 'resnet34' | 'whisper-tiny[-mix|-final]' |
-    'ge2e+whisper-tiny...'), loading weights from `source`. `options`: Whisper `layers` / `mix`."""
+    'whisper-base[-mix|-final]' | 'ge2e+whisper-...'), loading weights from `source`. `options`: Whisper `layers` / `mix`."""
     name = name.lower()
     if name.startswith(("whisper", "ge2e+whisper")):
         from .whisper_encoder import build_whisper_backbone
@@ -47,7 +47,7 @@ def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = T
                                "(config.yaml + avg_model.pt), e.g. wespeaker-voxceleb-resnet34")
         return build_resnet("ResNet34" if name == "resnet34" else "ResNet18")
     raise EmodemoError(f"unknown speech backbone {name!r}; known: ge2e, resnet34, whisper-tiny, "
-                       "ge2e+whisper-tiny")
+                       "whisper-base, ge2e+whisper-tiny")
 
 
 # ---- emotion head ------------------------------------------------------------------------
