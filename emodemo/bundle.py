@@ -68,7 +68,8 @@ def build_speech(cfg: dict, pretrained: bool = True) -> SpeechEmotionModel:
     backbone = build_backbone(s["backbone"], s.get("source"), pretrained=pretrained, **options)
     return SpeechEmotionModel(backbone, len(cfg["labels"]), s.get("hidden", 256), s.get("dropout", 0.3),
                               adapter=bool(s.get("adapter", False)), trim=bool(s.get("trim", False)),
-                              calibrated=bool(s.get("calibrated", False)), heads=int(s.get("heads", 1)))
+                              calibrated=bool(s.get("calibrated", False)), heads=int(s.get("heads", 1)),
+                              head=str(s.get("head", "frames")))
 
 
 def build_text(cfg: dict, pretrained: bool = True) -> TextEmotionModel:

@@ -1,5 +1,5 @@
 """Fill the layer-statistics cache (runs/features/*-layerstats) of the five audio corpora for the
-backbones compared in compare_backbones.py; resumable (atomic entries), one corpus at a time.
+backbones compared in compare_backbones.py (pooled protocol); resumable (atomic entries), one corpus at a time.
 
     nohup nice -n 5 python scripts/extract_layer_stats.py > runs/extract.log 2>&1 &
 """

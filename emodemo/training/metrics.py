@@ -1,7 +1,10 @@
-"""Classification metrics used by every training loop and evaluation: WA, UA, macro-F1."""
+"""Classification metrics used by every training loop and evaluation: WA, UA, macro-F1, the
+expected calibration error and the softmax temperature fit."""
 from __future__ import annotations
 
 from typing import Sequence
+
+import math
 
 import numpy as np
 
@@ -37,3 +40,22 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
         if m.any():
             out += m.mean() * abs(float((pred[m] == y[m]).mean()) - float(conf[m].mean()))
     return float(out)
+
+
+def fit_temperature(p_sets: Sequence[np.ndarray], y_sets: Sequence[np.ndarray]) -> float:
+    """The softmax temperature minimising the mean (over sets) NLL, searched on a log grid."""
+    best, best_t = math.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.5), np.log(4.0), 29)):
+        nll = 0.0
+        for p, y in zip(p_sets, y_sets):
+            q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
+            q /= q.sum(1, keepdims=True)
+            nll += -np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1)).mean()
+        if nll < best:
+            best, best_t = nll, float(t)
+    return round(best_t, 3)
+
+
+def tempered(p: np.ndarray, t: float) -> np.ndarray:
+    q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
+    return q / q.sum(1, keepdims=True)

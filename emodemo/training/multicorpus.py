@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import Item, load_spec, speaker_split
+from ..data import Item, corpus_of, load_spec, speaker_split
 from ..fusion import unweighted_accuracy
 from .loops import pad_frames
-from .metrics import ece
+from .metrics import ece, fit_temperature, tempered  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,43 @@ def load_corpora(spec: dict[str, dict]) -> dict[str, Corpus]:
             if clash:
                 raise ValueError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
+
+
+def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequence[Item],
+                       aux: Sequence[str] = ()) -> dict[str, Corpus]:
+    """Group items into `Corpus` objects by corpus; corpora named in `aux` are trained on with
+    an unmasked loss and never validated on."""
+    out: dict[str, Corpus] = {}
+    for part, items in (("train", train), ("val", val), ("test", test)):
+        for it in items:
+            name = corpus_of(it)
+            c = out.setdefault(name, Corpus(name, [], aux=name in aux, mask=name not in aux))
+            getattr(c, part).append(it)
+    for c in out.values():
+        if not c.train:
+            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
+        for part in ("val", "test"):
+            clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
+            if clash:
+                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+    return out
+
+
+def drop_rare_classes(corpora: dict[str, Corpus], labels: Sequence[str], min_clips: int) -> dict[str, list[str]]:
+    """Remove from each corpus (train, val and test) the classes with fewer than `min_clips`
+    training clips: a handful of clips says nothing about a class, and the balanced loss would
+    weigh each of them like hundreds (CREMA-D's 4 angry and 3 neutral clips). Returns what went."""
+    dropped: dict[str, list[str]] = {}
+    for name, c in corpora.items():
+        counts: dict[str, int] = {}
+        for it in c.train:
+            counts[it.label] = counts.get(it.label, 0) + 1
+        rare = sorted(lab for lab in {i.label for i in c.train + c.val + c.test} if counts.get(lab, 0) < min_clips)
+        if rare:
+            for part in ("train", "val", "test"):
+                setattr(c, part, [i for i in getattr(c, part) if i.label not in rare])
+            dropped[name] = rare
+    return dropped
 
 
 # ---- balance and masking -------------------------------------------------------------------
@@ -201,25 +238,6 @@ def report(p: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict:
 def select_score(per_corpus: dict[str, dict]) -> float:
     """Model-selection score: the mean UA over corpora."""
     return float(np.mean([m["UA"] for m in per_corpus.values()])) if per_corpus else 0.0
-
-
-def fit_temperature(p_sets: Sequence[np.ndarray], y_sets: Sequence[np.ndarray]) -> float:
-    """The softmax temperature minimising the mean (over sets) NLL, searched on a log grid."""
-    best, best_t = math.inf, 1.0
-    for t in np.exp(np.linspace(np.log(0.5), np.log(4.0), 29)):
-        nll = 0.0
-        for p, y in zip(p_sets, y_sets):
-            q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
-            q /= q.sum(1, keepdims=True)
-            nll += -np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1)).mean()
-        if nll < best:
-            best, best_t = nll, float(t)
-    return round(best_t, 3)
-
-
-def tempered(p: np.ndarray, t: float) -> np.ndarray:
-    q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
-    return q / q.sum(1, keepdims=True)
 
 
 # ---- the training loop ----------------------------------------------------------------------
