@@ -58,13 +58,13 @@ def mean(xs) -> float:
     return float(np.mean(list(xs))) if xs else float("nan")
 
 
-def run_row(name: str, corpora: dict, l2_grid: list[float], cache: str) -> dict:
+def run_row(name: str, corpora: dict, options: MC.ProbeOptions, cache: str) -> dict:
     cfg, rows = ROWS[name]
     feats = P.pooled_feats(cfg, rows, cache)
     t0 = time.time()
-    head, info = P.fit_pooled(corpora, feats, LABELS, l2_grid, normalize=True)
+    head, info = P.fit_pooled(corpora, feats, LABELS, options, normalize=True)
     rep = P.pooled_report(head, corpora, feats, LABELS, True)
-    loco = P.loco(corpora, feats, LABELS, l2_grid, True)
+    loco = P.loco(corpora, feats, LABELS, options, True)
     real = [c for c in corpora if not corpora[c].aux]
     return {"row": name, "backbone": cfg["backbone"], "layers": rows, "seconds": round(time.time() - t0, 1),
             "val_mean_UA": info["single"]["val_mean_UA"], "val_mean_UA_normalised": info["normalised"]["val_mean_UA"],
@@ -106,7 +106,9 @@ def main() -> None:
     corpora = corpora_of(recipe, args.corpora)
     results = []
     for name in args.rows:
-        results.append(run_row(name, corpora, recipe.speech.multicorpus.l2_grid, args.cache))
+        mc = recipe.speech.multicorpus
+        options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
+        results.append(run_row(name, corpora, options, args.cache))
         print(table(results[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,7 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
     tr, tr_items = MC.gather(corpora, "train", feats, LABELS, names_train)
     va, _ = MC.gather(corpora, "val", feats, LABELS, names_train)
     if kind == "probe":
-        model, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, absent=args.absent)
+        model, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, MC.ProbeOptions(absent=args.absent))
         return model, MC.make_collate("pooled"), hist, best
     epochs = args.probe_epochs if kind == "probe" else args.head_epochs
     lr = 3e-3 if kind == "probe" else 1e-3

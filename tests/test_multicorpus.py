@@ -261,7 +261,7 @@ def _offset_corpora(seed: int = 0, dim: int = 16):
 def test_pooled_head_normalised_path_removes_the_setting_and_beats_single_clips():
     from emodemo.training import pooled as P
     corpora, feats = _offset_corpora()
-    head, info = P.fit_pooled(corpora, feats, LABELS, [1e-3, 1e-1], normalize=True)
+    head, info = P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-3, 1e-1]), normalize=True)
     assert bool(head.has_norm) and set(info) == {"single", "normalised"}
     rep = P.pooled_report(head, corpora, feats, LABELS, normalize=True)
     single = np.mean([r["UA"] for r in rep["test"].values()])
@@ -272,7 +272,7 @@ def test_pooled_head_normalised_path_removes_the_setting_and_beats_single_clips(
     with torch.inference_mode():
         assert torch.allclose(head.normalised_logits(x), head.normalised_logits(x + 5.0), atol=1e-3)
         assert not torch.allclose(head.pooled_logits(x), head.pooled_logits(x + 5.0), atol=1e-1)
-    loco = P.loco(corpora, feats, LABELS, [1e-2], normalize=True)
+    loco = P.loco(corpora, feats, LABELS, MC.ProbeOptions([1e-2]), normalize=True)
     assert set(loco) == {"a", "b"} and {"rest", "test", "all", "all_normalised"} <= set(loco["a"])
     assert loco["a"]["all_normalised"]["UA"] > loco["a"]["all"]["UA"]
 
@@ -291,6 +291,6 @@ def test_fit_probe_on_principal_components_folds_back_to_all_dimensions():
     corpora, feats = _offset_corpora(dim=40)
     tr, tr_items = MC.gather(corpora, "train", feats, LABELS)
     va, _ = MC.gather(corpora, "val", feats, LABELS)
-    probe, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, [1e-2], components=8)
+    probe, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, MC.ProbeOptions([1e-2], components=8))
     assert probe.out.weight.shape == (len(LABELS), 40) and len(hist) == 1
     assert torch.linalg.matrix_rank(probe.out.weight.detach()) <= 8

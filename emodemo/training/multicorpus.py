@@ -369,14 +369,25 @@ def principal_basis(xs: torch.Tensor, k: int) -> Optional[torch.Tensor]:
     return v
 
 
+@dataclass
+class ProbeOptions:
+    """How `fit_probe` fits: the L2 strengths tried, the `absent` share of masked_loss, the
+    principal directions used (0: all dimensions), per-corpus loss weights, L-BFGS iterations."""
+    l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    absent: float = 0.0
+    components: int = 0
+    corpus_weight: Optional[dict[str, float]] = None
+    max_iter: int = 200
+
+
 def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],
-              labels: Sequence[str], l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-              absent: float = 0.0, max_iter: int = 200, components: int = 0,
-              corpus_weight: Optional[dict[str, float]] = None) -> tuple[LinearProbe, list[dict], float]:
+              labels: Sequence[str], options: Optional[ProbeOptions] = None) -> tuple[LinearProbe, list[dict], float]:
     """A linear probe on pooled vectors, fitted full-batch (L-BFGS) with the balanced, class-masked
     loss plus l2 · |W|²; the L2 strength with the best mean validation UA over corpora is kept.
-    `components` > 0: fitted on the top principal directions of the standardised training vectors
-    (much faster for thousands of dimensions) and folded back into a probe on all of them."""
+    `options.components` > 0: fitted on the top principal directions of the standardised training
+    vectors (much faster for thousands of dimensions) and folded back into a probe on all of them."""
+    o = options or ProbeOptions()
+    l2_grid, absent, max_iter, components, corpus_weight = o.l2_grid, o.absent, o.max_iter, o.components, o.corpus_weight
     torch.manual_seed(0)
     x = torch.stack(train.xs).float()
     masks = class_masks(corpora, labels)

@@ -79,8 +79,8 @@ def _tempered_probe(probe: MC.LinearProbe, va: MC.Split, corpora, labels) -> flo
     return fit_temperature([per[c]["_p"] for c in real], [va.y[corp == c] for c in real])
 
 
-def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], l2_grid: Sequence[float],
-               normalize: bool, names: Optional[list[str]] = None, absent: float = 0.0) -> tuple[PooledHead, dict]:
+def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
+               normalize: bool, names: Optional[list[str]] = None) -> tuple[PooledHead, dict]:
     """A PooledHead fitted on the training speakers of the named corpora (selection on their
     validation speakers); temperatures fitted on the validation speakers and folded into the
     output layers. Returns (head, {"single": {...}, "normalised": {...}})."""
@@ -92,7 +92,7 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], l2_grid: Sequ
     if normalize:
         paths.append(("normalised", centred(tr, speakers(tr_items)), centred(va, speakers(va_items))))
     for path, t, v in paths:
-        probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, l2_grid, absent=absent)
+        probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, options)
         temp = _tempered_probe(probe, v, corpora, labels)
         with torch.no_grad():
             mean, std, out = ((head.mean, head.std, head.out) if path == "single"
@@ -140,16 +140,16 @@ def corpus_split(feats: Feats, items: Sequence[Item], labels: Sequence[str], nam
     return MC.Split(feats(items), np.array([labels.index(i.label) for i in items], dtype=int), [name] * len(items))
 
 
-def loco(corpora: dict, feats: Feats, labels: Sequence[str], l2_grid: Sequence[float], normalize: bool,
-         absent: float = 0.0) -> dict[str, dict]:
+def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
+         normalize: bool) -> dict[str, dict]:
     """Leave each (non-auxiliary) corpus out once: fit on the others (selection on their validation
     speakers), measure on the left-out corpus's held-out speakers (`test`), on the rest of its
     speakers (`rest`: the number that may decide between settings) and on all of them (`all`),
     single clips and (with `normalize`) each speaker's clips normalised together (`*_normalised`)."""
     out = {}
     for left in [c for c in corpora if not corpora[c].aux]:
-        head, info = fit_pooled(corpora, feats, labels, l2_grid, normalize,
-                                [c for c in corpora if c != left], absent)
+        head, info = fit_pooled(corpora, feats, labels, options, normalize,
+                                [c for c in corpora if c != left])
         c = corpora[left]
         res: dict = {"selection_val_mean_UA": info["single"]["val_mean_UA"]}
         for part, items in (("test", c.test), ("rest", c.train + c.val), ("all", c.train + c.val + c.test)):

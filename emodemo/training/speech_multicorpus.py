@@ -73,7 +73,8 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
     normalize = sc.normalize is not None
     feats = P.pooled_feats({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None},
                            P.layer_rows(model.backbone), mc.cache, model.backbone)
-    head, info = P.fit_pooled(corpora, feats, labels, mc.l2_grid, normalize, absent=mc.absent)
+    options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
+    head, info = P.fit_pooled(corpora, feats, labels, options, normalize)
     log.info("speech (pooled head, frozen %s): val mean UA %.3f single%s (%.0f s)", sc.backbone,
              info["single"]["val_mean_UA"], f", {info['normalised']['val_mean_UA']:.3f} normalised"
              if normalize else "", time.time() - t0)
@@ -83,7 +84,7 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
         "selection": {k: {"val_mean_UA": v["val_mean_UA"], "temperature": v["temperature"],
                           "l2_grid": v["history"]} for k, v in info.items()}}
     if mc.loco:
-        report["loco"] = P.loco(corpora, feats, labels, mc.l2_grid, normalize, mc.absent)
+        report["loco"] = P.loco(corpora, feats, labels, options, normalize)
         for left, r in report["loco"].items():
             log.info("leave out %s: UA %.3f on all its speakers%s; largest class share %.2f", left,
                      r["all"]["UA"], f" ({r['all_normalised']['UA']:.3f} normalised)" if normalize else "",
