@@ -141,7 +141,7 @@ class FrameCache:
     def _store(self, item: Item, t: torch.Tensor) -> None:
         out = self.entry(item)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")      # two extractors never share a temporary file
         torch.save(t.detach().to(torch.float16).contiguous().clone(), tmp)
         tmp.replace(out)
 
