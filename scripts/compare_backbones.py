@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(DEFAULT_ROOT))
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--tag", default="pooled")
+    ap.add_argument("--l2", nargs="+", type=float, help="L2 strengths tried (default: the recipe's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     recipe = Recipe.coerce(json.loads(Path(args.config).read_text()))
@@ -107,7 +108,7 @@ def main() -> None:
     results = []
     for name in args.rows:
         mc = recipe.speech.multicorpus
-        options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
+        options = MC.ProbeOptions(args.l2 or mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
         results.append(run_row(name, corpora, options, args.cache))
         print(table(results[-1:]), flush=True)
     out = Path(args.out)
