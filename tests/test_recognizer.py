@@ -114,7 +114,9 @@ def test_threads_given_or_from_the_environment(recognizer, monkeypatch):
         torch.set_num_threads(n)
 
 
-EXAMPLES = sorted(str(p) for p in (emodemo.bundle.DEFAULT_BUNDLE.parents[1] / "data" / "examples").glob("*_actor*.flac"))
+from conftest import ROOT  # noqa: E402
+
+EXAMPLES = sorted(str(p) for p in (ROOT / "data" / "examples").glob("*_actor*.flac"))
 
 
 def test_normalize_batch_reads_clips_relative_to_their_setting(recognizer):
