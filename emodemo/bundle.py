@@ -68,12 +68,14 @@ class SpeechConfig(_Config):
     layers: Optional[Union[str, list[int]]] = None   # Whisper blocks ("all" or a list)
     mix: Optional[str] = None                # how Whisper blocks are combined
     normalize: Optional[dict] = None         # per-recording normalisation (contract C3), None: off
+    head: str = "frames"                     # "frames" (attentive pooling head) | "pooled" (speech.PooledHead)
 
     def check(self, where: str) -> None:
         self.require(self.hidden >= 0, where, "hidden", "must be >= 0")
         self.require(self.heads >= 1, where, "heads", "must be >= 1")
         self.require(0 <= self.dropout < 1, where, "dropout", "must be in [0, 1)")
         self.require(self.temperature > 0, where, "temperature", "must be > 0")
+        self.require(self.head in ("frames", "pooled"), where, "head", "'frames' or 'pooled'")
         self.require(isinstance(self.trim, bool) or self.trim in TRIM_MODES, where, "trim",
                      f"true, false or one of {TRIM_MODES}")
 
@@ -260,7 +262,8 @@ def build_speech(cfg: ConfigLike, pretrained: bool = True) -> SpeechEmotionModel
     s, n = section_of(cfg, "speech")
     backbone = build_backbone(s.backbone, s.source, pretrained=pretrained, **s.backbone_options())
     return SpeechEmotionModel(backbone, n, s.hidden, s.dropout, adapter=s.adapter,
-                              trim=s.trim, calibrated=s.calibrated, heads=s.heads)   # trim: bool or mode
+                              trim=s.trim, calibrated=s.calibrated, heads=s.heads,
+                              head=s.head)   # trim: bool or mode
 
 
 def build_text(cfg: ConfigLike, pretrained: bool = True) -> TextEmotionModel:

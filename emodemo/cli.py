@@ -63,7 +63,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           asr_threads=s.asr_threads)
     failed = 0
     # with a fixed transcript (or none) the audio branch runs in batches; with ASR one by one
-    for i, pred in rec.predict_many(args.files, transcript=transcript, batch_size=args.batch_size):
+    for i, pred in rec.predict_many(args.files, transcript=transcript, batch_size=args.batch_size,
+                                    normalize=args.normalize):
         path = args.files[i]
         if isinstance(pred, Exception):
             failed += 1
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None,
                     help="torch threads (default $EMODEMO_TORCH_THREADS or 1; 2 can help large "
                          "batches on an otherwise idle machine)")
+    pr.add_argument("--normalize", default="none", metavar="none|batch",
+                    help="batch: the files are one speaker / setting with mixed emotions; read each "
+                         "relative to their mean (not for files that are all one emotion)")
     pr.set_defaults(func=cmd_predict)
     tr = sub.add_parser("train", help="train a bundle with the full recipe (runs under torchrun too)")
     tr.add_argument("--config", default=None, help="JSON file overriding training.DEFAULT_RECIPE")

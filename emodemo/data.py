@@ -1,5 +1,6 @@
 """Datasets as lists of `Item`s: (audio, label, transcript, speaker). Adapters for RAVDESS,
-GoEmotions, IEMOCAP, a generic CSV manifest and "folder + labels.csv" corpora (nEMO, emotiontts-ko),
+GoEmotions, IEMOCAP, a generic CSV manifest and "folder + labels.csv" corpora (nEMO, emotiontts-ko,
+CREMA-D, EMOVO),
 plus a deterministic speaker-disjoint split."""
 from __future__ import annotations
 
@@ -82,17 +83,21 @@ def manifest(path: str | Path) -> list[Item]:
 
 
 # ---- "folder + labels.csv" corpora (nEMO, emotiontts-ko, your own) ------------------------
-FOLDER_CORPORA = {"nemo": "nemo", "emotiontts-ko": "emotiontts-ko"}   # name -> folder under SHARED_DATA
+# name -> folder under SHARED_DATA (CREMA-D and EMOVO audio is Opus, which soundfile decodes)
+FOLDER_CORPORA = {"nemo": "nemo", "emotiontts-ko": "emotiontts-ko", "crema-d": "crema-d", "emovo": "emovo"}
 
 
 def folder(root: str | Path, speakers: Optional[Iterable[str]] = None,
-           exclude_speakers: Optional[Iterable[str]] = None, name: Optional[str] = None) -> list[Item]:
+           exclude_speakers: Optional[Iterable[str]] = None, name: Optional[str] = None,
+           max_per_speaker: Optional[int] = None) -> list[Item]:
     """A corpus laid out as a folder with `labels.csv` (header `file,speaker,emotion,text`; `file`
     relative to the folder, `emotion` one of `LABELS`).
 
     `name` (default: the folder's name) prefixes every speaker (`nemo-SB0`) and id (`nemo/SB0_x`),
     so speakers of different corpora never collide and ids stay stable. `speakers` keeps only those
     speakers, `exclude_speakers` drops them (raw `SB0` or prefixed `nemo-SB0` both work).
+    `max_per_speaker` keeps at most that many clips of each speaker (a seeded draw spread over
+    their classes: many voices matter more than many clips of one voice).
     """
     root = Path(root)
     name = name or root.name
@@ -122,7 +127,30 @@ def folder(root: str | Path, speakers: Optional[Iterable[str]] = None,
         unknown = keep - {i.speaker.removeprefix(f"{name}-") for i in items}
         if unknown:
             raise DataError(f"{name}: no clips for speaker(s) {', '.join(sorted(unknown))}")
-    return items
+    return items if max_per_speaker is None else _cap_per_speaker(items, max_per_speaker)
+
+
+def _cap_per_speaker(items: list[Item], n: int) -> list[Item]:
+    """At most `n` items per speaker: each speaker's items shuffled (seeded by the speaker) within
+    each class, then taken round-robin over the classes; input order kept."""
+    import random
+    by_spk: dict[str, dict[str, list[Item]]] = {}
+    for it in items:
+        by_spk.setdefault(it.speaker or "", {}).setdefault(it.label, []).append(it)
+    chosen: set[int] = set()
+    for spk, classes in by_spk.items():
+        queues = []
+        for lab in sorted(classes):
+            q = list(classes[lab])
+            random.Random(f"{spk}:{lab}").shuffle(q)
+            queues.append(q)
+        picked: list[Item] = []
+        while len(picked) < n and any(queues):
+            for q in queues:
+                if q and len(picked) < n:
+                    picked.append(q.pop(0))
+        chosen |= {id(i) for i in picked}
+    return [i for i in items if id(i) in chosen]
 
 
 def corpus_of(item: Item) -> str:
@@ -289,8 +317,10 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     `ravdess[:actors=1-16][:root=DIR]`, `goemotions:train|dev[:root=DIR]`,
     `iemocap:ROOT[:sessions=1-4]`, `csv:PATH` (or a path ending in .csv),
     `espeak-goemotions:dev[:fit|eval][:per_class=N]`,
-    `folder:ROOT[:speakers=a,b][:exclude_speakers=c][:name=N]` ("folder + labels.csv") and the named
-    folder corpora `nemo[...]`, `emotiontts-ko[...]` (under SHARED_DATA, same options). A trailing
+    `folder:ROOT[:speakers=a,b][:exclude_speakers=c][:name=N][:max_per_speaker=K]` ("folder +
+    labels.csv") and the named
+    folder corpora `nemo[...]`, `emotiontts-ko[...]`, `crema-d[...]`, `emovo[...]` (under
+    SHARED_DATA, same options). A trailing
     `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch).
     """
     if not isinstance(spec, str):
@@ -317,7 +347,8 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
         root = pos[0] if kind == "folder" else kw.get("root", SHARED_DATA / FOLDER_CORPORA[kind])
         split = lambda k: [x for x in kw[k].split(",") if x] if k in kw else None  # noqa: E731
         return folder(root, split("speakers"), split("exclude_speakers"),
-                      kw.get("name") or (kind if kind != "folder" else None))
+                      kw.get("name") or (kind if kind != "folder" else None),
+                      int(kw["max_per_speaker"]) if "max_per_speaker" in kw else None)
     if kind == "espeak-goemotions":
         return espeak_goemotions(pos[0] if pos else "dev", pos[1] if len(pos) > 1 else "all",
                                  int(kw.get("per_class", 40 if (pos[:1] or ["dev"])[0] == "dev" else 50)))

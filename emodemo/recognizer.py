@@ -13,9 +13,10 @@ import torch
 from . import audio as A
 from .asr import ASR, Transcript, load_asr, recognize_with, translation_trust
 from .bundle import DEFAULT_BUNDLE, BundleConfig, as_config, load_bundle
-from .errors import AudioError
+from .errors import AudioError, EmodemoError
 from .fusion import LateFusion
 from .settings import read_env
+from .speech import NORMALIZE, NORMALIZE_MIN_SECONDS, NORMALIZE_MIN_SEGMENTS, masked_stats
 from .text import clean_text, looks_english
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,35 @@ class EmotionRecognizer:
             out[idx] = p
         return out
 
+    @torch.inference_mode()
+    def audio_proba_normalised(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """Audio-branch probabilities of clips that share one setting (speaker, microphone, room:
+        clips of one recording, or a batch the caller vouches for), each read relative to the
+        setting's mean clip (the bundle's per-recording normalised head, `speech.normalize`).
+        The clips must not all be one emotion: their mean would then pass for neutral."""
+        if not self.can_normalize:
+            raise EmodemoError(f"the bundle {self.name} v{self.version} has no per-recording "
+                               "normalisation; predict without --normalize")
+        stats = []
+        for w in wavs:
+            frames, n = self.speech.frames(A.features(self.speech.feature, w)[None])
+            stats.append(masked_stats(frames, n)[0])
+        logits = self.speech.head.normalised_logits(torch.stack(stats))
+        return torch.softmax(logits, dim=-1).double().numpy()
+
+    @property
+    def can_normalize(self) -> bool:
+        """Whether the bundle's speech head has the per-recording normalised path."""
+        return bool(getattr(self.speech, "can_normalize", False))
+
+    def _normalise_segments(self, chunks: Sequence[np.ndarray]) -> bool:
+        """The rule for predict_segments: normalise by the recording itself when the bundle can
+        and there is enough speech (config speech.normalize: min_segments, min_seconds)."""
+        rule = self.config["speech"].get("normalize") or {}
+        seconds = sum(c.size for c in chunks) / A.SAMPLE_RATE
+        return (self.can_normalize and len(chunks) >= int(rule.get("min_segments", NORMALIZE_MIN_SEGMENTS))
+                and seconds >= float(rule.get("min_seconds", NORMALIZE_MIN_SECONDS)))
+
     def text_proba(self, texts: Sequence[str]) -> np.ndarray:
         t = self.config.text.temperature
         return self.text_model.predict_proba([clean_text(x) for x in texts], temperature=t).double().numpy()
@@ -240,10 +270,20 @@ class EmotionRecognizer:
         return self.predict_wave(A.load_audio(audio), transcript)
 
     def predict_many(self, audios: Sequence[A.AudioInput], transcript: Optional[str] = None,
-                     batch_size: int = 16) -> Iterator[tuple[int, Prediction | Exception]]:
+                     batch_size: int = 16, normalize: str = "none") -> Iterator[tuple[int, Prediction | Exception]]:
         """Predict many clips, yielding (index, Prediction or the AudioError it raised) in input
         order. With `transcript` given ("" = audio only) the audio branch runs in batches of
-        `batch_size`; with None each clip is transcribed on its own."""
+        `batch_size`; with None each clip is transcribed on its own.
+
+        `normalize="batch"`: the clips are one setting (one speaker / microphone / room, several
+        emotions): the audio branch reads each relative to their mean (`audio_proba_normalised`).
+        Fewer than two usable clips keep the single-clip path. Do not use it for a batch that is
+        all one emotion, or for clips of different speakers and rooms."""
+        if normalize not in NORMALIZE:
+            raise EmodemoError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
+        if normalize == "batch":
+            yield from self._predict_setting(audios, transcript)
+            return
         for start in range(0, len(audios), max(1, batch_size)):
             chunk = list(enumerate(audios[start:start + batch_size], start))
             waves: dict[int, np.ndarray] = {}
@@ -263,15 +303,35 @@ class EmotionRecognizer:
                     continue
                 yield i, self.predict_wave(waves[i], transcript, p_audio=probs.get(i))
 
+    def _predict_setting(self, audios: Sequence[A.AudioInput], transcript: Optional[str]):
+        """predict_many(normalize="batch"): load every clip, then normalise them together."""
+        waves: dict[int, np.ndarray] = {}
+        errors: dict[int, Exception] = {}
+        for i, a in enumerate(audios):
+            try:
+                waves[i] = A.load_audio(a)
+            except AudioError as exc:
+                errors[i] = exc
+        keys = list(waves)
+        probs = (dict(zip(keys, self.audio_proba_normalised([waves[k] for k in keys])))
+                 if len(keys) >= 2 else {})
+        for i in range(len(audios)):
+            yield (i, errors[i]) if i in errors else (i, self.predict_wave(waves[i], transcript,
+                                                                            p_audio=probs.get(i)))
+
     def predict_segments(self, audio: A.AudioInput, transcribe: bool = True,
                          max_len: float = 10.0) -> list[Prediction]:
-        """Split long audio into speech segments and predict each (start/end set in seconds)."""
+        """Split long audio into speech segments and predict each (start/end set in seconds).
+        With enough speech (`_normalise_segments`) the audio branch reads each segment relative
+        to the recording's mean segment (per-recording normalisation, as predict_many's "batch")."""
         wav = audio if isinstance(audio, np.ndarray) else A.load_audio(audio)
+        segs = [(seg, chunk) for seg, chunk in A.iter_segments(wav, max_len=max_len)
+                if chunk.size >= A.MIN_SAMPLES]
+        chunks = [c for _, c in segs]
+        probs = self.audio_proba_normalised(chunks) if self._normalise_segments(chunks) else [None] * len(segs)
         preds = []
-        for seg, chunk in A.iter_segments(wav, max_len=max_len):
-            if chunk.size < A.MIN_SAMPLES:
-                continue
-            p = self.predict_wave(chunk, None if transcribe else "")
+        for (seg, chunk), p_audio in zip(segs, probs):
+            p = self.predict_wave(chunk, None if transcribe else "", p_audio=p_audio)
             p.start, p.end = seg.start, seg.end
             preds.append(p)
         if not preds:

@@ -26,11 +26,17 @@ from .errors import EmodemoError
 from .ge2e import GE2E, partial_slices, resemblyzer_weights  # noqa: F401  (re-exported)
 
 
+# per-recording normalisation (contract C3): serving modes and the rule of predict_segments
+NORMALIZE = ("none", "batch")
+NORMALIZE_MIN_SEGMENTS = 6       # a long recording is normalised by itself from 6 segments ...
+NORMALIZE_MIN_SECONDS = 20.0     # ... holding at least 20 s of speech
+
+
 # ---- registry ----------------------------------------------------------------------------
 def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = True,
                    **options) -> nn.Module:
     """Build a speaker backbone by name ('ge2e' | 'resnet34' | 'whisper-tiny[-mix|-final]' |
-    'ge2e+whisper-tiny...'), loading weights from `source`. `options`: Whisper `layers` / `mix`."""
+    'whisper-base[-mix|-final]' | 'ge2e+whisper-...'), loading weights from `source`. `options`: Whisper `layers` / `mix`."""
     name = name.lower()
     if name.startswith(("whisper", "ge2e+whisper")):
         from .whisper_encoder import build_whisper_backbone
@@ -47,7 +53,7 @@ def build_backbone(name: str, source: Optional[str] = None, pretrained: bool = T
                                "(config.yaml + avg_model.pt), e.g. wespeaker-voxceleb-resnet34")
         return build_resnet("ResNet34" if name == "resnet34" else "ResNet18")
     raise EmodemoError(f"unknown speech backbone {name!r}; known: ge2e, resnet34, whisper-tiny, "
-                       "ge2e+whisper-tiny")
+                       "whisper-base, ge2e+whisper-tiny")
 
 
 # ---- emotion head ------------------------------------------------------------------------
@@ -90,8 +96,45 @@ class HeadEnsemble(nn.Module):
         return torch.stack([m(frames, lengths) for m in self.members]).mean(0)
 
 
-def build_head(in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, heads: int = 1) -> nn.Module:
-    """One EmotionHead, or a HeadEnsemble of `heads` of them."""
+class PooledHead(nn.Module):
+    """Mean+std pooled frames → standardised → linear (a linear probe), plus an optional second
+    linear head for per-recording normalisation (`normalised`):
+
+        single clip:   logits = out((stats − mean) / std)
+        one setting:   logits = norm_out((stats − mean over the setting's clips − norm_mean) / norm_std)
+
+    Several clips of one recording share speaker, microphone and room; their mean clip is that
+    setting, not an emotion, so the second head (trained on features centred per training speaker)
+    reads only how each clip differs from its setting. `has_norm` says whether it was trained."""
+
+    def __init__(self, in_dim: int, n_classes: int):
+        super().__init__()
+        d = 2 * in_dim
+        for name, value in (("mean", 0.0), ("std", 1.0), ("norm_mean", 0.0), ("norm_std", 1.0)):
+            self.register_buffer(name, torch.full((d,), value))
+        self.register_buffer("has_norm", torch.zeros((), dtype=torch.bool))
+        self.out = nn.Linear(d, n_classes)
+        self.norm_out = nn.Linear(d, n_classes)
+
+    def pooled_logits(self, stats: torch.Tensor) -> torch.Tensor:
+        return self.out((stats - self.mean) / self.std)
+
+    def normalised_logits(self, stats: torch.Tensor) -> torch.Tensor:
+        """Logits of clips [B, 2·in_dim] that form one setting (their mean is removed)."""
+        if not bool(self.has_norm):
+            raise EmodemoError("this speech head has no per-recording normalisation (train it with "
+                               "speech.normalize in the recipe)")
+        return self.norm_out((stats - stats.mean(0, keepdim=True) - self.norm_mean) / self.norm_std)
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.pooled_logits(masked_stats(frames, lengths))
+
+
+def build_head(in_dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.3, heads: int = 1,
+               kind: str = "frames") -> nn.Module:
+    """One EmotionHead, a HeadEnsemble of `heads` of them, or (kind 'pooled') a PooledHead."""
+    if kind == "pooled":
+        return PooledHead(in_dim, n_classes)
     if heads > 1:
         return HeadEnsemble([EmotionHead(in_dim, n_classes, hidden, dropout) for _ in range(heads)])
     return EmotionHead(in_dim, n_classes, hidden, dropout)
@@ -147,12 +190,13 @@ class SpeechEmotionModel(nn.Module):
     returns class logits."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, hidden: int = 256, dropout: float = 0.3,
-                 adapter: bool = False, trim: bool | str = False, calibrated: bool = False, heads: int = 1):
+                 adapter: bool = False, trim: bool | str = False, calibrated: bool = False, heads: int = 1,
+                 head: str = "frames"):
         super().__init__()
         self.backbone = backbone
         self.trim = trim          # front end cuts leading/trailing silence: True/"energy", "vad" (audio.trim_silence)
         trim_prefix(trim)         # an unknown method is refused when the model is built
-        self.head = build_head(backbone.frame_dim, n_classes, hidden, dropout, heads)
+        self.head = build_head(backbone.frame_dim, n_classes, hidden, dropout, heads, head)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
         self.calibration = FrameShift(backbone.frame_dim) if calibrated else None
 
@@ -169,6 +213,16 @@ class SpeechEmotionModel(nn.Module):
         """(pooled backbone stats [B, 2·frame_dim], head logits [B, C]) — what the adapter sees."""
         frames, lengths = self.frames(feats, lengths)
         return masked_stats(frames, lengths), self.head(frames, lengths)
+
+    @property
+    def can_normalize(self) -> bool:
+        """Whether the head has a per-recording normalised path (PooledHead with `has_norm`)."""
+        return isinstance(self.head, PooledHead) and bool(self.head.has_norm)
+
+    def normalised(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of a batch of clips of ONE recording / setting, normalised by their mean."""
+        frames, lengths = self.frames(feats, lengths)
+        return self.head.normalised_logits(masked_stats(frames, lengths))
 
     def forward(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         frames, lengths = self.frames(feats, lengths)

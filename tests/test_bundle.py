@@ -70,8 +70,8 @@ def test_bad_bundles_are_reported(tmp_path, saved):
 def test_default_bundle_is_complete_and_small():
     cfg = read_config(DEFAULT_BUNDLE)
     assert cfg["labels"] == LABELS
-    # v5 on: Whisper tiny.en's encoder (the ASR's own weights), silence trimmed, three corpora
-    assert cfg["speech"]["backbone"] == "whisper-tiny" and cfg["speech"]["trim"]
+    # v7: Whisper base blocks 1-6, silence trimmed, five corpora, a pooled head with per-recording normalisation
+    assert cfg["speech"]["backbone"] == "whisper-base" and cfg["speech"]["trim"] and cfg["speech"]["head"] == "pooled"
     assert cfg["asr"]["backend"] == "faster-whisper"
     card = (DEFAULT_BUNDLE / "README.md").read_text()
     # what issue 13 asks of the card: data and speaker splits, per-corpus held-out and

@@ -134,3 +134,37 @@ def test_speaker_split_rejects_bad_fractions(two_corpora):
         speaker_split(two_corpora, [0.0, 0.0])
     with pytest.raises(ValueError, match="fractions"):
         speaker_split(two_corpora, [1.0, -0.5])
+
+
+def test_crema_d_and_emovo_specs_read_opus_and_cap_clips_per_speaker(tmp_path):
+    import subprocess
+    root = make_corpus(tmp_path / "flac", ["cremad_1001", "cremad_1002"], ["sad", "happy", "angry"], per=4)
+    opus = tmp_path / "crema"
+    (opus / "audio").mkdir(parents=True)
+    rows = list(csv.DictReader(open(root / "labels.csv", encoding="utf-8")))
+    for r in rows:                       # the shared copies are Opus: convert like them
+        dst = opus / "audio" / r["file"].replace(".flac", ".opus")
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(root / r["file"]), "-c:a", "libopus",
+                        "-b:a", "40k", str(dst)], check=True)
+        r["file"] = f"audio/{dst.name}"
+    with open(opus / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "speaker", "emotion", "text"])
+        w.writeheader()
+        w.writerows(rows)
+    items = load_spec(f"crema-d:root={opus}:speakers=cremad_1001")
+    assert len(items) == 12 and {i.corpus for i in items} == {"crema-d"}
+    assert {i.speaker for i in items} == {"crema-d-cremad_1001"}
+    assert load_audio(items[0].audio).size > 0.25 * SR
+    capped = load_spec(f"crema-d:root={opus}:max_per_speaker=5")
+    per_spk = {s: [i.label for i in capped if i.speaker == s] for s in {i.speaker for i in capped}}
+    assert all(len(v) == 5 and set(v) == {"sad", "happy", "angry"} for v in per_spk.values())   # spread over classes
+    assert capped == load_spec(f"crema-d:root={opus}:max_per_speaker=5")                      # deterministic
+    assert {i.corpus for i in load_spec(f"emovo:root={opus}")} == {"emovo"}
+
+
+@pytest.mark.skipif(not (load_spec.__globals__["SHARED_DATA"] / "emovo").is_dir(), reason="shared data absent")
+def test_shared_crema_d_and_emovo_corpora():
+    emovo = load_spec("emovo")
+    assert len(emovo) == 588 and len({i.speaker for i in emovo}) == 6 and len({i.label for i in emovo}) == 7
+    crema = load_spec("crema-d:max_per_speaker=16")
+    assert len({i.speaker for i in crema}) == 91 and all(i.audio.endswith(".opus") for i in crema[:5])

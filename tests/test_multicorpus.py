@@ -229,3 +229,68 @@ def test_head_ensemble_trains_each_member_and_round_trips_through_a_bundle(tone_
     _, again, _ = load_bundle(tmp_path / "b")
     with torch.inference_mode():
         assert torch.allclose(again.head(x, n), head(x, n), atol=1e-2)   # float16 on disk
+
+
+# ---- the pooled head and per-recording normalisation (training/pooled.py) ------------------------
+def _offset_corpora(seed: int = 0, dim: int = 16):
+    """Two corpora whose speakers each add a large random offset (voice, room) to every clip; the
+    emotion is a small direction per class, the same in both corpora. Returns (corpora, feats)."""
+    from emodemo.data import Item
+    from emodemo.training import pooled as P  # noqa: F401
+    rng = np.random.default_rng(seed)
+    direction = {lab: rng.normal(0, 1.0, dim) for lab in ("neutral", "happy", "sad", "angry")}
+    vec: dict[str, torch.Tensor] = {}
+    corpora = {}
+    for cname in ("a", "b"):
+        parts = {}
+        for part, n_spk in (("train", 6), ("val", 3), ("test", 3)):
+            items = []
+            for s in range(n_spk):
+                offset = rng.normal(0, 4.0, dim)
+                for k in range(12):
+                    lab = list(direction)[k % 4]
+                    it = Item(f"/{cname}/{part}{s}_{k}.wav", lab, speaker=f"{cname}-{part}{s}", id=f"{part}{s}_{k}",
+                              corpus=cname)
+                    vec[it.audio] = torch.tensor(offset + direction[lab] + rng.normal(0, 0.3, dim), dtype=torch.float32)
+                    items.append(it)
+            parts[part] = items
+        corpora[cname] = MC.Corpus(cname, parts["train"], parts["val"], parts["test"])
+    return corpora, (lambda items: [vec[i.audio] for i in items])
+
+
+def test_pooled_head_normalised_path_removes_the_setting_and_beats_single_clips():
+    from emodemo.training import pooled as P
+    corpora, feats = _offset_corpora()
+    head, info = P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-3, 1e-1]), normalize=True)
+    assert bool(head.has_norm) and set(info) == {"single", "normalised"}
+    rep = P.pooled_report(head, corpora, feats, LABELS, normalize=True)
+    single = np.mean([r["UA"] for r in rep["test"].values()])
+    normalised = np.mean([r["UA"] for r in rep["test_normalised"].values()])
+    assert normalised >= 0.9 and normalised > single + 0.2          # the offset swamps single clips
+    # the normalised head does not see a constant added to every clip of a setting
+    x = torch.stack(feats(corpora["a"].test[:12]))
+    with torch.inference_mode():
+        assert torch.allclose(head.normalised_logits(x), head.normalised_logits(x + 5.0), atol=1e-3)
+        assert not torch.allclose(head.pooled_logits(x), head.pooled_logits(x + 5.0), atol=1e-1)
+    loco = P.loco(corpora, feats, LABELS, MC.ProbeOptions([1e-2]), normalize=True)
+    assert set(loco) == {"a", "b"} and {"rest", "test", "all", "all_normalised"} <= set(loco["a"])
+    assert loco["a"]["all_normalised"]["UA"] > loco["a"]["all"]["UA"]
+
+
+def test_drop_rare_classes_removes_them_from_every_part():
+    corpora, _ = _offset_corpora()
+    c = corpora["a"]
+    c.train = [i for i in c.train if i.label != "angry"] + [i for i in c.train if i.label == "angry"][:3]
+    dropped = MC.drop_rare_classes(corpora, LABELS, 10)
+    assert dropped == {"a": ["angry"]}
+    assert all(i.label != "angry" for i in c.train + c.val + c.test)
+    assert any(i.label == "angry" for i in corpora["b"].test)
+
+
+def test_fit_probe_on_principal_components_folds_back_to_all_dimensions():
+    corpora, feats = _offset_corpora(dim=40)
+    tr, tr_items = MC.gather(corpora, "train", feats, LABELS)
+    va, _ = MC.gather(corpora, "val", feats, LABELS)
+    probe, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, MC.ProbeOptions([1e-2], components=8))
+    assert probe.out.weight.shape == (len(LABELS), 40) and len(hist) == 1
+    assert torch.linalg.matrix_rank(probe.out.weight.detach()) <= 8

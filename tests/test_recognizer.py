@@ -130,3 +130,28 @@ def test_a_backend_with_only_transcribe_still_works(speech_wav):
     assert p.language is None and p.translation == "" and p.text is not None
     vec = lambda d: np.array([d[k] for k in rec.labels])  # noqa: E731
     assert np.allclose(vec(p.fused), rec.fusion(vec(p.audio), vec(p.text)))
+
+
+from conftest import ROOT  # noqa: E402
+
+EXAMPLES = sorted(str(p) for p in (ROOT / "data" / "examples").glob("*_actor*.flac"))
+
+
+def test_normalize_batch_reads_clips_relative_to_their_setting(recognizer):
+    from emodemo.errors import EmodemoError
+    assert recognizer.can_normalize and len(EXAMPLES) == 4
+    single = [p for _, p in recognizer.predict_many(EXAMPLES, transcript="")]
+    batch = [p for _, p in recognizer.predict_many(EXAMPLES, transcript="", normalize="batch")]
+    labels = recognizer.labels
+    for p in batch:
+        assert _is_dist(p.audio, labels) and _is_dist(p.fused, labels)
+    assert max(abs(a.audio[l] - b.audio[l]) for a, b in zip(single, batch) for l in labels) > 0.02
+    # the setting is the set of clips, not their order
+    again = [p for _, p in recognizer.predict_many(EXAMPLES[::-1], transcript="", normalize="batch")][::-1]
+    for a, b in zip(batch, again):
+        assert a.audio == pytest.approx(b.audio, abs=1e-5)
+    # a single clip keeps the single-clip path
+    (_, one), = recognizer.predict_many(EXAMPLES[:1], transcript="", normalize="batch")
+    assert one.audio == pytest.approx(single[0].audio, abs=1e-6)
+    with pytest.raises(EmodemoError, match="normalize"):
+        list(recognizer.predict_many(EXAMPLES, transcript="", normalize="speaker"))

@@ -72,3 +72,19 @@ def test_backbone_registry():
         build_backbone("resnet34")
     with pytest.raises(EmodemoError, match="unknown speech backbone"):
         build_backbone("wav2vec9")
+
+
+def test_pooled_head_single_and_normalised_paths():
+    from emodemo.errors import EmodemoError
+    from emodemo.speech import PooledHead, masked_stats
+    torch.manual_seed(0)
+    head = PooledHead(6, 4).eval()
+    frames, lengths = torch.randn(3, 10, 6), torch.tensor([10, 7, 4])
+    with torch.inference_mode():
+        assert torch.allclose(head(frames, lengths), head.pooled_logits(masked_stats(frames, lengths)))
+    with pytest.raises(EmodemoError, match="no per-recording normalisation"):
+        head.normalised_logits(masked_stats(frames, lengths))
+    head.has_norm.fill_(True)
+    stats = masked_stats(frames, lengths)
+    with torch.inference_mode():
+        assert torch.allclose(head.normalised_logits(stats), head.normalised_logits(stats + 3.0), atol=1e-5)

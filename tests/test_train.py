@@ -263,3 +263,29 @@ def test_branch_proba_is_the_recognizers_rule(recognizer, speech_wav, tmp_path):
     pa2, _, _ = branch_proba(rec.speech, None, hot, items)
     z = np.log(pa) * t0 / 2.0                                     # logits / 2, up to a constant
     assert np.allclose(pa2, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
+
+
+def test_misspelt_multicorpus_key_ends_the_train_command_with_one_error_line(tmp_path):
+    cfg = json.loads((ROOT / "configs" / "default-v7.json").read_text())
+    cfg["speech"]["multicorpus"]["epohcs"] = 3
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(cfg))
+    r = subprocess.run([sys.executable, "-m", "emodemo", "train", "--config", str(path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "speech.multicorpus.epohcs" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_multicorpus_recipe_is_typed():
+    from emodemo.errors import TrainError
+    from emodemo.training import Recipe
+    r = Recipe.coerce({"speech": {"head": "pooled", "normalize": {}, "multicorpus": {"loco": True}}})
+    assert r.speech.multicorpus.loco is True and r.speech.multicorpus.l2_grid[0] == 1e-3
+    assert r.speech.normalize.min_segments >= 2
+    for over, key in (({"speech": {"multicorpus": {"lr": "x"}}}, "speech.multicorpus.lr"),
+                      ({"speech": {"head": "pooled", "normalize": {"min_segs": 3}}}, "speech.normalize.min_segs"),
+                      ({"speech": {"normalize": {}}}, "speech.normalize")):
+        with pytest.raises(TrainError, match=key.replace(".", r"\.")):
+            Recipe.coerce(over)

@@ -181,3 +181,18 @@ def test_bundle_with_whisper_backbone_saves_deltas(tmp_path, clips):
         a, b = speech(f), speech2(f)
     assert torch.allclose(a, b, atol=1e-2)
     assert speech2.backbone.layer_weights()[4] > speech2.backbone.layer_weights()[1]
+
+
+def test_whisper_base_presets_build_base_dimensions_without_weights():
+    from emodemo.speech import build_backbone
+    b = build_backbone("whisper-base", pretrained=False)
+    assert len(b.encoder.blocks) == 6 and b.n_state == 512 and b.frame_dim == 6 * 512
+    sub = build_backbone("whisper-base", pretrained=False, layers=[3, 4, 5])
+    assert sub.frame_dim == 3 * 512
+    mix = build_backbone("whisper-base-mix", pretrained=False)
+    assert mix.frame_dim == 512 and mix.layer_weights() is not None
+    tiny = build_backbone("whisper-tiny", pretrained=False)
+    assert tiny.n_state == 384 and len(tiny.encoder.blocks) == 4
+    feats = torch.randn(2, 230, 80)
+    frames, n = sub.frames(feats, torch.tensor([230, 120]))
+    assert frames.shape == (2, 115, 1536) and n.tolist() == [115, 60]

@@ -1,14 +1,20 @@
-"""Frozen-backbone frame features cached on disk, so heads and probes on them train in seconds.
+"""The one frozen-backbone feature extractor: frames or pooled per-layer statistics, cached on
+disk, computed in batches with a progress bar, so heads and probes on them train in seconds.
 
-A cache is a folder per backbone key (`runs/features/ge2e-resemblyzer/`), one float16 tensor
-[T', D] per item in `<corpus>/<item id>.pt`. Entries are written atomically, so an interrupted
-extraction resumes where it stopped. The key must change whenever the frames would (another
-backbone, other weights, another window): `backbone_key()` builds it from the speech config.
+A cache is a folder per backbone key (`runs/features/ge2e-resemblyzer/`), one float16 tensor per
+item in `<corpus>/<item id>.pt`: frames [T', D] (`backbone_extractor`) or, for a Whisper backbone,
+per-layer statistics [L, 4·n_state] (`layer_stats_extractor`: for every layer 0..n and 'final', the
+mean and std over the clip's frames of the raw outputs, then of the layer-normalised outputs).
+The statistics are all a pooled head needs: mean+std of concatenated layers is the concatenation
+of each layer's mean+std. Entries are written atomically, so an interrupted extraction resumes
+where it stopped. The key must change whenever the features would (another backbone, other
+weights, another window, trimming): `backbone_key()` builds it from the speech config.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -16,16 +22,20 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import audio as A
 from ..data import Item, corpus_of
 from ..speech import masked_stats
+from .loops import pad_frames
 
 log = logging.getLogger(__name__)
 
 Extractor = Callable[[np.ndarray], torch.Tensor]   # waveform (16 kHz mono) -> frames [T', D]
+BatchExtractor = Callable[[Sequence[np.ndarray]], list]   # waveforms -> one tensor each
 DEFAULT_ROOT = Path("runs") / "features"
+STATS_PARTS = ("mean", "std", "ln_mean", "ln_std")   # the 4 blocks of n_state in a layer-stats row
 
 
 def backbone_key(speech_cfg: dict) -> str:
@@ -52,6 +62,42 @@ def backbone_extractor(backbone: nn.Module, feature: Optional[str] = None) -> Ex
     return extract
 
 
+def stats_layers(backbone: nn.Module) -> list:
+    """Every layer a Whisper backbone exposes, in the order of a layer-stats row: 0..n, 'final'."""
+    from ..whisper_encoder import FINAL
+    return list(range(len(backbone.encoder.blocks) + 1)) + [FINAL]
+
+
+def layer_stats_extractor(backbone: nn.Module, feature: str) -> BatchExtractor:
+    """Per-layer pooled statistics [L, 4·n_state] of a frozen Whisper backbone for a batch of
+    waveforms (front end `feature`, e.g. 'trimmed:whisper_mel'); each clip encoded in its own
+    window, so batching does not change the numbers."""
+    backbone.eval()
+    layers = stats_layers(backbone)
+
+    @torch.inference_mode()
+    def extract(wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        feats = [A.features(feature, w) for w in wavs]
+        x, lengths = pad_frames(feats)
+        outs, n = backbone.layer_outputs(x, lengths, layers=layers)
+        rows = []
+        for l in layers:
+            h = outs[l]
+            ln = F.layer_norm(h, (h.shape[-1],))
+            rows.append(torch.cat([masked_stats(h, n), masked_stats(ln, n)], -1))   # [B, 4·n_state]
+        return list(torch.stack(rows, 1))                                         # B x [L, 4·n_state]
+    return extract
+
+
+def stats_view(stats: torch.Tensor, layer_index: Sequence[int], normed: bool = False) -> torch.Tensor:
+    """Mean+std features of some layers from layer-stats rows [N, L, 4·d] → [N, 2·d·len(layers)],
+    ordered like masked_stats of the concatenated frames (all means, then all stds)."""
+    d = stats.shape[-1] // 4
+    off = 2 * d if normed else 0
+    sel = stats[:, list(layer_index)].float()
+    return torch.cat([sel[..., off:off + d].flatten(1), sel[..., off + d:off + 2 * d].flatten(1)], 1)
+
+
 class FrameCache:
     """Backbone frames per item on disk under `root/key`."""
 
@@ -70,25 +116,40 @@ class FrameCache:
     def missing(self, items: Sequence[Item]) -> list[Item]:
         return [it for it in items if not self.entry(it).exists()]
 
-    def fill(self, items: Sequence[Item], extract: Extractor, desc: str = "frames") -> int:
-        """Compute and store the frames of every item not cached yet; returns how many."""
+    def fill(self, items: Sequence[Item], extract: Extractor | BatchExtractor, desc: str = "frames",
+             batch_size: int = 0) -> int:
+        """Compute and store the features of every item not cached yet; returns how many.
+        `batch_size` > 0: `extract` takes a list of waveforms (items sorted by length first)."""
         todo = self.missing(items)
-        for it in tqdm(todo, desc=f"{desc} ({self.key})", leave=False, disable=not todo):
-            out = self.entry(it)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            frames = extract(A.load_audio(it.audio)).detach().to(torch.float16).contiguous()
-            tmp = out.with_suffix(".tmp")
-            torch.save(frames.clone(), tmp)
-            tmp.replace(out)
+        if batch_size > 0:
+            todo = sorted(todo, key=lambda it: os.path.getsize(it.audio))
+        step = max(1, batch_size)
+        bar = tqdm(total=len(todo), desc=f"{desc} ({self.key})", leave=False, disable=not todo,
+                   mininterval=10)
+        for b in range(0, len(todo), step):
+            chunk = todo[b:b + step]
+            wavs = [A.load_audio(it.audio) for it in chunk]
+            outs = extract(wavs) if batch_size > 0 else [extract(wavs[0])]
+            for it, t in zip(chunk, outs):
+                self._store(it, t)
+            bar.update(len(chunk))
+        bar.close()
         if todo:
             log.info("feature cache %s: %d new entries", self.key, len(todo))
         return len(todo)
 
+    def _store(self, item: Item, t: torch.Tensor) -> None:
+        out = self.entry(item)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")      # two extractors never share a temporary file
+        torch.save(t.detach().to(torch.float16).contiguous().clone(), tmp)
+        tmp.replace(out)
+
     def load(self, items: Sequence[Item], extract: Optional[Extractor] = None,
-             desc: str = "frames") -> list[torch.Tensor]:
-        """Frames [T', D] (float16) of each item, computing missing ones with `extract`."""
+             desc: str = "frames", batch_size: int = 0) -> list[torch.Tensor]:
+        """Features (float16) of each item, computing missing ones with `extract`."""
         if extract is not None:
-            self.fill(items, extract, desc)
+            self.fill(items, extract, desc, batch_size)
         elif self.missing(items):
             raise FileNotFoundError(f"{len(self.missing(items))} items not in feature cache {self.path}; "
                                     "pass an extractor to compute them")
@@ -125,3 +186,20 @@ def align_concat(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[t
         pooled_x = torch.nn.functional.adaptive_avg_pool1d(x.float().T[None], y.shape[0])[0].T.to(x.dtype)
         out.append(torch.cat([y, pooled_x] if swap else [pooled_x, y], dim=-1))
     return out
+
+
+def cached_layer_stats(items: Sequence[Item], speech_cfg: dict, root: str | Path = DEFAULT_ROOT,
+                       batch_size: int = 4, backbone: Optional[nn.Module] = None) -> torch.Tensor:
+    """Per-layer statistics [N, L, 4·n_state] (float16) of every item for the Whisper backbone of
+    `speech_cfg` ('backbone', 'source', 'trim'), from the disk cache, computing missing entries
+    (the backbone is built only when something is missing)."""
+    cfg = {k: speech_cfg.get(k) for k in ("backbone", "source", "trim")}
+    cache = FrameCache(backbone_key(cfg) + "-layerstats", root)
+    extract = None
+    if cache.missing(items):
+        if backbone is None:
+            from ..speech import build_backbone
+            backbone = build_backbone(str(cfg["backbone"]), cfg.get("source"))
+        feature = (A.TRIMMED if cfg.get("trim") else "") + backbone.feature
+        extract = layer_stats_extractor(backbone, feature)
+    return torch.stack(cache.load(items, extract, desc="layer stats", batch_size=batch_size))

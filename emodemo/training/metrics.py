@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
+import math
+
 import numpy as np
 
 from ..fusion import unweighted_accuracy
@@ -65,6 +67,7 @@ def tempered(p: np.ndarray, t: float) -> np.ndarray:
 
 
 TEMPERATURE_GRID = (0.2, 5.0, 81)      # log-spaced search: lowest, highest, points
+HEAD_TEMPERATURE_GRID = (0.5, 4.0, 29)  # the multi-corpus recipes' heads (v5-v7 were fitted on it)
 
 
 def fit_temperature(p: np.ndarray | Sequence[np.ndarray], y: np.ndarray | Sequence[np.ndarray],

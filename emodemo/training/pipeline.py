@@ -62,7 +62,8 @@ def _bundle_config(cfg: dict, recipe: Recipe, labels, speech, fusion, m_speech: 
     sc, tc = cfg["speech"], recipe.text
     return {"format_version": FORMAT_VERSION, "name": recipe.name, "version": recipe.version, "labels": labels,
             "front_end": {"sample_rate": A.SAMPLE_RATE, "feature": speech.feature},
-            "speech": {k: sc[k] for k in ("backbone", "source", "hidden", "dropout", "trim", "heads") if k in sc}
+            "speech": {k: sc[k] for k in ("backbone", "source", "hidden", "dropout", "trim", "heads", "head",
+                                          "layers", "normalize") if sc.get(k) is not None}
             | {"temperature": m_speech.get("temperature", 1.0)},
             "text": {"base": tc.base, "max_length": tc.max_length, "temperature": 1.0},
             "fusion": fusion.to_config(), "asr": recipe.asr,

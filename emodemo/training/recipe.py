@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 from ..asr import DEFAULT_ASR
 from ..errors import TrainError
 from ..typed import Section
+from ..speech import NORMALIZE_MIN_SECONDS, NORMALIZE_MIN_SEGMENTS
 
 Spec = Union[str, list[str]]          # a data spec, or several concatenated (see emodemo.data.load_spec)
 
@@ -39,6 +40,57 @@ def _require(ok: bool, where: str, name: str, value: Any, what: str) -> None:
         raise TrainError(f"recipe key {where}{name} = {value!r}: {what}")
 
 
+HEAD_KINDS = ("frames", "pooled")
+
+
+@dataclass
+class NormalizeRecipe(_Section):
+    """Per-recording normalisation (contract C3): a second linear head on pooled features centred
+    on their setting's mean clip (in training: each speaker's clips; in serving: the clips of one
+    `predict_many(normalize="batch")` call or of one long recording)."""
+    min_segments: int = NORMALIZE_MIN_SEGMENTS   # predict_segments normalises from this many segments ...
+    min_seconds: float = NORMALIZE_MIN_SECONDS   # ... and this much speech in them
+
+    def check(self, where: str) -> None:
+        _require(self.min_segments >= 2, where, "min_segments", self.min_segments, "must be >= 2")
+        _require(self.min_seconds >= 0, where, "min_seconds", self.min_seconds, "must be >= 0")
+
+
+@dataclass
+class MulticorpusRecipe(_Section):
+    """Frozen backbone, several corpora (training/speech_multicorpus.py); corpora are the groups of
+    `emodemo.data.corpus_of` over the train / val / test specs."""
+    test: Spec = field(default_factory=list)        # held-out speakers: only measured
+    aux: list[str] = field(default_factory=lambda: ["espeak"])   # trained on, never validated on
+    loco: bool = False                              # also leave each corpus out once
+    epochs: int = 30
+    patience: int = 8
+    lr: float = 1e-3
+    batch_size: int = 32
+    crop_seconds: float = 4.0
+    absent: float = 0.0
+    speaker_shift: float = 0.0
+    shift_scale: float = 1.0
+    ema: float = 0.0
+    smoothing: float = 0.1
+    weight_decay: float = 1e-2
+    cache: str = "runs/features"
+    card_include: Optional[str] = None              # markdown included in the card (multicorpus_card)
+    min_class_clips: int = 0                        # drop a corpus's classes with fewer training clips
+    l2_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])   # pooled head
+    corpus_weight: Optional[dict] = None            # {corpus: weight} in the balanced loss (default 1)
+    components: int = 0                             # pooled head: fit on this many principal directions
+
+    def check(self, where: str) -> None:
+        for name in ("epochs", "min_class_clips"):
+            _require(getattr(self, name) >= 0, where, name, getattr(self, name), "must be >= 0")
+        for name in ("patience", "batch_size"):
+            _require(getattr(self, name) >= 1, where, name, getattr(self, name), "must be >= 1")
+        _require(self.lr > 0, where, "lr", self.lr, "must be > 0")
+        _require(bool(self.l2_grid) and all(v >= 0 for v in self.l2_grid), where, "l2_grid", self.l2_grid,
+                 "non-empty, every value >= 0")
+
+
 @dataclass
 class SpeechRecipe(_Section):
     """The speech branch: a speaker backbone transfer-learned to emotion."""
@@ -61,9 +113,12 @@ class SpeechRecipe(_Section):
     perturb: Optional[dict] = field(default_factory=lambda: {
         "speed": [0.9, 1.0, 1.1], "noise_snr_db": [10, 40], "noise_p": 0.5, "gain_db": [-10, 10]})
     eval_init: Optional[bool] = None     # measure the starting point as epoch 0 (warm starts)
-    multicorpus: Optional[dict] = None   # frozen backbone, several corpora: see training/speech_multicorpus.py
+    multicorpus: Optional[MulticorpusRecipe] = None   # frozen backbone, several corpora
     trim: Union[bool, str, None] = None  # front end cuts leading/trailing silence: true/"energy", "vad" (audio.trim_silence)
     heads: int = 1                       # > 1: an ensemble of heads from seeds seed, seed+1, ... (multicorpus)
+    head: str = "frames"                 # frames: EmotionHead on frames; pooled: linear on mean+std
+    layers: Optional[list[Union[int, str]]] = None   # Whisper layers (default: the preset's)
+    normalize: Optional[NormalizeRecipe] = None      # per-recording normalisation (pooled head)
 
     def check(self, where: str) -> None:
         for name in ("epochs", "head_epochs", "hidden"):
@@ -75,6 +130,9 @@ class SpeechRecipe(_Section):
         _require(0 <= self.dropout < 1, where, "dropout", self.dropout, "must be in [0, 1)")
         _require(self.max_seconds >= 0, where, "max_seconds", self.max_seconds, "must be >= 0")
         _require(self.unfreeze in UNFREEZE, where, "unfreeze", self.unfreeze, f"one of {UNFREEZE}")
+        _require(self.head in HEAD_KINDS, where, "head", self.head, f"one of {HEAD_KINDS}")
+        _require(self.normalize is None or self.head == "pooled", where, "normalize", "...",
+                 "needs head = pooled")
 
 
 @dataclass

@@ -12,7 +12,9 @@ with the balanced, class-masked loss of `multicorpus`; the epoch with the best m
 over the (non-auxiliary) corpora is kept, a softmax temperature is fitted on the validation sets,
 and the held-out speakers of each corpus are only measured. With `loco`, the same recipe is run
 once per corpus without it and measured on all of that corpus's speakers (prediction histogram,
-ECE), the "unfamiliar audio" case.
+ECE), the "unfamiliar audio" case. `speech.head: "pooled"` trains a linear head on the pooled
+frames instead (training/pooled.py, seconds on cached layer statistics), with `speech.normalize`
+also its per-recording normalised twin. The recipe section is typed (`recipe.MulticorpusRecipe`).
 """
 from __future__ import annotations
 
@@ -24,39 +26,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data import Item, corpus_of, load_spec
+from ..data import Item, load_spec
 from ..speech import HeadEnsemble, build_head
 from . import multicorpus as MC
-from .features import DEFAULT_ROOT, FrameCache, backbone_extractor, backbone_key
-from .metrics import metrics
+from . import pooled as P
+from .features import FrameCache, backbone_extractor, backbone_key
+from .metrics import HEAD_TEMPERATURE_GRID, metrics
 from .rundir import TRAIN_LOG
 
 log = logging.getLogger(TRAIN_LOG)
-
-DEFAULTS = {"test": [], "aux": ["espeak"], "loco": False, "epochs": 30, "patience": 8, "lr": 1e-3,
-            "batch_size": 32, "crop_seconds": 4.0, "absent": 0.0, "speaker_shift": 0.0, "shift_scale": 1.0, "ema": 0.0, "smoothing": 0.1,
-            "weight_decay": 1e-2, "cache": str(DEFAULT_ROOT)}
-
-
-def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequence[Item],
-                       aux: Sequence[str] = ()) -> dict[str, MC.Corpus]:
-    """Group items into `MC.Corpus` objects by corpus; corpora named in `aux` are trained on with
-    an unmasked loss and never validated on."""
-    out: dict[str, MC.Corpus] = {}
-    for part, items in (("train", train), ("val", val), ("test", test)):
-        for it in items:
-            name = corpus_of(it)
-            c = out.setdefault(name, MC.Corpus(name, [], aux=name in aux, mask=name not in aux))
-            getattr(c, part).append(it)
-    for c in out.values():
-        if not c.train:
-            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
-        for part in ("val", "test"):
-            clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
-            if clash:
-                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
-    return out
-
 
 def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Sequence[str],
               mc: dict, hop_ms: float, seed: int, names: Optional[list[str]] = None):
@@ -64,15 +42,15 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     validation speakers by itself); the score is the whole head's mean validation UA."""
     tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
     va, _ = MC.gather(corpora, "val", feats, labels, names)
-    collate = MC.make_collate("frames", crop=int(mc["crop_seconds"] * 1000 / hop_ms))
+    collate = MC.make_collate("frames", crop=int(mc.crop_seconds * 1000 / hop_ms))
     members = list(model.members) if isinstance(model, HeadEnsemble) else [model]
     fitted, hists = [], []
     for k, member in enumerate(members):
         head, hist, best = MC.fit_multicorpus(
-            member, tr, tr_items, va, corpora, labels, collate, epochs=mc["epochs"], lr=mc["lr"],
-            batch_size=mc["batch_size"], seed=seed + k, smoothing=mc["smoothing"],
-            weight_decay=mc["weight_decay"], patience=mc["patience"], absent=mc["absent"],
-            speaker_shift=mc["speaker_shift"], ema=mc["ema"], shift_scale=mc["shift_scale"])
+            member, tr, tr_items, va, corpora, labels, collate, epochs=mc.epochs, lr=mc.lr,
+            batch_size=mc.batch_size, seed=seed + k, smoothing=mc.smoothing,
+            weight_decay=mc.weight_decay, patience=mc.patience, absent=mc.absent,
+            speaker_shift=mc.speaker_shift, ema=mc.ema, shift_scale=mc.shift_scale)
         fitted.append(head)
         hists.append(hist)
     if not isinstance(model, HeadEnsemble):
@@ -82,6 +60,43 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     best = MC.select_score(per)
     log.info("ensemble of %d heads: mean validation UA %.3f", len(fitted), best)
     return model, hists[0], best, collate, va
+
+
+def _splits(corpora: dict) -> dict:
+    return {c.name: {p: sorted({i.speaker for i in getattr(c, p)}) for p in ("train", "val", "test")}
+            for c in corpora.values()}
+
+
+def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: dict):
+    """The pooled head (training/pooled.py) on cached layer statistics: same contract."""
+    t0 = time.time()
+    normalize = sc.normalize is not None
+    feats = P.pooled_feats({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None},
+                           P.layer_rows(model.backbone), mc.cache, model.backbone)
+    options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
+    head, info = P.fit_pooled(corpora, feats, labels, options, normalize)
+    log.info("speech (pooled head, frozen %s): val mean UA %.3f single%s (%.0f s)", sc.backbone,
+             info["single"]["val_mean_UA"], f", {info['normalised']['val_mean_UA']:.3f} normalised"
+             if normalize else "", time.time() - t0)
+    report = P.pooled_report(head, corpora, feats, labels, normalize) | {
+        "temperature": info["single"]["temperature"], "backbone": sc.backbone, "head": "pooled",
+        "splits": _splits(corpora), "dropped_classes": dropped,
+        "selection": {k: {"val_mean_UA": v["val_mean_UA"], "temperature": v["temperature"],
+                          "l2_grid": v["history"]} for k, v in info.items()}}
+    if mc.loco:
+        report["loco"] = P.loco(corpora, feats, labels, options, normalize)
+        for left, r in report["loco"].items():
+            log.info("leave out %s: UA %.3f on all its speakers%s; largest class share %.2f", left,
+                     r["all"]["UA"], f" ({r['all_normalised']['UA']:.3f} normalised)" if normalize else "",
+                     r["all"]["max_share"])
+    model.head = head
+    real = [c for c in corpora if not corpora[c].aux]
+    va, va_items = MC.gather(corpora, "val", feats, labels, real)
+    pv = P.head_proba(head, va)
+    best = MC.select_score({c: r for c, r in report["val"].items() if c in real})
+    m = metrics(va.y, pv.argmax(1), len(labels)) | {"mean_UA_over_corpora": best, "multicorpus": report}
+    history = [{"epoch": 1, "train_loss": 0.0, "val_UA": best, "val_mean_UA": best}]
+    return model, m, history
 
 
 def fold_temperature(head: nn.Module, temperature: float) -> None:
@@ -102,24 +117,29 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
     history). The metrics also carry `multicorpus`: per-corpus val and test reports, the softmax
     temperature fitted on the validation speakers (folded into the head's output layer, so the
     bundle's temperature stays 1) and, with `loco`, the leave-one-corpus-out results."""
-    from .recipe import Recipe
+    from .recipe import MulticorpusRecipe, Recipe
     recipe = Recipe.coerce(cfg)
     sc = recipe.speech
-    mc = {**DEFAULTS, **(sc.multicorpus or {})}
+    mc = sc.multicorpus or MulticorpusRecipe()
     seed = recipe.seed
     if model is None:
         from ..bundle import build_speech
         torch.manual_seed(seed)          # the head's initial weights do not depend on what ran before
         model = build_speech({"labels": list(labels), "speech": {"backbone": sc.backbone, "source": sc.source,
                                                                  "hidden": sc.hidden, "dropout": sc.dropout,
-                                                                 "trim": sc.trim or False, "heads": sc.heads}})
+                                                                 "trim": sc.trim or False, "heads": sc.heads,
+                                                                 "head": sc.head}
+                                                      | ({"layers": sc.layers} if sc.layers else {})})
     model.eval()
     for p in model.backbone.parameters():
         p.requires_grad = False
-    test_items = load_spec(mc["test"]) if mc["test"] else []
-    corpora = corpora_from_items(train_items, val_items, test_items, mc["aux"])
+    test_items = load_spec(mc.test) if mc.test else []
+    corpora = MC.corpora_from_items(train_items, val_items, test_items, mc.aux)
+    dropped = MC.drop_rare_classes(corpora, labels, mc.min_class_clips) if mc.min_class_clips else {}
+    if sc.head == "pooled":
+        return _train_pooled(model, sc, mc, corpora, labels, dropped)
     cache = FrameCache(backbone_key({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None}),
-                       mc["cache"])
+                       mc.cache)
     extract = backbone_extractor(model.backbone, model.feature)
     t0 = time.time()
     memo: dict[str, torch.Tensor] = {}
@@ -136,15 +156,15 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
     log.info("speech: best mean validation UA %.3f after %d epochs (%.0f s)", best, len(hist), time.time() - t0)
     val_per = MC.evaluate_corpora(head, va, collate, labels)
     real = [c for c in corpora if not corpora[c].aux]
-    temperature = MC.fit_temperature([val_per[c]["_p"] for c in real if c in val_per],
-                                     [va.y[np.array(va.corpus) == c] for c in real if c in val_per])
+    temperature = round(MC.fit_temperature([val_per[c]["_p"] for c in real if c in val_per],
+                                           [va.y[np.array(va.corpus) == c] for c in real if c in val_per],
+                                           grid=HEAD_TEMPERATURE_GRID), 3)
     te, _ = MC.gather(corpora, "test", feats, labels)
     report = {"val": _strip(MC.evaluate_corpora(head, va, collate, labels, temperature)),
               "test": _strip(MC.evaluate_corpora(head, te, collate, labels, temperature)),
-              "temperature": temperature, "backbone": sc.backbone, "splits": {
-                  c.name: {p: sorted({i.speaker for i in getattr(c, p)}) for p in ("train", "val", "test")}
-                  for c in corpora.values()}}
-    if mc["loco"]:
+              "temperature": temperature, "backbone": sc.backbone, "splits": _splits(corpora),
+              "dropped_classes": dropped}
+    if mc.loco:
         report["loco"] = {}
         for left in real:
             others = [c for c in corpora if c != left]

@@ -1,0 +1,175 @@
+"""The pooled head of the multi-corpus recipe (`speech.head: "pooled"`): a linear probe on the
+mean+std of the frozen backbone's frames, and its per-recording normalised twin (contract C3).
+
+Features come from the one frozen-feature cache (`features.cached_layer_stats`: per-layer
+statistics of every clip, computed once), so fitting a head, a leave-one-corpus-out fold or a
+backbone comparison row takes seconds. Both heads are fitted by `multicorpus.fit_probe` (the
+balanced, class-masked loss; the L2 strength chosen on the validation speakers' mean UA over
+corpora):
+
+- **single**: standardised pooled features of each clip as it is;
+- **normalised**: each clip's features minus the mean of its *setting's* clips. In training a
+  setting is one speaker of one corpus (all their clips share voice, microphone and room); in
+  serving it is the clips of one `predict_many(normalize="batch")` call or the segments of one long
+  recording. The mean clip of a setting is its voice and room, not an emotion, so this head reads
+  how each clip departs from its setting. It assumes the setting's clips are not all one emotion:
+  a batch of ten angry clips normalised together looks like ten neutral ones.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data import Item
+from ..speech import PooledHead
+from . import multicorpus as MC
+from .features import cached_layer_stats, stats_view
+from .metrics import HEAD_TEMPERATURE_GRID, fit_temperature
+
+Feats = Callable[[Sequence[Item]], list[torch.Tensor]]
+
+
+def layer_rows(backbone) -> list[int]:
+    """Rows of a layer-stats entry (layers 0..n, then 'final') holding the backbone's layers."""
+    from ..whisper_encoder import FINAL
+    n = len(backbone.encoder.blocks)
+    return [n + 1 if l == FINAL else int(l) for l in backbone.layers]
+
+
+def pooled_feats(speech_cfg: dict, rows: Sequence[int], cache: str, backbone=None) -> Feats:
+    """feats(items) -> pooled mean+std vectors of the configured layers (memoised per item)."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def key(it: Item) -> str:
+        return f"{it.corpus}/{it.id}/{it.audio}"
+
+    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
+        todo = list({key(i): i for i in items if key(i) not in memo}.values())
+        if todo:
+            x = stats_view(cached_layer_stats(todo, speech_cfg, cache, backbone=backbone), rows)
+            memo.update(zip(map(key, todo), x))
+        return [memo[key(i)] for i in items]
+    return feats
+
+
+def centred(split: MC.Split, groups: Sequence[str]) -> MC.Split:
+    """Each vector minus the mean of its group's vectors (a group = one speaker / setting)."""
+    if not split.xs:
+        return split
+    x = torch.stack(split.xs).float()
+    g = np.asarray(groups)
+    out = x.clone()
+    for name in dict.fromkeys(groups):
+        m = torch.from_numpy(g == name)
+        out[m] = x[m] - x[m].mean(0, keepdim=True)
+    return MC.Split(list(out), split.y, split.corpus)
+
+
+def speakers(items: Sequence[Item]) -> list[str]:
+    return [f"{i.corpus}:{i.speaker or i.id}" for i in items]
+
+
+def _tempered_probe(probe: MC.LinearProbe, va: MC.Split, corpora, labels) -> float:
+    """The softmax temperature of a probe, fitted on every validation corpus (NLL, mean over corpora)."""
+    per = MC.evaluate_corpora(probe, va, MC.make_collate("pooled"), labels)
+    real = [c for c in per if not corpora[c].aux]
+    corp = np.array(va.corpus)
+    return round(fit_temperature([per[c]["_p"] for c in real], [va.y[corp == c] for c in real],
+                                 grid=HEAD_TEMPERATURE_GRID), 3)
+
+
+def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
+               normalize: bool, names: Optional[list[str]] = None) -> tuple[PooledHead, dict]:
+    """A PooledHead fitted on the training speakers of the named corpora (selection on their
+    validation speakers); temperatures fitted on the validation speakers and folded into the
+    output layers. Returns (head, {"single": {...}, "normalised": {...}})."""
+    tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
+    va, va_items = MC.gather(corpora, "val", feats, labels, names)
+    head = PooledHead(tr.xs[0].shape[0] // 2, len(labels))
+    info = {}
+    paths = [("single", tr, va)]
+    if normalize:
+        paths.append(("normalised", centred(tr, speakers(tr_items)), centred(va, speakers(va_items))))
+    for path, t, v in paths:
+        probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, options)
+        temp = _tempered_probe(probe, v, corpora, labels)
+        with torch.no_grad():
+            mean, std, out = ((head.mean, head.std, head.out) if path == "single"
+                              else (head.norm_mean, head.norm_std, head.norm_out))
+            mean.copy_(probe.mean)
+            std.copy_(probe.std)
+            out.weight.copy_(probe.out.weight / temp)
+            out.bias.copy_(probe.out.bias / temp)
+        info[path] = {"val_mean_UA": best, "temperature": temp, "history": hist}
+    head.has_norm.fill_(bool(normalize))
+    return head.eval(), info
+
+
+@torch.inference_mode()
+def head_proba(head: PooledHead, split: MC.Split, groups: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Class probabilities of pooled vectors: single clips, or (groups given) each group
+    normalised by its own mean (the serving rule of predict_many(normalize="batch"))."""
+    x = torch.stack(split.xs).float()
+    if groups is None:
+        return torch.softmax(head.pooled_logits(x), -1).double().numpy()
+    out = torch.zeros(len(x), head.out.out_features)
+    g = np.asarray(groups)
+    for name in dict.fromkeys(groups):
+        m = torch.from_numpy(g == name)
+        out[m] = torch.softmax(head.normalised_logits(x[m]), -1)
+    return out.double().numpy()
+
+
+def evaluate_pooled(head: PooledHead, split: MC.Split, items: Sequence[Item], labels: Sequence[str],
+                    normalize: bool = False) -> dict[str, dict]:
+    """`multicorpus.report()` per corpus, single clips or normalised per speaker."""
+    if not split.xs:
+        return {}
+    p = head_proba(head, split, speakers(items) if normalize else None)
+    corp = np.array(split.corpus)
+    return {c: MC.report(p[corp == c], split.y[corp == c], labels) | {"_p": p[corp == c]}
+            for c in dict.fromkeys(split.corpus)}
+
+
+def _strip(per: dict) -> dict:
+    return {c: {k: v for k, v in m.items() if not k.startswith("_")} for c, m in per.items()}
+
+
+def corpus_split(feats: Feats, items: Sequence[Item], labels: Sequence[str], name: str) -> MC.Split:
+    return MC.Split(feats(items), np.array([labels.index(i.label) for i in items], dtype=int), [name] * len(items))
+
+
+def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
+         normalize: bool) -> dict[str, dict]:
+    """Leave each (non-auxiliary) corpus out once: fit on the others (selection on their validation
+    speakers), measure on the left-out corpus's held-out speakers (`test`), on the rest of its
+    speakers (`rest`: the number that may decide between settings) and on all of them (`all`),
+    single clips and (with `normalize`) each speaker's clips normalised together (`*_normalised`)."""
+    out = {}
+    for left in [c for c in corpora if not corpora[c].aux]:
+        head, info = fit_pooled(corpora, feats, labels, options, normalize,
+                                [c for c in corpora if c != left])
+        c = corpora[left]
+        res: dict = {"selection_val_mean_UA": info["single"]["val_mean_UA"]}
+        for part, items in (("test", c.test), ("rest", c.train + c.val), ("all", c.train + c.val + c.test)):
+            if not items:
+                continue
+            split = corpus_split(feats, items, labels, left)
+            res[part] = _strip(evaluate_pooled(head, split, items, labels))[left]
+            if normalize:
+                res[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True))[left]
+        out[left] = res
+    return out
+
+
+def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequence[str], normalize: bool) -> dict:
+    """Per-corpus reports on the validation and held-out speakers (and normalised per speaker)."""
+    report = {}
+    for part in ("val", "test"):
+        split, items = MC.gather(corpora, part, feats, labels)
+        report[part] = _strip(evaluate_pooled(head, split, items, labels))
+        if normalize:
+            report[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True))
+    return report
