@@ -410,7 +410,6 @@ MAX_PARAMETERS = 10
 KNOWN_LONG = {
     "emodemo.training.frozen.train_head": "v7 (training/)",
     "emodemo.training.multicorpus.fit_multicorpus": "v7 (training/): 20 parameters, an options dataclass",
-    "emodemo.training.multicorpus_card.multicorpus_card": "v7 (training/)",
     "emodemo.training.text.train_text": "v7 (training/)",
     "emodemo.whisper_port.convert_state": "the lead",
 }
