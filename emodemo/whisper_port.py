@@ -142,96 +142,104 @@ def model_dims(ct2: CT2Model):
         n_text_head=int(v["decoder/num_heads"]), n_text_layer=_count_layers(v, "decoder/layer_"))
 
 
-def convert_state(ct2: CT2Model, dims) -> dict[str, torch.Tensor]:
-    """openai-whisper state dict (float16, as the source) from the CTranslate2 variables.
+class StateMapper:
+    """Moves CTranslate2 variables into an openai-whisper state dict by explicit names, and
+    remembers which variables it used (anything left over is an error in `convert_state`)."""
 
-    Raises EmodemoError when a variable is left unused, an architecture scalar differs from
-    what openai-whisper implements, or a fused projection does not split evenly."""
-    v = dict(ct2.variables)
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
+    def __init__(self, variables: dict[str, np.ndarray]):
+        self.v = dict(variables)
+        self.used: set[str] = set()
+        self.state: dict[str, torch.Tensor] = {}
 
-    def get(name: str) -> np.ndarray:
-        if name not in v:
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.v:
             raise EmodemoError(f"CTranslate2 variable {name} is missing")
-        used.add(name)
-        return v[name]
+        self.used.add(name)
+        return self.v[name]
 
-    def put(key: str, arr: np.ndarray) -> None:
-        state[key] = torch.from_numpy(np.array(arr, dtype=np.float16))   # a copy, native order
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self.state[key] = torch.from_numpy(np.array(arr, dtype=np.float16))   # a copy, native order
 
-    def linear(src: str, dst: str) -> None:
-        put(f"{dst}.weight", get(f"{src}/weight"))
-        put(f"{dst}.bias", get(f"{src}/bias"))
+    def linear(self, src: str, dst: str) -> None:
+        self.put(f"{dst}.weight", self.get(f"{src}/weight"))
+        self.put(f"{dst}.bias", self.get(f"{src}/bias"))
 
-    def norm(src: str, dst: str) -> None:      # CTranslate2 gamma/beta = torch weight/bias
-        put(f"{dst}.weight", get(f"{src}/gamma"))
-        put(f"{dst}.bias", get(f"{src}/beta"))
+    def norm(self, src: str, dst: str) -> None:      # CTranslate2 gamma/beta = torch weight/bias
+        self.put(f"{dst}.weight", self.get(f"{src}/gamma"))
+        self.put(f"{dst}.bias", self.get(f"{src}/beta"))
 
-    def split(src: str, parts: list[str], n_state: int) -> None:
+    def split(self, src: str, parts: list[str], n_state: int) -> None:
         """A fused projection (q|k|v or k|v stacked on rows) into separate Linear layers."""
-        w, b = get(f"{src}/weight"), get(f"{src}/bias")
+        w, b = self.get(f"{src}/weight"), self.get(f"{src}/bias")
         if w.shape != (len(parts) * n_state, n_state) or b.shape != (len(parts) * n_state,):
             raise EmodemoError(f"{src}: shape {w.shape} is not {len(parts)} x ({n_state}, {n_state})")
         for i, dst in enumerate(parts):
-            put(f"{dst}.weight", w[i * n_state:(i + 1) * n_state])
+            self.put(f"{dst}.weight", w[i * n_state:(i + 1) * n_state])
             bias = b[i * n_state:(i + 1) * n_state]
             if dst.endswith(".key"):              # openai-whisper: key = Linear(bias=False)
                 if np.any(bias != 0):
                     log.warning("%s: non-zero key bias dropped (max |b| %.3g; softmax-invariant)",
                                 src, float(np.abs(bias).max()))
             else:
-                put(f"{dst}.bias", bias)
+                self.put(f"{dst}.bias", bias)
 
-    def block(s: str, d: str, n_state: int, cross: bool) -> None:
+    def block(self, s: str, d: str, n_state: int, cross: bool) -> None:
         """One residual block: self-attention (+ cross-attention in the decoder), then the MLP."""
-        norm(f"{s}/self_attention/layer_norm", f"{d}.attn_ln")
-        split(f"{s}/self_attention/linear_0", [f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
-              n_state)
-        linear(f"{s}/self_attention/linear_1", f"{d}.attn.out")
+        self.norm(f"{s}/self_attention/layer_norm", f"{d}.attn_ln")
+        self.split(f"{s}/self_attention/linear_0",
+                   [f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"], n_state)
+        self.linear(f"{s}/self_attention/linear_1", f"{d}.attn.out")
         if cross:
-            norm(f"{s}/attention/layer_norm", f"{d}.cross_attn_ln")
-            linear(f"{s}/attention/linear_0", f"{d}.cross_attn.query")
-            split(f"{s}/attention/linear_1", [f"{d}.cross_attn.key", f"{d}.cross_attn.value"], n_state)
-            linear(f"{s}/attention/linear_2", f"{d}.cross_attn.out")
-        norm(f"{s}/ffn/layer_norm", f"{d}.mlp_ln")
-        linear(f"{s}/ffn/linear_0", f"{d}.mlp.0")
-        linear(f"{s}/ffn/linear_1", f"{d}.mlp.2")
+            self.norm(f"{s}/attention/layer_norm", f"{d}.cross_attn_ln")
+            self.linear(f"{s}/attention/linear_0", f"{d}.cross_attn.query")
+            self.split(f"{s}/attention/linear_1", [f"{d}.cross_attn.key", f"{d}.cross_attn.value"], n_state)
+            self.linear(f"{s}/attention/linear_2", f"{d}.cross_attn.out")
+        self.norm(f"{s}/ffn/layer_norm", f"{d}.mlp_ln")
+        self.linear(f"{s}/ffn/linear_0", f"{d}.mlp.0")
+        self.linear(f"{s}/ffn/linear_1", f"{d}.mlp.2")
 
-    for name, expected in SCALARS.items():
-        val = get(name)
-        if expected is not None and int(val) != expected:
-            raise EmodemoError(f"{name} = {int(val)}, but openai-whisper's architecture needs {expected}")
+    def check_scalars(self) -> None:
+        for name, expected in SCALARS.items():
+            val = self.get(name)
+            if expected is not None and int(val) != expected:
+                raise EmodemoError(f"{name} = {int(val)}, but openai-whisper's architecture needs {expected}")
 
+    def check_projection(self, aliases: dict[str, str]) -> None:
+        """openai-whisper computes the output logits with the token embedding (tied weights)."""
+        target = aliases.get("decoder/projection/weight")
+        if target not in (None, "decoder/embeddings/weight"):
+            raise EmodemoError(f"the decoder projection is an alias of {target}, not of the token embedding")
+        if "decoder/projection/weight" in self.v and not np.array_equal(
+                self.get("decoder/projection/weight"), self.v["decoder/embeddings/weight"]):
+            raise EmodemoError("the decoder projection differs from the token embedding")
+
+
+def convert_state(ct2: CT2Model, dims) -> dict[str, torch.Tensor]:
+    """openai-whisper state dict (float16, as the source) from the CTranslate2 variables.
+
+    Raises EmodemoError when a variable is left unused, an architecture scalar differs from
+    what openai-whisper implements, or a fused projection does not split evenly."""
+    m = StateMapper(ct2.variables)
+    m.check_scalars()
     # encoder: conv stem, sinusoidal positions, pre-norm blocks, final norm
-    put("encoder.conv1.weight", get("encoder/conv1/weight"))
-    put("encoder.conv1.bias", get("encoder/conv1/bias"))
-    put("encoder.conv2.weight", get("encoder/conv2/weight"))
-    put("encoder.conv2.bias", get("encoder/conv2/bias"))
-    put("encoder.positional_embedding", get("encoder/position_encodings/encodings"))
+    m.linear("encoder/conv1", "encoder.conv1")
+    m.linear("encoder/conv2", "encoder.conv2")
+    m.put("encoder.positional_embedding", m.get("encoder/position_encodings/encodings"))
     for i in range(dims.n_audio_layer):
-        block(f"encoder/layer_{i}", f"encoder.blocks.{i}", dims.n_audio_state, cross=False)
-    norm("encoder/layer_norm", "encoder.ln_post")
-
+        m.block(f"encoder/layer_{i}", f"encoder.blocks.{i}", dims.n_audio_state, cross=False)
+    m.norm("encoder/layer_norm", "encoder.ln_post")
     # decoder: token + learned positions, blocks with self- and cross-attention, final norm
-    put("decoder.token_embedding.weight", get("decoder/embeddings/weight"))
-    put("decoder.positional_embedding", get("decoder/position_encodings/encodings"))
+    m.put("decoder.token_embedding.weight", m.get("decoder/embeddings/weight"))
+    m.put("decoder.positional_embedding", m.get("decoder/position_encodings/encodings"))
     for i in range(dims.n_text_layer):
-        block(f"decoder/layer_{i}", f"decoder.blocks.{i}", dims.n_text_state, cross=True)
-    norm("decoder/layer_norm", "decoder.ln")
-
-    # openai-whisper computes the output logits with the token embedding (tied weights)
-    target = ct2.aliases.get("decoder/projection/weight")
-    if target not in (None, "decoder/embeddings/weight"):
-        raise EmodemoError(f"the decoder projection is an alias of {target}, not of the token embedding")
-    if "decoder/projection/weight" in v and not np.array_equal(
-            get("decoder/projection/weight"), v["decoder/embeddings/weight"]):
-        raise EmodemoError("the decoder projection differs from the token embedding")
-    unused = sorted(set(v) - used)
+        m.block(f"decoder/layer_{i}", f"decoder.blocks.{i}", dims.n_text_state, cross=True)
+    m.norm("decoder/layer_norm", "decoder.ln")
+    m.check_projection(ct2.aliases)
+    unused = sorted(set(m.v) - m.used)
     if unused:
         raise EmodemoError(f"{len(unused)} CTranslate2 variables have no openai-whisper "
                            f"counterpart: {unused[:8]}")
-    return state
+    return m.state
 
 
 def alignment_heads(model_dir: Path, dims) -> Optional[torch.Tensor]:

@@ -155,6 +155,23 @@ def run_threads(worker, n: int, processes=(), timeout: float = 180) -> list:
     return errors
 
 
+class FixedASR:
+    """An instant ASR backend that hears `text` in any clip and counts its calls."""
+    def __init__(self, text: str = "kids are talking by the door"):
+        self.text = text
+        self.calls = 0
+
+    def transcribe(self, wav):
+        self.calls += 1
+        return self.text
+
+
+def with_asr(recognizer, asr):
+    """The default bundle's loaded models with another ASR backend (no second model load)."""
+    from emodemo.recognizer import EmotionRecognizer
+    return EmotionRecognizer(recognizer.config, recognizer.speech, recognizer.text_model, asr=asr)
+
+
 @pytest.fixture
 def store(tmp_path):
     """A fresh SQLite corrections store in tmp_path/db, media in tmp_path/media."""

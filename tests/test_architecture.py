@@ -411,7 +411,6 @@ KNOWN_LONG = {
     "emodemo.training.frozen.train_head": "v7 (training/)",
     "emodemo.training.multicorpus.fit_multicorpus": "v7 (training/): 20 parameters, an options dataclass",
     "emodemo.training.text.train_text": "v7 (training/)",
-    "emodemo.whisper_port.convert_state": "the lead",
 }
 
 

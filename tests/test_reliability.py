@@ -42,7 +42,7 @@ import soundfile as sf
 import torch
 
 import bad_inputs as B
-from conftest import ROOT, SR, barrier_wait, run_threads
+from conftest import FixedASR, ROOT, SR, barrier_wait, run_threads, with_asr
 from test_store import db_url  # noqa: F401  (the sqlite + PostgreSQL fixture)
 from test_store import private_pg_schema, schema_url
 
@@ -50,7 +50,6 @@ import emodemo
 from emodemo import audio as A
 from emodemo.errors import AudioError, EmodemoError
 from emodemo.cli import main as emodemo_main
-from emodemo.recognizer import EmotionRecognizer
 from emodemo.store import DEFAULT_LABELS, CorrectionStore, StoreError
 from emodemo.text import clean_text
 from emodemo.settings import Settings
@@ -81,19 +80,11 @@ def _one_thread_and_report():
         Path(out).write_text(json.dumps(REPORT, indent=2, default=str), encoding="utf-8")
 
 
-class FakeASR:
-    def __init__(self, text: str = "I cannot believe it"):
-        self.text = text
-
-    def transcribe(self, wav):
-        return self.text
-
 
 @pytest.fixture(scope="module")
 def fast_rec(recognizer):
     """The default bundle's models with an instant fake ASR (shares the loaded modules)."""
-    return EmotionRecognizer(recognizer.config, recognizer.speech, recognizer.text_model,
-                             asr=FakeASR())
+    return with_asr(recognizer, FixedASR("I cannot believe it"))
 
 
 @pytest.fixture(scope="module")
@@ -981,8 +972,7 @@ def test_hostile_text_is_escaped_wherever_it_is_shown(fast_rec, store, tmp_path)
     annotator, note and file name: escaped in the status, summary, confirmation, toast,
     timeline hover and segment list; verbatim plain-text cells in the history table."""
     evil = " ".join(XSS)
-    rec = EmotionRecognizer(fast_rec.config, fast_rec.speech, fast_rec.text_model,
-                            asr=FakeASR(evil))
+    rec = with_asr(fast_rec, FixedASR(evil))
     h = Handlers(rec, store, Limits(long_audio=2.0, segment_len=1.5), work_dir=tmp_path / "w")
     clip = tmp_path / "<img src=x onerror=alert(1)>.wav"
     parts = [np.concatenate([_writer_clip(i), np.zeros(SR // 2, np.float32)]) for i in range(4)]

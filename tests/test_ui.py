@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SR, free_port, tone
+from conftest import FixedASR, ROOT, SR, free_port, tone, with_asr
 
 from emodemo import plots
-from emodemo.recognizer import EmotionRecognizer
 from emodemo.settings import Settings
 from emodemo.store import CorrectionStore
 from emodemo.ui import Handlers, Limits, build_app, example_files, md_escape, parse_size
@@ -24,23 +23,11 @@ SYNTH = EXAMPLES / "synthetic_happy_espeak.wav"
 ASR_TEXT = "kids are talking by the door"
 
 
-class CountingASR:
-    """Stands in for Whisper in most tests (the real one is used once, below)."""
-
-    def __init__(self, text: str = ASR_TEXT):
-        self.text = text
-        self.calls = 0
-
-    def transcribe(self, wav):
-        self.calls += 1
-        return self.text
-
 
 @pytest.fixture(scope="module")
 def fast_rec(recognizer):
     """The default bundle's models with a counting fake ASR (no model loading: shares modules)."""
-    return EmotionRecognizer(recognizer.config, recognizer.speech, recognizer.text_model,
-                             asr=CountingASR())
+    return with_asr(recognizer, FixedASR(ASR_TEXT))
 
 
 @pytest.fixture

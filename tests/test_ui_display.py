@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SR, tone
+from conftest import FixedASR, ROOT, SR, tone, with_asr
 
 from emodemo import analysis, plots
-from emodemo.recognizer import EmotionRecognizer
 from emodemo.ui import Handlers, Limits, example_files
 from emodemo.ui import markdown as md
 
@@ -24,18 +23,10 @@ EXAMPLES = ROOT / "data" / "examples"
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 
-class FixedASR:
-    def __init__(self, text="kids are talking by the door"):
-        self.text = text
-
-    def transcribe(self, wav):
-        return self.text
-
 
 @pytest.fixture(scope="module")
 def fast_rec(recognizer):
-    return EmotionRecognizer(recognizer.config, recognizer.speech, recognizer.text_model,
-                             asr=FixedASR())
+    return with_asr(recognizer, FixedASR())
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SR, tone
+from conftest import FixedASR, ROOT, SR, tone, with_asr
 
 from emodemo import jobs
-from emodemo.recognizer import EmotionRecognizer
 from emodemo.ui import Handlers
 from emodemo.ui import markdown as md
 
@@ -23,15 +22,10 @@ EXAMPLES = ROOT / "data" / "examples"
 ANGRY = EXAMPLES / "angry_actor17.flac"
 
 
-class FixedASR:
-    def transcribe(self, wav):
-        return "kids are talking by the door"
-
 
 @pytest.fixture(scope="module")
 def fast_rec(recognizer):
-    return EmotionRecognizer(recognizer.config, recognizer.speech, recognizer.text_model,
-                             asr=FixedASR())
+    return with_asr(recognizer, FixedASR())
 
 
 @pytest.fixture
