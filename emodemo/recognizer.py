@@ -192,7 +192,7 @@ class EmotionRecognizer:
     def _normalise_segments(self, chunks: Sequence[np.ndarray]) -> bool:
         """The rule for predict_segments: normalise by the recording itself when the bundle can
         and there is enough speech (config speech.normalize: min_segments, min_seconds)."""
-        rule = self.config["speech"].get("normalize") or {}
+        rule = self.config.speech.normalize or {}
         seconds = sum(c.size for c in chunks) / A.SAMPLE_RATE
         return (self.can_normalize and len(chunks) >= int(rule.get("min_segments", NORMALIZE_MIN_SEGMENTS))
                 and seconds >= float(rule.get("min_seconds", NORMALIZE_MIN_SECONDS)))

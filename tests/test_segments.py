@@ -117,17 +117,17 @@ def test_trim_silence_and_the_trimmed_front_end(tmp_path):
 
 def test_a_long_recording_is_normalised_by_itself_when_it_has_enough_speech(tmp_path, recognizer, monkeypatch):
     wav, spans = joined(tmp_path)
-    speech = recognizer.config["speech"]
-    monkeypatch.setitem(speech, "normalize", {"min_segments": len(SENTENCES) + 1, "min_seconds": 0})
+    speech = recognizer.config.speech
+    monkeypatch.setattr(speech, "normalize", {"min_segments": len(SENTENCES) + 1, "min_seconds": 0})
     plain = recognizer.predict_segments((wav, SR), transcribe=False)
-    monkeypatch.setitem(speech, "normalize", {"min_segments": len(SENTENCES), "min_seconds": 0})
+    monkeypatch.setattr(speech, "normalize", {"min_segments": len(SENTENCES), "min_seconds": 0})
     normed = recognizer.predict_segments((wav, SR), transcribe=False)
     assert [(p.start, p.end) for p in plain] == [(p.start, p.end) for p in normed] and len(normed) == len(SENTENCES)
     labels = recognizer.labels
     assert max(abs(a.audio[l] - b.audio[l]) for a, b in zip(plain, normed) for l in labels) > 0.02
     assert all(abs(sum(p.audio.values()) - 1) < 1e-4 for p in normed)
     # too little speech for the rule: the single-clip path, segment by segment
-    monkeypatch.setitem(speech, "normalize", {"min_segments": 2, "min_seconds": 1000})
+    monkeypatch.setattr(speech, "normalize", {"min_segments": 2, "min_seconds": 1000})
     short = recognizer.predict_segments((wav, SR), transcribe=False)
     for a, b in zip(short, plain):
         assert a.audio == pytest.approx(b.audio, abs=1e-6)

