@@ -40,6 +40,8 @@ from .whisper_port import SOURCE
 MEL_FRAMES_PER_SECOND = 100
 WINDOW_TAIL_FRAMES = 50            # zero log-mel frames after the clip, at least (as the ASR)
 PAD_VALUE = 0.0                    # padding value in the normalised log-mel domain (as the ASR)
+WINDOWS_PER_PASS = 4               # 30-s windows encoded at once: bounds the attention memory of long
+                                   # audio (base: ~72 MB of scores per window and block)
 WINDOW_POLICY = (f"clip window: log-mel + zeros up to max({CLIP_MIN_SECONDS:g} s, length + "
                  f"{WINDOW_TAIL_FRAMES / MEL_FRAMES_PER_SECOND:g} s), even, <= {WINDOW_FRAMES} frames")
 FINAL = "final"
@@ -147,6 +149,18 @@ class WhisperBackbone(nn.Module):
             outs[FINAL] = enc.ln_post(h)
         return outs
 
+    def _encode_in_passes(self, x: torch.Tensor, windows: torch.Tensor, final: bool) -> dict:
+        """`_encode` over at most WINDOWS_PER_PASS windows at a time (each window is computed as if
+        alone, so the passes give the same outputs as one), padded back to one length."""
+        if len(x) <= WINDOWS_PER_PASS:
+            return self._encode(x, windows, final)
+        parts = [self._encode(x[i:i + WINDOWS_PER_PASS, :int(windows[i:i + WINDOWS_PER_PASS].max())],
+                              windows[i:i + WINDOWS_PER_PASS], final)
+                 for i in range(0, len(x), WINDOWS_PER_PASS)]
+        T = max(p[0].shape[1] for p in parts)
+        return {l: torch.cat([F.pad(p[l], (0, 0, 0, T - p[l].shape[1])) for p in parts])
+                for l in parts[0]}
+
     def layer_outputs(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                       layers: Optional[list] = None):
         """({layer: [B, T', n_state]} for `layers` (default: the configured ones), lengths') with
@@ -162,7 +176,7 @@ class WhisperBackbone(nn.Module):
         x = feats.new_full((len(pieces), int(windows.max()), nb), PAD_VALUE)
         for i, (b, s, n) in enumerate(pieces):
             x[i, :n] = feats[b, s:s + n]
-        outs = self._encode(x, windows, final=FINAL in layers)
+        outs = self._encode_in_passes(x, windows, final=FINAL in layers)
         out_len = (lengths + 1) // 2
         if len(pieces) == B:                                          # every clip in one window
             Tmax = int(out_len.max())

@@ -196,3 +196,21 @@ def test_whisper_base_presets_build_base_dimensions_without_weights():
     feats = torch.randn(2, 230, 80)
     frames, n = sub.frames(feats, torch.tensor([230, 120]))
     assert frames.shape == (2, 115, 1536) and n.tolist() == [115, 60]
+
+
+def test_long_audio_in_several_passes_gives_the_same_frames(monkeypatch):
+    """Long audio is encoded a few 30-s windows at a time (bounded memory); every window is
+    computed as if alone, so the passes change nothing."""
+    from emodemo import whisper_encoder as W
+    torch.manual_seed(0)
+    b = W.build_whisper_backbone("whisper-tiny", pretrained=False).eval()
+    feats, lengths = torch.randn(2, 7000, 80) * 0.5, torch.tensor([7000, 3100])
+    with torch.inference_mode():
+        monkeypatch.setattr(W, "WINDOWS_PER_PASS", 100)
+        one, n1 = b.layer_outputs(feats, lengths)
+        monkeypatch.setattr(W, "WINDOWS_PER_PASS", 1)
+        passes, n2 = b.layer_outputs(feats, lengths)
+    assert torch.equal(n1, n2) and one.keys() == passes.keys()
+    for layer in one:
+        assert one[layer].shape == passes[layer].shape
+        assert torch.allclose(one[layer], passes[layer], atol=1e-4)
