@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +133,16 @@ def test_markdown_tables_and_readme_block(tmp_path):
 
 
 def test_peak_rss_sees_an_allocation():
+    # fresh anonymous pages (a numpy array may reuse memory that is already resident in a
+    # long-running test process, so the RSS would not move)
+    import mmap
     with system.PeakRSS() as m:
-        a = np.ones(8_000_000)            # 64 MB, touched
-        a.sum()
-        del a
+        buf = mmap.mmap(-1, 64 << 20)
+        pages = np.frombuffer(buf, dtype=np.uint8)
+        pages[:] = 1                                   # 64 MB, every page touched
+        time.sleep(0.05)                               # long enough for the sampling fallback
+        del pages
+        buf.close()
     assert m.method in ("VmHWM", "sampling") and m.peak >= m.start + 40
 
 
