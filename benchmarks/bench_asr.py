@@ -6,6 +6,9 @@ same 5-s clip in the same process (one torch thread, one CTranslate2 thread), an
 Rows (each timed round-robin with the wav2vec2 reference, median of --reps after a warm-up):
   wav2vec2-base         Wav2Vec2ForSequenceClassification(Wav2Vec2Config()) forward (reference)
   en (base)             predict() end to end on 5 s of English (language id + transcription)
+  en (base, 2 passes)   the same work with the speech branch and the ASR each running the encoder
+                        (what v7 did before one encoder pass served both: recognizer
+                        `_one_encoder_pass`)
   en (tiny.en)          the same with `--asr tiny.en` (PRESETS["tiny.en"])
   es (base)             5 s of Spanish: language id + transcription + translation (2 decodings
                         of one encoder output)
@@ -113,6 +116,7 @@ def main() -> None:
 
     fns = {"wav2vec2-base": w2v_forward,
            "en (base)": lambda: rec.predict((en, SR)),
+           "en (base, 2 passes)": lambda: (rec.audio_proba(en), rec.recognize(en)),
            "en (tiny.en)": lambda: tiny.predict((en, SR)),
            "es (base)": lambda: rec.predict((es, SR)),
            "es (base, encode x2)": lambda: (rec.audio_proba(es), encode_twice()),

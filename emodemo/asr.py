@@ -249,6 +249,7 @@ class FasterWhisperASR:
         from faster_whisper import WhisperModel
         if window not in ("clip", "30s"):
             raise EmodemoError(f"unknown ASR window {window!r}; use 'clip' or '30s'")
+        self.source = model               # a name or directory: what a speech backbone may share
         if is_named(model):
             model = str(source_dir(model))
         self.model = WhisperModel(model, device="cpu", compute_type=compute_type,
@@ -303,6 +304,14 @@ class FasterWhisperASR:
         if self.translate and language != ENGLISH and original.ok:
             translation = self._decode(enc, "translate", language, frames)
         return window_transcript(original, translation, language, p)
+
+    def recognize_encoder_output(self, encoded: np.ndarray, frames: int) -> Transcript:
+        """The Transcript of one window whose encoder output [1, window / 2, d_model] was computed
+        elsewhere (a speech backbone with this model's encoder weights, whisper_encoder
+        clip_outputs: one encoder pass for both branches); `frames`: log-mel frames of speech."""
+        import ctranslate2
+        enc = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded, dtype=np.float32))
+        return self.recognize_encoded(enc, frames)
 
     def recognize(self, wav: np.ndarray) -> Transcript:
         mel = self.model.feature_extractor(np.asarray(wav, dtype=np.float32))   # [80, 100/s]

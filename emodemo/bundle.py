@@ -297,6 +297,9 @@ def _load_delta(model: torch.nn.Module, path: Path, what: str) -> None:
         raise BundleError(f"{what}: weights do not fit the configured model "
                            f"(unexpected: {unexpected[:5]}, shape mismatch: {bad[:5]})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    backbone = getattr(model, "backbone", None)
+    if any(k.startswith("backbone.") for k in state) and hasattr(backbone, "source"):
+        backbone.source = None     # its weights are the bundle's own now, not its source's
 
 
 def save_bundle(out_dir: str | Path, cfg: ConfigLike, speech: SpeechEmotionModel,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from . import audio as A
-from .asr import ASR, Transcript, load_asr, recognize_with, translation_trust
+from .asr import ASR, WINDOW_FRAMES, Transcript, load_asr, recognize_with, translation_trust
 from .bundle import DEFAULT_BUNDLE, BundleConfig, as_config, load_bundle
 from .errors import AudioError, EmodemoError
 from .fusion import LateFusion
@@ -87,6 +88,8 @@ class EmotionRecognizer:
         self.fusion = self.config.fusion
         self._asr = asr
         self._asr_lock = threading.Lock()
+        # the ASR of a clip runs here while the audio branch runs in the caller (_both_branches)
+        self._asr_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emodemo-asr")
         self.translation_trust = translation_trust(self.config.get("asr"))
         self.name = str(self.config.name)
         self.version = str(self.config.version)
@@ -219,10 +222,14 @@ class EmotionRecognizer:
         silent = A.is_silent(wav)
         if silent:
             warnings.append("the recording is silent or nearly silent; the prediction is unreliable")
+        heard = None
+        if p_audio is None and transcript is None and not silent:
+            p_audio, heard = self._both_branches(wav)
         if p_audio is None:
             p_audio = self.audio_proba(wav)
         if transcript is None:
-            heard = Transcript() if silent else self.recognize(wav)
+            if heard is None:
+                heard = Transcript() if silent else self.recognize(wav)
             read, extra = self._heard(heard, warnings)
             transcript = clean_text(heard.text)
         else:
@@ -234,6 +241,39 @@ class EmotionRecognizer:
         duration = wav.size / A.SAMPLE_RATE
         return self.combine(p_audio, p_text, transcript, duration=duration, end=duration,
                             warnings=warnings, **extra)
+
+    def _both_branches(self, wav: np.ndarray) -> tuple[np.ndarray, Transcript]:
+        """(audio probabilities, Transcript) of one clip: from one encoder pass where the speech
+        backbone is the ASR's encoder (`_one_encoder_pass`), else with the ASR in a worker thread
+        while the audio branch runs here (CTranslate2 and torch release the GIL: with two cores
+        a clip takes the longer branch's time rather than the sum of both)."""
+        p_audio, heard = self._one_encoder_pass(wav)
+        if p_audio is not None:
+            return p_audio, heard
+        asr_job = self._asr_worker.submit(self.recognize, wav)
+        try:
+            p_audio = self.audio_proba(wav)
+        except BaseException:
+            asr_job.cancel()
+            raise
+        return p_audio, asr_job.result()
+
+    @torch.inference_mode()
+    def _one_encoder_pass(self, wav: np.ndarray) -> tuple[Optional[np.ndarray], Optional[Transcript]]:
+        """(audio probabilities, Transcript) from ONE Whisper encoder pass where the speech
+        backbone is the ASR model's own encoder (v7: Whisper base, frozen) and the clip fits one
+        30-s window; (None, None) otherwise. The ASR then reads the speech branch's input (the
+        clip with its leading and trailing silence trimmed, `speech.trim`)."""
+        asr = self.asr
+        decode = getattr(asr, "recognize_encoder_output", None)
+        if decode is None or not self.speech.shares_encoder_with(getattr(asr, "source", None)):
+            return None, None
+        feats = A.features(self.speech.feature, wav)
+        if feats.shape[0] > WINDOW_FRAMES:
+            return None, None
+        logits, encoded = self.speech.logits_and_encoding(feats[None])
+        p = torch.softmax(logits / self.config.speech.temperature, dim=-1).double().numpy()[0]
+        return p, decode(encoded.numpy(), feats.shape[0])
 
     def _heard(self, heard: Transcript, warnings: list) -> tuple[str, dict]:
         """(the English text the text branch reads, the Prediction's ASR fields) of a Transcript.

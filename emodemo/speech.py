@@ -225,8 +225,28 @@ class SpeechEmotionModel(nn.Module):
         return self.head.normalised_logits(masked_stats(frames, lengths))
 
     def forward(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        frames, lengths = self.frames(feats, lengths)
+        return self._logits(*self.frames(feats, lengths))
+
+    def _logits(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         logits = self.head(frames, lengths)
         if self.adapter is not None:
             logits = self.adapter(masked_stats(frames, lengths), logits)
         return logits
+
+    def shares_encoder_with(self, source: Optional[str]) -> bool:
+        """Whether one backbone pass can also give the ASR its encoder output: a Whisper backbone
+        (not combined with GE2E) whose encoder is exactly the ASR model's (`source`), on the clip
+        as the ASR hears it. Not with `trim`: Whisper transcribes a clip cut 0.1 s before the
+        speech much worse (espeak-ng, 21 sentences in 4 languages: WER 0.28 -> 0.48, repetition
+        loops; benchmarks/README.md), so a trimming bundle's branches encode separately."""
+        shares = getattr(self.backbone, "shares_weights", None)
+        return bool(shares and not self.trim and shares(source))
+
+    def logits_and_encoding(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [1, C], the Whisper encoder output of the clip's window [1, T'', n_state]) of
+        one clip of at most 30 s (feats [1, T, n_mels]) from one backbone pass; for a backbone
+        that `shares_encoder_with` the ASR."""
+        frames, lengths, encoded = self.backbone.clip_outputs(feats)
+        if self.calibration is not None:
+            frames = self.calibration(frames)
+        return self._logits(frames, lengths), encoded

@@ -153,3 +153,11 @@ def source_dir(source: Optional[PathLike] = None) -> Path:
     if not (p / "model.bin").is_file():
         raise EmodemoError(f"{source} is not a CTranslate2 model directory (no model.bin)")
     return p
+
+
+def same_source(a: PathLike, b: PathLike) -> bool:
+    """Whether two Whisper sources (names in NAMED or CTranslate2 directories) are one model."""
+    try:
+        return source_dir(a).resolve() == source_dir(b).resolve()
+    except EmodemoError:
+        return False

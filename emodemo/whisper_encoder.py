@@ -12,7 +12,7 @@ is available (`layer_outputs`); `frames` pools the configured ones:
 Window policy (`WINDOW_POLICY`). Whisper's encoder attends over its whole input, so its output
 depends on how much padding goes in. Every clip is therefore encoded in *its own* window, the
 ASR's "clip" window (emodemo/asr.py): its log-mel frames followed by zero frames up to
-max(CLIP_MIN_SECONDS, length + WINDOW_TAIL_FRAMES) rounded up to even, at most 30 s; a longer clip
+max(CLIP_MIN_SECONDS, length + CLIP_TAIL_FRAMES) rounded up to even, at most 30 s; a longer clip
 is cut into 30-s windows. In a padded batch each window is masked in attention to exactly what it
 would be alone (windows are even, so the strided convolutions never read across their end): a
 clip gives the same frames alone or in any batch, in training and in serving. Only the frames of
@@ -32,18 +32,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .asr import CLIP_MIN_SECONDS, WINDOW_FRAMES
+from .asr import CLIP_MIN_SECONDS, CLIP_TAIL_FRAMES, WINDOW_FRAMES, clip_window_frames
 from .errors import EmodemoError
 from .whisper_assets import BASE
 from .whisper_port import SOURCE
 
 MEL_FRAMES_PER_SECOND = 100
-WINDOW_TAIL_FRAMES = 50            # zero log-mel frames after the clip, at least (as the ASR)
 PAD_VALUE = 0.0                    # padding value in the normalised log-mel domain (as the ASR)
 WINDOWS_PER_PASS = 4               # 30-s windows encoded at once: bounds the attention memory of long
                                    # audio (base: ~72 MB of scores per window and block)
 WINDOW_POLICY = (f"clip window: log-mel + zeros up to max({CLIP_MIN_SECONDS:g} s, length + "
-                 f"{WINDOW_TAIL_FRAMES / MEL_FRAMES_PER_SECOND:g} s), even, <= {WINDOW_FRAMES} frames")
+                 f"{CLIP_TAIL_FRAMES / MEL_FRAMES_PER_SECOND:g} s), even, <= {WINDOW_FRAMES} frames")
 FINAL = "final"
 MIXES = ("concat", "weighted")
 # name -> (layers, mix, default weights): the named presets of the registry (speech.build_backbone)
@@ -60,10 +59,7 @@ DIMS = {SOURCE: TINY_EN, BASE: BASE_DIMS}
 Layers = Union[str, Sequence[Union[int, str]]]
 
 
-def window_frames(n_mel: int) -> int:
-    """Encoder input length (log-mel frames) for a clip or 30-s piece of `n_mel` frames."""
-    n = min(WINDOW_FRAMES, max(int(CLIP_MIN_SECONDS * MEL_FRAMES_PER_SECOND), n_mel + WINDOW_TAIL_FRAMES))
-    return n + n % 2
+window_frames = clip_window_frames   # encoder input length of a clip or 30-s piece: the ASR's window
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -96,6 +92,7 @@ class WhisperBackbone(nn.Module):
         self.frame_dim = self.n_state * (len(self.layers) if mix == "concat" else 1)
         if mix == "weighted":
             self.layer_logits = nn.Parameter(torch.zeros(len(self.layers)))
+        self.source: Optional[str] = None    # the weights' source while they are its (see shares_weights)
 
     @classmethod
     def from_source(cls, source: Optional[str] = SOURCE, layers: Layers = "all", mix: str = "concat",
@@ -120,7 +117,9 @@ class WhisperBackbone(nn.Module):
                            dims.n_audio_layer)
         load_checked(enc, {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")},
                      f"whisper encoder ({source})", strict=True)
-        return cls(enc, layers, mix).eval()
+        backbone = cls(enc, layers, mix).eval()
+        backbone.source = source
+        return backbone
 
     def top_parameters(self) -> list[nn.Parameter]:
         """What `unfreeze: top` should train: the last block (and the layer-mix weights)."""
@@ -192,11 +191,32 @@ class WhisperBackbone(nn.Module):
     def frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """Frame outputs of the configured layers, concatenated or mixed: [B, T', frame_dim]."""
         outs, out_len = self.layer_outputs(feats, lengths)
-        hs = [outs[l] for l in self.layers]
+        return self._combine([outs[l] for l in self.layers]), out_len
+
+    def _combine(self, hs: list[torch.Tensor]) -> torch.Tensor:
         if self.mix == "concat":
-            return torch.cat(hs, dim=-1), out_len
+            return torch.cat(hs, dim=-1)
         w = torch.softmax(self.layer_logits, 0)
-        return sum(wi * F.layer_norm(h, (self.n_state,)) for wi, h in zip(w, hs)), out_len
+        return sum(wi * F.layer_norm(h, (self.n_state,)) for wi, h in zip(w, hs))
+
+    def clip_outputs(self, feats: torch.Tensor):
+        """`frames` of ONE clip of at most 30 s, feats [1, T, n_mels], and the encoder output of
+        its whole window [1, window / 2, n_state] (FINAL: what the ASR decodes), from one pass:
+        (frames [1, T', frame_dim], lengths [1], encoder output)."""
+        T = feats.shape[1]
+        if feats.shape[0] != 1 or T > WINDOW_FRAMES:
+            raise EmodemoError(f"clip_outputs takes one clip of at most {WINDOW_FRAMES} frames")
+        window = window_frames(T)
+        x = F.pad(feats, (0, 0, 0, window - T), value=PAD_VALUE)
+        outs = self._encode(x, torch.tensor([window]), final=True)
+        n = (T + 1) // 2
+        return self._combine([outs[l][:, :n] for l in self.layers]), torch.tensor([n]), outs[FINAL]
+
+    def shares_weights(self, source: Optional[str]) -> bool:
+        """Whether this encoder is exactly the Whisper encoder of `source` (its weights loaded from
+        there and not changed since: a bundle that trained encoder blocks clears `self.source`)."""
+        from .whisper_assets import same_source
+        return self.source is not None and source is not None and same_source(self.source, source)
 
     def layer_weights(self) -> Optional[dict]:
         """The learned mix {layer: weight} (None for concat)."""

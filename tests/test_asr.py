@@ -151,4 +151,4 @@ def test_clip_window_is_the_speech_backbones_window():
     from emodemo.whisper_encoder import window_frames
     assert [clip_window_frames(n) for n in (0, 100, 499, 451, 2000, 2951, 3000)] == \
         [500, 500, 550, 502, 2050, 3000, 3000]
-    assert all(clip_window_frames(n) == window_frames(n) for n in range(0, 3100, 7))
+    assert window_frames is clip_window_frames

@@ -188,3 +188,28 @@ def test_real_korean_and_polish_speech(recognizer, code):
             heard = bool(words(pred.transcript) & words(r["text"]))
         translated += heard and bool(pred.translation) and looks_english(pred.translation)
     assert identified >= 3 and translated >= 2, (identified, translated)
+
+
+def test_one_encoder_pass_serves_both_branches(recognizer, speech_wav, monkeypatch):
+    """A speech backbone that is the ASR's own Whisper base encoder and hears the clip as the ASR
+    does (no trimming) runs once for both branches (the ASR never encodes), with the same audio
+    probabilities as the audio branch alone and the speech transcribed. The shipped v7 trims
+    silence (Whisper transcribes trimmed clips worse), so it encodes twice, the ASR in a worker
+    thread; so do a bundle that trained encoder blocks and a clip longer than one 30-s window."""
+    asr = recognizer.asr
+    calls = []
+    encode = asr.encode
+    monkeypatch.setattr(asr, "encode", lambda mel: calls.append(mel.shape) or encode(mel))
+    wav = A.load_audio(speech_wav)
+    shipped = recognizer.predict_wave(wav)
+    assert len(calls) == 1 and {"happy", "news"} <= words(shipped.transcript)
+    monkeypatch.setattr(recognizer.speech, "trim", False)
+    pred = recognizer.predict_wave(wav)
+    assert len(calls) == 1 and {"happy", "news"} <= words(pred.transcript)
+    assert np.allclose(list(pred.audio.values()), recognizer.audio_proba(wav), atol=1e-6)
+    long = np.concatenate([wav] * 11)                        # ~36 s: two windows
+    recognizer.predict_wave(long)
+    assert len(calls) == 3
+    monkeypatch.setattr(recognizer.speech.backbone, "source", None)   # encoder weights of its own
+    recognizer.predict_wave(wav)
+    assert len(calls) == 4

@@ -214,3 +214,43 @@ def test_long_audio_in_several_passes_gives_the_same_frames(monkeypatch):
     for layer in one:
         assert one[layer].shape == passes[layer].shape
         assert torch.allclose(one[layer], passes[layer], atol=1e-4)
+
+
+def test_clip_outputs_give_the_frames_and_the_asrs_whole_window(whisper_bb, clips):
+    """One pass for both branches: `clip_outputs` gives the same frames as `frames` and the
+    encoder output of the clip's whole window, as CTranslate2 computes it for the ASR."""
+    import ctranslate2
+    from emodemo.whisper_assets import BASE, TINY_EN
+    from emodemo.whisper_port import source_dir
+    f = A.features("whisper_mel", clips["speech"])
+    W = window_frames(f.shape[0])
+    with torch.inference_mode():
+        frames, n = whisper_bb.frames(f[None])
+        shared, n2, encoded = whisper_bb.clip_outputs(f[None])
+    assert torch.equal(n, n2) and torch.allclose(frames, shared, atol=1e-5)
+    x = torch.zeros(1, 80, W)
+    x[0, :, :f.shape[0]] = f.T
+    ct = ctranslate2.models.Whisper(str(source_dir()), device="cpu", compute_type="float32", intra_threads=1)
+    ref = np.asarray(ct.encode(ctranslate2.StorageView.from_array(x.numpy()), to_cpu=True))
+    ours = encoded.numpy()
+    assert ours.shape == ref.shape == (1, W // 2, 384)            # the padded tail too
+    cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() > 0.999
+    assert whisper_bb.shares_weights(TINY_EN) and not whisper_bb.shares_weights(BASE)
+    with pytest.raises(EmodemoError, match="one clip"):
+        whisper_bb.clip_outputs(A.features("whisper_mel", clips["long"])[None])
+
+
+def test_a_bundle_that_trained_encoder_blocks_no_longer_shares_the_asrs_encoder(tmp_path):
+    from safetensors.torch import save_file
+    from emodemo.bundle import _load_delta
+    from emodemo.whisper_assets import TINY_EN
+    model = SpeechEmotionModel(build_backbone("whisper-tiny", pretrained=False), 3, head="pooled")
+    model.backbone.source = TINY_EN
+    head_only, with_block = tmp_path / "head.safetensors", tmp_path / "block.safetensors"
+    save_file({k: v for k, v in model.state_dict().items() if k.startswith("head.out")}, str(head_only))
+    save_file({"backbone.encoder.ln_post.bias": torch.ones(384)}, str(with_block))
+    _load_delta(model, head_only, "head only")
+    assert model.shares_encoder_with(TINY_EN)
+    _load_delta(model, with_block, "a trained block")
+    assert not model.shares_encoder_with(TINY_EN) and model.backbone.source is None
