@@ -8,6 +8,7 @@ from emodemo.data import folder
 from emodemo.speech import EmotionHead, build_backbone
 from emodemo.training import features as FT
 from emodemo.training import multicorpus as MC
+from emodemo.training.recipe import MulticorpusRecipe
 from test_data import make_corpus
 
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -127,9 +128,9 @@ def test_mixed_corpus_training_learns_every_class_and_keeps_the_absent_one(tone_
         model, collate = MC.LinearProbe(tr.xs[0].shape[0], len(LABELS)).fit_scaler(torch.stack(tr.xs)), MC.make_collate("pooled")
     else:
         model, collate = EmotionHead(768, len(LABELS), 32, 0.1), MC.make_collate("frames", crop=20)
-    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, tone_corpora, LABELS, collate,
-                                           epochs=40, lr=1e-2 if kind == "probe" else 3e-3,
-                                           batch_size=8, patience=40, log_every=0)
+    options = MulticorpusRecipe(epochs=40, lr=1e-2 if kind == "probe" else 3e-3, batch_size=8, patience=40)
+    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, tone_corpora, LABELS, collate, options,
+                                           log_every=0)
     per = MC.evaluate_corpora(model, va, collate, LABELS)
     assert best == pytest.approx(MC.select_score(per)) and best == max(h["val_mean_UA"] for h in hist)
     assert per["a"]["UA"] >= 0.75 and per["b"]["UA"] >= 0.66     # chance: 0.25 and 0.33

@@ -46,11 +46,8 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     members = list(model.members) if isinstance(model, HeadEnsemble) else [model]
     fitted, hists = [], []
     for k, member in enumerate(members):
-        head, hist, best = MC.fit_multicorpus(
-            member, tr, tr_items, va, corpora, labels, collate, epochs=mc.epochs, lr=mc.lr,
-            batch_size=mc.batch_size, seed=seed + k, smoothing=mc.smoothing,
-            weight_decay=mc.weight_decay, patience=mc.patience, absent=mc.absent,
-            speaker_shift=mc.speaker_shift, ema=mc.ema, shift_scale=mc.shift_scale)
+        head, hist, best = MC.fit_multicorpus(member, tr, tr_items, va, corpora, labels, collate, mc,
+                                              seed=seed + k)
         fitted.append(head)
         hists.append(hist)
     if not isinstance(model, HeadEnsemble):
