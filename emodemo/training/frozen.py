@@ -16,11 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import audio as A
 from ..bundle import LABELS, build_speech, build_text, bundle_size, default_config, save_bundle
 from ..data import Item, goemotions, ravdess
 from ..fusion import fit_fusion
 from .cards import model_card
+from .features import backbone_extractor, extract_all
 from .loops import EpochPlan, class_weights, fit_epochs, pad_frames, seed_everything
 from .metrics import metrics
 from .rundir import TRAIN_LOG
@@ -34,16 +34,9 @@ SPEECH_CROP = 200               # random-crop length (frames, 2 s of GE2E) of th
 
 
 # ---- speech: frozen backbone, cached frames ----------------------------------------------
-@torch.inference_mode()
 def backbone_frames(backbone: nn.Module, items: Sequence[Item]) -> list[torch.Tensor]:
-    """Frame outputs of a frozen backbone for each item (fp16, [T', D])."""
-    backbone.eval()
-    out = []
-    for it in tqdm(items, desc="backbone frames", leave=False):
-        feats = A.features(backbone.feature, A.load_audio(it.audio))[None]
-        fr, _ = backbone.frames(feats)
-        out.append(fr[0].half())
-    return out
+    """Frame outputs of a frozen backbone for each item (fp16, [T', D]; training.features)."""
+    return [f.half() for f in extract_all(items, backbone_extractor(backbone))]
 
 
 def _random_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
