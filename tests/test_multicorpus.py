@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from emodemo.data import folder
+from emodemo.errors import DataError
 from emodemo.speech import EmotionHead, build_backbone
 from emodemo.training import features as FT
 from emodemo.training import multicorpus as MC
@@ -109,7 +110,7 @@ def test_align_concat_pools_the_faster_stream():
 def test_default_split_keeps_speakers_apart(tone_corpora):
     for c in tone_corpora.values():
         assert not ({i.speaker for i in c.train} & {i.speaker for i in c.val})
-    with pytest.raises(ValueError, match="speakers in both"):
+    with pytest.raises(DataError, match="speakers in both"):
         path = tone_corpora["a"].train[0].audio.rsplit("/", 1)[0]
         MC.load_corpora({"a": {"train": f"folder:{path}", "val": f"folder:{path}:speakers=s1"}})
 

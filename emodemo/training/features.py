@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .. import audio as A
 from ..data import Item, corpus_of
-from ..errors import AudioError
+from ..errors import AudioError, DataError
 from ..speech import masked_stats
 from .loops import pad_frames
 
@@ -219,6 +219,23 @@ def extract_all(sources: Sequence[Source], extract: Extractor | BatchExtractor, 
     return [out[id(s)] for s in sources if id(s) in out]
 
 
+def item_key(item: Item) -> str:
+    return f"{item.corpus}/{item.id}/{item.audio}"
+
+
+def memoised(compute: Callable[[list[Item]], Sequence[torch.Tensor]]) -> Callable[[Sequence[Item]], list[torch.Tensor]]:
+    """feats(items) computing each item's features once per process (`compute` gets the items not
+    seen yet, each once), for heads fitted many times on the same clips (ensembles, LOCO folds)."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
+        todo = list({item_key(i): i for i in items if item_key(i) not in memo}.values())
+        if todo:
+            memo.update(zip(map(item_key, todo), compute(todo)))
+        return [memo[item_key(i)] for i in items]
+    return feats
+
+
 def pooled(frames: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean+std over time of each item's frames: [N, 2D] float32 (what a linear probe sees)."""
     out = []
@@ -245,7 +262,7 @@ def align_concat(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[t
         else:
             swap = False
         if y.shape[0] == 0:
-            raise ValueError("an item has no frames")
+            raise DataError("an item has no frames (a clip shorter than one backbone frame)")
         pooled_x = torch.nn.functional.adaptive_avg_pool1d(x.float().T[None], y.shape[0])[0].T.to(x.dtype)
         out.append(torch.cat([y, pooled_x] if swap else [pooled_x, y], dim=-1))
     return out

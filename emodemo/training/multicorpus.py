@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import Item, corpus_of, load_spec, speaker_split
+from ..errors import DataError
 from ..fusion import unweighted_accuracy
 from .loops import EpochPlan, fit_epochs, pad_frames, seed_everything
 from .metrics import ece, fit_temperature, tempered  # noqa: F401  (re-exported)
@@ -81,11 +82,11 @@ def load_corpora(spec: dict[str, dict]) -> dict[str, Corpus]:
         out[name] = Corpus(name, get("train"), get("val"), get("test"), bool(c.get("aux", False)),
                            bool(c.get("mask", not c.get("aux", False))))
         if not out[name].train:
-            raise ValueError(f"corpus {name}: no training items ({c.get('train')!r})")
+            raise DataError(f"corpus {name}: no training items ({c.get('train')!r})")
         for part in ("val", "test"):
             clash = {i.speaker for i in getattr(out[name], part)} & {i.speaker for i in out[name].train}
             if clash:
-                raise ValueError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+                raise DataError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
 
 
@@ -101,11 +102,11 @@ def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequenc
             getattr(c, part).append(it)
     for c in out.values():
         if not c.train:
-            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
+            raise DataError(f"corpus {c.name} has validation or test items but no training items")
         for part in ("val", "test"):
             clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
             if clash:
-                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+                raise DataError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
 
 

@@ -30,7 +30,7 @@ from ..data import Item, load_spec
 from ..speech import HeadEnsemble, build_head
 from . import multicorpus as MC
 from . import pooled as P
-from .features import FrameCache, backbone_extractor, backbone_key
+from .features import FrameCache, backbone_extractor, backbone_key, memoised
 from .metrics import HEAD_TEMPERATURE_GRID, metrics
 from .rundir import TRAIN_LOG
 
@@ -139,13 +139,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
                        mc.cache)
     extract = backbone_extractor(model.backbone, model.feature)
     t0 = time.time()
-    memo: dict[str, torch.Tensor] = {}
-
-    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
-        todo = [i for i in items if cache.entry(i).as_posix() not in memo]
-        for it, x in zip(todo, cache.load(todo, extract)):
-            memo[cache.entry(it).as_posix()] = x
-        return [memo[cache.entry(i).as_posix()] for i in items]
+    feats = memoised(lambda items: cache.load(items, extract))
     hop_ms = float(getattr(model.backbone, "frame_hop_ms", 10))
     log.info("speech (multi-corpus, frozen %s): %s", sc.backbone,
              ", ".join(f"{c.name}: {len(c.train)}/{len(c.val)}/{len(c.test)}" for c in corpora.values()))
