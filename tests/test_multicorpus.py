@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emodemo.data import folder
-from emodemo.errors import DataError
+from emodemo.errors import AudioError, DataError
 from emodemo.speech import EmotionHead, build_backbone
 from emodemo.training import features as FT
 from emodemo.training import multicorpus as MC
@@ -97,6 +97,26 @@ def test_frame_cache_stores_resumes_and_refuses_silently_missing(tone_corpora, g
     with pytest.raises(FileNotFoundError, match="not in feature cache"):
         cache.load(tone_corpora["b"].train[:1])
     assert FT.backbone_key({"backbone": "whisper-tiny", "layers": [1, 2]}) != FT.backbone_key({"backbone": "whisper-tiny"})
+
+
+def test_extract_all_keeps_order_reports_progress_and_skips_unreadable_clips(tone_corpora, ge2e, tmp_path):
+    """The one extractor without a cache: pooled statistics + head logits per clip, in the order
+    given; an unreadable file is listed in `failed` (path, reason) and has no row."""
+    from emodemo.speech import EmotionHead
+    items = tone_corpora["a"].train[:2]
+    bad = tmp_path / "not-audio.wav"
+    bad.write_text("hello")
+    head = EmotionHead(768, len(LABELS), 16, 0.0).eval()
+    extract = FT.pooled_extractor(ge2e.frames, ge2e.feature, head)
+    calls, failed = [], []
+    rows = FT.extract_all([items[1].audio, str(bad), items[0].audio], extract,
+                          progress=lambda done, total: calls.append((done, total)), failed=failed)
+    assert len(rows) == 2 and rows[0].shape == (2 * 768 + len(LABELS),)
+    assert calls == [(1, 3), (2, 3), (3, 3)] and failed[0][0] == str(bad)
+    frames = FT.backbone_extractor(ge2e)(__import__("emodemo.audio", fromlist=["x"]).load_audio(items[0].audio))
+    assert torch.allclose(rows[1][:2 * 768], FT.pooled([frames])[0], atol=1e-5)
+    with pytest.raises(AudioError):
+        FT.extract_all([str(bad)], extract)
 
 
 def test_align_concat_pools_the_faster_stream():
