@@ -303,6 +303,16 @@ def espeak_goemotions(split: str = "dev", part: str = "all", per_class: int = 40
     return half
 
 
+def check_labels(items: Sequence[Item], labels: Sequence[str], where: str) -> list[Item]:
+    """`items` as a list, or a DataError naming `where` (e.g. the recipe key and its spec) when
+    some item's label is not one of `labels` (a recipe's class list that does not fit its data)."""
+    unknown = sorted({i.label for i in items} - set(labels))
+    if unknown:
+        raise DataError(f"{where}: label(s) {', '.join(map(repr, unknown))} not among the labels "
+                        f"{', '.join(labels)}")
+    return list(items)
+
+
 def _int_ranges(s: str) -> list[int]:
     out = []
     for part in s.split(","):

@@ -33,6 +33,7 @@ from emodemo.bundle import LABELS  # noqa: E402
 from emodemo.speech import EmotionHead, HeadEnsemble  # noqa: E402
 from emodemo.training import features as FT  # noqa: E402
 from emodemo.training import multicorpus as MC  # noqa: E402
+from emodemo.training.recipe import MulticorpusRecipe  # noqa: E402
 
 log = logging.getLogger("compare")
 REAL = ("ravdess", "nemo", "emotiontts-ko")
@@ -152,12 +153,11 @@ def run_one(kind: str, corpora: dict, feats, names_train: list[str], args) -> tu
     for k in range(max(1, args.ensemble)):
         torch.manual_seed(args.seed + k)
         model, collate = build_model(kind, tr.xs[0].shape[-1], len(LABELS), tr.xs)
-        model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate,
-                                               epochs=epochs, lr=lr, seed=args.seed + k,
-                                               batch_size=64 if kind == "probe" else 32,
-                                               patience=args.patience, absent=args.absent,
-                                               speaker_shift=args.speaker_shift, ema=args.ema,
-                                               shift_scale=args.shift_scale, log_every=1)
+        options = MulticorpusRecipe(epochs=epochs, lr=lr, batch_size=64 if kind == "probe" else 32,
+                                    patience=args.patience, absent=args.absent, speaker_shift=args.speaker_shift,
+                                    ema=args.ema, shift_scale=args.shift_scale)
+        model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, corpora, LABELS, collate, options,
+                                               seed=args.seed + k, log_every=1)
         members.append(model)
         hists.append(hist)
     if len(members) == 1:

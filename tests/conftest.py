@@ -181,6 +181,19 @@ def store(tmp_path):
     s.close()
 
 
+@pytest.fixture(scope="module")
+def fast_rec(recognizer):
+    """The default bundle's models with an instant fake ASR (a test module may define its own)."""
+    return with_asr(recognizer, FixedASR())
+
+
+@pytest.fixture
+def h(fast_rec, store):
+    """The app's handlers on `fast_rec` and a fresh store."""
+    from emodemo.ui import Handlers
+    return Handlers(fast_rec, store, work_dir=store.db_file.parent / "work")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test with one torch thread (training tests on a 2-core box), restoring the setting."""

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from emodemo.data import folder
+from emodemo.errors import AudioError, DataError
 from emodemo.speech import EmotionHead, build_backbone
 from emodemo.training import features as FT
 from emodemo.training import multicorpus as MC
+from emodemo.training.recipe import MulticorpusRecipe
 from test_data import make_corpus
 
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -97,6 +99,26 @@ def test_frame_cache_stores_resumes_and_refuses_silently_missing(tone_corpora, g
     assert FT.backbone_key({"backbone": "whisper-tiny", "layers": [1, 2]}) != FT.backbone_key({"backbone": "whisper-tiny"})
 
 
+def test_extract_all_keeps_order_reports_progress_and_skips_unreadable_clips(tone_corpora, ge2e, tmp_path):
+    """The one extractor without a cache: pooled statistics + head logits per clip, in the order
+    given; an unreadable file is listed in `failed` (path, reason) and has no row."""
+    from emodemo.speech import EmotionHead
+    items = tone_corpora["a"].train[:2]
+    bad = tmp_path / "not-audio.wav"
+    bad.write_text("hello")
+    head = EmotionHead(768, len(LABELS), 16, 0.0).eval()
+    extract = FT.pooled_extractor(ge2e.frames, ge2e.feature, head)
+    calls, failed = [], []
+    rows = FT.extract_all([items[1].audio, str(bad), items[0].audio], extract,
+                          progress=lambda done, total: calls.append((done, total)), failed=failed)
+    assert len(rows) == 2 and rows[0].shape == (2 * 768 + len(LABELS),)
+    assert calls == [(1, 3), (2, 3), (3, 3)] and failed[0][0] == str(bad)
+    frames = FT.backbone_extractor(ge2e)(__import__("emodemo.audio", fromlist=["x"]).load_audio(items[0].audio))
+    assert torch.allclose(rows[1][:2 * 768], FT.pooled([frames])[0], atol=1e-5)
+    with pytest.raises(AudioError):
+        FT.extract_all([str(bad)], extract)
+
+
 def test_align_concat_pools_the_faster_stream():
     a = [torch.arange(8.0)[:, None].repeat(1, 2)]          # 8 frames (10 ms)
     b = [torch.ones(4, 3)]                                   # 4 frames (20 ms)
@@ -108,7 +130,7 @@ def test_align_concat_pools_the_faster_stream():
 def test_default_split_keeps_speakers_apart(tone_corpora):
     for c in tone_corpora.values():
         assert not ({i.speaker for i in c.train} & {i.speaker for i in c.val})
-    with pytest.raises(ValueError, match="speakers in both"):
+    with pytest.raises(DataError, match="speakers in both"):
         path = tone_corpora["a"].train[0].audio.rsplit("/", 1)[0]
         MC.load_corpora({"a": {"train": f"folder:{path}", "val": f"folder:{path}:speakers=s1"}})
 
@@ -127,9 +149,9 @@ def test_mixed_corpus_training_learns_every_class_and_keeps_the_absent_one(tone_
         model, collate = MC.LinearProbe(tr.xs[0].shape[0], len(LABELS)).fit_scaler(torch.stack(tr.xs)), MC.make_collate("pooled")
     else:
         model, collate = EmotionHead(768, len(LABELS), 32, 0.1), MC.make_collate("frames", crop=20)
-    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, tone_corpora, LABELS, collate,
-                                           epochs=40, lr=1e-2 if kind == "probe" else 3e-3,
-                                           batch_size=8, patience=40, log_every=0)
+    options = MulticorpusRecipe(epochs=40, lr=1e-2 if kind == "probe" else 3e-3, batch_size=8, patience=40)
+    model, hist, best = MC.fit_multicorpus(model, tr, tr_items, va, tone_corpora, LABELS, collate, options,
+                                           log_every=0)
     per = MC.evaluate_corpora(model, va, collate, LABELS)
     assert best == pytest.approx(MC.select_score(per)) and best == max(h["val_mean_UA"] for h in hist)
     assert per["a"]["UA"] >= 0.75 and per["b"]["UA"] >= 0.66     # chance: 0.25 and 0.33

@@ -265,17 +265,34 @@ def test_branch_proba_is_the_recognizers_rule(recognizer, speech_wav, tmp_path):
     assert np.allclose(pa2, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
 
 
-def test_misspelt_multicorpus_key_ends_the_train_command_with_one_error_line(tmp_path):
-    cfg = json.loads((ROOT / "configs" / "default-v7.json").read_text())
-    cfg["speech"]["multicorpus"]["epohcs"] = 3
-    path = tmp_path / "typo.json"
+def one_error_line_from_train(cfg: dict, tmp_path: Path) -> str:
+    """Run `python -m emodemo train --config` on `cfg`; assert exit code 2 and a single `error:`
+    line on stderr (no traceback); return that line."""
+    path = tmp_path / "recipe.json"
     path.write_text(json.dumps(cfg))
     r = subprocess.run([sys.executable, "-m", "emodemo", "train", "--config", str(path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "speech.multicorpus.epohcs" in lines[0]
-    assert "Traceback" not in r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, lines
+    return lines[0]
+
+
+def test_misspelt_multicorpus_key_ends_the_train_command_with_one_error_line(tmp_path):
+    cfg = json.loads((ROOT / "configs" / "default-v7.json").read_text())
+    cfg["speech"]["multicorpus"]["epohcs"] = 3
+    line = one_error_line_from_train(cfg, tmp_path)
+    assert "speech.multicorpus.epohcs" in line
+
+
+def test_labels_outside_the_recipe_end_the_train_command_with_one_error_line(tmp_path):
+    """A recipe whose class list does not fit its data (the manifest has 'sad', the recipe only
+    neutral and happy) stops before any training: one `error:` line naming the recipe key, exit 2."""
+    cfg = tiny_recipe(tmp_path, make_manifest(tmp_path, n_per_class=1))
+    cfg["labels"] = ["neutral", "happy"]
+    line = one_error_line_from_train(cfg, tmp_path)
+    assert line.startswith("error: speech.train") and "'sad'" in line, line
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_multicorpus_recipe_is_typed():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import FixedASR, ROOT, SR, tone, with_asr
+from conftest import ROOT, SR, tone
 
 from emodemo import analysis, plots
 from emodemo.ui import Handlers, Limits, example_files
@@ -22,16 +22,6 @@ from emodemo.ui import markdown as md
 EXAMPLES = ROOT / "data" / "examples"
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
-
-
-@pytest.fixture(scope="module")
-def fast_rec(recognizer):
-    return with_asr(recognizer, FixedASR())
-
-
-@pytest.fixture
-def h(fast_rec, store):
-    return Handlers(fast_rec, store, work_dir=store.db_file.parent / "work")
 
 
 # ---- the one uncertainty rule ----------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import FixedASR, ROOT, SR, tone, with_asr
+from conftest import ROOT, SR, tone
 
 from emodemo import jobs
 from emodemo.ui import Handlers
@@ -21,16 +21,6 @@ from emodemo.ui import markdown as md
 EXAMPLES = ROOT / "data" / "examples"
 ANGRY = EXAMPLES / "angry_actor17.flac"
 
-
-
-@pytest.fixture(scope="module")
-def fast_rec(recognizer):
-    return with_asr(recognizer, FixedASR())
-
-
-@pytest.fixture
-def h(fast_rec, store):
-    return Handlers(fast_rec, store, work_dir=store.db_file.parent / "work")
 
 
 @pytest.fixture

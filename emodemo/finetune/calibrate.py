@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import AudioError
+from ..training import features as FT
 from .dataset import FinetuneError
 from .replay import load_pack
 from .write import parent_path, write_atomically
@@ -45,26 +45,24 @@ def _hist(p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     return {lab: round(float(c), 4) for lab, c in zip(labels, counts)}
 
 
-@torch.inference_mode()
 def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable[[int, int], None]] = None):
     """Mean backbone frame (uncalibrated) and the head's probabilities on it (the audio branch of a
     bundle without adapter or calibration) of each readable clip, and the clips that could not be
-    used (path, reason)."""
-    from ..speech import masked_stats
+    used (path, reason). Extracted by training.features, the one extractor."""
     speech.eval()
-    means, probs, skipped = [], [], []
-    for k, path in enumerate(paths):
-        try:
-            f, n = _feats(speech, path)
-        except AudioError as exc:
-            skipped.append((str(path), str(exc)))
-            continue
-        frames, lengths = speech.backbone.frames(f, n)
-        means.append(masked_stats(frames, lengths)[0, :frames.shape[-1]].float())
-        probs.append(torch.softmax(speech.head(frames, lengths), -1)[0].double().numpy())
-        if progress:
-            progress(k + 1, len(paths))
-    return means, np.array(probs), skipped
+    dim, skipped = int(speech.backbone.frame_dim), []
+    rows = FT.extract_all(paths, FT.pooled_extractor(speech.backbone.frames, speech.feature, speech.head),
+                          progress=progress, failed=skipped)
+    means = [r[:dim].float() for r in rows]
+    return means, np.array([torch.softmax(r[2 * dim:], -1).double().numpy() for r in rows]), skipped
+
+
+def audio_branch_proba(speech, paths: Sequence[str | Path]) -> np.ndarray:
+    """The audio branch's probabilities (calibration, adapter and all) of each clip."""
+    @torch.inference_mode()
+    def proba(wav: np.ndarray) -> torch.Tensor:
+        return torch.softmax(speech(*FT.clip_input(speech.feature, wav)), -1)[0]
+    return np.array([p.double().numpy() for p in FT.extract_all(paths, proba)])
 
 
 def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
@@ -101,9 +99,7 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     speech.calibration = FrameShift(dim)
     speech.calibration.shift.copy_(shift)
     unread = {s for s, _ in skipped}
-    with torch.inference_mode():
-        after = np.array([torch.softmax(speech(*_feats(speech, p)), -1)[0].double().numpy()
-                          for p in paths if str(p) not in unread])
+    after = audio_branch_proba(speech, [p for p in paths if str(p) not in unread])
     spread = float(torch.from_numpy(ref.x[:, :dim]).float().std(0).norm())
     report = {"base": str(base), "out": str(out), "clips": len(means), "skipped": skipped,
               "shift_norm": round(float(shift.norm()), 3),
@@ -119,13 +115,6 @@ def calibrate(base: str | Path, paths: Sequence[str | Path], out: str | Path,
     write_atomically(out, lambda staging: save_bundle(staging, new_cfg, speech, text,
                                                       card=card(new_cfg, report, base)))
     return report
-
-
-def _feats(speech, path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Front-end features [1, T, F] of one file and their length (AudioError if unreadable)."""
-    from .. import audio as A
-    f = A.features(speech.feature, A.load_audio(str(path)))[None]
-    return f, torch.tensor([f.shape[1]])
 
 
 def largest_share(h: dict) -> str:

@@ -1,4 +1,5 @@
-"""Frozen-backbone features of audio items: what the residual adapter trains on.
+"""Frozen-backbone features of audio items: what the residual adapter trains on (extracted by
+training/features.py, the one extractor).
 
 Each clip is run once through the base speech model; we keep the mean+std pooled backbone frames
 (the input of a linear probe) and the head's logits. Adapting on these takes seconds on a CPU,
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
+
+from ..training import features as FT
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +47,17 @@ def pooled_dim(speech) -> int:
     return 2 * int(speech.backbone.frame_dim)
 
 
-@torch.inference_mode()
 def extract(speech, items: Sequence, labels: Sequence[str],
             progress: Optional[Callable[[int, int], None]] = None) -> Feats:
-    """Run each item's audio through the (frozen) speech model once. Items whose label is not in
-    `labels` are skipped; unreadable audio raises (callers check files first)."""
-    from .. import audio as A
+    """Run each item's audio through the (frozen) speech model once (training.features, the one
+    extractor). Items whose label is not in `labels` are skipped; unreadable audio raises (callers
+    check files first)."""
     speech.eval()
-    xs, bs, ys, gs = [], [], [], []
     items = [i for i in items if i.label in labels]
-    for k, it in enumerate(items):
-        wav = A.load_audio(it.audio)
-        f = A.features(speech.feature, wav)
-        x, b = speech.pooled(f[None], torch.tensor([f.shape[0]]))
-        xs.append(x[0].float().numpy())
-        bs.append(b[0].float().numpy())
-        ys.append(labels.index(it.label))
-        gs.append(it.speaker or it.audio)
-        if progress:
-            progress(k + 1, len(items))
+    rows = FT.extract_all(items, FT.pooled_extractor(speech.frames, speech.feature, speech.head),
+                          progress=progress)
     d, c = pooled_dim(speech), len(labels)
-    return Feats(np.array(xs, np.float32).reshape(-1, d), np.array(bs, np.float32).reshape(-1, c),
-                 np.array(ys, np.int64), gs)
+    x = np.array([r[:d].float().numpy() for r in rows], np.float32).reshape(-1, d)
+    b = np.array([r[d:].float().numpy() for r in rows], np.float32).reshape(-1, c)
+    return Feats(x, b, np.array([labels.index(i.label) for i in items], np.int64),
+                 [i.speaker or i.audio for i in items])

@@ -1,5 +1,11 @@
-"""The one frozen-backbone feature extractor: frames or pooled per-layer statistics, cached on
-disk, computed in batches with a progress bar, so heads and probes on them train in seconds.
+"""The one frozen-backbone feature extractor: frames, pooled statistics (with the head's logits)
+or per-layer statistics of audio clips, computed in batches with a progress bar or callback
+(`extract_all`), optionally cached on disk (`FrameCache`), so heads, probes and adapters on them
+train in seconds. Training (multi-corpus heads, the first-stage bundle), fine-tuning
+(finetune/features.py) and calibration (finetune/calibrate.py) all extract here.
+
+Extractors (waveform -> tensor): `backbone_extractor` (frames [T', D]), `pooled_extractor`
+(mean+std of the frames [2D], then the head's logits [C]) and, batched, `layer_stats_extractor`.
 
 A cache is a folder per backbone key (`runs/features/ge2e-resemblyzer/`), one float16 tensor per
 item in `<corpus>/<item id>.pt`: frames [T', D] (`backbone_extractor`) or, for a Whisper backbone,
@@ -17,7 +23,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ from tqdm import tqdm
 
 from .. import audio as A
 from ..data import Item, corpus_of
+from ..errors import AudioError, DataError
 from ..speech import masked_stats
 from .loops import pad_frames
 
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 
 Extractor = Callable[[np.ndarray], torch.Tensor]   # waveform (16 kHz mono) -> frames [T', D]
 BatchExtractor = Callable[[Sequence[np.ndarray]], list]   # waveforms -> one tensor each
+Progress = Callable[[int, int], None]                      # (clips done, clips in all)
+Source = Union[Item, str, Path]                            # an item, or an audio file
+FramesOf = Callable[[torch.Tensor, torch.Tensor], tuple]   # (feats, lengths) -> (frames, lengths)
 DEFAULT_ROOT = Path("runs") / "features"
 STATS_PARTS = ("mean", "std", "ln_mean", "ln_std")   # the 4 blocks of n_state in a layer-stats row
 
@@ -56,9 +66,28 @@ def backbone_extractor(backbone: nn.Module, feature: Optional[str] = None) -> Ex
 
     @torch.inference_mode()
     def extract(wav: np.ndarray) -> torch.Tensor:
-        feats = A.features(feature, wav)[None]
-        frames, lengths = backbone.frames(feats)
+        frames, lengths = backbone.frames(A.features(feature, wav)[None])
         return frames[0, : int(lengths[0])]
+    return extract
+
+
+def clip_input(feature: str, wav: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front-end features [1, T, F] of one waveform and their length [1]."""
+    f = A.features(feature, wav)[None]
+    return f, torch.tensor([f.shape[1]])
+
+
+def pooled_extractor(frames_of: FramesOf, feature: str, head: Optional[nn.Module] = None) -> Extractor:
+    """One row per waveform: mean+std over time of the frames of `frames_of` (e.g. a backbone's
+    `frames`, or a SpeechEmotionModel's, which adds its calibration shift) [2D], followed (with
+    `head`) by the head's logits on those frames [C]."""
+    @torch.inference_mode()
+    def extract(wav: np.ndarray) -> torch.Tensor:
+        frames, lengths = frames_of(*clip_input(feature, wav))
+        parts = [masked_stats(frames, lengths)[0]]
+        if head is not None:
+            parts.append(head(frames, lengths)[0])
+        return torch.cat(parts)
     return extract
 
 
@@ -121,19 +150,8 @@ class FrameCache:
         """Compute and store the features of every item not cached yet; returns how many.
         `batch_size` > 0: `extract` takes a list of waveforms (items sorted by length first)."""
         todo = self.missing(items)
-        if batch_size > 0:
-            todo = sorted(todo, key=lambda it: os.path.getsize(it.audio))
-        step = max(1, batch_size)
-        bar = tqdm(total=len(todo), desc=f"{desc} ({self.key})", leave=False, disable=not todo,
-                   mininterval=10)
-        for b in range(0, len(todo), step):
-            chunk = todo[b:b + step]
-            wavs = [A.load_audio(it.audio) for it in chunk]
-            outs = extract(wavs) if batch_size > 0 else [extract(wavs[0])]
-            for it, t in zip(chunk, outs):
-                self._store(it, t)
-            bar.update(len(chunk))
-        bar.close()
+        for it, t in extracted(todo, extract, batch_size, desc=f"{desc} ({self.key})"):
+            self._store(it, t)
         if todo:
             log.info("feature cache %s: %d new entries", self.key, len(todo))
         return len(todo)
@@ -154,6 +172,68 @@ class FrameCache:
             raise FileNotFoundError(f"{len(self.missing(items))} items not in feature cache {self.path}; "
                                     "pass an extractor to compute them")
         return [torch.load(self.entry(it), weights_only=True) for it in items]
+
+
+def audio_path(source: Source) -> str:
+    return str(source.audio if isinstance(source, Item) else source)
+
+
+def extracted(sources: Sequence[Source], extract: Extractor | BatchExtractor, batch_size: int = 0,
+              progress: Optional[Progress] = None, desc: str = "features",
+              failed: Optional[list] = None) -> Iterator[tuple[Source, torch.Tensor]]:
+    """(source, features) of each clip, read and extracted one at a time, or `batch_size` at a time
+    (`extract` then takes a list of waveforms; sources sorted by file size first). Progress goes to
+    `progress(done, total)` when given, else to a progress bar. With a `failed` list, a clip that
+    cannot be read (AudioError) is appended there as (path, reason) and skipped; without, it raises."""
+    todo = sorted(sources, key=lambda s: os.path.getsize(audio_path(s))) if batch_size > 0 else list(sources)
+    bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not todo or progress is not None,
+               mininterval=10)
+    step = max(1, batch_size)
+    for b in range(0, len(todo), step):
+        chunk = todo[b:b + step]
+        if batch_size > 0:
+            yield from zip(chunk, extract([A.load_audio(audio_path(s)) for s in chunk]))
+        else:
+            try:
+                out = extract(A.load_audio(audio_path(chunk[0])))
+            except AudioError as exc:
+                if failed is None:
+                    raise
+                failed.append((audio_path(chunk[0]), str(exc)))
+            else:
+                yield chunk[0], out
+        bar.update(len(chunk))
+        if progress:
+            progress(b + len(chunk), len(todo))
+    bar.close()
+
+
+def extract_all(sources: Sequence[Source], extract: Extractor | BatchExtractor, batch_size: int = 0,
+                progress: Optional[Progress] = None, cache: Optional[FrameCache] = None,
+                failed: Optional[list] = None) -> list[torch.Tensor]:
+    """Features of every clip, in the order given (see `extracted`); with `cache` (items only),
+    read from and written to the disk cache (float16) instead. Skipped clips (`failed`) have no row."""
+    if cache is not None:
+        return cache.load(sources, extract, batch_size=batch_size)
+    out = dict((id(s), t) for s, t in extracted(sources, extract, batch_size, progress, failed=failed))
+    return [out[id(s)] for s in sources if id(s) in out]
+
+
+def item_key(item: Item) -> str:
+    return f"{item.corpus}/{item.id}/{item.audio}"
+
+
+def memoised(compute: Callable[[list[Item]], Sequence[torch.Tensor]]) -> Callable[[Sequence[Item]], list[torch.Tensor]]:
+    """feats(items) computing each item's features once per process (`compute` gets the items not
+    seen yet, each once), for heads fitted many times on the same clips (ensembles, LOCO folds)."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
+        todo = list({item_key(i): i for i in items if item_key(i) not in memo}.values())
+        if todo:
+            memo.update(zip(map(item_key, todo), compute(todo)))
+        return [memo[item_key(i)] for i in items]
+    return feats
 
 
 def pooled(frames: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -182,7 +262,7 @@ def align_concat(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[t
         else:
             swap = False
         if y.shape[0] == 0:
-            raise ValueError("an item has no frames")
+            raise DataError("an item has no frames (a clip shorter than one backbone frame)")
         pooled_x = torch.nn.functional.adaptive_avg_pool1d(x.float().T[None], y.shape[0])[0].T.to(x.dtype)
         out.append(torch.cat([y, pooled_x] if swap else [pooled_x, y], dim=-1))
     return out

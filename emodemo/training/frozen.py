@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import audio as A
 from ..bundle import LABELS, build_speech, build_text, bundle_size, default_config, save_bundle
 from ..data import Item, goemotions, ravdess
 from ..fusion import fit_fusion
 from .cards import model_card
-from .loops import BestEpoch, class_weights, pad_frames, seed_everything
+from .features import backbone_extractor, extract_all
+from .loops import EpochPlan, class_weights, fit_epochs, pad_frames, seed_everything
 from .metrics import metrics
 from .rundir import TRAIN_LOG
 from .text import soft_targets_for
@@ -28,19 +29,14 @@ from .text import soft_targets_for
 log = logging.getLogger(TRAIN_LOG)
 
 VAL_ACTORS = (17, 18, 19, 20)   # speaker-independent validation: two male, two female actors
+LINEAR_BATCH = 256              # batch of the text head's linear fit on cached embeddings
+SPEECH_CROP = 200               # random-crop length (frames, 2 s of GE2E) of the speech head
 
 
 # ---- speech: frozen backbone, cached frames ----------------------------------------------
-@torch.inference_mode()
 def backbone_frames(backbone: nn.Module, items: Sequence[Item]) -> list[torch.Tensor]:
-    """Frame outputs of a frozen backbone for each item (fp16, [T', D])."""
-    backbone.eval()
-    out = []
-    for it in tqdm(items, desc="backbone frames", leave=False):
-        feats = A.features(backbone.feature, A.load_audio(it.audio))[None]
-        fr, _ = backbone.frames(feats)
-        out.append(fr[0].half())
-    return out
+    """Frame outputs of a frozen backbone for each item (fp16, [T', D]; training.features)."""
+    return [f.half() for f in extract_all(items, backbone_extractor(backbone))]
 
 
 def _random_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -51,32 +47,41 @@ def _random_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return x
 
 
+@dataclass
+class HeadOptions:
+    """How `train_head` fits a frames head: epochs, learning rate, batch size, seed and the
+    random-crop length in frames (0: whole clips)."""
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    crop: int = 0
+
+
 def train_head(head: nn.Module, xs: list[torch.Tensor], y: list[int], xv: list[torch.Tensor],
-               yv: list[int], n_classes: int, epochs: int = 40, lr: float = 1e-3,
-               batch_size: int = 32, seed: int = 0, crop: int = 0) -> tuple[dict, list[dict]]:
+               yv: list[int], n_classes: int, options: Optional[HeadOptions] = None) -> tuple[dict, list[dict]]:
     """Train a head on cached frames with class-balanced loss; keep the best epoch by val UA."""
-    seed_everything(seed)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    o = options or HeadOptions()
+    seed_everything(o.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=o.lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
     crit = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), label_smoothing=0.1)
-    best, history = BestEpoch(), []
-    for ep in range(epochs):
-        head.train()
-        order = np.random.permutation(len(xs))
-        tot = 0.0
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            x, lengths = pad_frames([_random_crop(xs[i], crop) for i in idx])
-            loss = crit(head(x, lengths), torch.tensor([y[i] for i in idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss) * len(idx)
-        sched.step()
+    history: list[dict] = []
+
+    def step(idx) -> float:
+        x, lengths = pad_frames([_random_crop(xs[i], o.crop) for i in idx])
+        loss = crit(head(x, lengths), torch.tensor([y[i] for i in idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def validate(ep: int, loss: float) -> float:
         m = metrics(yv, predict_head(head, xv).argmax(1), n_classes)
-        history.append({"epoch": ep + 1, "loss": tot / len(xs), "val_UA": m["UA"], "val_WA": m["WA"]})
-        best.update(m["UA"], head)
-    best.restore(head)
+        history.append({"epoch": ep + 1, "loss": loss, "val_UA": m["UA"], "val_WA": m["WA"]})
+        return m["UA"]
+
+    fit_epochs(head, EpochPlan(len(xs), o.epochs, o.batch_size, sched), step, validate)
     return metrics(yv, predict_head(head, xv).argmax(1), n_classes), history
 
 
@@ -112,20 +117,21 @@ def train_linear(classifier: nn.Linear, x: torch.Tensor, t: torch.Tensor, xv: to
     seed_everything(seed)
     w = class_weights(t.argmax(1).numpy(), n_classes)
     opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
-    best = BestEpoch()
-    for ep in range(epochs):
-        perm = torch.randperm(len(x))
-        for b in range(0, len(x), 256):
-            idx = perm[b:b + 256]
-            logp = F.log_softmax(classifier(x[idx]), -1)
-            loss = -(t[idx] * logp * w).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def step(idx) -> float:
+        logp = F.log_softmax(classifier(x[idx]), -1)
+        loss = -(t[idx] * logp * w).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def validate(ep: int, loss: float) -> float:
         with torch.no_grad():
-            m = metrics(yv, classifier(xv).argmax(1).numpy(), n_classes)
-        best.update(m["macro_F1"], classifier)
-    best.restore(classifier)
+            return metrics(yv, classifier(xv).argmax(1).numpy(), n_classes)["macro_F1"]
+
+    fit_epochs(classifier, EpochPlan(len(x), epochs, LINEAR_BATCH, order=lambda: torch.randperm(len(x))),
+               step, validate)
     with torch.no_grad():
         return metrics(yv, classifier(xv).argmax(1).numpy(), n_classes)
 
@@ -157,7 +163,7 @@ def train_frozen_default(out_dir: str | Path, seed: int = 0, text_cache: Optiona
     xv = backbone_frames(speech.backbone, val_items)
     ys = [LABELS.index(i.label) for i in train_items]
     yv = [LABELS.index(i.label) for i in val_items]
-    m_speech, hist = train_head(speech.head, xs, ys, xv, yv, n, crop=200, seed=seed)
+    m_speech, hist = train_head(speech.head, xs, ys, xv, yv, n, HeadOptions(seed=seed, crop=SPEECH_CROP))
     p_audio_val = predict_head(speech.head, xv)
     log.info("speech head: %s", {k: v for k, v in m_speech.items() if k != "confusion"})
 

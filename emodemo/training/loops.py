@@ -1,9 +1,11 @@
 """Pieces every training loop shares: seeding, the class-balanced loss weights, frame padding,
-weight snapshots and the one best-epoch tracker (keep the weights of the best validation score)."""
+weight snapshots, the one best-epoch tracker (keep the weights of the best validation score) and
+the one head-fitting loop over cached features (`fit_epochs`)."""
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -77,3 +79,42 @@ class BestEpoch:
     @classmethod
     def from_state(cls, state: dict, **info) -> "BestEpoch":
         return cls(state["best"], state["best_state"], state.get("bad", 0), info)
+
+
+Step = Callable[[np.ndarray], float]          # one batch (item indices) -> its mean loss
+Validate = Callable[[int, float], float]      # (epoch, mean training loss) -> validation score
+
+
+@dataclass
+class EpochPlan:
+    """How `fit_epochs` walks the data: `epochs` passes over `n` items in batches of `batch_size`,
+    a fresh order each epoch (`order`, default a numpy permutation), the scheduler stepped after
+    each epoch, early stop after `patience` epochs without a better score (None: never)."""
+    n: int
+    epochs: int
+    batch_size: int
+    sched: Optional[object] = None
+    patience: Optional[int] = None
+    order: Optional[Callable[[], Sequence[int]]] = None
+
+
+def fit_epochs(model: nn.Module, plan: EpochPlan, step: Step, validate: Validate,
+               judged: Optional[nn.Module] = None) -> BestEpoch:
+    """The one head-fitting loop: train `model` batch by batch (`step` does the update and returns
+    the batch's mean loss), score it after each epoch (`validate`), keep the weights of the best
+    score (of `judged`, e.g. an EMA copy, when given) and load them into `model` at the end."""
+    best = BestEpoch()
+    for ep in range(plan.epochs):
+        model.train()
+        order = plan.order() if plan.order else np.random.permutation(plan.n)
+        tot = 0.0
+        for b in range(0, plan.n, plan.batch_size):
+            idx = order[b:b + plan.batch_size]
+            tot += step(idx) * len(idx)
+        if plan.sched is not None:
+            plan.sched.step()
+        best.update(validate(ep, tot / max(1, plan.n)), judged if judged is not None else model)
+        if best.stop(plan.patience):
+            break
+    best.restore(model)
+    return best

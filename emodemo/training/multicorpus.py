@@ -27,14 +27,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import Item, corpus_of, load_spec, speaker_split
+from ..errors import DataError
 from ..fusion import unweighted_accuracy
-from .loops import pad_frames
+from .loops import EpochPlan, fit_epochs, pad_frames, seed_everything
 from .metrics import ece, fit_temperature, tempered  # noqa: F401  (re-exported)
+from .recipe import MulticorpusRecipe
 
 log = logging.getLogger(__name__)
 
 RAVDESS_SPLIT = {"train": "ravdess:actors=1-12", "val": "ravdess:actors=13-16", "test": "ravdess:actors=17-20"}
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)      # train / val / test speakers of a corpus without a fixed split
+GRAD_CLIP = 5.0                        # gradient-norm clip of the head's updates
 
 
 # ---- corpora and splits -------------------------------------------------------------------
@@ -79,11 +82,11 @@ def load_corpora(spec: dict[str, dict]) -> dict[str, Corpus]:
         out[name] = Corpus(name, get("train"), get("val"), get("test"), bool(c.get("aux", False)),
                            bool(c.get("mask", not c.get("aux", False))))
         if not out[name].train:
-            raise ValueError(f"corpus {name}: no training items ({c.get('train')!r})")
+            raise DataError(f"corpus {name}: no training items ({c.get('train')!r})")
         for part in ("val", "test"):
             clash = {i.speaker for i in getattr(out[name], part)} & {i.speaker for i in out[name].train}
             if clash:
-                raise ValueError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+                raise DataError(f"corpus {name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
 
 
@@ -99,11 +102,11 @@ def corpora_from_items(train: Sequence[Item], val: Sequence[Item], test: Sequenc
             getattr(c, part).append(it)
     for c in out.values():
         if not c.train:
-            raise ValueError(f"corpus {c.name} has validation or test items but no training items")
+            raise DataError(f"corpus {c.name} has validation or test items but no training items")
         for part in ("val", "test"):
             clash = {i.speaker for i in getattr(c, part)} & {i.speaker for i in c.train}
             if clash:
-                raise ValueError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
+                raise DataError(f"corpus {c.name}: speakers in both train and {part}: {sorted(clash)[:5]}")
     return out
 
 
@@ -292,72 +295,69 @@ def evaluate_corpora(model: nn.Module, split: Split, collate: Callable, labels: 
 
 def fit_multicorpus(model: nn.Module, train: Split, train_items: Sequence[Item], val: Split,
                     corpora: dict[str, Corpus], labels: Sequence[str], collate: Callable,
-                    epochs: int = 30, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
-                    smoothing: float = 0.1, weight_decay: float = 1e-2, patience: int = 8,
-                    corpus_weight: Optional[dict[str, float]] = None, absent: float = 0.0,
-                    speaker_shift: float = 0.0, ema: float = 0.0, shift_scale: float = 1.0,
+                    options: Optional[MulticorpusRecipe] = None, seed: int = 0,
                     log_every: int = 1) -> tuple[nn.Module, list[dict], float]:
     """Mixed-corpus training (balanced, class-masked loss); the epoch with the best mean
     validation UA over the validation corpora is kept. Returns (model, history, best score).
+    `options` is the recipe's multi-corpus section (epochs, lr, batch_size, smoothing,
+    weight_decay, patience, corpus_weight, absent, speaker_shift, shift_scale, ema).
 
     `speaker_shift`: the share of training clips whose frames are moved, as a whole, from their
     speaker's mean frame to another training speaker's (`speaker_shifts`): the head learns that a
     voice's (and a corpus's) constant offset says nothing about the emotion (`shift_scale`: see
-    `speaker_shifts`). `ema` > 0: the
-    model validated and kept is an exponential moving average of the weights (decay `ema` per
-    step), which depends less on the last batches and on the seed than any single epoch's weights."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    shift = (speaker_shifts(train.xs, [i.speaker or i.id for i in train_items], shift_scale)
-             if speaker_shift > 0 else None)
-    masks = class_masks(corpora, labels)
-    mask = torch.stack([masks[c] for c in train.corpus])
-    weight = torch.tensor(balance_weights(train_items, train.corpus, labels, corpus_weight), dtype=torch.float32)
-    y = torch.tensor(train.y)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    best, best_state, history, bad = -1.0, None, [], 0
-    avg = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema)) if ema > 0 else None
-    judged = avg.module if avg is not None else model
-    for ep in range(epochs):
-        model.train()
-        order = np.random.permutation(len(train.xs))
-        tot = 0.0
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            batch = [train.xs[i] for i in idx]
-            if shift is not None:
-                batch = [x + shift(i).to(x.dtype) if random.random() < speaker_shift else x
-                         for x, i in zip(batch, idx)]
-            logits = model(*collate(batch, True))
-            loss = masked_loss(logits, y[idx], mask[idx], weight[idx], smoothing, absent)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            if avg is not None:
-                avg.update_parameters(model)
-            tot += float(loss.detach()) * len(idx)
-        sched.step()
+    `speaker_shifts`). `ema` > 0: the model validated and kept is an exponential moving average of
+    the weights (decay `ema` per step), which depends less on the last batches and on the seed
+    than any single epoch's weights."""
+    o = options or MulticorpusRecipe()
+    seed_everything(seed)
+    step, judged, opt = _masked_step(model, train, train_items, corpora, labels, collate, o)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, o.epochs))
+    history: list[dict] = []
+
+    def validate(ep: int, loss: float) -> float:
         per = {c: m for c, m in evaluate_corpora(judged, val, collate, labels).items() if not corpora[c].aux}
         score = select_score(per)
-        history.append({"epoch": ep + 1, "train_loss": tot / max(1, len(order)), "val_mean_UA": score}
+        history.append({"epoch": ep + 1, "train_loss": loss, "val_mean_UA": score}
                        | {f"val_UA_{c}": round(m["UA"], 4) for c, m in per.items()})
         if log_every and (ep + 1) % log_every == 0:
-            log.info("epoch %d: loss %.3f, val mean UA %.3f (%s)", ep + 1, history[-1]["train_loss"], score,
+            log.info("epoch %d: loss %.3f, val mean UA %.3f (%s)", ep + 1, loss, score,
                      ", ".join(f"{c} {m['UA']:.3f}" for c, m in per.items()))
-        if score > best:
-            best, bad = score, 0
-            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model, history, best
+        return score
+
+    plan = EpochPlan(len(train.xs), o.epochs, o.batch_size, sched, o.patience)
+    best = fit_epochs(model, plan, step, validate, judged)
+    return model, history, best.score
+
+
+def _masked_step(model: nn.Module, train: Split, train_items: Sequence[Item], corpora: dict[str, Corpus],
+                 labels: Sequence[str], collate: Callable, o: MulticorpusRecipe):
+    """(step(batch indices) -> loss, the model validated (an EMA copy with `o.ema` > 0), the
+    optimiser) of `fit_multicorpus`: balanced, class-masked loss with speaker shifts."""
+    shift = (speaker_shifts(train.xs, [i.speaker or i.id for i in train_items], o.shift_scale)
+             if o.speaker_shift > 0 else None)
+    masks = class_masks(corpora, labels)
+    mask = torch.stack([masks[c] for c in train.corpus])
+    weight = torch.tensor(balance_weights(train_items, train.corpus, labels, o.corpus_weight), dtype=torch.float32)
+    y = torch.tensor(train.y)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
+                            weight_decay=o.weight_decay)
+    avg = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema)) if o.ema > 0 else None
+
+    def step(idx) -> float:
+        batch = [train.xs[i] for i in idx]
+        if shift is not None:
+            batch = [x + shift(i).to(x.dtype) if random.random() < o.speaker_shift else x
+                     for x, i in zip(batch, idx)]
+        loss = masked_loss(model(*collate(batch, True)), y[idx], mask[idx], weight[idx], o.smoothing, o.absent)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        if avg is not None:
+            avg.update_parameters(model)
+        return float(loss.detach())
+    return step, (avg.module if avg is not None else model), opt
 
 
 def principal_basis(xs: torch.Tensor, k: int) -> Optional[torch.Tensor]:

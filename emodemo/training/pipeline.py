@@ -91,9 +91,21 @@ def _write_outputs(run: Run, cfg: dict, bcfg: dict, report: dict, speech, text) 
         {k: v for k, v in report.items() if not k.endswith("history")}, indent=2) + "\n")
 
 
+def _load_data(recipe: Recipe, labels: Sequence[str]) -> dict[str, list]:
+    """The items of each branch's data specs, loaded before any training, so a spec that cannot be
+    read or a label outside the recipe's labels ends the run at once (DataError). The text
+    branch's training rows may carry other labels too (multi-label sets): only theirs count."""
+    from ..data import check_labels, load_spec
+    specs = {"speech.train": recipe.speech.train, "speech.val": recipe.speech.val,
+             "text.train": recipe.text.train, "text.val": recipe.text.val}
+    out = {key: load_spec(spec) for key, spec in specs.items()}
+    for key in ("speech.train", "speech.val", "text.val"):
+        check_labels(out[key], labels, f"{key} {specs[key]!r}")
+    return out
+
+
 def run_recipe(config: dict | str | Path) -> dict:
     """Train speech and text branches, fit fusion, write run dir and bundle (see DEFAULT_RECIPE)."""
-    from ..data import load_spec
     if not isinstance(config, dict):
         config = json.loads(Path(config).read_text())
     cfg = merge(DEFAULT_RECIPE, config)
@@ -103,17 +115,17 @@ def run_recipe(config: dict | str | Path) -> dict:
     run = Run(recipe.run_dir, cfg, rank)
     t0 = time.time()
     speech, text = _init_models(recipe.init, labels) if recipe.init else (None, None)
+    data = _load_data(recipe, labels)
     train = train_speech
     if recipe.speech.multicorpus is not None:
         from .speech_multicorpus import train_speech_multicorpus as train
-    speech, m_speech, h_speech = train(recipe, labels, load_spec(recipe.speech.train),
-                                       load_spec(recipe.speech.val), run, model=speech)
+    speech, m_speech, h_speech = train(recipe, labels, data["speech.train"], data["speech.val"], run,
+                                       model=speech)
     if rank != 0:
         dist_teardown()
         return {}
     report: dict = {"speech_val": m_speech, "speech_history": h_speech}
-    text, m_text, h_text = train_text(recipe, labels, load_spec(recipe.text.train),
-                                      load_spec(recipe.text.val), run, model=text)
+    text, m_text, h_text = train_text(recipe, labels, data["text.train"], data["text.val"], run, model=text)
     report.update(text_dev=m_text, text_history=h_text)
     fusion, report["fusion"] = _fusion_on_paired_sets(recipe, speech, text, labels)
     bcfg = _bundle_config(cfg, recipe, labels, speech, fusion, m_speech, m_text)

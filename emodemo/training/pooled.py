@@ -25,7 +25,7 @@ import torch
 from ..data import Item
 from ..speech import PooledHead
 from . import multicorpus as MC
-from .features import cached_layer_stats, stats_view
+from .features import cached_layer_stats, memoised, stats_view
 from .metrics import HEAD_TEMPERATURE_GRID, fit_temperature
 
 Feats = Callable[[Sequence[Item]], list[torch.Tensor]]
@@ -40,18 +40,7 @@ def layer_rows(backbone) -> list[int]:
 
 def pooled_feats(speech_cfg: dict, rows: Sequence[int], cache: str, backbone=None) -> Feats:
     """feats(items) -> pooled mean+std vectors of the configured layers (memoised per item)."""
-    memo: dict[str, torch.Tensor] = {}
-
-    def key(it: Item) -> str:
-        return f"{it.corpus}/{it.id}/{it.audio}"
-
-    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
-        todo = list({key(i): i for i in items if key(i) not in memo}.values())
-        if todo:
-            x = stats_view(cached_layer_stats(todo, speech_cfg, cache, backbone=backbone), rows)
-            memo.update(zip(map(key, todo), x))
-        return [memo[key(i)] for i in items]
-    return feats
+    return memoised(lambda items: stats_view(cached_layer_stats(items, speech_cfg, cache, backbone=backbone), rows))
 
 
 def centred(split: MC.Split, groups: Sequence[str]) -> MC.Split:

@@ -30,7 +30,7 @@ from ..data import Item, load_spec
 from ..speech import HeadEnsemble, build_head
 from . import multicorpus as MC
 from . import pooled as P
-from .features import FrameCache, backbone_extractor, backbone_key
+from .features import FrameCache, backbone_extractor, backbone_key, memoised
 from .metrics import HEAD_TEMPERATURE_GRID, metrics
 from .rundir import TRAIN_LOG
 
@@ -46,11 +46,8 @@ def _fit_head(model: nn.Module, corpora: dict[str, MC.Corpus], feats, labels: Se
     members = list(model.members) if isinstance(model, HeadEnsemble) else [model]
     fitted, hists = [], []
     for k, member in enumerate(members):
-        head, hist, best = MC.fit_multicorpus(
-            member, tr, tr_items, va, corpora, labels, collate, epochs=mc.epochs, lr=mc.lr,
-            batch_size=mc.batch_size, seed=seed + k, smoothing=mc.smoothing,
-            weight_decay=mc.weight_decay, patience=mc.patience, absent=mc.absent,
-            speaker_shift=mc.speaker_shift, ema=mc.ema, shift_scale=mc.shift_scale)
+        head, hist, best = MC.fit_multicorpus(member, tr, tr_items, va, corpora, labels, collate, mc,
+                                              seed=seed + k)
         fitted.append(head)
         hists.append(hist)
     if not isinstance(model, HeadEnsemble):
@@ -142,13 +139,7 @@ def train_speech_multicorpus(cfg, labels: Sequence[str], train_items: Sequence[I
                        mc.cache)
     extract = backbone_extractor(model.backbone, model.feature)
     t0 = time.time()
-    memo: dict[str, torch.Tensor] = {}
-
-    def feats(items: Sequence[Item]) -> list[torch.Tensor]:
-        todo = [i for i in items if cache.entry(i).as_posix() not in memo]
-        for it, x in zip(todo, cache.load(todo, extract)):
-            memo[cache.entry(it).as_posix()] = x
-        return [memo[cache.entry(i).as_posix()] for i in items]
+    feats = memoised(lambda items: cache.load(items, extract))
     hop_ms = float(getattr(model.backbone, "frame_hop_ms", 10))
     log.info("speech (multi-corpus, frozen %s): %s", sc.backbone,
              ", ".join(f"{c.name}: {len(c.train)}/{len(c.val)}/{len(c.test)}" for c in corpora.values()))

@@ -21,6 +21,7 @@ from .rundir import TRAIN_LOG, Run
 log = logging.getLogger(TRAIN_LOG)
 
 TAU_GRID = tuple(round(0.1 * k, 1) for k in range(0, 21))   # prior-correction strengths tried
+DEFAULT_CALIB_FRACTION = 0.05   # training share held out to fit the prior correction
 
 
 def set_text_trainable(model, train_layers: int) -> None:
@@ -76,6 +77,134 @@ def _epoch_batches(texts: list[str], primary: np.ndarray, n: int, bs: int, cap: 
     return batches
 
 
+class TextFit:
+    """One `train_text` run's state: the model, its training texts and soft targets, the loss
+    weights, the optimiser and schedule, the dev and calibration sets and the training prior."""
+
+    def __init__(self, recipe: Recipe, labels: Sequence[str], train_items: Sequence[Item],
+                 val_items: Sequence[Item], model=None):
+        self.tc, self.labels, self.n, self.seed = recipe.text, list(labels), len(labels), recipe.seed
+        tc = self.tc
+        seed_everything(self.seed)
+        if model is None:
+            from ..bundle import build_text
+            model = build_text({"labels": list(labels), "text": tc.to_dict()})
+        self.model = model
+        set_text_trainable(model, tc.train_layers)
+        calib: list = []
+        if tc.correction == "fit":
+            frac = DEFAULT_CALIB_FRACTION if tc.calib_fraction is None else float(tc.calib_fraction)
+            calib, train_items = _calibration_split(train_items, frac, self.seed)
+        self.texts = [i.transcript or "" for i in train_items]
+        self.targets = soft_targets_for(train_items, labels)
+        self.log_prior = np.log(np.maximum(self.targets.double().mean(0).numpy(), 1e-6))
+        self.w = class_weights(self.targets.argmax(1).numpy(), self.n)
+        self.primary = self.targets.argmax(1).numpy()
+        self.opt, self.sched = self._optimiser()
+        self.yv, self.vt = self._labelled(val_items)
+        self.yc, self.ct = self._labelled(calib)
+
+    def _labelled(self, items: Sequence[Item]) -> tuple[np.ndarray, list[str]]:
+        return np.array([self.labels.index(i.label) for i in items]), [i.transcript or "" for i in items]
+
+    def _optimiser(self):
+        """AdamW (encoder and head learning rates) with linear warm-up (5 %) and linear decay."""
+        tc, model = self.tc, self.model
+        enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW([{"params": enc_params, "lr": tc.lr},
+                                 {"params": model.classifier.parameters(), "lr": tc.head_lr}],
+                                weight_decay=1e-2)
+        total = len(self.epoch_batches(0)) * tc.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, s / max(1, total // 20)) * max(0.0, 1 - s / max(1, total)))
+        return opt, sched
+
+    def epoch_batches(self, ep: int) -> list[list[int]]:
+        return _epoch_batches(self.texts, self.primary, self.n, self.tc.batch_size,
+                              int(self.tc.max_per_class or 0), self.seed, ep)
+
+    def evaluate_dev(self) -> tuple[dict, float]:
+        """Dev metrics after the prior correction fitted on the calibration split (tau 0 without)."""
+        tau, correction = 0.0, self.tc.correction
+        if len(self.ct):
+            tau = fit_prior_tau(self.model.predict_proba(self.ct).numpy(), self.yc, self.log_prior, self.n)
+        elif isinstance(correction, (int, float)) and not isinstance(correction, bool):
+            tau = float(correction)
+        p = self.model.predict_proba(self.vt).numpy()
+        return metrics(self.yv, prior_corrected(p, self.log_prior, tau), self.n), tau
+
+    def start(self, run: Run) -> tuple[int, list, BestEpoch]:
+        """(first epoch, history, best so far): from the run's checkpoint, else from scratch
+        (with `eval_init`, the starting point measured as epoch 0)."""
+        best, state = BestEpoch(info={"tau": 0.0}), run.resume("text.ckpt")
+        if state is None:
+            history = [self._epoch_zero(best)] if self.tc.eval_init else []
+            return 0, history, best
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        best = BestEpoch.from_state(state, tau=state.get("best_tau", 0.0))
+        if state.get("select") != "prior-corrected" and best.state is not None:
+            self._remeasure(best)
+        return state["epoch"], state["history"], best
+
+    def _epoch_zero(self, best: BestEpoch) -> dict:
+        m0, tau = self.evaluate_dev()
+        best.update(m0["macro_F1"], self.model, tau=tau)
+        log.info("text epoch 0 (starting point): dev macro-F1 %.3f (prior tau %.1f)", m0["macro_F1"], tau)
+        return {"epoch": 0, "train_loss": float("nan"), "dev_macro_F1": m0["macro_F1"],
+                "dev_UA": m0["UA"], "prior_tau": tau, "seconds": 0.0}
+
+    def _remeasure(self, best: BestEpoch) -> None:
+        """A checkpoint from before the prior correction: re-measure its best under the new rule."""
+        latest = state_copy(self.model)
+        self.model.load_state_dict(best.state)
+        mb, best.info["tau"] = self.evaluate_dev()
+        best.score = mb["macro_F1"]
+        self.model.load_state_dict(latest)
+        log.info("text: resumed; best so far re-measured with the prior correction: %.3f", best.score)
+
+    def train_epoch(self, ep: int) -> float:
+        """One pass over this epoch's batches; the mean training loss."""
+        model, tc = self.model, self.tc
+        model.train()
+        tot, seen = 0.0, 0
+        for idx in tqdm(self.epoch_batches(ep), desc=f"text epoch {ep + 1}", leave=False,
+                        disable=None):   # bar on a TTY only
+            enc = model.tokenize([self.texts[i] for i in idx], max_length=tc.max_length)
+            enc.pop("token_type_ids", None)
+            logp = F.log_softmax(model(**enc), -1)
+            loss = -(self.targets[idx] * logp * self.w).sum(1).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            tot, seen = tot + float(loss.detach()) * len(idx), seen + len(idx)
+        model.eval()
+        return tot / max(seen, 1)
+
+    def checkpoint(self, run: Run, ep: int, history: list, best: BestEpoch) -> None:
+        run.checkpoint("text.ckpt", {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                                     "sched": self.sched.state_dict(), "epoch": ep + 1,
+                                     "best_tau": best.info.get("tau", 0.0), "select": "prior-corrected",
+                                     "history": history, **best.to_state()})
+
+    def finish(self, best: BestEpoch) -> dict:
+        """Load the best epoch, fold its prior correction into the classifier bias (plain argmax is
+        then corrected) and measure it on dev."""
+        best.restore(self.model)
+        best_tau = best.info.get("tau", 0.0)
+        if best_tau:
+            with torch.no_grad():
+                bias = self.model.classifier.bias
+                bias += torch.as_tensor(best_tau * self.log_prior, dtype=bias.dtype)
+        self.model.eval()
+        m = metrics(self.yv, self.model.predict_proba(self.vt).numpy().argmax(1), self.n)
+        m["prior_tau"] = best_tau
+        return m
+
+
 def train_text(cfg: Recipe | dict, labels: Sequence[str], train_items: Sequence[Item],
                val_items: Sequence[Item], run: Run, model=None) -> tuple[nn.Module, dict, list]:
     """Fine-tune the BERT-family encoder's top layers and the head on soft multi-label targets
@@ -86,105 +215,16 @@ def train_text(cfg: Recipe | dict, labels: Sequence[str], train_items: Sequence[
     (`calib_fraction`, never trained on in this run) picks after each epoch how much of the
     training prior to add back to the logits (tau · log prior); dev macro-F1 is measured after
     that correction, and the chosen correction is folded into the classifier bias at the end."""
-    recipe = Recipe.coerce(cfg)
-    tc = recipe.text
-    n = len(labels)
-    seed = recipe.seed
-    seed_everything(seed)
-    if model is None:
-        from ..bundle import build_text
-        model = build_text({"labels": list(labels), "text": tc.to_dict()})
-    set_text_trainable(model, tc.train_layers)
-    correction = tc.correction
-    calib: list = []
-    if correction == "fit":
-        frac = 0.05 if tc.calib_fraction is None else float(tc.calib_fraction)
-        calib, train_items = _calibration_split(train_items, frac, seed)
-    texts = [i.transcript or "" for i in train_items]
-    targets = soft_targets_for(train_items, labels)
-    log_prior = np.log(np.maximum(targets.double().mean(0).numpy(), 1e-6))
-    w = class_weights(targets.argmax(1).numpy(), n)
-    enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": tc.lr},
-                             {"params": model.classifier.parameters(), "lr": tc.head_lr}],
-                            weight_decay=1e-2)
-    primary = targets.argmax(1).numpy()
-    cap = int(tc.max_per_class or 0)
-
-    def epoch_batches(ep: int) -> list[list[int]]:
-        return _epoch_batches(texts, primary, n, tc.batch_size, cap, seed, ep)
-
-    total_steps = len(epoch_batches(0)) * tc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, s / max(1, total_steps // 20)) * max(0.0, 1 - s / max(1, total_steps)))
-    yv = np.array([labels.index(i.label) for i in val_items])
-    vt = [i.transcript or "" for i in val_items]
-    yc = np.array([labels.index(i.label) for i in calib])
-    ct = [i.transcript or "" for i in calib]
-
-    def evaluate_dev() -> tuple[dict, float]:
-        """Dev metrics after the prior correction fitted on the calibration split (tau 0 without)."""
-        tau = 0.0
-        if calib:
-            tau = fit_prior_tau(model.predict_proba(ct).numpy(), yc, log_prior, n)
-        elif isinstance(correction, (int, float)) and not isinstance(correction, bool):
-            tau = float(correction)
-        return metrics(yv, prior_corrected(model.predict_proba(vt).numpy(), log_prior, tau), n), tau
-
-    start, history, best = 0, [], BestEpoch(info={"tau": 0.0})
-    state = run.resume("text.ckpt")
-    if state is None and tc.eval_init:
-        m0, t0_ = evaluate_dev()
-        best.update(m0["macro_F1"], model, tau=t0_)
-        history.append({"epoch": 0, "train_loss": float("nan"), "dev_macro_F1": m0["macro_F1"],
-                        "dev_UA": m0["UA"], "prior_tau": t0_, "seconds": 0.0})
-        log.info("text epoch 0 (starting point): dev macro-F1 %.3f (prior tau %.1f)", m0["macro_F1"], t0_)
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start, history = state["epoch"], state["history"]
-        best = BestEpoch.from_state(state, tau=state.get("best_tau", 0.0))
-        if state.get("select") != "prior-corrected" and best.state is not None:
-            # a checkpoint from before the prior correction: re-measure its best under the new rule
-            latest = state_copy(model)
-            model.load_state_dict(best.state)
-            mb, best.info["tau"] = evaluate_dev()
-            best.score = mb["macro_F1"]
-            model.load_state_dict(latest)
-            log.info("text: resumed; best so far re-measured with the prior correction: %.3f", best.score)
-    for ep in range(start, tc.epochs):
-        model.train()
-        batches = epoch_batches(ep)
-        tot, t0, seen = 0.0, time.time(), 0
-        for idx in tqdm(batches, desc=f"text epoch {ep + 1}", leave=False, disable=None):   # bar on a TTY only
-            enc = model.tokenize([texts[i] for i in idx], max_length=tc.max_length)
-            enc.pop("token_type_ids", None)
-            logp = F.log_softmax(model(**enc), -1)
-            loss = -(targets[idx] * logp * w).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            tot, seen = tot + float(loss.detach()) * len(idx), seen + len(idx)
-        model.eval()
-        m, tau = evaluate_dev()
-        history.append({"epoch": ep + 1, "train_loss": tot / max(seen, 1), "dev_macro_F1": m["macro_F1"],
+    fit = TextFit(Recipe.coerce(cfg), labels, train_items, val_items, model)
+    start, history, best = fit.start(run)
+    for ep in range(start, fit.tc.epochs):
+        t0 = time.time()
+        loss = fit.train_epoch(ep)
+        m, tau = fit.evaluate_dev()
+        history.append({"epoch": ep + 1, "train_loss": loss, "dev_macro_F1": m["macro_F1"],
                         "dev_UA": m["UA"], "prior_tau": tau, "seconds": round(time.time() - t0, 1)})
-        log.info("text epoch %d: loss %.3f dev macro-F1 %.3f (prior tau %.1f; %.0f s)", ep + 1,
-                 history[-1]["train_loss"], m["macro_F1"], tau, time.time() - t0)
-        best.update(m["macro_F1"], model, tau=tau)
-        run.checkpoint("text.ckpt", {"model": model.state_dict(), "opt": opt.state_dict(),
-                                     "sched": sched.state_dict(), "epoch": ep + 1,
-                                     "best_tau": best.info.get("tau", 0.0), "select": "prior-corrected",
-                                     "history": history, **best.to_state()})
-    best.restore(model)
-    best_tau = best.info.get("tau", 0.0)
-    if best_tau:
-        with torch.no_grad():   # fold the correction into the head: plain argmax is now corrected
-            model.classifier.bias += torch.as_tensor(best_tau * log_prior, dtype=model.classifier.bias.dtype)
-    model.eval()
-    m = metrics(yv, model.predict_proba(vt).numpy().argmax(1), n)
-    m["prior_tau"] = best_tau
-    return model, m, history
+        log.info("text epoch %d: loss %.3f dev macro-F1 %.3f (prior tau %.1f; %.0f s)", ep + 1, loss,
+                 m["macro_F1"], tau, time.time() - t0)
+        best.update(m["macro_F1"], fit.model, tau=tau)
+        fit.checkpoint(run, ep, history, best)
+    return fit.model, fit.finish(best), history
