@@ -53,34 +53,47 @@ import adaptation_experiment as AE  # noqa: E402  (split, feature cache, evaluat
 
 
 class CachedModel:
-    """The base bundle's audio-only prediction for each pool clip, from the cached features
-    (found by the clip's samples: the queue hands `predict_wave` the decoded waveform)."""
+    """The base bundle's audio-only prediction and embedding features for each pool clip, from
+    the cached features (found by the clip's samples: the queue hands `audio_embedding` and
+    `predict_wave` the decoded waveform), as `EmotionRecognizer` gives them."""
 
-    def __init__(self, items, probs: np.ndarray, labels: list[str]):
+    def __init__(self, items, probs: np.ndarray, feats: np.ndarray, labels: list[str]):
         from emodemo.audio import load_audio
-        self.by_wave = {self.key(load_audio(it.audio)): p for it, p in zip(items, probs)}
+        keys = [self.key(load_audio(it.audio)) for it in items]
+        self.by_wave = dict(zip(keys, probs))
+        self.feats = dict(zip(keys, feats))
         self.labels = labels
+
+    def audio_embedding(self, wav):
+        k = self.key(wav)
+        return self.by_wave[k], self.feats[k]
 
     @staticmethod
     def key(wav: np.ndarray) -> str:
         return hashlib.sha1(np.ascontiguousarray(wav, np.float32).tobytes()).hexdigest()
 
-    def predict_wave(self, wav, transcript=None):
+    def predict_wave(self, wav, transcript=None, p_audio=None):
         from emodemo.recognizer import Prediction
-        p = self.by_wave[self.key(wav)]
+        p = self.by_wave[self.key(wav)] if p_audio is None else p_audio
         fused = {lab: float(v) for lab, v in zip(self.labels, p)}
         return Prediction(label=max(fused, key=fused.get), fused=fused, audio=fused, text=None,
                           transcript="", bundle="default")
 
 
-def queue_choice(pool, model: CachedModel, n: int, db: Path, balance: bool = False) -> list:
-    """The n clips the queue serves one annotator, voted with their true labels, in `db`."""
+QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
+          "queue-uncertainty": {"order": "uncertainty"},
+          "queue-balanced": {"order": "uncertainty", "balance_labels": True}}
+
+
+def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:
+    """The n clips the queue serves one annotator, voted with their true labels, in `db`
+    (`how`: the QueueOptions of QUEUES; "queue" is the default order)."""
     from emodemo.annotate import AnnotationQueue, QueueOptions
     from emodemo.store import CorrectionStore
     truth = {Path(it.audio).name: it for it in pool}
     with CorrectionStore(f"sqlite:///{db}", media_dir=db.parent / "media") as store:
         q = AnnotationQueue(store, model, QueueOptions(votes_needed=1, transcribe=False,
-                                                       max_len=600.0, balance_labels=balance))
+                                                       max_len=600.0, **QUEUES[how]))
         rep = q.add([it.audio for it in pool])
         assert not rep.errors, rep.errors[:3]
         chosen = []
@@ -133,7 +146,11 @@ def main() -> int:
     ap.add_argument("--n", nargs="+", type=int, default=[50, 100])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--how", nargs="+", default=["queue", "random"],
-                    choices=["queue", "queue-balanced", "random"])
+                    choices=[*QUEUES, "random"])
+    ap.add_argument("--pool-every", type=int, default=1,
+                    help="use every k-th pool clip (sorted by id): a smaller pool, faster")
+    ap.add_argument("--test-every", type=int, default=1,
+                    help="score on every k-th test clip (sorted by id): fewer features to extract")
     args = ap.parse_args()
     from emodemo.finetune.evaluate import softmax
     work, base = Path(args.work).resolve(), Path(args.base).resolve()
@@ -143,12 +160,16 @@ def main() -> int:
     cache = AE.FeatureCache(base, work / "features.npz")
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
+    pool = sorted(pool, key=lambda i: i.id)[::args.pool_every]
+    test = sorted(test, key=lambda i: i.id)[::args.test_every]
     classes = sorted({labels.index(i.label) for i in pool + test})
     xa, ba, _ = cache.get(pool)
     xb, bb, yb = cache.get(test)
     lg0, t0 = AE.bundle_logits(base, xb, bb)
     before = AE.evaluate(labels, yb, lg0, t0, classes)["UA"]
-    model = CachedModel(pool, softmax(*AE.bundle_logits(base, xa, ba)), labels)
+    head = cache.speech.head                      # the embedding features: standardised stats
+    model = CachedModel(pool, softmax(*AE.bundle_logits(base, xa, ba)),
+                        (xa - head.mean.numpy()) / head.std.numpy(), labels)
     print(f"{args.corpus}: pool {len(pool)} clips ({len({i.speaker for i in pool})} speakers), "
           f"test {len(test)} ({len({i.speaker for i in test})} speakers), base UA {before:.3f}",
           flush=True)
@@ -161,7 +182,7 @@ def main() -> int:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
             chosen = (random_choice(pool, n, seed, d) if how == "random" else
-                      queue_choice(pool, model, n, d / "c.db", balance=how == "queue-balanced"))
+                      queue_choice(pool, model, n, d / "c.db", how))
             row = {"corpus": args.corpus, "n": len(chosen), "how": how, "seed": seed,
                    "classes_labelled": dict(sorted(
                        {lab: sum(i.label == lab for i in chosen) for lab in labels}.items())),
