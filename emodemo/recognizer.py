@@ -172,6 +172,23 @@ class EmotionRecognizer:
         return out
 
     @torch.inference_mode()
+    def audio_embedding(self, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(audio-branch probabilities as `audio_proba` gives them, the clip's pooled backbone
+        statistics [2·frame_dim] standardised as the head reads them) from one pass; the
+        annotation queue spreads what it serves over these features."""
+        f = A.features(self.speech.feature, wav)
+        frames, n = self.speech.frames(f[None], torch.tensor([f.shape[0]]))
+        stats = masked_stats(frames, n)
+        logits = self.speech.head(frames, n)
+        if self.speech.adapter is not None:
+            logits = self.speech.adapter(stats, logits)
+        p = torch.softmax(logits / self.config.speech.temperature, dim=-1)[0].double().numpy()
+        head = self.speech.head
+        if hasattr(head, "mean") and hasattr(head, "std"):     # a PooledHead's standardisation
+            stats = (stats - head.mean) / head.std
+        return p, stats[0].double().numpy()
+
+    @torch.inference_mode()
     def audio_proba_normalised(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
         """Audio-branch probabilities of clips that share one setting (speaker, microphone, room:
         clips of one recording, or a batch the caller vouches for), each read relative to the

@@ -1,7 +1,8 @@
 """The annotation queue (emodemo.annotate, contract C5) through its Python API and its CLI, on
 SQLite and PostgreSQL: adding files / folders / zips / long recordings, the model's pre-labels,
-the serving order (uncertainty, then disagreement), leases that give annotators working at once
-different clips and expire, votes that are corrections, skips, progress, restarts."""
+the serving order (coverage of the clips' embeddings or uncertainty, then disagreement), leases
+that give annotators working at once different clips and expire, votes that are corrections, skips,
+progress, restarts, the migration of queues from before embeddings."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ import soundfile as sf
 
 from conftest import ROOT, SR, barrier_wait, espeak, run_threads
 from emodemo.annotate import AnnotationQueue, QueueOptions
-from emodemo.annotate.rank import tally, uncertainty
+import emodemo
+from emodemo.annotate.rank import EMBED_DIM, compact, coverage_order, tally, uncertainty
 from emodemo.errors import StoreError
 from emodemo.recognizer import Prediction
 from emodemo.store import CorrectionStore
@@ -53,7 +55,8 @@ def tones(folder: Path, n: int) -> list[Path]:
 @pytest.fixture
 def queue(db_url, tmp_path):  # noqa: F811
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
-    q = AnnotationQueue(store, ScriptedModel(), QueueOptions(votes_needed=2, lease_seconds=60))
+    q = AnnotationQueue(store, ScriptedModel(), QueueOptions(votes_needed=2, lease_seconds=60,
+                                                             order="uncertainty"))
     yield q
     store.close()
 
@@ -213,7 +216,8 @@ def test_zip_and_long_recording_with_the_shipped_model(recognizer, store, tmp_pa
     long = np.concatenate([x for p in parts for x in (sf.read(str(p), dtype="float32")[0], gap)]
                           * 2)
     sf.write(str(tmp_path / "meeting.wav"), long, SR)
-    q = AnnotationQueue(store, recognizer, QueueOptions(transcribe=False, max_len=8.0))
+    q = AnnotationQueue(store, recognizer, QueueOptions(transcribe=False, max_len=8.0,
+                                                        order="uncertainty"))
     rep = q.add([archive, tmp_path / "meeting.wav", tmp_path / "missing.wav"])
     assert rep.files == 3 and len(rep.errors) == 1 and "missing.wav" in rep.errors[0]
     items = q.items()
@@ -228,7 +232,18 @@ def test_zip_and_long_recording_with_the_shipped_model(recognizer, store, tmp_pa
         assert sum(it.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
         assert it.model_label == max(it.probabilities, key=it.probabilities.get)
         assert it.priority == pytest.approx(uncertainty(it.probabilities), abs=1e-6)
+        assert len(it.embedding) == EMBED_DIM and np.isfinite(it.embedding).all()
+        assert "embedding" not in it.to_dict()
     assert [it.priority for it in items] == sorted((it.priority for it in items), reverse=True)
+    # the embedding is the head's input, projected: the same clip gives the same numbers, and
+    # the probabilities of that pass are the audio branch's own
+    wav = emodemo.audio.load_audio(EXAMPLES / "sad_actor19.flac")
+    p, feats = recognizer.audio_embedding(wav)
+    assert p == pytest.approx(recognizer.audio_proba(wav), abs=1e-5)
+    [sad] = [it for it in items if it.file_name == "batch.zip/nested/sad.flac"]
+    assert sad.embedding == pytest.approx(compact(feats), abs=1e-4)
+    cover = AnnotationQueue(store, None)                              # the default order
+    assert {it.id for it in cover.items()} == {it.id for it in items}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -278,13 +293,99 @@ class TwoLabelModel(ScriptedModel):
 
 
 def test_balance_labels_serves_every_predicted_label_in_turn(store, tmp_path):
-    q = AnnotationQueue(store, TwoLabelModel(), QueueOptions(votes_needed=1))
+    q = AnnotationQueue(store, TwoLabelModel(), QueueOptions(votes_needed=1, order="uncertainty"))
     q.add(tones(tmp_path / "in", 5))
     assert [it.file_name[4] for it in q.items()] == ["4", "3", "2", "1", "0"]   # uncertainty
-    balanced = AnnotationQueue(store, None, QueueOptions(votes_needed=1, balance_labels=True))
+    balanced = AnnotationQueue(store, None, QueueOptions(votes_needed=1, order="uncertainty",
+                                                         balance_labels=True))
     assert [it.file_name[4] for it in balanced.items()] == ["4", "1", "3", "0", "2"]
     assert [balanced.next(n).file_name[4] for n in ("a", "b", "c")] == ["4", "1", "3"]
     balanced.vote(balanced.next("a").id, "a", "sad")                  # done: goes last
     assert balanced.items()[-1].file_name == "tone4.wav"
     # turns carry over between calls: a "happy" clip was voted on, so "sad" clips come first
     assert balanced.next("d").file_name == "tone0.wav"          # tone1, tone3 are leased
+
+
+class ClusterModel(ScriptedModel):
+    """Tones 0-5 are one dense cluster of embeddings the model is unsure about (margin 0.1),
+    tones 6-7 a second, small cluster it is sure about (margin 0.9)."""
+
+    def audio_embedding(self, wav):
+        i = int(round((wav.size / SR - 1.0) / 0.5))
+        centre = np.zeros(EMBED_DIM) if i < 6 else np.full(EMBED_DIM, 5.0)
+        p = np.array([0.55, 0.45]) if i < 6 else np.array([0.95, 0.05])
+        return p, centre + 0.01 * i
+
+    def predict_wave(self, wav, transcript=None, p_audio=None):
+        fused = {"happy": float(p_audio[0]), "sad": float(p_audio[1])}
+        return Prediction(label="happy", fused=fused, audio=fused, text=None, transcript="",
+                          bundle="cluster")
+
+
+def test_coverage_order_is_anytime_and_spreads_over_clusters():
+    rng = np.random.default_rng(0)
+    emb = np.r_[rng.normal(0, 0.1, (20, 3)), rng.normal(4, 0.1, (4, 3)), [[9.0, 9, 9]]]
+    order = coverage_order(emb, np.zeros(len(emb), bool))
+    assert sorted(order) == list(range(len(emb)))
+    assert order[0] < 20                        # the most typical clip opens: the big cluster
+    assert 24 in order[1:3] and any(20 <= i < 24 for i in order[1:3])   # then the far ones
+    covered = np.zeros(len(emb), bool)
+    covered[:20] = True                         # the big cluster is voted on already
+    assert 20 <= coverage_order(emb[:24], covered[:24])[0] < 24
+    weight = np.ones(len(emb))
+    weight[24] = 0.0                            # a weight can hold a clip back
+    assert 24 not in coverage_order(emb, np.zeros(len(emb), bool), weight)[:10]
+
+
+def test_coverage_serves_both_clusters_first_with_leases_and_votes(db_url, tmp_path):  # noqa: F811
+    """Coverage order (over the embeddings here; over the probabilities, the default, in the
+    next test): the first clips served cover both clusters although one is what the model is
+    sure about (uncertainty order serves the unsure cluster first); two annotators at once still
+    get different clips, and a clip with a disagreeing vote comes before fresh ones."""
+    with CorrectionStore(db_url, media_dir=tmp_path / "media") as store:
+        q = AnnotationQueue(store, ClusterModel(), QueueOptions(votes_needed=2, space="embedding"))
+        q.add(tones(tmp_path / "in", 8))
+        cluster = {f"tone{i}.wav": "A" if i < 6 else "B" for i in range(8)}
+        assert all(len(it.embedding) == EMBED_DIM for it in q.items())
+        assert {cluster[it.file_name] for it in q.items()[:2]} == {"A", "B"}
+        unsure = AnnotationQueue(store, None, QueueOptions(order="uncertainty"))
+        assert {cluster[it.file_name] for it in unsure.items()[:6]} == {"A"}
+        a, b = q.next("ana"), q.next("bob")
+        assert a.id != b.id and {cluster[a.file_name], cluster[b.file_name]} == {"A", "B"}
+        assert q.next("ana").id == a.id                              # her lease holds
+        q.vote(a.id, "ana", "happy")
+        q.vote(b.id, "bob", "sad")
+        c = q.next("cid")
+        assert c.id == a.id                        # started clips (one vote of two) come first
+        q.vote(c.id, "cid", "sad")                 # disagreement: a third vote is needed
+        assert q.items()[0].id == a.id and q.item(a.id).disagreement == 0.5
+        fresh = [it for it in q.items() if it.n_votes == 0]
+        assert len(fresh) == 6 and q.next("dee").id in (a.id, b.id)
+
+
+def test_default_coverage_spreads_over_probabilities(queue, tmp_path):
+    """The default: coverage of the probability vectors (also what space="embedding" falls back
+    to for clips queued before migration 0005, or by a model without embeddings)."""
+    queue.add(tones(tmp_path / "in", 4))
+    assert all(it.embedding is None for it in queue.items())
+    for space in ("probabilities", "embedding"):
+        cover = AnnotationQueue(queue.store, None, QueueOptions(space=space))
+        assert [it.id for it in cover.items()] == [it.id for it in AnnotationQueue(
+            queue.store, None).items()]
+    cover = AnnotationQueue(queue.store, None, QueueOptions(votes_needed=2))
+    order = [it.file_name for it in cover.items()]
+    assert sorted(order) == [f"tone{i}.wav" for i in range(4)]
+    assert {order[0], order[1]} & {"tone0.wav", "tone3.wav"}   # an end of the range is reached
+    assert cover.next("ana").file_name == order[0]
+
+
+def test_default_coverage_with_two_clusters_of_probabilities(store, tmp_path):
+    """Default options: 6 clips the model calls happy/sad 55/45, 2 it calls 95/5 happy; the
+    first two served are one of each (uncertainty order would serve the six unsure ones)."""
+    q = AnnotationQueue(store, ClusterModel(), QueueOptions(votes_needed=1))
+    q.add(tones(tmp_path / "in", 8))
+    unsure = {f"tone{i}.wav" for i in range(6)}
+    first = [q.next(n).file_name for n in ("ana", "bob")]
+    assert len(set(first) & unsure) == 1
+    with pytest.raises(Exception, match="space must be"):
+        QueueOptions(space="pixels")

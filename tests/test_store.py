@@ -340,8 +340,8 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
 
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
     try:
-        assert store.schema_revision() == "0004"   # the head: 0002 updated_at, 0003 account,
-        # 0004 language / translation / file name / soft delete / queue tables
+        assert store.schema_revision() == "0005"   # the head: 0002 updated_at, 0003 account,
+        # 0004 language / translation / file name / soft delete / queue tables, 0005 embedding
         [rec] = store.corrections()
         assert (rec.label, rec.annotator, rec.note, rec.start, rec.end) == (
             "sad", "old", "from 0001", 0.5, 1.0)
@@ -361,6 +361,39 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
         store.close()
     # opening again is a no-op
     CorrectionStore(db_url, media_dir=tmp_path / "media").close()
+
+
+def test_migration_0005_queue_embedding_up_and_down(tmp_path, monkeypatch):
+    """0005 adds queue_items.embedding to a queue that has clips (they keep theirs, embedding
+    NULL) and its downgrade drops the column again without losing the rows (SQLite)."""
+    monkeypatch.chdir(tmp_path)
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(url, connection=conn), "0004")
+        conn.execute(text("INSERT INTO media (sha256, path, duration, sample_rate, created_at) "
+                          "VALUES (:sha, 'a.wav', 1.0, 16000, '2026-01-01 00:00:00')"), {"sha": "cd" * 32})
+        conn.execute(text("INSERT INTO queue_items (media_sha256, start_sec, end_sec, priority, "
+                          "created_at) VALUES (:sha, 0, 1, 0.5, '2026-01-01 00:00:00')"),
+                     {"sha": "cd" * 32})
+
+    def columns() -> set:
+        with engine.connect() as conn:
+            return {c["name"] for c in inspect(conn).get_columns("queue_items")}
+    assert "embedding" not in columns()
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(url, connection=conn), "0005")
+    assert "embedding" in columns()
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT priority, embedding FROM queue_items")).all() == [(0.5, None)]
+        conn.execute(text("UPDATE queue_items SET embedding = '[0.5, -1.0]'"))
+        command.downgrade(alembic_config(url, connection=conn), "0004")
+    assert "embedding" not in columns()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT priority FROM queue_items")).all() == [(0.5,)]
+    engine.dispose()
 
 
 def test_orm_models_match_the_migrations(store):
@@ -819,7 +852,7 @@ def test_opening_a_current_store_takes_no_write_lock(tmp_path):
         import time
         t0 = time.perf_counter()
         with CorrectionStore(url, media_dir=tmp_path / "media") as s:
-            assert s.schema_revision() == "0004" and s.corrections() == []
+            assert s.schema_revision() == "0005" and s.corrections() == []
         assert time.perf_counter() - t0 < 20                      # not the 30 s busy timeout
     finally:
         holder.rollback()

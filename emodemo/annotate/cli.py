@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from ..store.cli import one_line
 from .queue import AnnotationQueue, QueueItem, QueueOptions
+from .rank import ORDERS
 
 DEFAULTS = QueueOptions()
 
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"agreeing votes that finish a clip (default {DEFAULTS.votes_needed})")
     common.add_argument("--lease-seconds", type=float, default=DEFAULTS.lease_seconds,
                         help=f"how long a served clip is held (default {DEFAULTS.lease_seconds:g})")
+    common.add_argument("--order", choices=ORDERS, default=DEFAULTS.order,
+                        help="how clips nobody voted on are served: coverage (typical clips "
+                        "spread over the recordings) or uncertainty (the model's least sure "
+                        f"first) (default {DEFAULTS.order})")
     parser = argparse.ArgumentParser(prog="emodemo queue",
                                      description="Active-learning annotation queue.")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -120,7 +125,7 @@ def main_queue(argv: Optional[Sequence[str]] = None) -> int:
     from ..store import CorrectionStore
 
     options = QueueOptions(
-        votes_needed=args.votes_needed, lease_seconds=args.lease_seconds,
+        votes_needed=args.votes_needed, lease_seconds=args.lease_seconds, order=args.order,
         ranking=getattr(args, "ranking", DEFAULTS.ranking),
         transcribe=not getattr(args, "no_asr", False),
         max_len=getattr(args, "max_len", DEFAULTS.max_len))

@@ -3,19 +3,21 @@
 `expand` turns the paths given into (audio file, name to show) pairs (a zip's audio members are
 extracted into a work folder, never outside it); `clips_of` cuts a recording into the clips an
 annotator hears (a short file is one clip; a long one is split at pauses by
-`emodemo.audio.iter_segments`); `prelabel` runs the model on a clip.
+`emodemo.audio.iter_segments`); `prelabel` runs the model on a clip (its prediction, and the
+compact embedding the coverage order spreads over, `rank.compact`).
 """
 from __future__ import annotations
 
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from .. import audio as A
 from ..store.media import AUDIO_SUFFIXES, MAX_MEDIA_BYTES
+from .rank import compact
 
 __all__ = ["expand", "clips_of", "prelabel"]
 
@@ -77,7 +79,14 @@ def clips_of(wav: np.ndarray, max_len: float) -> list[tuple[float, float, np.nda
             if chunk.size >= A.MIN_SAMPLES]
 
 
-def prelabel(recognizer: Any, samples: np.ndarray, transcribe: bool) -> Any:
-    """The model's prediction for a clip (fused probabilities; with `transcribe` the ASR
-    supplies the text branch's transcript, else audio only)."""
-    return recognizer.predict_wave(samples, None if transcribe else "")
+def prelabel(recognizer: Any, samples: np.ndarray, transcribe: bool) -> tuple[Any, Optional[list]]:
+    """(the model's prediction for a clip, its compact embedding or None). With `transcribe` the
+    ASR supplies the text branch's transcript, else audio only. The embedding comes from the
+    same pass as the audio branch's probabilities (`audio_embedding`); a recognizer without it
+    gives None (the queue then spreads over the probabilities)."""
+    text = None if transcribe else ""
+    embed = getattr(recognizer, "audio_embedding", None)
+    if embed is None:
+        return recognizer.predict_wave(samples, text), None
+    p_audio, features = embed(samples)
+    return recognizer.predict_wave(samples, text, p_audio=p_audio), compact(features)

@@ -1,10 +1,14 @@
 """`AnnotationQueue`: clips the model is least sure about, served to a team of annotators.
 
 * `add` takes files, folders, zips and long recordings (cut at pauses); the model pre-labels
-  every clip and its uncertainty (`rank.uncertainty`) is the clip's priority.
-* Serving order: clips still needing votes first; among them those whose votes disagree, then
-  the most uncertain. A clip is done with `votes_needed` agreeing votes, or `max_votes` when
-  they disagree.
+  every clip, its uncertainty (`rank.uncertainty`) is the clip's priority and its compact
+  embedding (`rank.compact`) places it among the others.
+* Serving order (`QueueOptions.order`, the rules in `rank`): clips that have votes but need
+  more first, those whose votes disagree before the others; then clips nobody voted on.
+  "coverage" (the default) serves those in greedy coverage order (`rank.coverage_order`: the
+  most typical clip first, then each time the clip that is typical and far from every clip
+  already voted on or being voted on), "uncertainty" the most uncertain first. A clip is done
+  with `votes_needed` agreeing votes, or `max_votes` when they disagree.
 * `next(annotator)` leases a clip to one annotator for `lease_seconds` (a conditional UPDATE that
   only succeeds while nobody else holds a live lease: safe on SQLite and PostgreSQL), so people
   working at once get different clips; an expired lease (someone walked away) frees the clip.
@@ -14,6 +18,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
+import numpy as np
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -30,7 +36,7 @@ from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from .ingest import clips_of, expand, prelabel
-from .rank import RANKINGS, tally, uncertainty
+from .rank import ORDERS, RANKINGS, SPACES, coverage_order, embedding_matrix, tally, uncertainty
 
 __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
 
@@ -39,14 +45,19 @@ __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progres
 class QueueOptions:
     """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
-    annotator; ranking: "margin" or "entropy"; transcribe: pre-label with the ASR transcript
-    (else audio only); max_len: recordings longer than this (s) are cut into segments;
-    balance_labels: serve clips nobody voted on yet in turns by the model's label (the most
-    uncertain of each label first), so a model that is sure about one class still gets it
-    checked (plain uncertainty order can leave a class almost unlabelled)."""
+    annotator; order: how clips nobody voted on yet are served, "coverage" (spread over the
+    clips' embeddings, typical clips first: beats random on the benchmark) or "uncertainty" (the
+    model's least sure first); space: what "coverage" spreads over, the fused "probabilities"
+    (the default: it won on nEMO) or the stored audio "embedding" (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority
+    shown, and the "uncertainty" order); transcribe: pre-label with the ASR transcript (else
+    audio only); max_len: recordings longer than this (s) are cut into segments;
+    balance_labels (order "uncertainty" only): serve those clips in turns by the model's label
+    (the most uncertain of each label first)."""
     votes_needed: int = 2
     max_votes: Optional[int] = None
     lease_seconds: float = 600.0
+    order: str = "coverage"
+    space: str = "probabilities"
     ranking: str = "margin"
     transcribe: bool = True
     max_len: float = 10.0
@@ -61,6 +72,10 @@ class QueueOptions:
             raise EmodemoError("lease_seconds must be positive")
         if self.ranking not in RANKINGS:
             raise EmodemoError(f"ranking must be one of {', '.join(RANKINGS)}")
+        if self.order not in ORDERS:
+            raise EmodemoError(f"order must be one of {', '.join(ORDERS)}")
+        if self.space not in SPACES:
+            raise EmodemoError(f"space must be one of {', '.join(SPACES)}")
 
     @property
     def votes_if_disagreeing(self) -> int:
@@ -85,9 +100,12 @@ class QueueItem:
     disagreement: float = 0.0
     done: bool = False
     leased_by: Optional[str] = None
+    embedding: Optional[list] = field(default=None, repr=False)   # rank.compact; not in to_dict
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("embedding")
+        return out
 
 
 @dataclass
@@ -156,12 +174,12 @@ class AnnotationQueue:
             if self._queued(media.sha256, start, end):
                 report.skipped += 1
                 continue
-            pred = prelabel(self.recognizer, samples, self.options.transcribe)
+            pred, emb = prelabel(self.recognizer, samples, self.options.transcribe)
             row = QueueRow(media_sha256=media.sha256, file_name=name[-300:], start=start,
                            end=end, priority=uncertainty(pred.fused, self.options.ranking),
                            model_label=pred.label, prob_fused=probs_json(pred.fused, "fused"),
                            transcript=pred.transcript or None, bundle_name=pred.bundle or None,
-                           created_at=_now())
+                           embedding=None if emb is None else json.dumps(emb), created_at=_now())
             try:
                 report.added.append(self.store.database.retry_write(lambda row=row: self._insert(row)))
             except IntegrityError:                      # queued by someone else meanwhile
@@ -205,7 +223,8 @@ class AnnotationQueue:
                 priority=row.priority, model_label=row.model_label,
                 probabilities=loads(row.prob_fused) or {}, votes=counts,
                 transcript=row.transcript or "", media_sha256=row.media_sha256, n_votes=n,
-                disagreement=round(disagreement, 4), done=n >= needed, leased_by=live))
+                disagreement=round(disagreement, 4), done=n >= needed, leased_by=live,
+                embedding=loads(row.embedding)))
             voters[row.id] = {x for v in by_item.get(row.id, [])
                               for x in (v["annotator"], v["annotator_account"]) if x}
             leases[row.id] = row.lease_until or 0.0
@@ -221,6 +240,8 @@ class AnnotationQueue:
 
     def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
         ordered = sorted(items, key=self._order)
+        if self.options.order == "coverage":
+            return self._coverage_order(ordered)
         if not self.options.balance_labels:
             return ordered
         fresh = [it for it in ordered if not it.done and it.n_votes == 0]
@@ -237,6 +258,17 @@ class AnnotationQueue:
         interleaved = sorted(fresh, key=lambda it: (turn[it.id], -it.priority, it.id))
         started = [it for it in ordered if not it.done and it.n_votes > 0]
         return started + interleaved + [it for it in ordered if it.done]
+
+    def _coverage_order(self, ordered: list[QueueItem]) -> list[QueueItem]:
+        """Started clips (disagreeing first), then the ones being voted on for the first time,
+        then the fresh ones in `rank.coverage_order` (covered: every clip that has votes or a
+        live lease), then the done ones."""
+        fresh = [not it.done and it.n_votes == 0 and it.leased_by is None for it in ordered]
+        emb = embedding_matrix([it.embedding for it in ordered], [it.probabilities for it in ordered],
+                               self.options.space)
+        started = [it for it, f in zip(ordered, fresh) if not f and not it.done]
+        served = [ordered[i] for i in coverage_order(emb, ~np.array(fresh, bool))]
+        return started + served + [it for it in ordered if it.done]
 
     def item(self, item_id: int) -> QueueItem:
         for it in self._load()[0]:

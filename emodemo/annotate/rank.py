@@ -1,18 +1,32 @@
-"""How the annotation queue orders clips: the model's uncertainty, then annotators' disagreement.
+"""How the annotation queue orders clips: coverage of the clips (or the model's uncertainty),
+then annotators' disagreement.
 
 * `uncertainty(probs, method)`: 1 - margin (top-1 minus top-2 fused probability) or the entropy
   of the fused probabilities over log(#labels); both in [0, 1], 1 = the model cannot tell.
 * `tally(votes)`: one vote per voter (their latest label, `emodemo.labels.vote`'s rule) as
   ({label: count}, disagreement), disagreement = 1 - the majority's share (0 below two votes).
+* `compact(features)`: a clip's stored embedding (EMBED_DIM numbers); `embedding_matrix` puts a
+  queue's embeddings in one array (the probability vectors where any clip lacks one).
+* `coverage_order(emb, covered)`: the order the "coverage" serving order gives the clips nobody
+  has voted on: typical clips far from what is covered first (TypiClust's typicality times the
+  k-center distance; see the function). From a cold start on a new corpus the model's least
+  sure clips are the ones it confuses, and its confident answers are often wrong: uncertainty
+  order covers the clips badly and lost to random choice on the benchmark; coverage wins
+  (scripts/queue_benchmark.py).
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
 
 from ..labels import time_order, voter
 
 RANKINGS = ("margin", "entropy")
+ORDERS = ("coverage", "uncertainty")
+SPACES = ("probabilities", "embedding")   # what "coverage" spreads over (probabilities won on nEMO)
 
 
 def uncertainty(probs: Optional[Mapping[str, float]], method: str = "margin") -> float:
@@ -43,3 +57,90 @@ def tally(votes: Iterable[Any]) -> tuple[dict[str, int], float]:
     n = sum(counts.values())
     disagreement = 0.0 if n < 2 else 1.0 - max(counts.values()) / n
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), disagreement
+
+# ---- coverage: the order at low budgets --------------------------------------------------------
+EMBED_DIM = 32           # floats stored per clip: a fixed random projection of its pooled features
+EMBED_SEED = 0           # the projection is the same for every clip, process and run
+TYPICAL_K = 10           # neighbours that measure how typical a clip is (TypiClust's typicality)
+EXACT_PICKS = 300        # greedy picks made one by one; the rest follow by their gain at that point
+TYPICALITY_POWER = 0.5   # coverage score = typicality ** power x distance to the nearest covered clip
+#                          (0.5 beat 0 and 1 on nEMO, scripts/queue_benchmark.py's development corpus)
+
+
+@functools.lru_cache(maxsize=4)
+def _projection(dim: int) -> np.ndarray:
+    rng = np.random.default_rng(EMBED_SEED)
+    return (rng.standard_normal((dim, EMBED_DIM)) / math.sqrt(EMBED_DIM)).astype(np.float32)
+
+
+def compact(features: Sequence[float]) -> list[float]:
+    """A clip's stored embedding: its features (the audio branch's standardised pooled backbone
+    statistics) through a fixed Gaussian random projection to EMBED_DIM numbers, which keeps
+    distances between clips (Johnson-Lindenstrauss) at a fraction of the size."""
+    x = np.asarray(features, np.float32).ravel()
+    if x.size <= EMBED_DIM:
+        return [round(float(v), 5) for v in x]
+    return [round(float(v), 5) for v in x @ _projection(x.size)]
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.ndarray:
+    """1 / mean distance to a clip's k nearest other clips, scaled to max 1 (dense = typical)."""
+    n = len(emb)
+    if n < 2:
+        return np.ones(n)
+    k = min(k, n - 1)
+    out = np.empty(n)
+    for s in range(0, n, block):
+        d = _distances(emb[s:s + block], emb)
+        d[np.arange(d.shape[0]), np.arange(s, s + d.shape[0])] = np.inf
+        out[s:s + block] = np.partition(d, k - 1, axis=1)[:, :k].mean(1)
+    typ = 1.0 / np.maximum(out, 1e-9)
+    return typ / typ.max()
+
+
+def coverage_order(emb: np.ndarray, covered: np.ndarray, weight: Optional[np.ndarray] = None,
+                   power: float = TYPICALITY_POWER, k: int = TYPICAL_K,
+                   exact: int = EXACT_PICKS) -> list[int]:
+    """The uncovered rows of `emb` in greedy coverage order: each next one maximises
+    typicality ** power x its distance to the nearest covered (or already ordered) row (x `weight`
+    when given); with nothing covered yet the most typical goes first. Anytime: any prefix of
+    the order spreads over the clips as well as the greedy rule can. After `exact` picks the
+    rest is sorted by the gain then (each pick costs a pass over every clip; a team labels the
+    first few hundred before the queue is asked again)."""
+    emb = np.asarray(emb, np.float64)
+    covered = np.asarray(covered, bool)
+    score = typicality(emb, k) ** power * (1.0 if weight is None else np.asarray(weight, float))
+    near = np.full(len(emb), np.inf)
+    for s in range(0, int(covered.sum()), 1024):
+        near = np.minimum(near, _distances(emb, emb[covered][s:s + 1024]).min(1))
+    todo = ~covered
+    order: list[int] = []
+    while todo.any():
+        gain = np.where(todo, score * np.where(np.isinf(near), 1.0, near), -np.inf)
+        if len(order) >= exact:
+            rest = np.flatnonzero(todo)
+            return order + [int(i) for i in rest[np.argsort(-gain[rest], kind="stable")]]
+        i = int(np.argmax(gain))
+        order.append(i)
+        todo[i] = False
+        near = np.minimum(near, _distances(emb, emb[i:i + 1])[:, 0])
+    return order
+
+
+def embedding_matrix(embeddings: Sequence[Optional[Sequence[float]]],
+                     probabilities: Sequence[Mapping[str, float]],
+                     space: str = "embedding") -> np.ndarray:
+    """[n, d]: with space "embedding" the clips' stored embeddings when every clip has one of the
+    same length; else (space "probabilities", or clips queued before embeddings existed or by a
+    model without them) their fused probability vectors, labels in sorted order."""
+    dims = {len(e) if isinstance(e, (list, tuple)) else -1 for e in embeddings}
+    if space == "embedding" and len(dims) == 1 and min(dims) > 0:
+        return np.asarray(embeddings, np.float64)
+    labels = sorted({lab for p in probabilities for lab in (p or {})})
+    return np.asarray([[float((p or {}).get(lab) or 0.0) for lab in labels]
+                       for p in probabilities], np.float64).reshape(len(probabilities), -1)

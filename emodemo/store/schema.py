@@ -96,6 +96,7 @@ class QueueItem(Base):
     lease_annotator: Mapped[Optional[str]] = mapped_column(String(200))
     lease_until: Mapped[Optional[float]] = mapped_column(Float)     # Unix time; portable compare
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    embedding: Mapped[Optional[str]] = mapped_column(Text)          # 0005: JSON [float] (rank.compact)
 
 
 class QueueSkip(Base):
