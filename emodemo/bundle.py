@@ -287,7 +287,8 @@ def _save(tensors: dict, path: Path, dtype: str) -> None:
     save_file({k: (v.to(dt) if v.is_floating_point() else v) for k, v in tensors.items()}, str(path))
 
 
-def _load_delta(model: torch.nn.Module, path: Path, what: str) -> None:
+def load_delta(model: torch.nn.Module, path: Path, what: str) -> None:
+    """Load a bundle's delta (changed tensors only) into `model`, checking keys and shapes."""
     state = load_file(str(path))
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
@@ -333,7 +334,7 @@ def load_bundle(bundle: str | Path) -> tuple[BundleConfig, SpeechEmotionModel, T
         path = bundle / name
         if not path.exists():
             raise BundleError(f"{bundle}: {what} weights {name} missing")
-        _load_delta(model, path, f"{bundle.name}/{name}")
+        load_delta(model, path, f"{bundle.name}/{name}")
     return cfg, speech.eval(), text.eval()
 
 

@@ -28,6 +28,7 @@ def test_faster_whisper_default_transcribes_speech(speech_wav):
     assert len(asr.transcribe(np.zeros(A.SAMPLE_RATE * 2, np.float32)).split()) <= 2
 
 
+@pytest.mark.slow
 def test_failed_decodings_give_no_transcript(tmp_path):
     """Speech in another language makes tiny.en (`--asr tiny.en`) invent English with a low
     log-probability or loops: Whisper's own failure tests drop it, so the text branch is not fed
@@ -51,6 +52,7 @@ def test_failed_decodings_give_no_transcript(tmp_path):
     assert not trustworthy("Dogs are sitting by the door.", -1.3, 0.1)
 
 
+@pytest.mark.slow
 def test_torch_threads_survive_the_asr_load():
     import emodemo
     rec = emodemo.load_recognizer(threads=1)

@@ -154,6 +154,7 @@ def test_peer_comparison_with_tiny_models():
     assert r["seconds"] == 1.0 and set(r["ratio"]) == set(peers) and all(v > 0 for v in r["ratio"].values())
 
 
+@pytest.mark.slow
 def test_latency_row_one_repetition(recognizer, speech_wav):
     import soundfile as sf
     wav, sr = sf.read(str(speech_wav), dtype="float32")
@@ -189,6 +190,7 @@ def test_cli_steady_rate_skips_the_first_batch():
     assert children.steady_rate([], first_burst=1) is None
 
 
+@pytest.mark.slow
 def test_before_after_one_repetition_restores_the_recognizer(recognizer, speech_wav):
     import soundfile as sf
     import torch

@@ -63,6 +63,7 @@ def driver(tmp_path_factory):
     drv.quit()
 
 
+@pytest.mark.slow
 def test_upload_rerun_correct_in_browser(server, driver):
     url, db = server
     d = driver

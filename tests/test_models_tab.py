@@ -119,6 +119,7 @@ def test_switch_refuses_other_labels(models_dir, tmp_path):
     assert "Restart it with --bundle models/tiny-b" in out["models_msg"] and h.rec.version == "1"
 
 
+@pytest.mark.slow
 def test_finetune_from_the_tab(models_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     h = handlers(models_dir, f"sqlite:///{tmp_path}/empty.db", tmp_path)

@@ -164,6 +164,7 @@ def test_mixed_corpus_training_learns_every_class_and_keeps_the_absent_one(tone_
 
 
 # ---- the recipe entry point: train, measure, write a bundle that serves what was trained ---------
+@pytest.mark.slow
 def test_train_speech_multicorpus_reports_corpora_loco_and_serves_the_same(tone_corpora, tmp_path, one_thread):
     from emodemo.bundle import load_bundle, save_bundle
     from emodemo.training.multicorpus_card import multicorpus_card

@@ -178,6 +178,7 @@ def _library_outcome(rec, case: B.BadInput, transcript="unset") -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_library_predict_on_every_bad_input(recognizer, corpus):
     """`rec.predict(path, transcript=...)` (transcript "" skips ASR) on the whole corpus."""
     failures, seconds = {}, {}
@@ -364,6 +365,7 @@ def _app_outcome(h: Handlers, case: B.BadInput) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_app_predict_handler_on_every_bad_input(app, corpus):
     """`Handlers.api_predict` (the /predict endpoint) and `Handlers.analyse` (the UI) with the
     app's default limits: a prediction, or a message; the app also refuses silence and
@@ -867,6 +869,7 @@ def test_read_only_postgres_session_gets_the_same_message(fast_rec, tmp_path):
     REPORT.setdefault("faults", {})["read_only_postgres"] = {"lost": 0}
 
 
+@pytest.mark.slow
 def test_export_backup_import_round_trip_through_the_cli(tmp_path, capsys):
     """`python -m emodemo corrections backup / export / import`: the backup is the same
     database; an exported CSV imported into an empty store gives the same corrections
@@ -985,6 +988,7 @@ def _no_live_markup(texts) -> None:
             assert not re.search(r"(?<!\\)\]\(javascript:", low), t[:300]
 
 
+@pytest.mark.slow
 def test_hostile_text_is_escaped_wherever_it_is_shown(fast_rec, store, tmp_path):
     """<script>, <img onerror> and Markdown links as ASR transcript, edited transcript,
     annotator, note and file name: escaped in the status, summary, confirmation, toast,

@@ -67,6 +67,7 @@ def _session_cookie(base: str) -> str:
     raise AssertionError("the login route never set a session cookie")
 
 
+@pytest.mark.slow
 def test_launched_app_signs_in_with_mocked_oauth(fast_rec, store, monkeypatch):
     """build_app(sign_in=True) launched on localhost: a LoginButton and no name box; /correct
     records the signed-in account (the typed annotator is ignored) and refuses without a session;

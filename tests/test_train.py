@@ -121,6 +121,7 @@ def test_manifest_adapter(tmp_path):
     assert items[0].transcript == "it is a table" and items[0].speaker == "spk0"
 
 
+@pytest.mark.slow
 def test_recipe_end_to_end_and_resume(tmp_path):
     from emodemo.recognizer import load_recognizer
     from emodemo.training import run_recipe
@@ -157,6 +158,7 @@ def test_recipe_end_to_end_and_resume(tmp_path):
     assert np.allclose(rec2.text_proba(["so glad"]), rec.text_proba(["so glad"]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """The same entry point under torchrun: 2 processes, gloo backend."""
     csv = make_manifest(tmp_path)

@@ -198,6 +198,7 @@ def test_whisper_base_presets_build_base_dimensions_without_weights():
     assert frames.shape == (2, 115, 1536) and n.tolist() == [115, 60]
 
 
+@pytest.mark.slow
 def test_long_audio_in_several_passes_gives_the_same_frames(monkeypatch):
     """Long audio is encoded a few 30-s windows at a time (bounded memory); every window is
     computed as if alone, so the passes change nothing."""
@@ -243,14 +244,14 @@ def test_clip_outputs_give_the_frames_and_the_asrs_whole_window(whisper_bb, clip
 
 def test_a_bundle_that_trained_encoder_blocks_no_longer_shares_the_asrs_encoder(tmp_path):
     from safetensors.torch import save_file
-    from emodemo.bundle import _load_delta
+    from emodemo.bundle import load_delta
     from emodemo.whisper_assets import TINY_EN
     model = SpeechEmotionModel(build_backbone("whisper-tiny", pretrained=False), 3, head="pooled")
     model.backbone.source = TINY_EN
     head_only, with_block = tmp_path / "head.safetensors", tmp_path / "block.safetensors"
     save_file({k: v for k, v in model.state_dict().items() if k.startswith("head.out")}, str(head_only))
     save_file({"backbone.encoder.ln_post.bias": torch.ones(384)}, str(with_block))
-    _load_delta(model, head_only, "head only")
+    load_delta(model, head_only, "head only")
     assert model.shares_encoder_with(TINY_EN)
-    _load_delta(model, with_block, "a trained block")
+    load_delta(model, with_block, "a trained block")
     assert not model.shares_encoder_with(TINY_EN) and model.backbone.source is None
