@@ -5,10 +5,12 @@ same 5-s clip in the same process (one torch thread, one CTranslate2 thread), an
 
 Rows (each timed round-robin with the wav2vec2 reference, median of --reps after a warm-up):
   wav2vec2-base         Wav2Vec2ForSequenceClassification(Wav2Vec2Config()) forward (reference)
-  en (base)             predict() end to end on 5 s of English (language id + transcription)
-  en (base, 2 passes)   the same work with the speech branch and the ASR each running the encoder
-                        (what v7 did before one encoder pass served both: recognizer
-                        `_one_encoder_pass`)
+  en (base)             predict() end to end on 5 s of English (language id + transcription).
+                        v7 trims silence before its encoder, so it cannot share the ASR's encoder
+                        pass (a bundle that does not trim does: recognizer `_one_encoder_pass`);
+                        its speech branch and the ASR then run side by side (the ASR in a worker
+                        thread), so wall time can use two cores: compare the CPU column too
+  en (base, sequential) the same work one branch after the other on one core
   en (tiny.en)          the same with `--asr tiny.en` (PRESETS["tiny.en"])
   es (base)             5 s of Spanish: language id + transcription + translation (2 decodings
                         of one encoder output)
@@ -73,17 +75,20 @@ def serving_peak_rss_mb() -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def round_robin(fns: dict, reps: int) -> dict:
-    """Median seconds of each function, called in turn (A B C, A B C, ...) after one warm-up."""
-    times = {k: [] for k in fns}
+def round_robin(fns: dict, reps: int) -> tuple[dict, dict]:
+    """Median wall seconds and median CPU seconds (all threads of this process) of each function,
+    called in turn (A B C, A B C, ...) after one warm-up."""
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
     for f in fns.values():
         f()
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return ({k: statistics.median(v) for k, v in wall.items()},
+            {k: statistics.median(v) for k, v in cpu.items()})
 
 
 def main() -> None:
@@ -116,15 +121,16 @@ def main() -> None:
 
     fns = {"wav2vec2-base": w2v_forward,
            "en (base)": lambda: rec.predict((en, SR)),
-           "en (base, 2 passes)": lambda: (rec.audio_proba(en), rec.recognize(en)),
+           "en (base, sequential)": lambda: (rec.audio_proba(en), rec.recognize(en)),
            "en (tiny.en)": lambda: tiny.predict((en, SR)),
            "es (base)": lambda: rec.predict((es, SR)),
            "es (base, encode x2)": lambda: (rec.audio_proba(es), encode_twice()),
            "base encoder": lambda: base.encode(base.model.feature_extractor(en))}
-    med = round_robin(fns, a.reps)
-    ref = med["wav2vec2-base"]
+    med, cpu = round_robin(fns, a.reps)
+    ref, cpu_ref = med["wav2vec2-base"], cpu["wav2vec2-base"]
     checks = {"en": rec.predict((en, SR)), "es": rec.predict((es, SR))}
     res = {"seconds": med, "ratio_to_wav2vec2": {k: v / ref for k, v in med.items()},
+           "cpu_seconds": cpu, "cpu_ratio_to_wav2vec2": {k: v / cpu_ref for k, v in cpu.items()},
            "targets": {"en (base)": 0.45, "es (base)": 0.70, "peak_rss_mb": 1536},
            "peak_rss_mb_serving": rss,
            "outputs": {k: {"transcript": p.transcript, "translation": p.translation,
@@ -132,7 +138,8 @@ def main() -> None:
            "threads": {"torch": 1, "ctranslate2": 1}, "reps": a.reps}
     Path(a.out).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     for k, v in med.items():
-        print(f"{k:<22} {v * 1000:7.0f} ms  {v / ref:5.2f}x")
+        print(f"{k:<22} {v * 1000:7.0f} ms  {v / ref:5.2f}x   cpu {cpu[k] * 1000:7.0f} ms  "
+              f"{cpu[k] / cpu_ref:5.2f}x")
     print(f"peak RSS serving (fresh process, shipped recognizer): {res['peak_rss_mb_serving']:.0f} MB")
     print(f"wrote {a.out}")
 

@@ -321,16 +321,25 @@ def trim_silence(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: floa
     speech, so the noise of a room is cut too (a clip where it hears none comes back whole).
     Corpora differ here (RAVDESS clips are half silence, nEMO's cut tight), and so do uploads: a
     model pooling over silence learns the recording, not the voice."""
+    start, end = trim_bounds(wav, top_db, pad, method)
+    return wav if (start, end) == (0, len(wav)) else wav[start:end]
+
+
+def trim_bounds(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float = 0.1,
+                method: str = "energy") -> tuple[int, int]:
+    """(first, end) sample of what `trim_silence` keeps; (0, len) where it finds no speech."""
     x = wav.numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
     if method == "vad":
         spans = vad.speech_spans(x, vad.VadOptions(pad=pad))
-        return wav[int(spans[0][0] * SAMPLE_RATE):int(round(spans[-1][1] * SAMPLE_RATE))] if spans else wav
+        return (int(spans[0][0] * SAMPLE_RATE), int(round(spans[-1][1] * SAMPLE_RATE))) if spans else (0, x.size)
     if method != "energy":
         raise EmodemoError(f"unknown trimming method {method!r}; use \"energy\" or \"vad\"")
     hop, keep = SAMPLE_RATE // 100, int(pad * 100)
     e = frame_energy_db(x, hop)
     on = np.flatnonzero(e > e.max() - top_db) if e.size else e
-    return wav[max(0, (on[0] - keep) * hop):min(x.size, (on[-1] + 1 + keep) * hop)] if on.size else wav
+    if not on.size:
+        return 0, x.size
+    return int(max(0, (on[0] - keep) * hop)), int(min(x.size, (on[-1] + 1 + keep) * hop))
 
 
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:

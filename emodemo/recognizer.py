@@ -278,9 +278,9 @@ class EmotionRecognizer:
     @torch.inference_mode()
     def _one_encoder_pass(self, wav: np.ndarray) -> tuple[Optional[np.ndarray], Optional[Transcript]]:
         """(audio probabilities, Transcript) from ONE Whisper encoder pass where the speech
-        backbone is the ASR model's own encoder (v7: Whisper base, frozen) and the clip fits one
-        30-s window; (None, None) otherwise. The ASR then reads the speech branch's input (the
-        clip with its leading and trailing silence trimmed, `speech.trim`)."""
+        backbone is the ASR model's own encoder, frozen, on the whole clip (a bundle that does not
+        trim: `SpeechEmotionModel.shares_encoder_with`) and the clip fits one 30-s window;
+        (None, None) otherwise (v7 trims, so it encodes twice)."""
         asr = self.asr
         decode = getattr(asr, "recognize_encoder_output", None)
         if decode is None or not self.speech.shares_encoder_with(getattr(asr, "source", None)):
