@@ -10,37 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.finetune_progress import make_store   # prosody codes the label: a new population
 from emodemo.store import CorrectionStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "models" / "default"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-# prosody codes the label (espeak-ng pitch 0-99, speed words/min, amplitude): a new "speaker
-# population" the default never heard, with an emotion-like signal in the voice
-PROSODY = {"angry": ("80", "210", "190"), "sad": ("15", "105", "60"),
-           "happy": ("95", "175", "130"), "neutral": ("45", "150", "100")}
-SENTENCES = ["the meeting starts at nine", "please close the window", "we drove home after lunch",
-             "the package arrived today", "my phone is on the table", "the train was late again",
-             "she bought a new coat", "they painted the fence blue"]
-VOICES = ["en-us", "en+m3", "en+f2"]
-
 
 @pytest.fixture(scope="module")
 def corrections(tmp_path_factory) -> str:
     """A store with 4 classes × 8 espeak-ng clips (three voices), as a user would correct them
     (with 5 a class, cross-validation on 16 training clips cannot tell the adapter from the base)."""
-    d = tmp_path_factory.mktemp("user")
-    url = f"sqlite:///{d}/c.db"
-    with CorrectionStore(url) as store:
-        for lab, (pitch, speed, amp) in PROSODY.items():
-            for j, text in enumerate(SENTENCES):
-                voice = VOICES[j % len(VOICES)]
-                path = d / f"{lab}_{j}.wav"
-                subprocess.run(["espeak-ng", "-v", voice, "-p", pitch, "-s", speed, "-a", amp, "-w",
-                                str(path), text], check=True, capture_output=True)
-                store.add(path, lab, annotator=f"user{j % 2}")
-    return url
+    return make_store(tmp_path_factory.mktemp("user"))
 
 
 def _check_written_or_gated(out: Path, report: dict) -> None:
