@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import audio as A
-from .errors import EmodemoError
+from .errors import EmodemoError, SettingsError
 from .fusion import LateFusion
 from .labels import NONE_DISPLAY, NONE_LABEL, normalize_label, unknown_label  # noqa: F401 (the UI's names)
 from .textnorm import MAX_TEXT_CHARS, clean_text, text_too_long
@@ -45,15 +45,15 @@ def parse_size(size: str | int | float) -> int:
     `launch(max_file_size=...)` reads them (50mb = 50 × 2^20 bytes)."""
     if isinstance(size, (int, float)) and not isinstance(size, bool):
         if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
+            raise SettingsError(f"size must be positive, got {size}")
         return int(size)
     m = _SIZE_RE.match(str(size))
     unit = (m.group(2) or "").lower() if m else None
     if not m or unit not in _UNITS:
-        raise ValueError(f"not a size: {size!r} (use e.g. '50mb', '1gb' or a number of bytes)")
+        raise SettingsError(f"not a size: {size!r} (use e.g. '50mb', '1gb' or a number of bytes)")
     value = int(float(m.group(1)) * _UNITS[unit])
     if value <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise SettingsError(f"size must be positive, got {size!r}")
     return value
 
 
@@ -77,7 +77,7 @@ class Limits:
             kw["max_file_bytes"] = parse_size(kw.pop("max_file_size"))
         lim = cls(**kw)
         if lim.max_duration <= 0 or lim.long_audio <= 0 or lim.segment_len <= 0:
-            raise ValueError("durations must be positive")
+            raise SettingsError("durations must be positive")
         return lim
 
 

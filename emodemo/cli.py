@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import AudioError, BundleError, DataError, EmodemoError, FinetuneError, StoreError, TrainError
+from .errors import (AudioError, BundleError, DataError, EmodemoError, FinetuneError, SettingsError, StoreError,
+                     TrainError)
 from .settings import Settings
 
 
@@ -27,11 +28,9 @@ def quiet_logging() -> None:
 
 
 def settings() -> Settings:
-    """The `EMODEMO_*` settings, read once per command (a bad number: exit 2, naming it)."""
-    try:
-        return Settings.from_env()
-    except ValueError as exc:
-        raise EmodemoError(str(exc)) from None
+    """The `EMODEMO_*` settings, read once per command (a bad number: a SettingsError, exit 2,
+    naming it)."""
+    return Settings.from_env()
 
 
 def _table(path: str, pred, labels: list[str]) -> str:
@@ -217,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Exit code per error class (the first class in this order that the error is an instance of):
 #: 1 = some input audio could not be used, 2 = bad usage, data, recipe, store or bundle.
 EXIT_CODES: dict[type, int] = {AudioError: 1, BundleError: 2, DataError: 2, StoreError: 2, FinetuneError: 2,
-                               TrainError: 2, EmodemoError: 2}
+                               SettingsError: 2, TrainError: 2, EmodemoError: 2}
 
 
 def exit_code(exc: EmodemoError) -> int:

@@ -6,6 +6,7 @@
     ├── DataError       a corpus or data spec cannot be read (missing files, bad labels, bad spec)
     ├── StoreError      a correction cannot be stored or read
     ├── FinetuneError   fine-tuning cannot start (bad arguments, missing database or bundle)
+    ├── SettingsError   a setting cannot be used (an EMODEMO_* variable or app option: not a number, a bad size)
     └── TrainError      a training recipe or run cannot be used (bad recipe, mismatched init)
 
 Everything derives from ValueError, so callers that caught ValueError before still do. The CLI
@@ -36,6 +37,11 @@ class StoreError(EmodemoError):
 
 class FinetuneError(EmodemoError):
     """Fine-tuning cannot start: bad arguments, missing database or bundle."""
+
+
+class SettingsError(EmodemoError):
+    """A setting cannot be used: an `EMODEMO_*` variable or an app option that is not a number,
+    not a size, or a limit that is not positive."""
 
 
 class TrainError(EmodemoError):

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from .errors import SettingsError
+
 ROOT = Path(__file__).resolve().parent.parent
 PERSISTENT = Path("/data")          # a Hugging Face Space's persistent storage, when it has one
 FALSE = ("", "0", "false", "no", "off")
@@ -58,7 +60,7 @@ def _number(env: Mapping[str, str], names: str | tuple, kind, default):
         return kind(v)
     except ValueError:
         used = next(n for n in names if _get(env, n) is not None)
-        raise ValueError(f"{used}={v!r} is not a number") from None
+        raise SettingsError(f"{used}={v!r} is not a number") from None
 
 
 #: Settings field -> the environment variables it is read from (the first one set wins)
@@ -93,7 +95,7 @@ def _read(field: str, env: Mapping[str, str]):
 def read_env(field: str, env: Optional[Mapping[str, str]] = None):
     """One setting straight from the environment (None if unset), for a library call that was
     given no value: `CorrectionStore()` (db, media_dir), `load_recognizer()` (torch_threads), the
-    ASR (asr_threads). Only this module reads `EMODEMO_*` variables. Raises ValueError (naming
+    ASR (asr_threads). Only this module reads `EMODEMO_*` variables. Raises SettingsError (naming
     the variable) for a bad number."""
     return _read(field, os.environ if env is None else env)
 

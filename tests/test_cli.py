@@ -59,3 +59,23 @@ def test_input_mistakes_are_one_error_line_exit_2(tmp_path, capsys, monkeypatch)
     import emodemo.recognizer as R
     monkeypatch.setattr(R, "load_recognizer", lambda bundle: SimpleNamespace(labels=LABELS))
     one_error_line(capsys, main(["evaluate", "--data", "no-such-corpus:dev"]), "unknown data spec")
+
+
+@pytest.mark.slow
+def test_bad_settings_variable_is_one_line(tmp_path):
+    """EMODEMO_ASR_THREADS read below the entry point (the ASR of `queue add`): one line, exit 2."""
+    import os
+    env = {**os.environ, "EMODEMO_ASR_THREADS": "many"}
+    r = subprocess.run([sys.executable, "-m", "emodemo", "queue", "add", "--db",
+                        f"sqlite:///{tmp_path / 'q.db'}", "--media-dir", str(tmp_path / "media"),
+                        "--bundle", str(DEFAULT_BUNDLE), str(ROOT / "data" / "examples" / "angry_actor17.flac")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert err == ["error: EMODEMO_ASR_THREADS='many' is not a number"]
+
+
+def test_empty_queue_lists_nothing(tmp_path, capsys):
+    """`queue list` on a database with no clips queued yet: no output, exit 0 (was a traceback)."""
+    assert main(["queue", "list", "--db", f"sqlite:///{tmp_path / 'q.db'}"]) == 0
+    assert capsys.readouterr().out == ""

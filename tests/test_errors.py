@@ -48,3 +48,25 @@ def test_cli_maps_a_bad_recipe_to_one_line_and_exit_2(tmp_path, capsys):
     cfg.write_text(json.dumps({"text": {"lr": "fast"}}))
     assert main(["iemocap", str(tmp_path / "no-iemocap"), "--config", str(cfg)]) == 2
     assert "text.lr = 'fast'" in capsys.readouterr().err
+
+
+def test_bad_settings_and_limits_are_settings_errors():
+    """A bad EMODEMO_* number, file size or duration: a SettingsError (one `error:` line, exit
+    2), not a plain ValueError. An unknown ranking passed by code stays a ValueError (the queue's
+    options and the CLI check what a person types)."""
+    from emodemo.analysis import Limits, parse_size
+    from emodemo.annotate.rank import uncertainty
+    from emodemo.settings import Settings, read_env
+    with pytest.raises(errors.SettingsError, match="EMODEMO_ASR_THREADS='many' is not a number"):
+        read_env("asr_threads", {"EMODEMO_ASR_THREADS": "many"})
+    with pytest.raises(errors.SettingsError, match="EMODEMO_PORT"):
+        Settings.from_env({"EMODEMO_PORT": "80x"})
+    for bad in ("fifty", "0mb", -1):
+        with pytest.raises(errors.SettingsError):
+            parse_size(bad)
+    with pytest.raises(errors.SettingsError, match="durations must be positive"):
+        Limits.from_kwargs(max_duration=0)
+    assert exit_code(errors.SettingsError("x")) == 2
+    with pytest.raises(ValueError) as info:
+        uncertainty({"a": 0.5, "b": 0.5}, "guess")
+    assert not isinstance(info.value, errors.EmodemoError)

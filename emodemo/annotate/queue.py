@@ -30,7 +30,7 @@ import numpy as np
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import EmodemoError, StoreError
+from ..errors import AudioError, EmodemoError, StoreError
 from ..store.base import now_utc as _now
 from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
@@ -161,7 +161,7 @@ class AnnotationQueue:
                 report.files += 1
                 try:
                     self._add_file(path, name, report)
-                except EmodemoError as exc:              # AudioError, StoreError
+                except (AudioError, StoreError) as exc:  # this file; a bad setting or bundle stops all
                     report.errors.append(f"{name}: {exc}")
         return report
 

@@ -31,7 +31,7 @@ SPACES = ("probabilities", "embedding")   # what "coverage" spreads over (probab
 
 def uncertainty(probs: Optional[Mapping[str, float]], method: str = "margin") -> float:
     """How unsure the model is about a clip, in [0, 1]; 1.0 when there are no probabilities."""
-    if method not in RANKINGS:
+    if method not in RANKINGS:   # a programming error: QueueOptions and the CLI check the ranking
         raise ValueError(f"unknown ranking {method!r}; expected one of {', '.join(RANKINGS)}")
     p = sorted((max(0.0, float(v)) for v in (probs or {}).values() if v is not None
                 and math.isfinite(float(v))), reverse=True)
@@ -143,4 +143,4 @@ def embedding_matrix(embeddings: Sequence[Optional[Sequence[float]]],
         return np.asarray(embeddings, np.float64)
     labels = sorted({lab for p in probabilities for lab in (p or {})})
     return np.asarray([[float((p or {}).get(lab) or 0.0) for lab in labels]
-                       for p in probabilities], np.float64).reshape(len(probabilities), -1)
+                       for p in probabilities], np.float64).reshape(len(probabilities), len(labels))
