@@ -100,6 +100,52 @@ class CachedModel:
                           transcript="", bundle="default")
 
 
+def fingerprint(bundle: Path) -> str:
+    """A bundle's identity for the feature cache: its config and weight files."""
+    h = hashlib.sha1()
+    for f in sorted(bundle.iterdir()):
+        if f.suffix in (".json", ".safetensors") and f.name != "metrics.json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE.FeatureCache":
+    """`adaptation_experiment.FeatureCache` for `base`, whose rows (pooled backbone stats + head
+    logits) are keyed by audio path only: the file records the base it was computed with, and rows
+    of another base (a reused work folder, or --features-from) keep their backbone stats and get
+    this base's head logits, recomputed, when the base's head reads only those stats (a pooled
+    head, no calibration shift); otherwise they are dropped and extracted again."""
+    import torch
+
+    from emodemo.speech import PooledHead
+    cache = AE.FeatureCache(base, path)
+    fp = fingerprint(base)
+    stale = {}
+    if str(cache.store.pop("__base__", "")) != fp:         # rows of another (or an unknown) base
+        stale, cache.store = cache.store, {}
+    if features_from is not None:
+        other = dict(np.load(features_from, allow_pickle=True))
+        other.pop("__base__", None)
+        stale = {**other, **stale}
+    stale = {k: v for k, v in stale.items() if k not in cache.store}
+    sp = cache.speech
+    d = sp.backbone.frame_dim * 2
+    if stale and isinstance(sp.head, PooledHead) and getattr(sp, "calibration", None) is None:
+        keys = sorted(stale)
+        x = np.stack([stale[k][:d] for k in keys]).astype(np.float32)
+        with torch.inference_mode():
+            b = sp.head.pooled_logits(torch.from_numpy(x)).float().numpy()
+        cache.store.update({k: np.concatenate([xi, bi]) for k, xi, bi in zip(keys, x, b)})
+        print(f"feature cache: {len(keys)} rows of another base, head logits recomputed for "
+              f"{base.name}", flush=True)
+    elif stale:
+        print(f"feature cache: {len(stale)} rows of another base dropped", flush=True)
+    cache.store["__base__"] = np.array(fp)
+    np.savez(cache.path, **cache.store)
+    return cache
+
+
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
           "queue-balanced": {"order": "uncertainty", "balance_labels": True}}
@@ -167,6 +213,11 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--how", nargs="+", default=["queue", "random"],
                     choices=[*QUEUES, "random"])
+    ap.add_argument("--features-from", type=Path,
+                    help="another work folder's features.npz: reuse its pooled backbone stats (same "
+                         "backbone, no calibration shift), with this base's head logits recomputed")
+    ap.add_argument("--check", type=int, default=6,
+                    help="compare the cache with load_recognizer(base) on this many clips (0: skip)")
     ap.add_argument("--pool-every", type=int, default=1,
                     help="use every k-th pool clip (sorted by id): a smaller pool, faster")
     ap.add_argument("--test-every", type=int, default=1,
@@ -177,7 +228,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out_json = work / ("results.json" if args.how == ["queue", "random"]
                        else f"results-{'-'.join(args.how)}.json")
-    cache = AE.FeatureCache(base, work / "features.npz")
+    cache = base_cache(base, work / "features.npz", args.features_from)
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
     pool = sorted(pool, key=lambda i: i.id)[::args.pool_every]
@@ -185,6 +236,14 @@ def main() -> int:
     classes = sorted({labels.index(i.label) for i in pool + test})
     xa, ba, _ = cache.get(pool)
     xb, bb, yb = cache.get(test)
+    if args.check:                                # the cache is what load_recognizer(base) gives
+        k = max(1, args.check // 2)
+        diff = AE.check_exact(base, pool[:k] + test[:k],
+                              np.concatenate([xa[:k], xb[:k]]), np.concatenate([ba[:k], bb[:k]]))
+        print(f"cached features vs load_recognizer({base.name}) on {2 * k} clips: "
+              f"max |p difference| {diff:.1e}", flush=True)
+        if diff > 1e-3:
+            raise SystemExit(f"the feature cache does not match the base bundle {base} ({diff:.3g})")
     lg0, t0 = AE.bundle_logits(base, xb, bb)
     before = AE.evaluate(labels, yb, lg0, t0, classes)["UA"]
     head = cache.speech.head                      # the embedding features: standardised stats
