@@ -7,12 +7,16 @@ heard a speaker of that corpus.
     python scripts/loco_base.py emotiontts-ko --config-only
 
 The generated recipe drops every `<corpus>:` spec from speech.train, speech.val,
-speech.multicorpus.test and the fusion val/eval sets (a fusion set left empty falls back to the
-other ones), turns `loco` off (the per-corpus leave-outs are not needed here) and drops
+speech.multicorpus.test and the fusion val/eval sets (only RAVDESS appears there, beside the
+espeak-goemotions text sets), turns `loco` off (the per-corpus leave-outs are not needed here) and drops
 `card_include`. It writes the bundle to runs/loco-<corpus>/bundle (run dir runs/loco-<corpus>/run).
-Training runs `python -m emodemo train --config runs/loco-<corpus>.json` from the repository root,
-so the frozen-feature cache `runs/features` of the recipe is reused (about 15 min on 2 CPU cores
-with a warm cache).
+Then, from the repository root (so the recipe's frozen-feature cache `runs/features` is reused):
+
+    python -m emodemo train --config runs/loco-<corpus>.json          # about 4 min with a warm cache
+    python -m emodemo finetune-pack --bundle runs/loco-<corpus>/bundle --per-class 16   # replay pack
+
+the same two steps as the shipped default (its replay pack has 16 clips per class and spec), so
+`emodemo finetune --base runs/loco-<corpus>/bundle` replays the base's own training clips.
 """
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", help="the corpus left out (a folder of the data root: nemo, emotiontts-ko, ...)")
     ap.add_argument("--recipe", default="configs/default-v7.json")
+    ap.add_argument("--per-class", type=int, default=16,
+                    help="replay pack: clips per class and spec (as the shipped default's)")
     ap.add_argument("--config-only", action="store_true", help="write runs/loco-<corpus>.json, do not train")
     args = ap.parse_args()
     base = json.loads((ROOT / args.recipe).read_text())
@@ -68,8 +74,13 @@ def main() -> int:
     print(f"wrote {path.relative_to(ROOT)} -> {cfg['out']}", flush=True)
     if args.config_only:
         return 0
-    return subprocess.run([sys.executable, "-m", "emodemo", "train", "--config",
-                           str(path.relative_to(ROOT))], cwd=ROOT).returncode
+    for cmd in (["train", "--config", str(path.relative_to(ROOT))],
+                ["finetune-pack", "--bundle", cfg["out"], "--per-class", str(args.per_class)]):
+        print("python -m emodemo " + " ".join(cmd), flush=True)
+        rc = subprocess.run([sys.executable, "-m", "emodemo", *cmd], cwd=ROOT).returncode
+        if rc:
+            return rc
+    return 0
 
 
 if __name__ == "__main__":
