@@ -8,7 +8,7 @@ this reuses): the corpus's speakers are split in two halves (seeded by the corpu
 is the pool a team labels, half B (speakers never labelled) is the test.
 
 * queue: the whole pool goes through `emodemo.annotate.AnnotationQueue.add` (pre-labelled by the
-  shipped model, audio only: the corpora's sentences carry no emotion), then a simulated
+  base bundle, audio only: the corpora's sentences carry no emotion), then a simulated
   annotator asks `next()` and `vote()`s the true label n times (votes_needed=1). Deterministic.
   Default options: the coverage order over the fused probabilities (`rank.coverage_order`).
 * queue-embedding: coverage over the stored audio embedding (``QueueOptions(space="embedding")``).
@@ -17,11 +17,12 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
-Each store is fine-tuned with `python -m emodemo finetune --db ... --base models/default --out
-...` exactly as a user runs it (no training data on disk), and base and new bundle are compared
-on half B (unweighted accuracy, UA). The queue's pre-labels are the model's own audio
-probabilities, computed from the cached frozen-backbone features (what `load_recognizer` gives;
-`adaptation_experiment.check_exact` checks that equivalence).
+Each store is fine-tuned with `python -m emodemo finetune --db ... --base <base> --out ...`
+exactly as a user runs it (no training data on disk: only the base's replay pack), and base and
+new bundle are compared on half B (unweighted accuracy, UA). The queue's pre-labels are the
+base's own audio probabilities, computed from cached frozen-backbone features (<work>/features.npz,
+which records the base it was computed with); each run checks a few clips against
+`load_recognizer(base)` (`adaptation_experiment.check_exact`, --check).
 
     python scripts/queue_benchmark.py                                 # emovo, n = 50 100, 3 seeds
     python scripts/queue_benchmark.py --corpus nemo --pool-every 2 --test-every 4 --work runs/qb-nemo
