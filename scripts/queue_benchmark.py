@@ -32,25 +32,40 @@ Results: <work>/results.json (results-<how>.json for other --how) and a markdown
 `--pool-every k` / `--test-every k` keep every k-th clip (sorted by id) of the pool / test half:
 fewer features to extract (about 0.7 s a clip on 2 CPU cores), the same split.
 
-Last run (2026-12-06, default bundle v7, 2 shared CPU cores, ~2 min per fine-tune). The order
-was chosen on nEMO (typicality power 0.5 and the probability space, from a quick in-process
-proxy of the adapter fit; EMOVO was not looked at before its one run):
+Leave-one-corpus-out run (2026-12-06, 2 shared CPU cores, 1-2 min per fine-tune): the base is the
+v7 recipe without any nEMO speaker (`python scripts/loco_base.py nemo`: train + replay pack,
+about 4 min + 5 min), so neither pool nor test speakers were ever heard:
+
+    python scripts/loco_base.py nemo
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb-loco-nemo
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb-loco-nemo --how queue-embedding queue-uncertainty
+
+| nEMO, LOCO base (pool 460 / test 269) | base UA | n | unseen-speaker UA |
+|---|---|---|---|
+| queue (coverage, default) | 0.398 | 50 | 0.398 (fine-tune refused, exit 3: base kept) |
+| queue (coverage, default) | 0.398 | 100 | 0.593 |
+| queue-embedding | 0.398 | 50 / 100 | 0.555 / 0.554 |
+| queue-uncertainty | 0.398 | 50 / 100 | 0.447 / 0.612 |
+| random, 3 seeds | 0.398 | 50 | 0.548 +- 0.054 (0.584, 0.486, 0.575) |
+| random, 3 seeds | 0.398 | 100 | 0.577 +- 0.026 (0.568, 0.557, 0.606) |
+
+The queue's default order does NOT win on average here (0.495 vs random 0.562 over both budgets):
+at n=50 it picks typical clips the base already gets right (base UA 0.56 on its own held-out
+corrections), so the adapter does not beat the base in cross-validation and finetune keeps the
+base; at n=100 it is above all three random seeds (+0.016 over their mean). Neither other order
+wins on average either (embedding 0.555, uncertainty 0.529). One corpus; the Korean confirmation
+(`python scripts/loco_base.py emotiontts-ko`, then the same with --corpus emotiontts-ko) was not run.
+
+Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
+leave-one-corpus-out; the order was chosen on these nEMO numbers):
 
 | corpus (pool / test clips) | base UA | n | queue (coverage) | random, 3 seeds |
 |---|---|---|---|---|
 | nEMO (460 / 269, --pool-every 2 --test-every 4) | 0.660 | 50 | **0.750** | 0.709 +- 0.008 |
 | nEMO | 0.660 | 100 | 0.721 | 0.726 +- 0.013 |
-| EMOVO (294 / 147, --test-every 2) | 0.755 | 50 | 0.755 | 0.755 +- 0.000 |
-| EMOVO | 0.755 | 100 | 0.755 | 0.755 +- 0.000 |
-
-nEMO: the queue wins at n=50 (+0.041; random's three runs: 0.70-0.72) and is level at n=100 (-0.005, within
-random's spread); on average over both budgets it beats random (0.736 vs 0.717). EMOVO decides
-nothing: every fine-tune there, queue and random, was refused (exit 3, "the adapter did not beat
-the base in cross-validation"), so every row is the base. Caveat: the v7 base was trained on
-speakers of both corpora (its training specs name nemo and emovo speakers, and every corpus in
-the data folder), so these halves are no longer leave-one-corpus-out for it: part of each pool
-and test half are speakers it trained on. The earlier order (uncertainty first) on the v6 base,
-EMOVO: n=50 0.371 / n=100 0.442 vs random 0.431 / 0.464.
+| EMOVO (294 / 147, --test-every 2) | 0.755 | 50 / 100 | 0.755 | 0.755 +- 0.000 (every fine-tune refused) |
 """
 from __future__ import annotations
 
