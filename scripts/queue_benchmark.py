@@ -8,7 +8,7 @@ this reuses): the corpus's speakers are split in two halves (seeded by the corpu
 is the pool a team labels, half B (speakers never labelled) is the test.
 
 * queue: the whole pool goes through `emodemo.annotate.AnnotationQueue.add` (pre-labelled by the
-  shipped model, audio only: the corpora's sentences carry no emotion), then a simulated
+  base bundle, audio only: the corpora's sentences carry no emotion), then a simulated
   annotator asks `next()` and `vote()`s the true label n times (votes_needed=1). Deterministic.
   Default options: the coverage order over the fused probabilities (`rank.coverage_order`).
 * queue-embedding: coverage over the stored audio embedding (``QueueOptions(space="embedding")``).
@@ -17,11 +17,12 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
-Each store is fine-tuned with `python -m emodemo finetune --db ... --base models/default --out
-...` exactly as a user runs it (no training data on disk), and base and new bundle are compared
-on half B (unweighted accuracy, UA). The queue's pre-labels are the model's own audio
-probabilities, computed from the cached frozen-backbone features (what `load_recognizer` gives;
-`adaptation_experiment.check_exact` checks that equivalence).
+Each store is fine-tuned with `python -m emodemo finetune --db ... --base <base> --out ...`
+exactly as a user runs it (no training data on disk: only the base's replay pack), and base and
+new bundle are compared on half B (unweighted accuracy, UA). The queue's pre-labels are the
+base's own audio probabilities, computed from cached frozen-backbone features (<work>/features.npz,
+which records the base it was computed with); each run checks a few clips against
+`load_recognizer(base)` (`adaptation_experiment.check_exact`, --check).
 
     python scripts/queue_benchmark.py                                 # emovo, n = 50 100, 3 seeds
     python scripts/queue_benchmark.py --corpus nemo --pool-every 2 --test-every 4 --work runs/qb-nemo
@@ -31,25 +32,40 @@ Results: <work>/results.json (results-<how>.json for other --how) and a markdown
 `--pool-every k` / `--test-every k` keep every k-th clip (sorted by id) of the pool / test half:
 fewer features to extract (about 0.7 s a clip on 2 CPU cores), the same split.
 
-Last run (2026-12-06, default bundle v7, 2 shared CPU cores, ~2 min per fine-tune). The order
-was chosen on nEMO (typicality power 0.5 and the probability space, from a quick in-process
-proxy of the adapter fit; EMOVO was not looked at before its one run):
+Leave-one-corpus-out run (2026-12-06, 2 shared CPU cores, 1-2 min per fine-tune): the base is the
+v7 recipe without any nEMO speaker (`python scripts/loco_base.py nemo`: train + replay pack,
+about 4 min + 5 min), so neither pool nor test speakers were ever heard:
+
+    python scripts/loco_base.py nemo
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb-loco-nemo
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb-loco-nemo --how queue-embedding queue-uncertainty
+
+| nEMO, LOCO base (pool 460 / test 269) | base UA | n | unseen-speaker UA |
+|---|---|---|---|
+| queue (coverage, default) | 0.398 | 50 | 0.398 (fine-tune refused, exit 3: base kept) |
+| queue (coverage, default) | 0.398 | 100 | 0.593 |
+| queue-embedding | 0.398 | 50 / 100 | 0.555 / 0.554 |
+| queue-uncertainty | 0.398 | 50 / 100 | 0.447 / 0.612 |
+| random, 3 seeds | 0.398 | 50 | 0.548 +- 0.054 (0.584, 0.486, 0.575) |
+| random, 3 seeds | 0.398 | 100 | 0.577 +- 0.026 (0.568, 0.557, 0.606) |
+
+The queue's default order does NOT win on average here (0.495 vs random 0.562 over both budgets):
+at n=50 it picks typical clips the base already gets right (base UA 0.56 on its own held-out
+corrections), so the adapter does not beat the base in cross-validation and finetune keeps the
+base; at n=100 it is above all three random seeds (+0.016 over their mean). Neither other order
+wins on average either (embedding 0.555, uncertainty 0.529). One corpus; the Korean confirmation
+(`python scripts/loco_base.py emotiontts-ko`, then the same with --corpus emotiontts-ko) was not run.
+
+Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
+leave-one-corpus-out; the order was chosen on these nEMO numbers):
 
 | corpus (pool / test clips) | base UA | n | queue (coverage) | random, 3 seeds |
 |---|---|---|---|---|
 | nEMO (460 / 269, --pool-every 2 --test-every 4) | 0.660 | 50 | **0.750** | 0.709 +- 0.008 |
 | nEMO | 0.660 | 100 | 0.721 | 0.726 +- 0.013 |
-| EMOVO (294 / 147, --test-every 2) | 0.755 | 50 | 0.755 | 0.755 +- 0.000 |
-| EMOVO | 0.755 | 100 | 0.755 | 0.755 +- 0.000 |
-
-nEMO: the queue wins at n=50 (+0.041; random's three runs: 0.70-0.72) and is level at n=100 (-0.005, within
-random's spread); on average over both budgets it beats random (0.736 vs 0.717). EMOVO decides
-nothing: every fine-tune there, queue and random, was refused (exit 3, "the adapter did not beat
-the base in cross-validation"), so every row is the base. Caveat: the v7 base was trained on
-speakers of both corpora (its training specs name nemo and emovo speakers, and every corpus in
-the data folder), so these halves are no longer leave-one-corpus-out for it: part of each pool
-and test half are speakers it trained on. The earlier order (uncertainty first) on the v6 base,
-EMOVO: n=50 0.371 / n=100 0.442 vs random 0.431 / 0.464.
+| EMOVO (294 / 147, --test-every 2) | 0.755 | 50 / 100 | 0.755 | 0.755 +- 0.000 (every fine-tune refused) |
 """
 from __future__ import annotations
 
@@ -98,6 +114,52 @@ class CachedModel:
         fused = {lab: float(v) for lab, v in zip(self.labels, p)}
         return Prediction(label=max(fused, key=fused.get), fused=fused, audio=fused, text=None,
                           transcript="", bundle="default")
+
+
+def fingerprint(bundle: Path) -> str:
+    """A bundle's identity for the feature cache: its config and weight files."""
+    h = hashlib.sha1()
+    for f in sorted(bundle.iterdir()):
+        if f.suffix in (".json", ".safetensors") and f.name != "metrics.json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE.FeatureCache":
+    """`adaptation_experiment.FeatureCache` for `base`, whose rows (pooled backbone stats + head
+    logits) are keyed by audio path only: the file records the base it was computed with, and rows
+    of another base (a reused work folder, or --features-from) keep their backbone stats and get
+    this base's head logits, recomputed, when the base's head reads only those stats (a pooled
+    head, no calibration shift); otherwise they are dropped and extracted again."""
+    import torch
+
+    from emodemo.speech import PooledHead
+    cache = AE.FeatureCache(base, path)
+    fp = fingerprint(base)
+    stale = {}
+    if str(cache.store.pop("__base__", "")) != fp:         # rows of another (or an unknown) base
+        stale, cache.store = cache.store, {}
+    if features_from is not None:
+        other = dict(np.load(features_from, allow_pickle=True))
+        other.pop("__base__", None)
+        stale = {**other, **stale}
+    stale = {k: v for k, v in stale.items() if k not in cache.store}
+    sp = cache.speech
+    d = sp.backbone.frame_dim * 2
+    if stale and isinstance(sp.head, PooledHead) and getattr(sp, "calibration", None) is None:
+        keys = sorted(stale)
+        x = np.stack([stale[k][:d] for k in keys]).astype(np.float32)
+        with torch.inference_mode():
+            b = sp.head.pooled_logits(torch.from_numpy(x)).float().numpy()
+        cache.store.update({k: np.concatenate([xi, bi]) for k, xi, bi in zip(keys, x, b)})
+        print(f"feature cache: {len(keys)} rows of another base, head logits recomputed for "
+              f"{base.name}", flush=True)
+    elif stale:
+        print(f"feature cache: {len(stale)} rows of another base dropped", flush=True)
+    cache.store["__base__"] = np.array(fp)
+    np.savez(cache.path, **cache.store)
+    return cache
 
 
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
@@ -167,6 +229,11 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--how", nargs="+", default=["queue", "random"],
                     choices=[*QUEUES, "random"])
+    ap.add_argument("--features-from", type=Path,
+                    help="another work folder's features.npz: reuse its pooled backbone stats (same "
+                         "backbone, no calibration shift), with this base's head logits recomputed")
+    ap.add_argument("--check", type=int, default=6,
+                    help="compare the cache with load_recognizer(base) on this many clips (0: skip)")
     ap.add_argument("--pool-every", type=int, default=1,
                     help="use every k-th pool clip (sorted by id): a smaller pool, faster")
     ap.add_argument("--test-every", type=int, default=1,
@@ -177,7 +244,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out_json = work / ("results.json" if args.how == ["queue", "random"]
                        else f"results-{'-'.join(args.how)}.json")
-    cache = AE.FeatureCache(base, work / "features.npz")
+    cache = base_cache(base, work / "features.npz", args.features_from)
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
     pool = sorted(pool, key=lambda i: i.id)[::args.pool_every]
@@ -185,6 +252,14 @@ def main() -> int:
     classes = sorted({labels.index(i.label) for i in pool + test})
     xa, ba, _ = cache.get(pool)
     xb, bb, yb = cache.get(test)
+    if args.check:                                # the cache is what load_recognizer(base) gives
+        k = max(1, args.check // 2)
+        diff = AE.check_exact(base, pool[:k] + test[:k],
+                              np.concatenate([xa[:k], xb[:k]]), np.concatenate([ba[:k], bb[:k]]))
+        print(f"cached features vs load_recognizer({base.name}) on {2 * k} clips: "
+              f"max |p difference| {diff:.1e}", flush=True)
+        if diff > 1e-3:
+            raise SystemExit(f"the feature cache does not match the base bundle {base} ({diff:.3g})")
     lg0, t0 = AE.bundle_logits(base, xb, bb)
     before = AE.evaluate(labels, yb, lg0, t0, classes)["UA"]
     head = cache.speech.head                      # the embedding features: standardised stats
