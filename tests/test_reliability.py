@@ -262,26 +262,40 @@ def _cli(*args, timeout=300):
                           cwd=ROOT, timeout=timeout, env=CLI_ENV)
 
 
+def _vm_hwm_mb(pid: int) -> float | None:
+    """The process's own high-water RSS (VmHWM, MB); None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")), None)
+    except OSError:
+        return None
+
+
 def _cli_peak_mb(*args, timeout=300):
-    """Run the CLI like _cli and return (result, its own peak RSS in MB): os.wait4 reads this one
-    child's rusage (RUSAGE_CHILDREN would be the largest child of the whole test session)."""
+    """Run the CLI like _cli and return (result, its own peak RSS in MB). The child's VmHWM is
+    polled while it runs: its rusage ru_maxrss would start at this (large) pytest process's RSS,
+    which Linux carries across fork + exec (3.2 GB in the full suite for a 1.1 GB CLI)."""
     import threading
     p = subprocess.Popen([sys.executable, "-m", "emodemo", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, cwd=ROOT, env=CLI_ENV)
-    outs = {}
-    readers = [threading.Thread(target=lambda n=n, f=f: outs.__setitem__(n, f.read()))
-               for n, f in (("out", p.stdout), ("err", p.stderr))]
+    outs, peak = {}, [0.0]
+
+    def watch():
+        while p.poll() is None:
+            peak[0] = max(peak[0], _vm_hwm_mb(p.pid) or 0.0)
+            time.sleep(0.02)
+    threads = [threading.Thread(target=lambda n=n, f=f: outs.__setitem__(n, f.read()))
+               for n, f in (("out", p.stdout), ("err", p.stderr))] + [threading.Thread(target=watch)]
     watchdog = threading.Timer(timeout, p.kill)
-    for t in (*readers, watchdog):
+    for t in (*threads, watchdog):
         t.start()
-    _, status, usage = os.wait4(p.pid, 0)
+    p.wait()
     watchdog.cancel()
-    for t in readers:
+    for t in threads:
         t.join()
-    p.returncode = os.waitstatus_to_exitcode(status)
     p.stdout.close()
     p.stderr.close()
-    return subprocess.CompletedProcess(p.args, p.returncode, outs["out"], outs["err"]), usage.ru_maxrss / 1024
+    return subprocess.CompletedProcess(p.args, p.returncode, outs["out"], outs["err"]), peak[0]
 
 
 @pytest.mark.slow
@@ -321,7 +335,7 @@ def test_cli_on_the_whole_corpus_in_one_run(corpus):
             failures[c.name] = _check_message(errors[key], c, c.match)
     assert not failures, json.dumps(failures, indent=1, ensure_ascii=False)
     assert len(results) + len(errors) == len(files)
-    assert maxrss_mb < 3000, maxrss_mb       # (about 0.9 GB: the 2 h / 200 MB files were not decoded)
+    assert 300 < maxrss_mb < 3000, maxrss_mb   # (about 1.1 GB: the 2 h / 200 MB files were not decoded)
     REPORT["cli"] = {"files": len(files), "predictions": len(results), "errors": len(errors),
                      "seconds": round(took, 1), "max_rss_mb": round(maxrss_mb)}
 
