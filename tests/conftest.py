@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks.load_test import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
 
@@ -110,13 +112,7 @@ class AppProcess:
 
     def stop(self) -> str:
         """Terminate (kill after 20 s); the output."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
+        stop_process(self.proc)
         return self.output()
 
     def __enter__(self) -> "AppProcess":
