@@ -303,14 +303,19 @@ TRIMMED_VAD = "trimmed-vad:"  # ... where the voice activity detector hears no s
 TRIM_PREFIXES = {"energy": TRIMMED, "vad": TRIMMED_VAD}
 
 
+SPAN = "span"                # speech.trim mode: the whole clip is encoded (as the ASR hears it) and
+                             # only the frames of its speech span are pooled (mel_speech_span)
+
+
 def trim_prefix(trim: Union[bool, str, None]) -> str:
     """The feature-name prefix of a bundle's `speech.trim`: false/absent -> no trimming, true (old
-    bundles) or "energy" -> energy trimming, "vad" -> trimming by the VAD."""
-    if trim is None or trim is False:
+    bundles) or "energy" -> energy trimming, "vad" -> trimming by the VAD; "span" -> none (the
+    model cuts its frames to the speech span itself: speech.SpeechEmotionModel)."""
+    if trim is None or trim is False or trim == SPAN:
         return ""
     method = "energy" if trim is True else trim
     if method not in TRIM_PREFIXES:
-        raise EmodemoError(f"unknown speech.trim {trim!r}; use true, false, \"energy\" or \"vad\"")
+        raise EmodemoError(f"unknown speech.trim {trim!r}; use true, false, \"energy\", \"vad\" or \"span\"")
     return TRIM_PREFIXES[method]
 
 
@@ -340,6 +345,23 @@ def trim_bounds(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float
     if not on.size:
         return 0, x.size
     return int(max(0, (on[0] - keep) * hop)), int(min(x.size, (on[-1] + 1 + keep) * hop))
+
+
+def mel_speech_span(mel: torch.Tensor, top_db: float = 40.0, pad: float = 0.1) -> tuple[int, int]:
+    """(first, end) frame of the speech in a Whisper log-mel [T, 80] (`whisper_mel`): the energy
+    rule of `trim_bounds` (10-ms frames more than `top_db` below the loudest are silence, `pad` s
+    kept each side) on the power the log-mel holds (log10 power = 4·x − 4 per bin), so a model
+    can find the span in its own input; (0, T) where nothing stands out."""
+    T = int(mel.shape[0])
+    if T == 0:
+        return 0, 0
+    power = torch.pow(10.0, 4.0 * mel.double() - 4.0).sum(-1)
+    e = 10.0 * torch.log10(power.clamp_min(1e-20))
+    on = torch.nonzero(e > e.max() - top_db).flatten()
+    if not on.numel():
+        return 0, T
+    keep = int(round(pad * 100))
+    return max(0, int(on[0]) - keep), min(T, int(on[-1]) + 1 + keep)
 
 
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ SPEECH_WEIGHTS = "speech.safetensors"
 TEXT_WEIGHTS = "text.safetensors"
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
 LABELS = list(labels.LABELS)              # the seven names, defined once in emodemo.labels
-TRIM_MODES = ("energy", "vad")            # speech.trim: a bool (old bundles: energy) or one of these
+TRIM_MODES = ("energy", "vad", "span")    # speech.trim: a bool (old bundles: energy) or one of these
 DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -61,7 +61,8 @@ class SpeechConfig(_Config):
     hidden: int = 256
     dropout: float = 0.3
     temperature: float = 1.0                 # divides the logits before the softmax
-    trim: Union[bool, str] = False           # cut leading/trailing silence: True/"energy" | "vad"
+    trim: Union[bool, str] = False           # cut leading/trailing silence: True/"energy" | "vad";
+                                             # "span": encode the whole clip, pool its speech span
     heads: int = 1                           # > 1: the mean of several heads (speech.HeadEnsemble)
     adapter: bool = False                    # a fine-tuned bundle's gated residual adapter
     calibrated: bool = False                 # a calibrated bundle's frame shift

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .audio import trim_prefix
+from .audio import SPAN, mel_speech_span, trim_prefix
 from .checkpoint import LoadReport, load_checked  # noqa: F401  (re-exported: speech.load_checked)
 from .errors import EmodemoError
 from .ge2e import GE2E, partial_slices, resemblyzer_weights  # noqa: F401  (re-exported)
@@ -65,6 +65,26 @@ def masked_stats(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     mean = (x * mask).sum(1) / n
     var = ((x - mean[:, None]) ** 2 * mask).sum(1) / n
     return torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1)
+
+
+def speech_spans(feats: torch.Tensor, lengths: Optional[torch.Tensor]) -> list[tuple[int, int]]:
+    """(first, end) log-mel frame of each clip's speech (`audio.mel_speech_span`) in a padded
+    batch of Whisper log-mels [B, T, 80] (`lengths`: valid frames, None: all)."""
+    n = [feats.shape[1]] * feats.shape[0] if lengths is None else [int(x) for x in lengths]
+    return [mel_speech_span(feats[b, :n[b]]) for b in range(feats.shape[0])]
+
+
+def span_frames(frames: torch.Tensor, lengths: torch.Tensor, spans: list[tuple[int, int]],
+                hop: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's frames [B, T', D] cut to its span (log-mel frames; `hop` of them per frame),
+    left-aligned and zero-padded: ([B, T'', D], lengths'' ≥ 1)."""
+    cut = []
+    for b, (a, e) in enumerate(spans):
+        n = int(lengths[b])
+        first = min(a // hop, n - 1)
+        cut.append(frames[b, first:max(first + 1, min(n, -(-e // hop)))])
+    new_len = torch.tensor([len(c) for c in cut], dtype=torch.long)
+    return nn.utils.rnn.pad_sequence(cut, batch_first=True), new_len
 
 
 class EmotionHead(nn.Module):
@@ -194,15 +214,28 @@ class SpeechEmotionModel(nn.Module):
                  head: str = "frames"):
         super().__init__()
         self.backbone = backbone
-        self.trim = trim          # front end cuts leading/trailing silence: True/"energy", "vad" (audio.trim_silence)
+        self.trim = trim          # front end cuts leading/trailing silence: True/"energy", "vad" (audio.trim_silence);
+                                  # "span": the whole clip is encoded, the frames of its speech pooled
         trim_prefix(trim)         # an unknown method is refused when the model is built
+        if trim == SPAN and backbone.feature != "whisper_mel":
+            raise EmodemoError(f"speech.trim \"span\" finds the speech in Whisper's log-mel; the "
+                               f"{type(backbone).__name__} backbone reads {backbone.feature!r}: use "
+                               "true, \"energy\" or \"vad\"")
         self.head = build_head(backbone.frame_dim, n_classes, hidden, dropout, heads, head)
         self.adapter = ResidualAdapter(2 * backbone.frame_dim, n_classes) if adapter else None
         self.calibration = FrameShift(backbone.frame_dim) if calibrated else None
 
+    def backbone_frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+        """The backbone's frames of what the head pools (trim "span": the speech span of the
+        whole clip's frames) and their lengths."""
+        frames, out_len = self.backbone.frames(feats, lengths)
+        if self.trim == SPAN:
+            frames, out_len = span_frames(frames, out_len, speech_spans(feats, lengths))
+        return frames, out_len
+
     def frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
-        """Backbone frames (moved by the calibration shift, if any) and their lengths."""
-        frames, lengths = self.backbone.frames(feats, lengths)
+        """`backbone_frames` moved by the calibration shift (if any), and their lengths."""
+        frames, lengths = self.backbone_frames(feats, lengths)
         return (frames if self.calibration is None else self.calibration(frames)), lengths
 
     @property
@@ -236,17 +269,20 @@ class SpeechEmotionModel(nn.Module):
     def shares_encoder_with(self, source: Optional[str]) -> bool:
         """Whether one backbone pass can also give the ASR its encoder output: a Whisper backbone
         (not combined with GE2E) whose encoder is exactly the ASR model's (`source`), on the clip
-        as the ASR hears it. Not with `trim`: Whisper transcribes a clip cut 0.1 s before the
+        as the ASR hears it: no trimming, or trim "span" (the whole clip encoded, its speech span
+        pooled). Not with a trimmed front end: Whisper transcribes a clip cut 0.1 s before the
         speech much worse (espeak-ng, 21 sentences in 4 languages: WER 0.28 -> 0.48, repetition
-        loops; benchmarks/README.md), so a trimming bundle's branches encode separately."""
+        loops; benchmarks/README.md), so such a bundle's branches encode separately."""
         shares = getattr(self.backbone, "shares_weights", None)
-        return bool(shares and not self.trim and shares(source))
+        return bool(shares and not trim_prefix(self.trim) and shares(source))
 
     def logits_and_encoding(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [1, C], the Whisper encoder output of the clip's window [1, T'', n_state]) of
         one clip of at most 30 s (feats [1, T, n_mels]) from one backbone pass; for a backbone
         that `shares_encoder_with` the ASR."""
         frames, lengths, encoded = self.backbone.clip_outputs(feats)
+        if self.trim == SPAN:
+            frames, lengths = span_frames(frames, lengths, speech_spans(feats, None))
         if self.calibration is not None:
             frames = self.calibration(frames)
         return self._logits(frames, lengths), encoded

@@ -255,3 +255,50 @@ def test_a_bundle_that_trained_encoder_blocks_no_longer_shares_the_asrs_encoder(
     assert model.shares_encoder_with(TINY_EN)
     load_delta(model, with_block, "a trained block")
     assert not model.shares_encoder_with(TINY_EN) and model.backbone.source is None
+
+
+def _speech_in_silence(clips) -> tuple[np.ndarray, tuple[int, int]]:
+    """0.8 s of faint noise, the speech clip, 1.2 s of faint noise; the speech's sample span."""
+    rng = np.random.default_rng(1)
+    speech = clips["speech"]
+    lead, tail = (0.001 * rng.standard_normal(int(s * 16000)).astype(np.float32) for s in (0.8, 1.2))
+    return np.concatenate([lead, speech, tail]), (lead.size, lead.size + speech.size)
+
+
+def test_the_speech_span_is_found_in_whispers_log_mel_as_in_the_waveform(clips):
+    wav, (s, e) = _speech_in_silence(clips)
+    a, b = A.mel_speech_span(A.features("whisper_mel", wav))
+    start, end = A.trim_bounds(wav)                      # the waveform's energy rule (trimmed bundles)
+    assert abs(a * 160 - start) <= 3 * 160 and abs(b * 160 - end) <= 3 * 160, (a, b, start, end)
+    assert s - 0.15 * 16000 <= a * 160 <= s + 0.6 * 16000 and b * 160 <= e + 0.15 * 16000
+    assert A.mel_speech_span(torch.zeros(50, 80)) == (0, 50)      # nothing stands out: all of it
+
+
+def test_span_trim_encodes_the_whole_clip_and_pools_its_speech(whisper_bb, clips):
+    """trim "span": frames of ONE pass over the whole clip (the ASR's input) cut to the speech
+    span; the same alone, in a padded batch, through clip_outputs (the shared ASR pass) and in the
+    training features (layer statistics), so a head trained on them reads serving exactly."""
+    from emodemo.speech import masked_stats
+    from emodemo.training.features import layer_stats_extractor, stats_view
+    wav, _ = _speech_in_silence(clips)
+    model = SpeechEmotionModel(whisper_bb, 3, trim="span", head="pooled").eval()
+    f = A.features(model.feature, wav)
+    assert model.feature == "whisper_mel" and model.shares_encoder_with(whisper_bb.source)
+    a, b = A.mel_speech_span(f)
+    with torch.inference_mode():
+        whole, n = whisper_bb.frames(f[None])
+        span, m = model.backbone_frames(f[None])
+        x, lengths = batch([A.features("whisper_mel", clips["short"]), f])
+        in_batch, mb = model.backbone_frames(x, lengths)
+        shared, ms, _ = whisper_bb.clip_outputs(f[None])
+        logits, _ = model.logits_and_encoding(f[None])
+    assert int(m[0]) == -(-b // 2) - a // 2 < int(n[0])
+    assert torch.equal(span[0, :int(m[0])], whole[0, a // 2: -(-b // 2)])
+    assert int(mb[1]) == int(m[0]) and torch.allclose(in_batch[1, :int(m[0])], span[0], atol=1e-4)
+    assert torch.allclose(logits, model(f[None]), atol=1e-4)
+    stats = layer_stats_extractor(whisper_bb, "whisper_mel", span=True)([wav])[0]
+    assert torch.allclose(stats_view(stats[None], [1, 2, 3, 4]), masked_stats(span, m), atol=1e-4)
+    trimmed = SpeechEmotionModel(whisper_bb, 3, trim=True, head="pooled")
+    assert trimmed.feature == "trimmed:whisper_mel" and not trimmed.shares_encoder_with(whisper_bb.source)
+    with pytest.raises(EmodemoError, match="span"):
+        SpeechEmotionModel(build_backbone("ge2e", pretrained=False), 3, trim="span")

@@ -51,7 +51,7 @@ def clip_frames(speech, paths: Sequence[str | Path], progress: Optional[Callable
     used (path, reason). Extracted by training.features, the one extractor."""
     speech.eval()
     dim, skipped = int(speech.backbone.frame_dim), []
-    rows = FT.extract_all(paths, FT.pooled_extractor(speech.backbone.frames, speech.feature, speech.head),
+    rows = FT.extract_all(paths, FT.pooled_extractor(speech.backbone_frames, speech.feature, speech.head),
                           progress=progress, failed=skipped)
     means = [r[:dim].float() for r in rows]
     return means, np.array([torch.softmax(r[2 * dim:], -1).double().numpy() for r in rows]), skipped

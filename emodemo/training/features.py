@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .. import audio as A
 from ..data import Item, corpus_of
 from ..errors import AudioError, DataError
-from ..speech import masked_stats
+from ..speech import masked_stats, span_frames, speech_spans
 from .loops import pad_frames
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,11 @@ def stats_layers(backbone: nn.Module) -> list:
     return list(range(len(backbone.encoder.blocks) + 1)) + [FINAL]
 
 
-def layer_stats_extractor(backbone: nn.Module, feature: str) -> BatchExtractor:
+def layer_stats_extractor(backbone: nn.Module, feature: str, span: bool = False) -> BatchExtractor:
     """Per-layer pooled statistics [L, 4·n_state] of a frozen Whisper backbone for a batch of
     waveforms (front end `feature`, e.g. 'trimmed:whisper_mel'); each clip encoded in its own
-    window, so batching does not change the numbers."""
+    window, so batching does not change the numbers. `span`: only the frames of each clip's
+    speech span are pooled (a bundle's trim "span", as `SpeechEmotionModel.backbone_frames`)."""
     backbone.eval()
     layers = stats_layers(backbone)
 
@@ -109,11 +110,12 @@ def layer_stats_extractor(backbone: nn.Module, feature: str) -> BatchExtractor:
         feats = [A.features(feature, w) for w in wavs]
         x, lengths = pad_frames(feats)
         outs, n = backbone.layer_outputs(x, lengths, layers=layers)
+        spans = speech_spans(x, lengths) if span else None
         rows = []
         for l in layers:
-            h = outs[l]
+            h, n_l = (outs[l], n) if spans is None else span_frames(outs[l], n, spans)
             ln = F.layer_norm(h, (h.shape[-1],))
-            rows.append(torch.cat([masked_stats(h, n), masked_stats(ln, n)], -1))   # [B, 4·n_state]
+            rows.append(torch.cat([masked_stats(h, n_l), masked_stats(ln, n_l)], -1))   # [B, 4·n_state]
         return list(torch.stack(rows, 1))                                         # B x [L, 4·n_state]
     return extract
 
@@ -280,6 +282,7 @@ def cached_layer_stats(items: Sequence[Item], speech_cfg: dict, root: str | Path
         if backbone is None:
             from ..speech import build_backbone
             backbone = build_backbone(str(cfg["backbone"]), cfg.get("source"))
-        feature = (A.TRIMMED if cfg.get("trim") else "") + backbone.feature
-        extract = layer_stats_extractor(backbone, feature)
+        trim = cfg.get("trim")
+        feature = A.trim_prefix(trim) + backbone.feature
+        extract = layer_stats_extractor(backbone, feature, span=trim == A.SPAN)
     return torch.stack(cache.load(items, extract, desc="layer stats", batch_size=batch_size))

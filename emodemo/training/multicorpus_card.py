@@ -80,7 +80,10 @@ def shipped_row(bcfg: dict, cfg: dict, sv: dict) -> str:
 
 
 def _speech_row(sc: dict, mc: dict, sv: dict) -> str:
-    trim = ", leading/trailing silence trimmed first" if sc.get("trim") else ""
+    trim = ("" if not sc.get("trim") else
+            ", run on the whole clip (the ASR's own window, so one encoder pass serves both branches) "
+            "and pooled over the clip's speech span only" if sc.get("trim") == "span" else
+            ", leading/trailing silence trimmed first")
     if sc.get("head") == "pooled":
         norm = ("; a second linear head reads each clip relative to its recording's mean clip "
                 "(per-recording normalisation, below)" if sc.get("normalize") is not None else "")
