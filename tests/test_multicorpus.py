@@ -317,3 +317,24 @@ def test_fit_probe_on_principal_components_folds_back_to_all_dimensions():
     probe, hist, best = MC.fit_probe(tr, tr_items, va, corpora, LABELS, MC.ProbeOptions([1e-2], components=8))
     assert probe.out.weight.shape == (len(LABELS), 40) and len(hist) == 1
     assert torch.linalg.matrix_rank(probe.out.weight.detach()) <= 8
+
+
+def test_refit_adds_the_validation_speakers_with_the_chosen_l2_and_temperature():
+    """recipe `speech.multicorpus.refit`: the L2 strength and temperature are chosen on the
+    validation speakers, then the head is fitted again on train + validation: it sees their
+    voices (its scaler's mean moves to the mean of both) and selection history is kept."""
+    from emodemo.training import pooled as P
+    corpora, feats = _offset_corpora(seed=3)
+    plain, info = P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-3, 1e-1]), normalize=False)
+    refit, info_r = P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-3, 1e-1], refit=True), normalize=False)
+    tr, _ = MC.gather(corpora, "train", feats, LABELS)
+    va, _ = MC.gather(corpora, "val", feats, LABELS)
+    both = torch.stack(tr.xs + va.xs)
+    assert torch.allclose(plain.mean[:16], torch.stack(tr.xs).mean(0), atol=1e-4)
+    assert torch.allclose(refit.mean[:16], both.mean(0), atol=1e-4)
+    assert info_r["single"]["history"] == info["single"]["history"]
+    assert info_r["single"]["temperature"] == info["single"]["temperature"]
+    assert not torch.allclose(refit.out.weight, plain.out.weight)
+    val_ua = [np.mean([r["UA"] for r in P.pooled_report(h, corpora, feats, LABELS, normalize=False)["val"].values()])
+              for h in (plain, refit)]
+    assert val_ua[1] > val_ua[0], val_ua                                  # the validation voices are in-sample now

@@ -372,12 +372,14 @@ def principal_basis(xs: torch.Tensor, k: int) -> Optional[torch.Tensor]:
 @dataclass
 class ProbeOptions:
     """How `fit_probe` fits: the L2 strengths tried, the `absent` share of masked_loss, the
-    principal directions used (0: all dimensions), per-corpus loss weights, L-BFGS iterations."""
+    principal directions used (0: all dimensions), per-corpus loss weights, L-BFGS iterations,
+    and whether the pooled head is refitted on train + validation speakers (`pooled.fit_pooled`)."""
     l2_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     absent: float = 0.0
     components: int = 0
     corpus_weight: Optional[dict[str, float]] = None
     max_iter: int = 200
+    refit: bool = False           # fit_pooled: refit on train + validation with the chosen L2
 
 
 def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],

@@ -17,6 +17,7 @@ corpora):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -73,7 +74,9 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
                normalize: bool, names: Optional[list[str]] = None) -> tuple[PooledHead, dict]:
     """A PooledHead fitted on the training speakers of the named corpora (selection on their
     validation speakers); temperatures fitted on the validation speakers and folded into the
-    output layers. Returns (head, {"single": {...}, "normalised": {...}})."""
+    output layers. `options.refit`: then fitted again on training + validation speakers with the
+    chosen L2 strength and the temperature found before (more voices; the validation numbers of
+    the result are in-sample). Returns (head, {"single": {...}, "normalised": {...}})."""
     tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
     va, va_items = MC.gather(corpora, "val", feats, labels, names)
     head = PooledHead(tr.xs[0].shape[0] // 2, len(labels))
@@ -84,6 +87,8 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
     for path, t, v in paths:
         probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, options)
         temp = _tempered_probe(probe, v, corpora, labels)
+        if options.refit:
+            probe = _refit(probe, hist, (t, tr_items), (v, va_items), corpora, labels, options)
         with torch.no_grad():
             mean, std, out = ((head.mean, head.std, head.out) if path == "single"
                               else (head.norm_mean, head.norm_std, head.norm_out))
@@ -94,6 +99,17 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
         info[path] = {"val_mean_UA": best, "temperature": temp, "history": hist}
     head.has_norm.fill_(bool(normalize))
     return head.eval(), info
+
+
+def _refit(probe: MC.LinearProbe, hist: list[dict], train: tuple, val: tuple, corpora: dict,
+           labels: Sequence[str], options: MC.ProbeOptions) -> MC.LinearProbe:
+    """The probe fitted again on train + validation vectors with the L2 strength `hist` chose."""
+    l2 = max(hist, key=lambda h: h["val_mean_UA"])["l2"]
+    (t, t_items), (v, v_items) = train, val
+    both = MC.Split(t.xs + v.xs, np.concatenate([t.y, v.y]), t.corpus + v.corpus)
+    refit, _, _ = MC.fit_probe(both, list(t_items) + list(v_items), v, corpora, labels,
+                               dataclasses.replace(options, l2_grid=(l2,)))
+    return refit
 
 
 @torch.inference_mode()

@@ -80,6 +80,8 @@ class MulticorpusRecipe(_Section):
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])   # pooled head
     corpus_weight: Optional[dict] = None            # {corpus: weight} in the balanced loss (default 1)
     components: int = 0                             # pooled head: fit on this many principal directions
+    refit: bool = False                             # pooled head: once the L2 strength is chosen on the
+                                                    # validation speakers, fit again on train + validation
 
     def check(self, where: str) -> None:
         for name in ("epochs", "min_class_clips"):
