@@ -6,16 +6,16 @@ same 5-s clip in the same process (one torch thread, one CTranslate2 thread), an
 Rows (each timed round-robin with the wav2vec2 reference, median of --reps after a warm-up):
   wav2vec2-base         Wav2Vec2ForSequenceClassification(Wav2Vec2Config()) forward (reference)
   en (base)             predict() end to end on 5 s of English (language id + transcription).
-                        v7 trims silence before its encoder, so it cannot share the ASR's encoder
-                        pass (a bundle that does not trim does: recognizer `_one_encoder_pass`);
-                        its speech branch and the ASR then run side by side (the ASR in a worker
-                        thread), so wall time can use two cores: compare the CPU column too
-  en (base, sequential) the same work one branch after the other on one core
+                        v8 encodes the whole clip and pools its speech span, so ONE encoder pass
+                        serves both branches (recognizer `_one_encoder_pass`: the ASR decodes the
+                        speech backbone's encoder output); a bundle that trims before its encoder
+                        (v7) runs the ASR in a worker thread beside its speech branch instead
+  en (base, two passes) the audio branch, then the ASR encoding the clip again (v7's work, one core)
   en (tiny.en)          the same with `--asr tiny.en` (PRESETS["tiny.en"])
   es (base)             5 s of Spanish: language id + transcription + translation (2 decodings
                         of one encoder output)
-  es (base, encode x2)  the same, encoding twice (faster-whisper's own path would): what
-                        "encode once, generate twice" saves
+  es (base, encode x2)  the audio branch, then the ASR encoding once per task (faster-whisper's
+                        own path would): what "one encoder pass for everything" saves
   base encoder          one encoder pass of the clip window alone
 Targets (issue #21): en <= 0.45x, non-English with translation <= 0.70x, peak RSS <= 1.5 GB.
 """
@@ -121,7 +121,7 @@ def main() -> None:
 
     fns = {"wav2vec2-base": w2v_forward,
            "en (base)": lambda: rec.predict((en, SR)),
-           "en (base, sequential)": lambda: (rec.audio_proba(en), rec.recognize(en)),
+           "en (base, two passes)": lambda: (rec.audio_proba(en), rec.recognize(en)),
            "en (tiny.en)": lambda: tiny.predict((en, SR)),
            "es (base)": lambda: rec.predict((es, SR)),
            "es (base, encode x2)": lambda: (rec.audio_proba(es), encode_twice()),

