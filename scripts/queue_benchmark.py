@@ -14,6 +14,8 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * queue-embedding: coverage over the stored audio embedding (``QueueOptions(space="embedding")``).
 * queue-uncertainty / queue-balanced: the earlier order, the model's least sure clip first
   (``order="uncertainty"``; balanced: the most uncertain clip of each predicted label in turn).
+* queue-hybrid: ``order="hybrid"`` (`rank.hybrid_order`): coverage of the probabilities weighted
+  by the model's uncertainty, after a floor of `rank.LABEL_FLOOR` clips per predicted label.
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
@@ -164,7 +166,8 @@ def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE
 
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
-          "queue-balanced": {"order": "uncertainty", "balance_labels": True}}
+          "queue-balanced": {"order": "uncertainty", "balance_labels": True},
+          "queue-hybrid": {"order": "hybrid"}}
 
 
 def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:
