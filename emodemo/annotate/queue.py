@@ -48,12 +48,14 @@ __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progres
 class QueueOptions:
     """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
-    annotator; order: how clips nobody voted on yet are served, "coverage" (spread over the
-    clips' embeddings, typical clips first: beats random on the benchmark) or "uncertainty" (the
-    model's least sure first) or "hybrid" (coverage weighted by the uncertainty, after
-    `rank.LABEL_FLOOR` clips of each predicted label); space: what "coverage"/"hybrid" spreads over, the fused "probabilities"
-    (the default: it won on nEMO) or the stored audio "embedding" (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority
-    shown, and the "uncertainty" order); transcribe: pre-label with the ASR transcript (else
+    annotator; order: how clips nobody voted on yet are served, "coverage" (the default: spread
+    over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure
+    first) or "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
+    each predicted label); none beats random choice on average in scripts/queue_benchmark.py's
+    leave-one-corpus-out runs; space: what "coverage"/"hybrid" spreads over, the fused
+    "probabilities" (the default: it won on nEMO) or the stored audio "embedding"
+    (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority shown, and
+    the "uncertainty" and "hybrid" orders); transcribe: pre-label with the ASR transcript (else
     audio only); max_len: recordings longer than this (s) are cut into segments;
     balance_labels (order "uncertainty" only): serve those clips in turns by the model's label
     (the most uncertain of each label first)."""

@@ -11,10 +11,12 @@ then annotators' disagreement.
   has voted on: typical clips far from what is covered first (TypiClust's typicality times the
   k-center distance; see the function). From a cold start on a new corpus the model's least
   sure clips are the ones it confuses, and its confident answers are often wrong: uncertainty
-  order covers the clips badly and lost to random choice on the benchmark; coverage wins
-  (scripts/queue_benchmark.py).
+  order covers the clips badly and lost to random choice on the benchmark; coverage, the
+  default, beat random on the Korean leave-one-corpus-out run but not on nEMO, and no order
+  beats random on average over both (scripts/queue_benchmark.py).
 * `hybrid_order(emb, covered, unc, labels)`: the "hybrid" serving order, coverage weighted by the
-  model's uncertainty with a floor of clips per predicted label (see the function).
+  model's uncertainty with a floor of clips per predicted label (see the function); it lost to
+  random and to coverage over both corpora, so it is an option, not the default.
 """
 from __future__ import annotations
 
