@@ -77,11 +77,15 @@ model's uncertainty, after 4 clips of each predicted label. Korean confirmation,
 | queue-hybrid | 0.375 | 25 / 50 | 0.631 / 0.856 |
 | random, 3 seeds | 0.375 | 25 | 0.727 +- 0.032 (0.756, 0.731, 0.694) |
 | random, 3 seeds | 0.375 | 50 | 0.871 +- 0.042 (0.906, 0.881, 0.825) |
+| extra, n = 100 (71% of the pool; `--n 100`, run after the verdict below) | 0.375 | 100 | coverage 0.938, hybrid 0.963, random 0.923 +- 0.004 (0.919, 0.925, 0.925) |
 
 Mean over n and both corpora: random 0.681, coverage 0.652, hybrid 0.637. No queue order wins on
 average, so coverage stays the default (it wins on the Korean corpus, 0.809 vs 0.799, and loses
 on nEMO). The hybrid avoids coverage's refused fine-tune on nEMO but under-samples the classes
 the base is sure of (nEMO n=50: 4 neutral; Korean n=25: 2 neutral, 11 happy of 25 clips).
+With the extra Korean n = 100 counted the verdict stands (random 0.701, coverage 0.674, hybrid
+0.673). The Korean results are runs/qb-loco-ko/results-queue-queue-hybrid-random.json (renamed
+results-n25-50.json / results-n100.json there, one per command).
 
 Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
 leave-one-corpus-out; the order was chosen on these nEMO numbers):
