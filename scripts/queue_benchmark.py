@@ -14,6 +14,8 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * queue-embedding: coverage over the stored audio embedding (``QueueOptions(space="embedding")``).
 * queue-uncertainty / queue-balanced: the earlier order, the model's least sure clip first
   (``order="uncertainty"``; balanced: the most uncertain clip of each predicted label in turn).
+* queue-hybrid: ``order="hybrid"`` (`rank.hybrid_order`): coverage of the probabilities weighted
+  by the model's uncertainty, after a floor of `rank.LABEL_FLOOR` clips per predicted label.
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
@@ -41,11 +43,14 @@ about 4 min + 5 min), so neither pool nor test speakers were ever heard:
         --pool-every 2 --test-every 4 --work runs/qb-loco-nemo
     python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
         --pool-every 2 --test-every 4 --work runs/qb-loco-nemo --how queue-embedding queue-uncertainty
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb-loco-nemo --how queue-hybrid
 
 | nEMO, LOCO base (pool 460 / test 269) | base UA | n | unseen-speaker UA |
 |---|---|---|---|
 | queue (coverage, default) | 0.398 | 50 | 0.398 (fine-tune refused, exit 3: base kept) |
 | queue (coverage, default) | 0.398 | 100 | 0.593 |
+| queue-hybrid | 0.398 | 50 / 100 | 0.525 / 0.534 |
 | queue-embedding | 0.398 | 50 / 100 | 0.555 / 0.554 |
 | queue-uncertainty | 0.398 | 50 / 100 | 0.447 / 0.612 |
 | random, 3 seeds | 0.398 | 50 | 0.548 +- 0.054 (0.584, 0.486, 0.575) |
@@ -55,8 +60,32 @@ The queue's default order does NOT win on average here (0.495 vs random 0.562 ov
 at n=50 it picks typical clips the base already gets right (base UA 0.56 on its own held-out
 corrections), so the adapter does not beat the base in cross-validation and finetune keeps the
 base; at n=100 it is above all three random seeds (+0.016 over their mean). Neither other order
-wins on average either (embedding 0.555, uncertainty 0.529). One corpus; the Korean confirmation
-(`python scripts/loco_base.py emotiontts-ko`, then the same with --corpus emotiontts-ko) was not run.
+wins on average either (hybrid 0.530, embedding 0.555, uncertainty 0.529).
+
+The hybrid order (`rank.hybrid_order`) was designed after the runs above and fixed (commit
+"annotate: hybrid serving order") before any run on the Korean corpus: coverage gain x the
+model's uncertainty, after 4 clips of each predicted label. Korean confirmation, the pool has
+140 clips (7 speakers), so n = 25 / 50 (100 would be most of the pool):
+
+    python scripts/loco_base.py emotiontts-ko   # or, with the bundle trained: finetune-pack --per-class 16
+    python scripts/queue_benchmark.py --base runs/loco-emotiontts-ko/bundle --corpus emotiontts-ko \
+        --work runs/qb-loco-ko --n 25 50 --how queue queue-hybrid random
+
+| EmotionTTS Korean, LOCO base (pool 140 / test 160) | base UA | n | unseen-speaker UA |
+|---|---|---|---|
+| queue (coverage, default) | 0.375 | 25 / 50 | 0.769 / 0.850 |
+| queue-hybrid | 0.375 | 25 / 50 | 0.631 / 0.856 |
+| random, 3 seeds | 0.375 | 25 | 0.727 +- 0.032 (0.756, 0.731, 0.694) |
+| random, 3 seeds | 0.375 | 50 | 0.871 +- 0.042 (0.906, 0.881, 0.825) |
+| extra, n = 100 (71% of the pool; `--n 100`, run after the verdict below) | 0.375 | 100 | coverage 0.938, hybrid 0.963, random 0.923 +- 0.004 (0.919, 0.925, 0.925) |
+
+Mean over n and both corpora: random 0.681, coverage 0.652, hybrid 0.637. No queue order wins on
+average, so coverage stays the default (it wins on the Korean corpus, 0.809 vs 0.799, and loses
+on nEMO). The hybrid avoids coverage's refused fine-tune on nEMO but under-samples the classes
+the base is sure of (nEMO n=50: 4 neutral; Korean n=25: 2 neutral, 11 happy of 25 clips).
+With the extra Korean n = 100 counted the verdict stands (random 0.701, coverage 0.674, hybrid
+0.673). The Korean results are runs/qb-loco-ko/results-queue-queue-hybrid-random.json (renamed
+results-n25-50.json / results-n100.json there, one per command).
 
 Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
 leave-one-corpus-out; the order was chosen on these nEMO numbers):
@@ -164,7 +193,8 @@ def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE
 
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
-          "queue-balanced": {"order": "uncertainty", "balance_labels": True}}
+          "queue-balanced": {"order": "uncertainty", "balance_labels": True},
+          "queue-hybrid": {"order": "hybrid"}}
 
 
 def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:

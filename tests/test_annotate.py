@@ -19,7 +19,7 @@ import soundfile as sf
 from conftest import ROOT, SR, barrier_wait, espeak, run_threads
 from emodemo.annotate import AnnotationQueue, QueueOptions
 import emodemo
-from emodemo.annotate.rank import EMBED_DIM, compact, coverage_order, tally, uncertainty
+from emodemo.annotate.rank import EMBED_DIM, compact, coverage_order, hybrid_order, tally, uncertainty
 from emodemo.errors import StoreError
 from emodemo.recognizer import Prediction
 from emodemo.store import CorrectionStore
@@ -389,3 +389,47 @@ def test_default_coverage_with_two_clusters_of_probabilities(store, tmp_path):
     assert len(set(first) & unsure) == 1
     with pytest.raises(Exception, match="space must be"):
         QueueOptions(space="pixels")
+
+
+def test_hybrid_order_floor_uncertainty_and_determinism():
+    """The "hybrid" order (rank.hybrid_order): every predicted label gets its floor of clips first
+    (although one label's clips are few and certain), then uncertain clips beat certain ones of
+    the same typicality, every clip is ordered once, and the same input gives the same order."""
+    rng = np.random.default_rng(1)
+    emb = np.r_[rng.normal(0, 0.1, (30, 3)), rng.normal(3, 0.1, (30, 3)), rng.normal(6, 0.1, (5, 3))]
+    labels = ["a"] * 30 + ["b"] * 30 + ["c"] * 5
+    unc = np.r_[np.full(15, 0.9), np.full(15, 0.1), np.full(30, 0.5), np.full(5, 0.05)]
+    none = np.zeros(len(emb), bool)
+    order = hybrid_order(emb, none, unc, labels, floor=2)
+    assert sorted(order) == list(range(len(emb)))
+    assert sorted(labels[i] for i in order[:6]) == ["a", "a", "b", "b", "c", "c"]
+    assert order == hybrid_order(emb, none, unc, labels, floor=2)
+    first_a = [i for i in order if labels[i] == "a"][:6]
+    assert all(i < 15 for i in first_a)                 # label a's unsure half goes first
+    plain = coverage_order(emb, none)
+    assert sum(labels[i] == "c" for i in plain[:6]) <= 1 < 2    # coverage alone: no floor
+    covered = none.copy()
+    covered[[30, 31, 60, 61]] = True                    # b and c have their floor already
+    assert {labels[i] for i in hybrid_order(emb, covered, unc, labels, floor=2)[:2]} == {"a"}
+    assert hybrid_order(emb, none, unc, [None] * len(emb), floor=2)[0] < 15   # no labels: no floor
+
+
+def test_hybrid_is_an_order_of_the_queue(store, tmp_path):
+    """QueueOptions(order="hybrid") serves fresh clips in rank.hybrid_order of their probability
+    vectors, priorities (uncertainty) and predicted labels: an unsure clip first (6 clips at
+    55/45, 2 sure ones at 95/5, all predicted happy), and the order follows votes."""
+    q = AnnotationQueue(store, ClusterModel(), QueueOptions(votes_needed=1, order="hybrid"))
+    q.add(tones(tmp_path / "in", 8))
+    items = sorted(q.items(), key=lambda it: (-it.priority, it.id))     # the queue's base order
+    emb = np.array([[it.probabilities["happy"], it.probabilities["sad"]] for it in items])
+    expect = hybrid_order(emb, np.zeros(8, bool), [it.priority for it in items],
+                          [it.model_label for it in items])
+    assert [it.id for it in q.items()] == [items[i].id for i in expect]
+    first = q.next("ana")
+    assert first.file_name in {f"tone{i}.wav" for i in range(6)}
+    q.vote(first.id, "ana", "happy")
+    covered = np.array([it.id == first.id for it in items])
+    assert q.next("bob").id == items[hybrid_order(emb, covered, [it.priority for it in items],
+                                                  [it.model_label for it in items])[0]].id
+    with pytest.raises(Exception, match="order must be"):
+        QueueOptions(order="random")

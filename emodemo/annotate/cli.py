@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how long a served clip is held (default {DEFAULTS.lease_seconds:g})")
     common.add_argument("--order", choices=ORDERS, default=DEFAULTS.order,
                         help="how clips nobody voted on are served: coverage (typical clips "
-                        "spread over the recordings) or uncertainty (the model's least sure "
-                        f"first) (default {DEFAULTS.order})")
+                        "spread over the recordings), uncertainty (the model's least sure "
+                        "first) or hybrid (coverage weighted by uncertainty, after a few clips of "
+                        f"each predicted label) (default {DEFAULTS.order})")
     parser = argparse.ArgumentParser(prog="emodemo queue",
                                      description="Active-learning annotation queue.")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")

@@ -7,7 +7,9 @@
   more first, those whose votes disagree before the others; then clips nobody voted on.
   "coverage" (the default) serves those in greedy coverage order (`rank.coverage_order`: the
   most typical clip first, then each time the clip that is typical and far from every clip
-  already voted on or being voted on), "uncertainty" the most uncertain first. A clip is done
+  already voted on or being voted on), "uncertainty" the most uncertain first, "hybrid"
+  (`rank.hybrid_order`) coverage weighted by uncertainty, after a floor of clips for each label
+  the model predicts. A clip is done
   with `votes_needed` agreeing votes, or `max_votes` when they disagree.
 * `next(annotator)` leases a clip to one annotator for `lease_seconds` (a conditional UPDATE that
   only succeeds while nobody else holds a live lease: safe on SQLite and PostgreSQL), so people
@@ -36,7 +38,8 @@ from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from .ingest import clips_of, expand, prelabel
-from .rank import ORDERS, RANKINGS, SPACES, coverage_order, embedding_matrix, tally, uncertainty
+from .rank import (ORDERS, RANKINGS, SPACES, coverage_order, embedding_matrix, hybrid_order, tally,
+                   uncertainty)
 
 __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
 
@@ -45,11 +48,14 @@ __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progres
 class QueueOptions:
     """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
-    annotator; order: how clips nobody voted on yet are served, "coverage" (spread over the
-    clips' embeddings, typical clips first: beats random on the benchmark) or "uncertainty" (the
-    model's least sure first); space: what "coverage" spreads over, the fused "probabilities"
-    (the default: it won on nEMO) or the stored audio "embedding" (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority
-    shown, and the "uncertainty" order); transcribe: pre-label with the ASR transcript (else
+    annotator; order: how clips nobody voted on yet are served, "coverage" (the default: spread
+    over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure
+    first) or "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
+    each predicted label); none beats random choice on average in scripts/queue_benchmark.py's
+    leave-one-corpus-out runs; space: what "coverage"/"hybrid" spreads over, the fused
+    "probabilities" (the default: it won on nEMO) or the stored audio "embedding"
+    (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority shown, and
+    the "uncertainty" and "hybrid" orders); transcribe: pre-label with the ASR transcript (else
     audio only); max_len: recordings longer than this (s) are cut into segments;
     balance_labels (order "uncertainty" only): serve those clips in turns by the model's label
     (the most uncertain of each label first)."""
@@ -240,7 +246,7 @@ class AnnotationQueue:
 
     def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
         ordered = sorted(items, key=self._order)
-        if self.options.order == "coverage":
+        if self.options.order in ("coverage", "hybrid"):
             return self._coverage_order(ordered)
         if not self.options.balance_labels:
             return ordered
@@ -261,13 +267,19 @@ class AnnotationQueue:
 
     def _coverage_order(self, ordered: list[QueueItem]) -> list[QueueItem]:
         """Started clips (disagreeing first), then the ones being voted on for the first time,
-        then the fresh ones in `rank.coverage_order` (covered: every clip that has votes or a
-        live lease), then the done ones."""
+        then the fresh ones in `rank.coverage_order` (order "hybrid": `rank.hybrid_order`;
+        covered: every clip that has votes or a live lease), then the done ones."""
         fresh = [not it.done and it.n_votes == 0 and it.leased_by is None for it in ordered]
         emb = embedding_matrix([it.embedding for it in ordered], [it.probabilities for it in ordered],
                                self.options.space)
         started = [it for it, f in zip(ordered, fresh) if not f and not it.done]
-        served = [ordered[i] for i in coverage_order(emb, ~np.array(fresh, bool))]
+        covered = ~np.array(fresh, bool)
+        if self.options.order == "hybrid":
+            order = hybrid_order(emb, covered, [it.priority for it in ordered],
+                                 [it.model_label for it in ordered])
+        else:
+            order = coverage_order(emb, covered)
+        served = [ordered[i] for i in order]
         return started + served + [it for it in ordered if it.done]
 
     def item(self, item_id: int) -> QueueItem:
