@@ -279,8 +279,9 @@ class EmotionRecognizer:
     def _one_encoder_pass(self, wav: np.ndarray) -> tuple[Optional[np.ndarray], Optional[Transcript]]:
         """(audio probabilities, Transcript) from ONE Whisper encoder pass where the speech
         backbone is the ASR model's own encoder, frozen, on the whole clip (a bundle that does not
-        trim: `SpeechEmotionModel.shares_encoder_with`) and the clip fits one 30-s window;
-        (None, None) otherwise (v7 trims, so it encodes twice)."""
+        trim, or trims "span" as v8: `SpeechEmotionModel.shares_encoder_with`) and the clip fits
+        one 30-s window; (None, None) otherwise (a bundle that trims before its encoder, as v7,
+        encodes twice)."""
         asr = self.asr
         decode = getattr(asr, "recognize_encoder_output", None)
         if decode is None or not self.speech.shares_encoder_with(getattr(asr, "source", None)):

@@ -8,7 +8,8 @@ whole clip pooled over the trimmed span only (what a shared pass would give the 
 Prints per corpus: argmax agreement, mean total-variation distance of the probabilities, and UA
 both ways. 2026-12-06, v7, 40 clips per validation spec (seed 0): agreement 0.94 overall, RAVDESS
 0.80 (UA 0.625 -> 0.548), CREMA-D and nEMO 1.00: the silence in the attention context changes the
-frames, so v7 encodes twice (benchmarks/README.md).
+frames, so v7 encoded twice; v8 retrained its head on whole-clip frames (speech.trim "span",
+benchmarks/README.md).
 """
 from __future__ import annotations
 

@@ -85,11 +85,11 @@ def test_default_bundle_is_complete_and_small():
 
 # ---- the typed config (BundleConfig) ---------------------------------------------------------
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-HISTORY = sorted((FIXTURES / "bundle_configs").glob("*.json"))   # models/default/config.json v1-v6
+HISTORY = sorted((FIXTURES / "bundle_configs").glob("*.json"))   # models/default/config.json v1-v7
 
 
 def test_history_fixtures_cover_every_default_version():
-    assert {json.loads(p.read_text())["version"] for p in HISTORY} == {"1", "2", "3", "4", "5", "6"}
+    assert {json.loads(p.read_text())["version"] for p in HISTORY} == {"1", "2", "3", "4", "5", "6", "7"}
 
 
 @pytest.mark.parametrize("path", HISTORY + sorted((ROOT / "models").glob("*/config.json")),

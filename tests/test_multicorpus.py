@@ -335,6 +335,8 @@ def test_refit_adds_the_validation_speakers_with_the_chosen_l2_and_temperature()
     assert info_r["single"]["history"] == info["single"]["history"]
     assert info_r["single"]["temperature"] == info["single"]["temperature"]
     assert not torch.allclose(refit.out.weight, plain.out.weight)
+    assert torch.allclose(info_r["selected_head"].out.weight, plain.out.weight)   # kept for the fusion fit
+    assert "selected_head" not in info
     val_ua = [np.mean([r["UA"] for r in P.pooled_report(h, corpora, feats, LABELS, normalize=False)["val"].values()])
               for h in (plain, refit)]
     assert val_ua[1] > val_ua[0], val_ua                                  # the validation voices are in-sample now

@@ -191,22 +191,25 @@ def test_real_korean_and_polish_speech(recognizer, code):
 
 
 def test_one_encoder_pass_serves_both_branches(recognizer, speech_wav, monkeypatch):
-    """A speech backbone that is the ASR's own Whisper base encoder and hears the clip as the ASR
-    does (no trimming) runs once for both branches (the ASR never encodes), with the same audio
-    probabilities as the audio branch alone and the speech transcribed. The shipped v7 trims
-    silence (Whisper transcribes trimmed clips worse), so it encodes twice, the ASR in a worker
-    thread; so do a bundle that trained encoder blocks and a clip longer than one 30-s window."""
+    """The shipped speech backbone is the ASR's own Whisper base encoder on the clip as the ASR
+    hears it (v8: the whole clip encoded, its speech span pooled), so one pass serves both
+    branches (the ASR never encodes), with the same audio probabilities as the audio branch alone
+    and the speech transcribed. A bundle that trims before its encoder (v7) encodes twice, the
+    ASR in a worker thread; so do a bundle that trained encoder blocks and a clip longer than one
+    30-s window."""
     asr = recognizer.asr
     calls = []
     encode = asr.encode
     monkeypatch.setattr(asr, "encode", lambda mel: calls.append(mel.shape) or encode(mel))
     wav = A.load_audio(speech_wav)
+    assert recognizer.speech.trim == "span"
     shipped = recognizer.predict_wave(wav)
-    assert len(calls) == 1 and {"happy", "news"} <= words(shipped.transcript)
-    monkeypatch.setattr(recognizer.speech, "trim", False)
+    assert not calls and {"happy", "news"} <= words(shipped.transcript)
+    assert np.allclose(list(shipped.audio.values()), recognizer.audio_proba(wav), atol=1e-6)
+    monkeypatch.setattr(recognizer.speech, "trim", True)               # v7: trimmed before the encoder
     pred = recognizer.predict_wave(wav)
     assert len(calls) == 1 and {"happy", "news"} <= words(pred.transcript)
-    assert np.allclose(list(pred.audio.values()), recognizer.audio_proba(wav), atol=1e-6)
+    monkeypatch.setattr(recognizer.speech, "trim", "span")
     long = np.concatenate([wav] * 11)                        # ~36 s: two windows
     recognizer.predict_wave(long)
     assert len(calls) == 3

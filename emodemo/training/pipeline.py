@@ -2,6 +2,8 @@
 IEMOCAP protocol (5-fold leave-one-session-out)."""
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import time
@@ -39,10 +41,28 @@ def _init_models(init, labels: Sequence[str]) -> tuple:
     return speech, text
 
 
+@contextlib.contextmanager
+def _held_apart(speech):
+    """The speech model with the head its validation speakers never trained (a pooled head
+    refitted on train + validation keeps its earlier self as `held_apart_head`), so the fusion is
+    fitted on audio probabilities of unseen speakers."""
+    final, earlier = getattr(speech, "head", None), getattr(speech, "held_apart_head", None)
+    if earlier is None or earlier is final:
+        yield speech
+        return
+    speech.head = earlier
+    try:
+        yield speech
+    finally:
+        speech.head = final
+
+
 def _fusion_on_paired_sets(recipe: Recipe, speech, text, labels: Sequence[str]) -> tuple:
-    """Fit fusion on the paired validation sets (audio + transcript); UA per set, eval sets too."""
+    """Fit fusion on the paired validation sets (audio + transcript, the audio from a head that
+    never trained on them); UA per set, eval sets too (the shipped head)."""
     from ..data import load_spec
-    probs = {s: paired_proba(speech, text, load_spec(s), labels) for s in recipe.fusion.val}
+    with _held_apart(speech):
+        probs = {s: paired_proba(speech, text, load_spec(s), labels) for s in recipe.fusion.val}
     pa = np.concatenate([p[0] for p in probs.values()])
     pt = np.concatenate([p[1] for p in probs.values()])
     yy = np.concatenate([p[2] for p in probs.values()])

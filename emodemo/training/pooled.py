@@ -76,10 +76,13 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
     validation speakers); temperatures fitted on the validation speakers and folded into the
     output layers. `options.refit`: then fitted again on training + validation speakers with the
     chosen L2 strength and the temperature found before (more voices; the validation numbers of
-    the result are in-sample). Returns (head, {"single": {...}, "normalised": {...}})."""
+    the result are in-sample; info["selected_head"] is the head before the refit, for what
+    must still be fitted on unseen speakers: the fusion). Returns (head, {"single": {...},
+    "normalised": {...}})."""
     tr, tr_items = MC.gather(corpora, "train", feats, labels, names)
     va, va_items = MC.gather(corpora, "val", feats, labels, names)
     head = PooledHead(tr.xs[0].shape[0] // 2, len(labels))
+    selected = PooledHead(tr.xs[0].shape[0] // 2, len(labels)) if options.refit else head
     info = {}
     paths = [("single", tr, va)]
     if normalize:
@@ -88,17 +91,27 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
         probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, options)
         temp = _tempered_probe(probe, v, corpora, labels)
         if options.refit:
+            _set_path(selected, path, probe, temp)
             probe = _refit(probe, hist, (t, tr_items), (v, va_items), corpora, labels, options)
-        with torch.no_grad():
-            mean, std, out = ((head.mean, head.std, head.out) if path == "single"
-                              else (head.norm_mean, head.norm_std, head.norm_out))
-            mean.copy_(probe.mean)
-            std.copy_(probe.std)
-            out.weight.copy_(probe.out.weight / temp)
-            out.bias.copy_(probe.out.bias / temp)
+        _set_path(head, path, probe, temp)
         info[path] = {"val_mean_UA": best, "temperature": temp, "history": hist}
-    head.has_norm.fill_(bool(normalize))
-    return head.eval(), info
+    for h in {id(head): head, id(selected): selected}.values():
+        h.has_norm.fill_(bool(normalize))
+        h.eval()
+    if options.refit:
+        info["selected_head"] = selected   # before the refit: validation speakers never seen
+    return head, info
+
+
+def _set_path(head: PooledHead, path: str, probe: MC.LinearProbe, temperature: float) -> None:
+    """Copy a fitted probe (standardisation + output layer / temperature) into one path of a head."""
+    with torch.no_grad():
+        mean, std, out = ((head.mean, head.std, head.out) if path == "single"
+                          else (head.norm_mean, head.norm_std, head.norm_out))
+        mean.copy_(probe.mean)
+        std.copy_(probe.std)
+        out.weight.copy_(probe.out.weight / temperature)
+        out.bias.copy_(probe.out.bias / temperature)
 
 
 def _refit(probe: MC.LinearProbe, hist: list[dict], train: tuple, val: tuple, corpora: dict,

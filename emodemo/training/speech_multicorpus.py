@@ -75,11 +75,15 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
     log.info("speech (pooled head, frozen %s): val mean UA %.3f single%s (%.0f s)", sc.backbone,
              info["single"]["val_mean_UA"], f", {info['normalised']['val_mean_UA']:.3f} normalised"
              if normalize else "", time.time() - t0)
+    selected = info.pop("selected_head", head)      # refit: the head before validation joined training
     report = P.pooled_report(head, corpora, feats, labels, normalize) | {
         "temperature": info["single"]["temperature"], "backbone": sc.backbone, "head": "pooled",
         "splits": _splits(corpora), "dropped_classes": dropped,
         "selection": {k: {"val_mean_UA": v["val_mean_UA"], "temperature": v["temperature"],
                           "l2_grid": v["history"]} for k, v in info.items()}}
+    if selected is not head:                        # validation numbers stay out-of-sample
+        report.update({k: v for k, v in P.pooled_report(selected, corpora, feats, labels, normalize).items()
+                       if k.startswith("val")})
     if mc.loco:
         report["loco"] = P.loco(corpora, feats, labels, options, normalize)
         for left, r in report["loco"].items():
@@ -87,9 +91,10 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
                      r["all"]["UA"], f" ({r['all_normalised']['UA']:.3f} normalised)" if normalize else "",
                      r["all"]["max_share"])
     model.head = head
+    model.__dict__["held_apart_head"] = selected    # not a submodule: never saved (fusion fitting)
     real = [c for c in corpora if not corpora[c].aux]
     va, va_items = MC.gather(corpora, "val", feats, labels, real)
-    pv = P.head_proba(head, va)
+    pv = P.head_proba(selected, va)
     best = MC.select_score({c: r for c, r in report["val"].items() if c in real})
     m = metrics(va.y, pv.argmax(1), len(labels)) | {"mean_UA_over_corpora": best, "multicorpus": report}
     history = [{"epoch": 1, "train_loss": 0.0, "val_UA": best, "val_mean_UA": best}]
