@@ -92,6 +92,14 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq, 0.0))
 
 
+def _nearest_covered(emb: np.ndarray, covered: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Each row's distance to the nearest covered row (inf where nothing is covered)."""
+    near = np.full(len(emb), np.inf)
+    for s in range(0, int(covered.sum()), block):
+        near = np.minimum(near, _distances(emb, emb[covered][s:s + block]).min(1))
+    return near
+
+
 def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.ndarray:
     """1 / mean distance to a clip's k nearest other clips, scaled to max 1 (dense = typical)."""
     n = len(emb)
@@ -119,19 +127,32 @@ def coverage_order(emb: np.ndarray, covered: np.ndarray, weight: Optional[np.nda
     emb = np.asarray(emb, np.float64)
     covered = np.asarray(covered, bool)
     score = typicality(emb, k) ** power * (1.0 if weight is None else np.asarray(weight, float))
-    near = np.full(len(emb), np.inf)
-    for s in range(0, int(covered.sum()), 1024):
-        near = np.minimum(near, _distances(emb, emb[covered][s:s + 1024]).min(1))
+    return _greedy_cover(emb, covered, score, np.full(len(emb), "", object), 0, exact)
+
+
+def _greedy_cover(emb: np.ndarray, covered: np.ndarray, score: np.ndarray, labs: np.ndarray,
+                  floor: int, exact: int) -> list[int]:
+    """The greedy loop of both orders: each next row maximises score x its distance to the nearest
+    covered or ordered row, first among the rows of the least covered label (`labs`, "" = none)
+    while one has fewer than min(floor, its rows); after `exact` picks the rest by that gain."""
     todo = ~covered
+    total = {lab: int((labs == lab).sum()) for lab in sorted(set(labs) - {""})}
+    have = {lab: int(((labs == lab) & covered).sum()) for lab in total}
+    near = _nearest_covered(emb, covered)
     order: list[int] = []
     while todo.any():
         gain = np.where(todo, score * np.where(np.isinf(near), 1.0, near), -np.inf)
-        if len(order) >= exact:
+        short = [lab for lab in total if have[lab] < min(floor, total[lab])]
+        if short:
+            lab = min(short, key=lambda x: (have[x], x))
+            gain = np.where(labs == lab, gain, -np.inf)
+        elif len(order) >= exact:
             rest = np.flatnonzero(todo)
             return order + [int(i) for i in rest[np.argsort(-gain[rest], kind="stable")]]
         i = int(np.argmax(gain))
         order.append(i)
         todo[i] = False
+        have[labs[i]] = have.get(labs[i], 0) + 1
         near = np.minimum(near, _distances(emb, emb[i:i + 1])[:, 0])
     return order
 
@@ -169,27 +190,6 @@ def hybrid_order(emb: np.ndarray, covered: np.ndarray, unc: Sequence[float],
     the next pick is the best clip predicted as the least covered such label (ties: label name),
     so the first fine-tune sees every class the model predicts."""
     emb = np.asarray(emb, np.float64)
-    todo = ~np.asarray(covered, bool)
     score = typicality(emb, k) ** power * np.maximum(np.asarray(unc, float), MIN_WEIGHT)
     labs = np.array(["" if lab is None else str(lab) for lab in labels], object)
-    total = {lab: int((labs == lab).sum()) for lab in sorted(set(labs) - {""})}
-    have = {lab: int(((labs == lab) & ~todo).sum()) for lab in total}
-    near = np.full(len(emb), np.inf)
-    for s in range(0, int((~todo).sum()), 1024):
-        near = np.minimum(near, _distances(emb, emb[~todo][s:s + 1024]).min(1))
-    order: list[int] = []
-    while todo.any():
-        gain = np.where(todo, score * np.where(np.isinf(near), 1.0, near), -np.inf)
-        short = [lab for lab in total if have[lab] < min(floor, total[lab])]
-        if short:
-            lab = min(short, key=lambda x: (have[x], x))
-            gain = np.where(labs == lab, gain, -np.inf)
-        elif len(order) >= exact:
-            rest = np.flatnonzero(todo)
-            return order + [int(i) for i in rest[np.argsort(-gain[rest], kind="stable")]]
-        i = int(np.argmax(gain))
-        order.append(i)
-        todo[i] = False
-        have[labs[i]] = have.get(labs[i], 0) + 1
-        near = np.minimum(near, _distances(emb, emb[i:i + 1])[:, 0])
-    return order
+    return _greedy_cover(emb, np.asarray(covered, bool), score, labs, floor, exact)
