@@ -303,8 +303,7 @@ TRIMMED_VAD = "trimmed-vad:"  # ... where the voice activity detector hears no s
 TRIM_PREFIXES = {"energy": TRIMMED, "vad": TRIMMED_VAD}
 
 
-SPAN = "span"                # speech.trim mode: the whole clip is encoded (as the ASR hears it) and
-                             # only the frames of its speech span are pooled (mel_speech_span)
+SPAN = "span"   # speech.trim: the whole clip encoded (as the ASR hears it), its speech span pooled
 
 
 def trim_prefix(trim: Union[bool, str, None]) -> str:

@@ -77,7 +77,7 @@ def test_calibrate_command_writes_a_bundle_with_the_mean_frame_shift(setting, no
     f = A.features(base.speech.feature, wav)[None]
     n = torch.tensor([f.shape[1]])
     with torch.inference_mode():
-        frames, lengths = base.speech.backbone.frames(f, n)
+        frames, lengths = base.speech.backbone_frames(f, n)      # what the head pools (v8: the speech span)
         by_hand = torch.softmax(base.speech.head(frames + shift, lengths), -1)[0].numpy()
     assert np.allclose(cal.audio_proba(wav), by_hand, atol=1e-4)
     assert np.abs(cal.audio_proba(wav) - base.audio_proba(wav)).max() > 1e-3
