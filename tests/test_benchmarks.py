@@ -146,6 +146,7 @@ def test_peak_rss_sees_an_allocation():
     assert m.method in ("VmHWM", "sampling") and m.peak >= m.start + 40
 
 
+@pytest.mark.slow
 def test_peer_comparison_with_tiny_models():
     peers = inprocess.build_peers(small=True)
     assert set(peers) == {"wav2vec2-base", "hubert-base", "wespeaker-resnet34"}

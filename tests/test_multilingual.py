@@ -190,6 +190,7 @@ def test_real_korean_and_polish_speech(recognizer, code):
     assert identified >= 3 and translated >= 2, (identified, translated)
 
 
+@pytest.mark.slow
 def test_one_encoder_pass_serves_both_branches(recognizer, speech_wav, monkeypatch):
     """The shipped speech backbone is the ASR's own Whisper base encoder on the clip as the ASR
     hears it (v8: the whole clip encoded, its speech span pooled), so one pass serves both

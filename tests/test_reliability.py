@@ -1131,6 +1131,7 @@ def test_store_sql_is_parameterised_only():
         for f in found), found
 
 
+@pytest.mark.slow
 def test_app_binds_to_localhost_unless_told_otherwise(fast_rec, tmp_path, monkeypatch):
     """app.py's resolved launch settings: 127.0.0.1 by default, never a public share link;
     --host, EMODEMO_HOST / GRADIO_SERVER_NAME or a Hugging Face Space change it."""
