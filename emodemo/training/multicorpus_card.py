@@ -176,6 +176,11 @@ def _selection_val(mr: dict) -> dict:
     return {k[len("val_UA_"):]: {"UA": v} for k, v in best.items() if k.startswith("val_UA_")}
 
 
+def _fusion_note(mc: dict) -> str:
+    return (", its audio from the speech head before the refit, which never heard those speakers "
+            "(rows of fitting sets: that head; evaluation rows: the shipped head)" if mc.get("refit") else "")
+
+
 def _per_corpus_rows(mr: dict, corpora: list[str], refit: bool = False) -> str:
     val = _selection_val(mr) if refit else mr["val"]
     return "\n".join(
@@ -237,7 +242,7 @@ calibration error of the top class (15 bins), after the temperature.
 ## Text branch and fusion
 Text macro-F1 on GoEmotions dev: {td['macro_F1']:.3f} (UA {td['UA']:.3f}).
 Fusion fitted on {', '.join(f'`{s}`' for s in cfg['fusion']['val'])} (fused must not lose to the
-branch that carries the information on either kind of input); UA per paired set:
+branch that carries the information on either kind of input){_fusion_note(mc)}; UA per paired set:
 
 | set | audio | text | fused |
 |---|---|---|---|
