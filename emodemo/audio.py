@@ -301,8 +301,6 @@ FEATURES = {"ge2e_mel": ge2e_mel, "fbank80": fbank, "whisper_mel": whisper_mel,
 TRIMMED = "trimmed:"         # feature-name prefix: leading and trailing silence cut off first (energy)
 TRIMMED_VAD = "trimmed-vad:"  # ... where the voice activity detector hears no speech
 TRIM_PREFIXES = {"energy": TRIMMED, "vad": TRIMMED_VAD}
-
-
 SPAN = "span"   # speech.trim: the whole clip encoded (as the ASR hears it), its speech span pooled
 
 
@@ -338,29 +336,31 @@ def trim_bounds(wav: np.ndarray | torch.Tensor, top_db: float = 40.0, pad: float
         return (int(spans[0][0] * SAMPLE_RATE), int(round(spans[-1][1] * SAMPLE_RATE))) if spans else (0, x.size)
     if method != "energy":
         raise EmodemoError(f"unknown trimming method {method!r}; use \"energy\" or \"vad\"")
-    hop, keep = SAMPLE_RATE // 100, int(pad * 100)
-    e = frame_energy_db(x, hop)
-    on = np.flatnonzero(e > e.max() - top_db) if e.size else e
-    if not on.size:
+    hop = SAMPLE_RATE // 100
+    span = _loud_frames(frame_energy_db(x, hop), top_db, pad)
+    if span is None:
         return 0, x.size
-    return int(max(0, (on[0] - keep) * hop)), int(min(x.size, (on[-1] + 1 + keep) * hop))
+    return int(max(0, span[0] * hop)), int(min(x.size, span[1] * hop))
+
+
+def _loud_frames(e: np.ndarray, top_db: float, pad: float) -> Optional[tuple[int, int]]:
+    """The energy rule, once: (first, end) of the 10-ms frames (dB `e`) within `top_db` of the
+    loudest, `pad` s more each side (not clipped); None where there are none."""
+    on = np.flatnonzero(e > e.max() - top_db) if e.size else e
+    keep = int(pad * 100)
+    return (int(on[0]) - keep, int(on[-1]) + 1 + keep) if on.size else None
 
 
 def mel_speech_span(mel: torch.Tensor, top_db: float = 40.0, pad: float = 0.1) -> tuple[int, int]:
-    """(first, end) frame of the speech in a Whisper log-mel [T, 80] (`whisper_mel`): the energy
-    rule of `trim_bounds` (10-ms frames more than `top_db` below the loudest are silence, `pad` s
-    kept each side) on the power the log-mel holds (log10 power = 4·x − 4 per bin), so a model
-    can find the span in its own input; (0, T) where nothing stands out."""
+    """(first, end) frame of the speech in a Whisper log-mel [T, 80] (`whisper_mel`): the energy rule
+    of `trim_bounds` on the power the log-mel holds (log10 power = 4·x − 4 per bin), so a model can
+    find the span in its own input; (0, T) where nothing stands out."""
     T = int(mel.shape[0])
     if T == 0:
         return 0, 0
     power = torch.pow(10.0, 4.0 * mel.double() - 4.0).sum(-1)
-    e = 10.0 * torch.log10(power.clamp_min(1e-20))
-    on = torch.nonzero(e > e.max() - top_db).flatten()
-    if not on.numel():
-        return 0, T
-    keep = int(round(pad * 100))
-    return max(0, int(on[0]) - keep), min(T, int(on[-1]) + 1 + keep)
+    span = _loud_frames((10.0 * torch.log10(power.clamp_min(1e-20))).numpy(), top_db, pad)
+    return (0, T) if span is None else (max(0, span[0]), min(T, span[1]))
 
 
 def features(name: str, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
