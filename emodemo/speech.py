@@ -228,10 +228,14 @@ class SpeechEmotionModel(nn.Module):
     def backbone_frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """The backbone's frames of what the head pools (trim "span": the speech span of the
         whole clip's frames) and their lengths."""
-        frames, out_len = self.backbone.frames(feats, lengths)
-        if self.trim == SPAN:
-            frames, out_len = span_frames(frames, out_len, speech_spans(feats, lengths))
-        return frames, out_len
+        return self._speech_only(*self.backbone.frames(feats, lengths), feats, lengths)
+
+    def _speech_only(self, frames: torch.Tensor, out_len: torch.Tensor, feats: torch.Tensor,
+                     lengths: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone frames cut to each clip's speech span where the bundle trims "span"."""
+        if self.trim != SPAN:
+            return frames, out_len
+        return span_frames(frames, out_len, speech_spans(feats, lengths))
 
     def frames(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None):
         """`backbone_frames` moved by the calibration shift (if any), and their lengths."""
@@ -281,8 +285,7 @@ class SpeechEmotionModel(nn.Module):
         one clip of at most 30 s (feats [1, T, n_mels]) from one backbone pass; for a backbone
         that `shares_encoder_with` the ASR."""
         frames, lengths, encoded = self.backbone.clip_outputs(feats)
-        if self.trim == SPAN:
-            frames, lengths = span_frames(frames, lengths, speech_spans(feats, None))
+        frames, lengths = self._speech_only(frames, lengths, feats, None)
         if self.calibration is not None:
             frames = self.calibration(frames)
         return self._logits(frames, lengths), encoded

@@ -168,23 +168,15 @@ def _data_rows(mr: dict) -> str:
         for c in mr["splits"])
 
 
-def _selection_val(mr: dict) -> dict:
-    """{corpus: validation UA} of the single-clip head when its L2 strength was chosen (before a
-    refit on train + validation speakers, after which validation numbers are in-sample)."""
-    hist = (mr.get("selection", {}).get("single") or {}).get("l2_grid") or []
-    best = max(hist, key=lambda h: h["val_mean_UA"]) if hist else {}
-    return {k[len("val_UA_"):]: {"UA": v} for k, v in best.items() if k.startswith("val_UA_")}
-
-
 def _fusion_note(mc: dict) -> str:
     return (", its audio from the speech head before the refit, which never heard those speakers "
             "(rows of fitting sets: that head; evaluation rows: the shipped head)" if mc.get("refit") else "")
 
 
-def _per_corpus_rows(mr: dict, corpora: list[str], refit: bool = False) -> str:
-    val = _selection_val(mr) if refit else mr["val"]
+def _per_corpus_rows(mr: dict, corpora: list[str]) -> str:
+    """Validation (a refitted head: from its head before the refit, speech_multicorpus) and held-out UA."""
     return "\n".join(
-        f"| {c} | {_f(val.get(c, {}).get('UA'))} | {_f(mr['test'].get(c, {}).get('UA'))} "
+        f"| {c} | {_f(mr['val'].get(c, {}).get('UA'))} | {_f(mr['test'].get(c, {}).get('UA'))} "
         f"| {_f(mr['test'].get(c, {}).get('WA'))} | {_f(mr['test'].get(c, {}).get('ECE'))} | {mr['test'].get(c, {}).get('n', 0)} |"
         for c in corpora)
 
@@ -234,7 +226,7 @@ Text: GoEmotions (Demszky et al. 2020, Apache-2.0), train `{tc['train']}`, dev `
 ## Audio branch per corpus
 | corpus | validation UA | **held-out UA** | held-out WA | held-out ECE | n held-out |
 |---|---|---|---|---|---|
-{_per_corpus_rows(mr, corpora, bool(mc.get('refit')))}
+{_per_corpus_rows(mr, corpora)}
 
 UA is the mean recall over the classes the corpus has, predictions over all 7 classes. ECE: expected
 calibration error of the top class (15 bins), after the temperature.

@@ -3,7 +3,6 @@ IEMOCAP protocol (5-fold leave-one-session-out)."""
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import time

@@ -95,7 +95,7 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
             probe = _refit(probe, hist, (t, tr_items), (v, va_items), corpora, labels, options)
         _set_path(head, path, probe, temp)
         info[path] = {"val_mean_UA": best, "temperature": temp, "history": hist}
-    for h in {id(head): head, id(selected): selected}.values():
+    for h in (head, selected):           # the same head twice without a refit
         h.has_norm.fill_(bool(normalize))
         h.eval()
     if options.refit:
