@@ -5,6 +5,7 @@ plus a deterministic speaker-disjoint split."""
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -331,10 +332,16 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     labels.csv") and the named
     folder corpora `nemo[...]`, `emotiontts-ko[...]`, `crema-d[...]`, `emovo[...]` (under
     SHARED_DATA, same options). A trailing
-    `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch).
+    `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch);
+    `:degrade=K` gives a degraded copy (room, phone or microphone, noise: `emodemo.degrade`) of
+    every K-th item instead, `:codec=K` one through a real speech codec (GSM, Opus, MP3).
     """
     if not isinstance(spec, str):
         return [it for s in spec for it in load_spec(s)]
+    copy = re.fullmatch(r"(.+):(degrade|codec)=(\d+)", spec)
+    if copy:
+        from .degrade import CODEC_TAG, TAG, degraded   # rendered once, then read from disk
+        return degraded(load_spec(copy[1]), int(copy[3]), TAG if copy[2] == "degrade" else CODEC_TAG)
     if ":as=" in spec:
         spec, _, label = spec.rpartition(":as=")
         return [replace(i, label=label, labels=(label,)) for i in load_spec(spec)]

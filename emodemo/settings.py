@@ -23,6 +23,7 @@ here. Hugging Face Space variables (`SPACE_ID`, `OAUTH_CLIENT_ID`) and Gradio's 
 | EMODEMO_VERBOSE | verbose | show library logs at start-up |
 | EMODEMO_TORCH_THREADS, EMODEMO_ASR_THREADS | torch_threads, asr_threads | inference threads |
 | EMODEMO_DATA | data | folder with the training corpora |
+| EMODEMO_DEGRADED_DIR | degraded_dir | where degraded copies of training clips are rendered (default runs/degraded) |
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "admin_token": ("EMODEMO_ADMIN_TOKEN",), "sign_in": ("EMODEMO_SIGN_IN",),
     "verbose": ("EMODEMO_VERBOSE",), "torch_threads": ("EMODEMO_TORCH_THREADS",),
     "asr_threads": ("EMODEMO_ASR_THREADS",), "data": ("EMODEMO_DATA",),
+    "degraded_dir": ("EMODEMO_DEGRADED_DIR",),
 }
 KINDS = {"port": int, "max_duration": float, "long_audio": float, "segment_len": float,
          "torch_threads": int, "asr_threads": int, "no_finetune": bool, "sign_in": bool,
@@ -121,6 +123,7 @@ class Settings:
     torch_threads: Optional[int] = None
     asr_threads: Optional[int] = None
     data: Optional[str] = None
+    degraded_dir: Optional[str] = None
     space_id: Optional[str] = None
     space_oauth: bool = False               # the Space has `hf_oauth: true` (OAUTH_CLIENT_ID set)
     persistent_dir: Optional[str] = None    # /data on a Space with persistent storage

@@ -14,6 +14,8 @@ each row (a backbone and a set of its layers):
     python scripts/compare_backbones.py                      # every row of ROWS
     python scripts/compare_backbones.py --rows base-1-6 tiny-1-4 --corpora ravdess nemo emotiontts-ko
     python scripts/compare_backbones.py --rows span-1-6 --refit --tag span-refit   # v8's choice
+    python scripts/compare_backbones.py --config configs/default-v9.json --rows span-1-6 --refit \
+        --degraded --tag v9-degraded      # trained with degraded copies; measured on degraded ones too
 
 Writes runs/compare/pooled.json and pooled.md. One torch thread.
 """
@@ -61,15 +63,23 @@ def mean(xs) -> float:
     return float(np.mean(list(xs))) if xs else float("nan")
 
 
-def run_row(name: str, corpora: dict, options: MC.ProbeOptions, cache: str) -> dict:
+def run_row(name: str, recipe: Recipe, corpora: dict, options: MC.ProbeOptions, cache: str,
+            degraded: dict) -> dict:
     cfg, rows = ROWS[name]
     feats = P.pooled_feats(cfg, rows, cache)
     t0 = time.time()
     head, info = P.fit_pooled(corpora, feats, LABELS, options, normalize=True)
     rep = P.pooled_report(head, corpora, feats, LABELS, True)
-    loco = P.loco(corpora, feats, LABELS, options, True)
+    rest = P.copy_items({"rest": recipe.speech.train + recipe.speech.val}, corpora, LABELS).get("rest degraded") \
+        if degraded else None
+    loco = P.loco(corpora, feats, LABELS, options, True, rest)
     real = [c for c in corpora if not corpora[c].aux]
-    return {"row": name, "backbone": cfg["backbone"], "layers": rows, "seconds": round(time.time() - t0, 1),
+    deg = {part: {c: r["UA"] for c, r in per.items()} for part, per in
+           P.copies_report((info.get("selected_head", head), head), feats, degraded, LABELS).items()}
+    loco_deg = [r["rest_degraded"]["UA"] for r in loco.values() if "rest_degraded" in r]
+    return {"row": name, "copies_UA": deg, **{f"{part.replace(' ', '_')}_mean_UA": mean(v.values())
+                                               for part, v in deg.items()},
+            "loco_rest_degraded_mean_UA": mean(loco_deg), "backbone": cfg["backbone"], "layers": rows, "seconds": round(time.time() - t0, 1),
             "val_mean_UA": info["single"]["val_mean_UA"], "val_mean_UA_normalised": info["normalised"]["val_mean_UA"],
             "test_UA": {c: rep["test"][c]["UA"] for c in real if c in rep["test"]},
             "test_UA_normalised": {c: rep["test_normalised"][c]["UA"] for c in real if c in rep["test"]},
@@ -86,9 +96,14 @@ def table(results: list[dict]) -> str:
     corp = list(results[0]["test_UA"])
     head = ("| row | val mean UA | LOCO rest UA (single / norm.) | LOCO all UA (single / norm.) | "
             "largest class, LOCO | " + " | ".join(f"held-out {c}" for c in corp) + " |")
-    lines = [head, "|" + "---|" * (5 + len(corp))]
+    head = head.replace("| row |", "| row | degraded copies: val / held-out / LOCO rest UA | codec "
+                        "copies: val / held-out UA |")
+    lines = [head, "|" + "---|" * (7 + len(corp))]
+    g = lambda r, k: r.get(k, float("nan"))  # noqa: E731
     for r in results:
-        lines.append(f"| {r['row']} | {r['val_mean_UA']:.3f} | {r['loco_rest_mean_UA']:.3f} / "
+        lines.append(f"| {r['row']} | {g(r, 'val_degraded_mean_UA'):.3f} / {g(r, 'test_degraded_mean_UA'):.3f} / "
+                     f"{r['loco_rest_degraded_mean_UA']:.3f} | {g(r, 'val_codec_mean_UA'):.3f} / "
+                     f"{g(r, 'test_codec_mean_UA'):.3f} | {r['val_mean_UA']:.3f} | {r['loco_rest_mean_UA']:.3f} / "
                      f"{r['loco_rest_mean_UA_normalised']:.3f} | {r['loco_all_mean_UA']:.3f} / "
                      f"{r['loco_all_mean_UA_normalised']:.3f} | {r['loco_max_share']:.2f} | "
                      + " | ".join(f"{r['test_UA'][c]:.3f}" for c in corp) + " |")
@@ -106,16 +121,21 @@ def main() -> None:
     ap.add_argument("--l2", nargs="+", type=float, help="L2 strengths tried (default: the recipe's)")
     ap.add_argument("--refit", action="store_true", help="refit each head on train + validation "
                     "speakers (recipe speech.multicorpus.refit); rows are named '<row>+refit'")
+    ap.add_argument("--degraded", action="store_true", help="also report UA on degraded copies "
+                    "(emodemo.degrade, every 2nd clip) and real-codec copies (every 4th) of the validation and "
+                    "held-out speakers")
     args = ap.parse_args()
     torch.set_num_threads(1)
     recipe = Recipe.coerce(json.loads(Path(args.config).read_text()))
     corpora = corpora_of(recipe, args.corpora)
+    degraded = P.copy_items({"val": recipe.speech.val, "test": recipe.speech.multicorpus.test}, corpora,
+                            LABELS) if args.degraded else {}
     results = []
     for name in args.rows:
         mc = recipe.speech.multicorpus
         options = MC.ProbeOptions(args.l2 or mc.l2_grid, mc.absent, mc.components, mc.corpus_weight,
                                   refit=args.refit)
-        results.append(run_row(name, corpora, options, args.cache) | ({"row": name + "+refit"} if args.refit else {}))
+        results.append(run_row(name, recipe, corpora, options, args.cache, degraded) | ({"row": name + "+refit"} if args.refit else {}))
         print(table(results[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

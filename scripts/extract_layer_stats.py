@@ -5,6 +5,8 @@ validates and tests on (or of whole corpora) for the backbones compared in compa
     nohup nice -n 5 python scripts/extract_layer_stats.py > runs/extract.log 2>&1 &
     python scripts/extract_layer_stats.py --backbones whisper-base --trim span \\
         --config configs/default-v8.json                     # the specs of a recipe
+    python scripts/extract_layer_stats.py --backbones whisper-base --trim span \
+        --specs "emovo:speakers=emovo_m3:degrade=2"         # given specs (here degraded copies)
 """
 from __future__ import annotations
 
@@ -40,11 +42,12 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     ap.add_argument("--corpora", nargs="+", default=list(CORPORA))
     ap.add_argument("--config", help="take the specs of this recipe instead of --corpora")
+    ap.add_argument("--specs", nargs="+", help="these data specs instead (e.g. 'emovo:speakers=emovo_m3:degrade=2')")
     ap.add_argument("--trim", type=parse_trim, default=True, help="true (energy), vad, span or false")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    specs = recipe_specs(args.config) if args.config else args.corpora
+    specs = args.specs or (recipe_specs(args.config) if args.config else args.corpora)
     for name in args.backbones:
         for spec in specs:
             t = time.time()

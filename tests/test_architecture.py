@@ -28,7 +28,7 @@ MAX_LINES = 450
 
 CORE = {"emodemo", "emodemo.audio", "emodemo.vad", "emodemo.speech", "emodemo.ge2e", "emodemo.resnet",
         "emodemo.checkpoint", "emodemo.whisper_assets", "emodemo.whisper_port", "emodemo.whisper_encoder", "emodemo.text",
-        "emodemo.asr", "emodemo.fusion", "emodemo.bundle", "emodemo.recognizer", "emodemo.data",
+        "emodemo.asr", "emodemo.fusion", "emodemo.bundle", "emodemo.recognizer", "emodemo.data", "emodemo.degrade",
         "emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm", "emodemo.typed"}
 SHARED = {"emodemo.labels", "emodemo.settings", "emodemo.errors", "emodemo.textnorm", "emodemo.typed"}
 # layer -> (rank, module names or package prefixes); a module belongs to exactly one layer

@@ -98,6 +98,9 @@ def _speech_row(sc: dict, mc: dict, sv: dict) -> str:
 def _training_row(sc: dict, mc: dict) -> str:
     common = ("mixed corpora, every corpus the same weight and every class within a corpus the same weight; "
               "each item's loss over the classes its corpus has (a corpus without a class says nothing about it)")
+    if any(":degrade=" in s for s in sc.get("train", [])):
+        common += ("; beside each corpus's clips, a degraded copy of every 2nd training clip (`emodemo.degrade`: "
+                   "room, phone line or microphone, noise; below)")
     if sc.get("head") == "pooled":
         refit = ("; then fitted again on training + validation speakers with that strength and "
                  "temperature (more voices; the validation UA below is from before this refit)"
@@ -158,9 +161,37 @@ together look like ten ordinary ones) or for clips of different speakers and roo
 """
 
 
+def _copies_section(mr: dict, corpora: list[str]) -> str:
+    """UA on degraded copies (emodemo.degrade: room, phone line or microphone, noise at 0-20 dB SNR)
+    and on copies through real codecs the head never trained on (GSM, Opus 8 kbit/s, MP3 24 kbit/s)."""
+    cp = mr.get("copies")
+    if not cp:
+        return ""
+    def cell(part: str, c: str) -> str:
+        return _f((mr.get(part) if " " not in part else cp.get(part, {})).get(c, {}).get("UA"))
+    parts = ("val", "val degraded", "val codec", "test", "test degraded", "test codec")
+    rows = "\n".join(f"| {c} | " + " | ".join(cell(p, c) for p in parts) + " |" for c in corpora)
+    means = {p: _mean(cp.get(p, {}).get(c, {}).get("UA") for c in corpora) for p in parts if " " in p}
+    loco = _loco_means(mr.get("loco", {})).get("rest_degraded")
+    return f"""
+## Other microphones and rooms: degraded and codec copies
+The same speakers' clips as a phone, a far microphone or a noisy room would record them
+(`emodemo.degrade`: a synthetic room, a telephone line or a coloured microphone, white / pink /
+brown noise or babble at 0-20 dB SNR; every 2nd clip), and through real speech codecs it never
+trained on (GSM full rate, Opus 8 kbit/s, MP3 24 kbit/s; every 4th clip). Mean UA over corpora,
+degraded: validation {_f(means.get('val degraded'))}, held-out {_f(means.get('test degraded'))}; codec:
+validation {_f(means.get('val codec'))}, held-out {_f(means.get('test codec'))}; degraded copies of a left-out
+corpus (leave one corpus out, non-held-out speakers): {_f(loco)}.
+
+| corpus | validation UA | degraded | codec | held-out UA | degraded | codec |
+|---|---|---|---|---|---|---|
+{rows}
+"""
+
+
 def _data_rows(mr: dict) -> str:
-    def spk(c: str, part: str) -> str:
-        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part]) or "–"
+    def spk(c: str, part: str) -> str:          # a degraded copy's "speaker" (`x~deg`) is x's
+        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part] if "~" not in s) or "–"
     dropped = mr.get("dropped_classes", {})
     return "\n".join(
         f"| {c} | {CORPUS_INFO.get(c, ('', ''))[0]}{'; classes dropped: ' + ', '.join(dropped[c]) if c in dropped else ''} "
@@ -230,7 +261,7 @@ Text: GoEmotions (Demszky et al. 2020, Apache-2.0), train `{tc['train']}`, dev `
 
 UA is the mean recall over the classes the corpus has, predictions over all 7 classes. ECE: expected
 calibration error of the top class (15 bins), after the temperature.
-{_loco_section(mr.get('loco', {}), labels)}{_normalise_section(sc, mr)}
+{_loco_section(mr.get('loco', {}), labels)}{_normalise_section(sc, mr)}{_copies_section(mr, corpora)}
 ## Text branch and fusion
 Text macro-F1 on GoEmotions dev: {td['macro_F1']:.3f} (UA {td['UA']:.3f}).
 Fusion fitted on {', '.join(f'`{s}`' for s in cfg['fusion']['val'])} (fused must not lose to the

@@ -18,12 +18,14 @@ corpora):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data import Item
+from ..data import Item, load_spec
+from ..degrade import TAG as DEGRADED
 from ..speech import PooledHead
 from . import multicorpus as MC
 from .features import cached_layer_stats, memoised, stats_view
@@ -159,19 +161,32 @@ def corpus_split(feats: Feats, items: Sequence[Item], labels: Sequence[str], nam
     return MC.Split(feats(items), np.array([labels.index(i.label) for i in items], dtype=int), [name] * len(items))
 
 
+def is_degraded(item: Item) -> bool:
+    return item.id.endswith(DEGRADED)
+
+
+def clean(items: Sequence[Item]) -> list[Item]:
+    """The original clips (degraded training copies, `emodemo.degrade`, left out)."""
+    return [i for i in items if not is_degraded(i)]
+
+
 def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
-         normalize: bool) -> dict[str, dict]:
+         normalize: bool, copies: Optional[dict] = None) -> dict[str, dict]:
     """Leave each (non-auxiliary) corpus out once: fit on the others (selection on their validation
     speakers), measure on the left-out corpus's held-out speakers (`test`), on the rest of its
     speakers (`rest`: the number that may decide between settings) and on all of them (`all`),
-    single clips and (with `normalize`) each speaker's clips normalised together (`*_normalised`)."""
+    single clips and (with `normalize`) each speaker's clips normalised together (`*_normalised`);
+    original clips only, and the degraded copies of the rest apart (`rest_degraded`: `copies`
+    {corpus: items} when given, else those the recipe trains on)."""
     out = {}
     for left in [c for c in corpora if not corpora[c].aux]:
         head, info = fit_pooled(corpora, feats, labels, options, normalize,
                                 [c for c in corpora if c != left])
         c = corpora[left]
         res: dict = {"selection_val_mean_UA": info["single"]["val_mean_UA"]}
-        for part, items in (("test", c.test), ("rest", c.train + c.val), ("all", c.train + c.val + c.test)):
+        rest = c.train + c.val
+        for part, items in (("test", clean(c.test)), ("rest", clean(rest)), ("all", clean(rest + c.test)),
+                            ("rest_degraded", (copies or {}).get(left) or [i for i in rest if is_degraded(i)])):
             if not items:
                 continue
             split = corpus_split(feats, items, labels, left)
@@ -191,3 +206,38 @@ def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequenc
         if normalize:
             report[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True))
     return report
+
+
+COPIES = {"degraded": ":degrade=2", "codec": ":codec=4"}   # emodemo.degrade copies measured on
+
+
+def is_copy_spec(spec: str) -> bool:
+    return re.search(r":(degrade|codec)=\d+$", spec) is not None
+
+
+def copy_items(parts: dict[str, Sequence[str]], corpora: dict, labels: Sequence[str]) -> dict:
+    """{"<part> degraded" | "<part> codec": {corpus: items}} for `parts` = {part: data specs}:
+    `degrade` copies of every 2nd clip, real-codec copies of every 4th (auxiliary corpora and
+    classes outside `labels` left out)."""
+    out: dict = {}
+    for part, specs in parts.items():
+        for kind, suffix in COPIES.items():
+            for spec in (s for s in specs if not is_copy_spec(s)):
+                items = [i for i in load_spec(spec + suffix) if i.corpus in corpora and i.label in labels]
+                if items and not corpora[items[0].corpus].aux:
+                    out.setdefault(f"{part} {kind}", {}).setdefault(items[0].corpus, []).extend(items)
+    return out
+
+
+def copies_report(heads: tuple[PooledHead, PooledHead], feats: Feats, copies: dict,
+                  labels: Sequence[str]) -> dict:
+    """`multicorpus.report()` per corpus of each part of `copy_items` (single clips); `heads`:
+    (the head before a refit, for validation speakers; the head, for the others)."""
+    out: dict = {}
+    for part, per in copies.items():
+        head = heads[0] if part.startswith("val") else heads[1]
+        for c, items in per.items():
+            split = corpus_split(feats, items, labels, c)
+            out.setdefault(part, {})[c] = _strip(evaluate_pooled(head, split, items, labels))[c]
+    return out
+

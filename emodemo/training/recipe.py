@@ -82,6 +82,8 @@ class MulticorpusRecipe(_Section):
     components: int = 0                             # pooled head: fit on this many principal directions
     refit: bool = False                             # pooled head: once the L2 strength is chosen on the
                                                     # validation speakers, fit again on train + validation
+    copies: bool = False                            # pooled head: also measure on degraded and real-codec
+                                                    # copies of the validation / held-out clips (degrade.py)
 
     def check(self, where: str) -> None:
         for name in ("epochs", "min_class_clips"):

@@ -84,8 +84,13 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
     if selected is not head:                        # validation numbers stay out-of-sample
         report.update({k: v for k, v in P.pooled_report(selected, corpora, feats, labels, normalize).items()
                        if k.startswith("val")})
+    rest_copies = None
+    if mc.copies:
+        copies = P.copy_items({"val": sc.val, "test": mc.test}, corpora, labels)
+        report["copies"] = P.copies_report((selected, head), feats, copies, labels)
+        rest_copies = P.copy_items({"rest": [*sc.train, *sc.val]}, corpora, labels).get("rest degraded")
     if mc.loco:
-        report["loco"] = P.loco(corpora, feats, labels, options, normalize)
+        report["loco"] = P.loco(corpora, feats, labels, options, normalize, rest_copies)
         for left, r in report["loco"].items():
             log.info("leave out %s: UA %.3f on all its speakers%s; largest class share %.2f", left,
                      r["all"]["UA"], f" ({r['all_normalised']['UA']:.3f} normalised)" if normalize else "",
