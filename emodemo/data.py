@@ -322,6 +322,14 @@ def _int_ranges(s: str) -> list[int]:
     return out
 
 
+COPY_SPEC = re.compile(r"(.+):(degrade|codec)=(\d+)")   # a spec's copies (emodemo.degrade), last option
+
+
+def is_copy_spec(spec: str) -> bool:
+    """Whether a data spec names copies of clips (`...:degrade=K` or `...:codec=K`)."""
+    return COPY_SPEC.fullmatch(spec) is not None
+
+
 def load_spec(spec: str | Sequence[str]) -> list[Item]:
     """Items from a data spec string (or a list of them, concatenated):
 
@@ -338,7 +346,7 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     """
     if not isinstance(spec, str):
         return [it for s in spec for it in load_spec(s)]
-    copy = re.fullmatch(r"(.+):(degrade|codec)=(\d+)", spec)
+    copy = COPY_SPEC.fullmatch(spec)
     if copy:
         from .degrade import CODEC_TAG, TAG, degraded   # rendered once, then read from disk
         return degraded(load_spec(copy[1]), int(copy[3]), TAG if copy[2] == "degrade" else CODEC_TAG)

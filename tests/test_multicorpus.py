@@ -340,3 +340,30 @@ def test_refit_adds_the_validation_speakers_with_the_chosen_l2_and_temperature()
     val_ua = [np.mean([r["UA"] for r in P.pooled_report(h, corpora, feats, LABELS, normalize=False)["val"].values()])
               for h in (plain, refit)]
     assert val_ua[1] > val_ua[0], val_ua                                  # the validation voices are in-sample now
+
+
+def test_loco_and_copies_report_keep_degraded_copies_apart():
+    """Degraded training copies (`emodemo.degrade`, ids ending in its TAG) train the head, but a
+    left-out corpus is measured on its original clips, and on its copies apart (`rest_degraded`)."""
+    import dataclasses
+
+    from emodemo.degrade import TAG
+    from emodemo.training import pooled as P
+    corpora, feats = _offset_corpora()
+    rng = np.random.default_rng(1)
+    noisy = {}
+    for c in corpora.values():
+        copies = [dataclasses.replace(i, id=i.id + TAG, speaker=i.speaker + TAG, audio=i.audio + TAG)
+                  for i in c.train[::2]]
+        for i, orig in zip(copies, c.train[::2]):
+            noisy[i.audio] = feats([orig])[0] + torch.tensor(rng.normal(0, 1.0, 16), dtype=torch.float32)
+        c.train.extend(copies)
+    both = lambda items: [noisy[i.audio] if i.audio in noisy else feats([i])[0] for i in items]  # noqa: E731
+    loco = P.loco(corpora, both, LABELS, MC.ProbeOptions([1e-2]), normalize=False)
+    n_train_a = len([i for i in corpora["a"].train if not i.id.endswith(TAG)])
+    assert loco["a"]["rest"]["n"] == n_train_a + len(corpora["a"].val)           # originals only
+    assert loco["a"]["rest_degraded"]["n"] == len(corpora["a"].train) - n_train_a   # the copies apart
+    head, _ = P.fit_pooled(corpora, both, LABELS, MC.ProbeOptions([1e-2]), normalize=False)
+    copies_a = [i for i in corpora["a"].train if i.id.endswith(TAG)]
+    rep = P.copies_report((head, head), both, {"val degraded": {"a": copies_a}}, LABELS)
+    assert rep["val degraded"]["a"]["n"] == len(copies_a) and 0.0 <= rep["val degraded"]["a"]["UA"] <= 1.0

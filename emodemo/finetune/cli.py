@@ -177,17 +177,19 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
     """`emodemo finetune-pack --bundle DIR [--data SPEC ...]`: (re)write a bundle's replay pack from
     its training data (default: the speech training specs in its config; run where the data is)."""
     from ..bundle import read_config
+    from ..data import is_copy_spec
     from .replay import pack_replay, training_specs
     p = argparse.ArgumentParser(prog="python -m emodemo finetune-pack",
                                 description="Write a bundle's replay pack (replay.safetensors).")
     p.add_argument("--bundle", required=True)
     p.add_argument("--data", action="append", default=None, metavar="SPEC",
-                   help="speech data specs (default: the bundle's own speech training specs)")
+                   help="speech data specs (default: the bundle's own speech training specs, "
+                        "degraded copies left out)")
     p.add_argument("--per-class", type=int, default=64, help="clips per class and spec (default 64)")
     args = p.parse_args(argv)
     specs = args.data
-    if not specs:
-        specs = training_specs(read_config(args.bundle), "speech")
+    if not specs:        # the original clips: copies (`:degrade=K`) would only make the pack larger
+        specs = [s for s in training_specs(read_config(args.bundle), "speech") if not is_copy_spec(s)]
     print(json.dumps(pack_replay(args.bundle, specs, args.per_class), indent=2))
     return 0
 

@@ -18,13 +18,12 @@ corpora):
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data import Item, load_spec
+from ..data import Item, is_copy_spec, load_spec
 from ..degrade import TAG as DEGRADED
 from ..speech import PooledHead
 from . import multicorpus as MC
@@ -209,10 +208,6 @@ def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequenc
 
 
 COPIES = {"degraded": ":degrade=2", "codec": ":codec=4"}   # emodemo.degrade copies measured on
-
-
-def is_copy_spec(spec: str) -> bool:
-    return re.search(r":(degrade|codec)=\d+$", spec) is not None
 
 
 def copy_items(parts: dict[str, Sequence[str]], corpora: dict, labels: Sequence[str]) -> dict:
