@@ -193,8 +193,8 @@ def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE
 
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
-          "queue-balanced": {"order": "uncertainty", "balance_labels": True},
-          "queue-hybrid": {"order": "hybrid"}}
+          "queue-uncertainty-balanced": {"order": "uncertainty", "balance_labels": True},
+          "queue-hybrid": {"order": "hybrid"}, "queue-balanced": {"order": "balanced"}}
 
 
 def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:

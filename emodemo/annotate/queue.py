@@ -38,8 +38,8 @@ from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from .ingest import clips_of, expand, prelabel
-from .rank import (ORDERS, RANKINGS, SPACES, coverage_order, embedding_matrix, hybrid_order, tally,
-                   uncertainty)
+from .rank import (ORDERS, RANKINGS, SPACES, balanced_order, coverage_order, embedding_matrix,
+                   hybrid_order, tally, uncertainty)
 
 __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
 
@@ -246,7 +246,7 @@ class AnnotationQueue:
 
     def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
         ordered = sorted(items, key=self._order)
-        if self.options.order in ("coverage", "hybrid"):
+        if self.options.order in ("coverage", "hybrid", "balanced"):
             return self._coverage_order(ordered)
         if not self.options.balance_labels:
             return ordered
@@ -277,6 +277,9 @@ class AnnotationQueue:
         if self.options.order == "hybrid":
             order = hybrid_order(emb, covered, [it.priority for it in ordered],
                                  [it.model_label for it in ordered])
+        elif self.options.order == "balanced":
+            order = balanced_order(emb, covered, [it.probabilities for it in ordered],
+                                   [it.votes for it in ordered])
         else:
             order = coverage_order(emb, covered)
         served = [ordered[i] for i in order]

@@ -29,7 +29,7 @@ import numpy as np
 from ..labels import time_order, voter
 
 RANKINGS = ("margin", "entropy")
-ORDERS = ("coverage", "uncertainty", "hybrid")
+ORDERS = ("coverage", "uncertainty", "hybrid", "balanced")
 SPACES = ("probabilities", "embedding")   # what "coverage" spreads over (probabilities won on nEMO)
 
 
@@ -131,17 +131,19 @@ def coverage_order(emb: np.ndarray, covered: np.ndarray, weight: Optional[np.nda
 
 
 def _greedy_cover(emb: np.ndarray, covered: np.ndarray, score: np.ndarray, labs: np.ndarray,
-                  floor: int, exact: int) -> list[int]:
-    """The greedy loop of both orders: each next row maximises score x its distance to the nearest
-    covered or ordered row, first among the rows of the least covered label (`labs`, "" = none)
-    while one has fewer than min(floor, its rows); after `exact` picks the rest by that gain."""
+                  floor: int, exact: int, need: Optional["_Need"] = None) -> list[int]:
+    """The greedy loop of the orders: each next row maximises score x its distance to the nearest
+    covered or ordered row (x `need`'s weight, updated after each pick, when given), first among
+    the rows of the least covered label (`labs`, "" = none) while one has fewer than
+    min(floor, its rows); after `exact` picks the rest by that gain."""
     todo = ~covered
     total = {lab: int((labs == lab).sum()) for lab in sorted(set(labs) - {""})}
     have = {lab: int(((labs == lab) & covered).sum()) for lab in total}
     near = _nearest_covered(emb, covered)
     order: list[int] = []
     while todo.any():
-        gain = np.where(todo, score * np.where(np.isinf(near), 1.0, near), -np.inf)
+        gain = score * np.where(np.isinf(near), 1.0, near) * (1.0 if need is None else need.weight())
+        gain = np.where(todo, gain, -np.inf)
         short = [lab for lab in total if have[lab] < min(floor, total[lab])]
         if short:
             lab = min(short, key=lambda x: (have[x], x))
@@ -153,6 +155,8 @@ def _greedy_cover(emb: np.ndarray, covered: np.ndarray, score: np.ndarray, labs:
         order.append(i)
         todo[i] = False
         have[labs[i]] = have.get(labs[i], 0) + 1
+        if need is not None:
+            need.take(i)
         near = np.minimum(near, _distances(emb, emb[i:i + 1])[:, 0])
     return order
 
@@ -193,3 +197,67 @@ def hybrid_order(emb: np.ndarray, covered: np.ndarray, unc: Sequence[float],
     score = typicality(emb, k) ** power * np.maximum(np.asarray(unc, float), MIN_WEIGHT)
     labs = np.array(["" if lab is None else str(lab) for lab in labels], object)
     return _greedy_cover(emb, np.asarray(covered, bool), score, labs, floor, exact)
+
+
+# ---- balanced: coverage weighted by the need for each true class, learnt from the votes ----------
+VOTE_PRIOR = 2.0         # pseudo-votes each predicted label's row of the confusion starts with, all
+#                          on that label (the model taken at its word until votes say otherwise)
+
+
+def true_class_probs(probs: Sequence[Optional[Mapping[str, float]]],
+                     votes: Sequence[Optional[Mapping[str, int]]]) -> tuple[np.ndarray, np.ndarray, list]:
+    """(p [n, L], y [n, L], labels): each clip's probability of each true label, the model's fused
+    probabilities through the confusion the votes show (p(true c | x) = sum_k p(k | x) M[k, c],
+    M[k, c] = (sum over voted clips of p(k | clip) x its share of votes for c + VOTE_PRIOR [k = c])
+    / the row's total); y: each voted clip's share of votes per label (rows of 0 without votes).
+    Labels: the model's and the voted ones, sorted. On a corpus the model never heard, its
+    labels are biased (nEMO: 0.40 UA); the votes say how, so the need for each class is
+    estimated in true labels, not in the model's."""
+    labels = sorted({lab for d in [*probs, *votes] for lab in (d or {})})
+    col = {lab: j for j, lab in enumerate(labels)}
+
+    def matrix(rows, norm: bool) -> np.ndarray:
+        m = np.zeros((len(rows), len(labels)))
+        for i, d in enumerate(rows):
+            for lab, v in (d or {}).items():
+                m[i, col[lab]] = max(0.0, float(v or 0.0))
+        tot = m.sum(1, keepdims=True)
+        return np.divide(m, tot, out=np.zeros_like(m), where=tot > 0) if norm else m
+
+    q, y = matrix(probs, True), matrix(votes, True)
+    conf = q.T @ y + VOTE_PRIOR * np.eye(len(labels))
+    conf /= conf.sum(1, keepdims=True)
+    return q @ conf, y, labels
+
+
+class _Need:
+    """How much each row's true class is still wanted: sum_c p(c | row) / (1 + the votes class c
+    has, counting what is already ordered by its probabilities); `take(i)` orders row i."""
+
+    def __init__(self, p: np.ndarray, have: np.ndarray):
+        self.p, self.have = p, np.asarray(have, float).copy()
+
+    def weight(self) -> np.ndarray:
+        return self.p @ (1.0 / (1.0 + self.have))
+
+    def take(self, i: int) -> None:
+        self.have += self.p[i]
+
+
+def balanced_order(emb: np.ndarray, covered: np.ndarray,
+                   probs: Sequence[Optional[Mapping[str, float]]],
+                   votes: Sequence[Optional[Mapping[str, int]]],
+                   power: float = TYPICALITY_POWER, exact: int = EXACT_PICKS) -> list[int]:
+    """The uncovered rows of `emb` in "balanced" order, greedy and anytime as `coverage_order`,
+    with gain = typicality ** power x distance to the nearest covered (or ordered) row x the
+    expected need for the clip's true class (`_Need` over `true_class_probs`: the classes with
+    the fewest votes, as the votes so far say the model's labels should be read). Covered rows
+    without votes (leased) count by their probabilities. The first clips served are spread over
+    the pool and balanced in true labels, which random choice only is on average."""
+    emb = np.asarray(emb, np.float64)
+    covered = np.asarray(covered, bool)
+    p, y, _ = true_class_probs(probs, votes)
+    pending = covered & (y.sum(1) == 0)
+    need = _Need(p, y.sum(0) + p[pending].sum(0))
+    score = typicality(emb) ** power
+    return _greedy_cover(emb, covered, score, np.full(len(emb), "", object), 0, exact, need)
