@@ -11,7 +11,7 @@ import numpy as np
 
 from conftest import ROOT
 from emodemo.annotate import AnnotationQueue, QueueOptions
-from emodemo.annotate.rank import balanced_order, coverage_order, label_shift, true_class_probs
+from emodemo.annotate.rank import balanced_order, coverage_order, true_class_probs
 from test_annotate import TwoLabelModel, tones
 
 
@@ -28,34 +28,6 @@ def test_true_class_probs_reads_the_model_through_the_votes():
     assert p[7, 1] > 0.6 > p[7, 0] and p[8].argmax() == 2
     p, _, labels = true_class_probs(probs, [{"other": 2}] + [None] * 8)   # a label the model lacks
     assert labels == ["a", "b", "c", "other"] and p[1, 3] > 0
-
-
-def _calibrated_pool(prior, n, rng):
-    """n clips of 3 classes drawn with `prior`, 1-D Gaussian features (means 0, 1.5, 3), and
-    the posterior a model trained on a uniform prior gives them; returns (p, true classes)."""
-    cls = rng.choice(3, size=n, p=prior)
-    x = rng.normal(np.array([0.0, 1.5, 3.0])[cls], 1.0)
-    lik = np.exp(-0.5 * (x[:, None] - np.array([0.0, 1.5, 3.0])) ** 2)
-    return lik / lik.sum(1, keepdims=True), cls
-
-
-def test_label_shift_recovers_a_known_prior():
-    """Saerens EM from the uniform prior the model was trained under recovers the pool's prior
-    (0.7 / 0.2 / 0.1; the model's mean probabilities are far from it); with the pool's mean as
-    the start (balanced_order's) nothing moves without votes, and votes that never name class 2
-    take its weight away."""
-    rng = np.random.default_rng(0)
-    p, cls = _calibrated_pool([0.7, 0.2, 0.1], 6000, rng)
-    none = np.zeros_like(p)
-    q, prior = label_shift(p, none)
-    assert np.abs(prior - [0.7, 0.2, 0.1]).max() < 0.03 < np.abs(p.mean(0) - [0.7, 0.2, 0.1]).max()
-    assert np.allclose(q.sum(1), 1.0) and q[:, 0].mean() > p[:, 0].mean()
-    q, prior = label_shift(p, none, p.mean(0))
-    assert np.allclose(prior, p.mean(0)) and np.allclose(q, p)
-    y = none.copy()
-    y[:3000] = np.eye(3)[np.where(cls[:3000] == 2, 0, cls[:3000])]   # half voted, never class 2
-    q, prior = label_shift(p, y, p.mean(0))
-    assert prior[2] < 0.5 * p.mean(0)[2] and np.allclose(q[:3000], y[:3000])
 
 
 def _clusters(rng):

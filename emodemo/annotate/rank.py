@@ -230,34 +230,6 @@ def true_class_probs(probs: Sequence[Optional[Mapping[str, float]]],
     return q @ conf, y, labels
 
 
-EM_ITERS = 100           # at most; the prior of a pool of thousands settles in a few dozen
-EM_TOL = 1e-6            # stop when no class's prior moves more than this
-
-
-def _reweighted(p: np.ndarray, prior: np.ndarray, start: np.ndarray) -> np.ndarray:
-    q = p * (prior / np.maximum(start, 1e-12))
-    return q / np.maximum(q.sum(1, keepdims=True), 1e-12)
-
-
-def label_shift(p: np.ndarray, y: np.ndarray, start: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(q, prior): the class prior of the pool by EM (Saerens, Latinne & Decaestecker 2002) with
-    the voted rows (y: shares of votes, rows of 0 without) counted as labelled, and the unvoted
-    rows' probabilities `p` re-weighted to it (q = p x prior / start, normalised; voted rows:
-    their votes). `start`: the prior `p` was computed under (None: uniform). balanced_order
-    starts from the pool's mean of `p`, so without votes nothing changes and a class no vote has
-    named loses weight as the votes go on (nEMO and the Korean corpus lack 1 and 3 of the
-    model's 7 classes, and the need for them never falls otherwise)."""
-    start = np.full(p.shape[1], 1.0 / p.shape[1]) if start is None else np.asarray(start, float)
-    voted = y.sum(1) > 0
-    prior = start
-    for _ in range(EM_ITERS):
-        new = (y[voted].sum(0) + _reweighted(p[~voted], prior, start).sum(0)) / max(len(p), 1)
-        moved, prior = np.abs(new - prior).max(), new
-        if moved < EM_TOL:
-            break
-    return np.where(voted[:, None], y, _reweighted(p, prior, start)), prior
-
-
 class _Need:
     """How much each row's true class is still wanted: sum_c p(c | row) / (1 + the votes class c
     has, counting what is already ordered by its probabilities); `take(i)` orders row i."""
@@ -280,15 +252,14 @@ def balanced_order(emb: np.ndarray, covered: np.ndarray,
     with gain = typicality ** power x distance to the nearest covered (or ordered) row x the
     expected need for the clip's true class (`_Need`: the classes with the fewest votes; the
     clip's class probabilities are the model's read through the confusion the votes show,
-    `true_class_probs`, and re-weighted to the pool's class prior the votes imply, `label_shift`).
-    Covered rows without votes (leased) count by their probabilities. The first clips served are
-    spread over the pool and balanced in true labels, which random choice only is on average
-    (simulated on the nEMO / Korean pools, the smallest class among the first 50: 7 / 11 clips,
-    coverage 4 / 10)."""
+    `true_class_probs`). Covered rows without votes (leased) count by their probabilities.
+    Development (nEMO, Korean; scripts/queue_benchmark.py): re-weighting those probabilities to
+    the pool's class prior by label-shift EM anchored on the votes (Saerens et al. 2002) balanced
+    the first 50 clips better in true labels (smallest class 7 / 11 clips vs 6 / 9 without) but
+    fine-tuned worse (mean unseen-speaker UA 0.547 vs 0.658), so it was left out."""
     emb = np.asarray(emb, np.float64)
     covered = np.asarray(covered, bool)
     p, y, _ = true_class_probs(probs, votes)
-    p = label_shift(p, y, p.mean(0))[0]
     pending = covered & (y.sum(1) == 0)
     need = _Need(p, y.sum(0) + p[pending].sum(0))
     score = typicality(emb) ** power
