@@ -93,11 +93,11 @@ results-n25-50.json / results-n100.json there, one per command).
 
 The balanced order (`rank.balanced_order`, what the queue learns from the votes: which true
 classes are short and how the model's labels map to them) was developed on nEMO and Korean
-(two variants; the one with label-shift EM, runs/qb5-*-v2, was balanced better in true labels
-but fine-tuned worse: 0.403 / 0.562 and 0.375 (refused) / 0.850) and fixed (commit "annotate:
-balanced order frozen before the EMOVO confirmation") before a new leave-one-corpus-out base
-for EMOVO was trained and run once, 5 random seeds, every order (pool: 3 actors, 294 clips, 42
-a class; test: the other 3, 147 clips with --test-every 2):
+(two variants; the one with label-shift EM, commit fa5d199, runs/qb5-*-v2, balanced better in
+true labels but fine-tuned worse: 0.403 / 0.562 and 0.375 (refused) / 0.850) and fixed (commit
+f8e87a4, "annotate: balanced order frozen before the EMOVO confirmation") before a new
+leave-one-corpus-out base for EMOVO was trained and run once, 5 random seeds, every order
+(pool: 3 actors, 294 clips, 42 a class; test: the other 3, 147 clips with --test-every 2):
 
     python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
         --pool-every 2 --test-every 4 --work runs/qb5-nemo --how queue-balanced
@@ -120,15 +120,16 @@ checked against load_recognizer by each run.)
 | nEMO | 100 | **0.599** | 0.593 | 0.534 | 0.577 ± 0.026 (3) |
 | Korean (base 0.375) | 25 | 0.694 | **0.769** | 0.631 | 0.727 ± 0.032 (3) |
 | Korean | 50 | 0.769 | 0.850 | 0.856 | **0.871 ± 0.042** (3) |
-| EMOVO (base 0.490), confirmation | 50 | 0.340 | 0.388 | 0.388 | **0.450 ± 0.058** (5: 0.490 r, 0.360, 0.422, 0.490 r, 0.490 r) |
-| EMOVO | 100 | 0.469 | **0.497** | 0.469 | 0.476 ± 0.022 (5: 0.456, 0.463, 0.463, 0.503, 0.497) |
+| EMOVO (base 0.490), confirmation | 50 | 0.340 | 0.388 | 0.388 | **0.450 ± 0.058** (5, see below) |
+| EMOVO | 100 | 0.469 | **0.497** | 0.469 | 0.476 ± 0.022 (5, see below) |
 | mean, nEMO + Korean (development) | | 0.658 | 0.652 | 0.637 | **0.681** |
 | mean, EMOVO (confirmation) | | 0.405 | 0.442 | 0.429 | **0.463** |
 | mean, all six | | 0.574 | 0.582 | 0.567 | **0.608** |
 
-(r: fine-tune refused, base kept.) The balanced order does NOT win on average: it beats random
-on nEMO at both budgets and loses on the Korean corpus and on the EMOVO confirmation; coverage
-stays the default. On EMOVO fine-tuning on the pool (the three female actors) rarely helps the
+EMOVO random seeds 0-4: n = 50 0.490 r, 0.360, 0.422, 0.490 r, 0.490 r (r: fine-tune refused,
+base kept); n = 100 0.456, 0.463, 0.463, 0.503, 0.497. The balanced order does NOT win on
+average: it beats random on nEMO at both budgets and loses on the Korean corpus and on the
+EMOVO confirmation; coverage stays the default. On EMOVO fine-tuning on the pool (the three female actors) rarely helps the
 test (the three male actors): 10 of the 16 fine-tunes end below the base's 0.490, 3 above, 3
 are refused (random's three best scores at n = 50). Results: runs/qb5-*/results-*.json.
 

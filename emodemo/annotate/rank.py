@@ -211,7 +211,8 @@ VOTE_PRIOR = 2.0         # pseudo-votes each predicted label's row of the confus
 
 
 def true_class_probs(probs: Sequence[Optional[Mapping[str, float]]],
-                     votes: Sequence[Optional[Mapping[str, int]]]) -> tuple[np.ndarray, np.ndarray, list]:
+                     votes: Sequence[Optional[Mapping[str, int]]]
+                     ) -> tuple[np.ndarray, np.ndarray, list]:
     """(p [n, L], y [n, L], labels): each clip's probability of each true label, the model's fused
     probabilities through the confusion the votes show (p(true c | x) = sum_k p(k | x) M[k, c],
     M[k, c] = (sum over voted clips of p(k | clip) x its share of votes for c + VOTE_PRIOR [k = c])
