@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--order", choices=ORDERS, default=DEFAULTS.order,
                         help="how clips nobody voted on are served: coverage (typical clips "
                         "spread over the recordings), uncertainty (the model's least sure "
-                        "first) or hybrid (coverage weighted by uncertainty, after a few clips of "
-                        f"each predicted label) (default {DEFAULTS.order})")
+                        "first), hybrid (coverage weighted by uncertainty, after a few clips of "
+                        "each predicted label) or balanced (coverage weighted by the need for each "
+                        "true class, the model's labels read through the votes so far) "
+                        f"(default {DEFAULTS.order})")
     parser = argparse.ArgumentParser(prog="emodemo queue",
                                      description="Active-learning annotation queue.")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")

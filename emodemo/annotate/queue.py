@@ -9,7 +9,8 @@
   most typical clip first, then each time the clip that is typical and far from every clip
   already voted on or being voted on), "uncertainty" the most uncertain first, "hybrid"
   (`rank.hybrid_order`) coverage weighted by uncertainty, after a floor of clips for each label
-  the model predicts. A clip is done
+  the model predicts, "balanced" (`rank.balanced_order`) coverage weighted by the need for each
+  true class, the model's labels read through the confusion the votes so far show. A clip is done
   with `votes_needed` agreeing votes, or `max_votes` when they disagree.
 * `next(annotator)` leases a clip to one annotator for `lease_seconds` (a conditional UPDATE that
   only succeeds while nobody else holds a live lease: safe on SQLite and PostgreSQL), so people
@@ -38,8 +39,8 @@ from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from .ingest import clips_of, expand, prelabel
-from .rank import (ORDERS, RANKINGS, SPACES, coverage_order, embedding_matrix, hybrid_order, tally,
-                   uncertainty)
+from .rank import (ORDERS, RANKINGS, SPACES, balanced_order, coverage_order, embedding_matrix,
+                   hybrid_order, tally, uncertainty)
 
 __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
 
@@ -50,9 +51,11 @@ class QueueOptions:
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
     annotator; order: how clips nobody voted on yet are served, "coverage" (the default: spread
     over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure
-    first) or "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
-    each predicted label); none beats random choice on average in scripts/queue_benchmark.py's
-    leave-one-corpus-out runs; space: what "coverage"/"hybrid" spreads over, the fused
+    first), "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
+    each predicted label) or "balanced" (coverage weighted by the need for each true class as the
+    votes so far say; `rank.balanced_order`); none beats random choice on average in
+    scripts/queue_benchmark.py's leave-one-corpus-out runs (nEMO, Korean, EMOVO);
+    space: what "coverage"/"hybrid"/"balanced" spreads over, the fused
     "probabilities" (the default: it won on nEMO) or the stored audio "embedding"
     (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority shown, and
     the "uncertainty" and "hybrid" orders); transcribe: pre-label with the ASR transcript (else
@@ -246,7 +249,7 @@ class AnnotationQueue:
 
     def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
         ordered = sorted(items, key=self._order)
-        if self.options.order in ("coverage", "hybrid"):
+        if self.options.order in ("coverage", "hybrid", "balanced"):
             return self._coverage_order(ordered)
         if not self.options.balance_labels:
             return ordered
@@ -267,8 +270,9 @@ class AnnotationQueue:
 
     def _coverage_order(self, ordered: list[QueueItem]) -> list[QueueItem]:
         """Started clips (disagreeing first), then the ones being voted on for the first time,
-        then the fresh ones in `rank.coverage_order` (order "hybrid": `rank.hybrid_order`;
-        covered: every clip that has votes or a live lease), then the done ones."""
+        then the fresh ones in `rank.coverage_order` (order "hybrid": `rank.hybrid_order`,
+        "balanced": `rank.balanced_order` with each clip's votes; covered: every clip that has
+        votes or a live lease), then the done ones."""
         fresh = [not it.done and it.n_votes == 0 and it.leased_by is None for it in ordered]
         emb = embedding_matrix([it.embedding for it in ordered], [it.probabilities for it in ordered],
                                self.options.space)
@@ -277,6 +281,9 @@ class AnnotationQueue:
         if self.options.order == "hybrid":
             order = hybrid_order(emb, covered, [it.priority for it in ordered],
                                  [it.model_label for it in ordered])
+        elif self.options.order == "balanced":
+            order = balanced_order(emb, covered, [it.probabilities for it in ordered],
+                                   [it.votes for it in ordered])
         else:
             order = coverage_order(emb, covered)
         served = [ordered[i] for i in order]
