@@ -31,11 +31,9 @@ NOT_TRANSLATED = ("the speech is in {name}; the text model reads English and the
 
 def env_threads() -> Optional[int]:
     """$EMODEMO_TORCH_THREADS (read through emodemo.settings) for a recognizer built without
-    `threads`; None when unset or not a number (then DEFAULT_THREADS, as always)."""
-    try:
-        return read_env("torch_threads")
-    except ValueError:
-        return None
+    `threads`; None when unset (then DEFAULT_THREADS). A value that is not a number raises
+    SettingsError naming the variable, as $EMODEMO_ASR_THREADS does (it was ignored silently)."""
+    return read_env("torch_threads")
 
 
 @dataclass

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from emodemo.errors import SettingsError
+
 import emodemo
 from conftest import SR, tone
 
@@ -97,7 +99,8 @@ def test_batched_audio_branch_matches_one_by_one(recognizer, speech_wav, tmp_pat
 
 
 def test_threads_given_or_from_the_environment(recognizer, monkeypatch):
-    """torch threads: `threads`, else $EMODEMO_TORCH_THREADS (a bad value is ignored), else 1;
+    """torch threads: `threads`, else $EMODEMO_TORCH_THREADS (a bad value is an error naming it,
+    as for $EMODEMO_ASR_THREADS), else 1;
     the ASR threads the entry point passes reach the ASR when it loads."""
     import torch
     from emodemo import recognizer as R
@@ -111,7 +114,10 @@ def test_threads_given_or_from_the_environment(recognizer, monkeypatch):
         assert R.EmotionRecognizer(*parts).threads == 2 and torch.get_num_threads() == 1  # entry points set it
         assert R.EmotionRecognizer(*parts, threads=1).threads == 1
         monkeypatch.setenv("EMODEMO_TORCH_THREADS", "two")
-        assert R.EmotionRecognizer(*parts).threads == 1
+        with pytest.raises(SettingsError, match="EMODEMO_TORCH_THREADS='two' is not a number"):
+            R.EmotionRecognizer(*parts)
+        assert R.EmotionRecognizer(*parts, threads=1).threads == 1      # given: the variable is not read
+        monkeypatch.delenv("EMODEMO_TORCH_THREADS")
         seen = []
         monkeypatch.setattr(R, "load_asr", lambda cfg, threads=None: seen.append(threads) or "asr")
         assert R.EmotionRecognizer(*parts, asr_threads=3).asr == "asr" and seen == [3]
