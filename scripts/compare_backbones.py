@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--l2", nargs="+", type=float, help="L2 strengths tried (default: the recipe's)")
     ap.add_argument("--refit", action="store_true", help="refit each head on train + validation "
                     "speakers (recipe speech.multicorpus.refit); rows are named '<row>+refit'")
+    ap.add_argument("--shift", type=float, help="share of training vectors with a speaker-shifted copy "
+                    "(recipe speech.multicorpus.speaker_shift; default: the recipe's)")
     ap.add_argument("--degraded", action="store_true", help="also report UA on degraded copies "
                     "(emodemo.degrade, every 2nd clip) and real-codec copies (every 4th) of the validation and "
                     "held-out speakers")
@@ -134,7 +136,8 @@ def main() -> None:
     for name in args.rows:
         mc = recipe.speech.multicorpus
         options = MC.ProbeOptions(args.l2 or mc.l2_grid, mc.absent, mc.components, mc.corpus_weight,
-                                  refit=args.refit)
+                                  refit=args.refit, speaker_shift=args.shift if args.shift is not None
+                                  else mc.speaker_shift)
         results.append(run_row(name, recipe, corpora, options, args.cache, degraded) | ({"row": name + "+refit"} if args.refit else {}))
         print(table(results[-1:]), flush=True)
     out = Path(args.out)

@@ -367,3 +367,28 @@ def test_loco_and_copies_report_keep_degraded_copies_apart():
     copies_a = [i for i in corpora["a"].train if i.id.endswith(TAG)]
     rep = P.copies_report((head, head), both, {"val degraded": {"a": copies_a}}, LABELS)
     assert rep["val degraded"]["a"]["n"] == len(copies_a) and 0.0 <= rep["val degraded"]["a"]["UA"] <= 1.0
+
+
+def test_speaker_shift_copies_move_vectors_between_speaker_means_and_help_new_speakers():
+    """`multicorpus.shifted`: a copy is the vector moved from its speaker's mean to another
+    training speaker's; ProbeOptions.speaker_shift fits the single-clip head with them (whether
+    that helps is measured on real corpora: docs/generalisation.md)."""
+    from emodemo.training import pooled as P
+    x = torch.cat([torch.zeros(4, 3) + torch.tensor([1.0, 0, 0]), torch.zeros(4, 3) + torch.tensor([0, 5.0, 0])])
+    x = x + torch.arange(8.0)[:, None] * 0.01
+    spk = ["a"] * 4 + ["b"] * 4
+    copies, rows = MC.shifted(x, spk, share=1.0, seed=3)
+    assert rows.tolist() == list(range(8))
+    mean = {"a": x[:4].mean(0), "b": x[4:].mean(0)}
+    for c, r in zip(copies, rows.tolist()):
+        moved = [x[r] - mean[spk[r]] + mean[o] for o in ("a", "b")]
+        assert any(torch.allclose(c, m, atol=1e-6) for m in moved)
+    assert not torch.allclose(copies, x)                         # some moved to the other speaker
+    again, _ = MC.shifted(x, spk, share=1.0, seed=3)
+    assert torch.equal(again, copies)                             # seeded
+    corpora, feats = _offset_corpora(seed=2)             # the copies reach the fit, seeded
+    heads = [P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-2], speaker_shift=share), normalize=True)[0]
+             for share in (0.0, 1.0, 1.0)]
+    assert not torch.allclose(heads[0].out.weight, heads[1].out.weight, atol=1e-3)
+    assert torch.equal(heads[1].out.weight, heads[2].out.weight)
+    assert torch.equal(heads[0].norm_out.weight, heads[1].norm_out.weight)   # centred: nothing to shift

@@ -262,6 +262,20 @@ def speaker_shifts(xs: Sequence[torch.Tensor], speakers: Sequence[str],
 
 
 
+def shifted(x: torch.Tensor, speakers: Sequence[str], share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(copies, their rows): a seeded `share` of the pooled vectors `x` [N, D], each moved from its
+    speaker's mean vector to another training speaker's (any corpus): x - mean(own) + mean(other).
+    The pooled head's form of `speaker_shifts`: the same emotion seen with many voices' and
+    corpora's offsets, so a new corpus's offset moves the prediction less."""
+    names = sorted(set(speakers))
+    own = torch.tensor([names.index(s) for s in speakers])
+    means = torch.stack([x[own == k].mean(0) for k in range(len(names))])
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.nonzero(torch.rand(len(x), generator=g) < share).flatten()
+    other = torch.randint(len(names), (len(rows),), generator=g)
+    return x[rows] - means[own[rows]] + means[other], rows
+
+
 @dataclass
 class Split:
     """Features of one set of items, with labels and the corpus each item came from."""
@@ -380,6 +394,7 @@ class ProbeOptions:
     corpus_weight: Optional[dict[str, float]] = None
     max_iter: int = 200
     refit: bool = False           # fit_pooled: refit on train + validation with the chosen L2
+    speaker_shift: float = 0.0    # share of training vectors that also get a shifted copy (`shifted`)
 
 
 def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],
@@ -398,6 +413,10 @@ def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: di
     y = torch.tensor(train.y)
     collate = make_collate("pooled")
     scaler = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
+    if o.speaker_shift > 0:
+        extra, idx = shifted(x, [i.speaker or i.id for i in train_items], o.speaker_shift)
+        x, y, mask, weight = torch.cat([x, extra]), y[torch.cat([torch.arange(len(y)), idx])], \
+            mask[torch.cat([torch.arange(len(mask)), idx])], torch.cat([weight, weight[idx]])
     xs = (x - scaler.mean) / scaler.std
     basis = principal_basis(xs, components)
     z = xs if basis is None else xs @ basis

@@ -88,12 +88,13 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
     paths = [("single", tr, va)]
     if normalize:
         paths.append(("normalised", centred(tr, speakers(tr_items)), centred(va, speakers(va_items))))
-    for path, t, v in paths:
-        probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, options)
+    for path, t, v in paths:         # a centred vector has no speaker offset to shift
+        o = options if path == "single" else dataclasses.replace(options, speaker_shift=0.0)
+        probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, o)
         temp = _tempered_probe(probe, v, corpora, labels)
         if options.refit:
             _set_path(selected, path, probe, temp)
-            probe = _refit(probe, hist, (t, tr_items), (v, va_items), corpora, labels, options)
+            probe = _refit(probe, hist, (t, tr_items), (v, va_items), corpora, labels, o)
         _set_path(head, path, probe, temp)
         info[path] = {"val_mean_UA": best, "temperature": temp, "history": hist}
     for h in (head, selected):           # the same head twice without a refit
