@@ -5,7 +5,7 @@ import pytest
 
 from pathlib import Path
 
-from conftest import SR, espeak
+from conftest import ROOT, SR, espeak
 from emodemo import degrade as D
 from emodemo.audio import load_audio
 from emodemo.data import load_spec
@@ -109,3 +109,15 @@ def test_codec_copies_go_through_a_real_codec(speech, tmp_path, monkeypatch):
     root = make_corpus(tmp_path / "c", ["A", "B"], ["neutral"], per=2)
     copies = load_spec(f"folder:{root}:codec=2")
     assert len(copies) == 2 and all(c.id.endswith(D.CODEC_TAG) and Path(c.audio).exists() for c in copies)
+
+
+def test_replay_uses_the_original_clips_not_the_copies():
+    """Fine-tuning replays (and finetune-pack packs) the base's original training clips: its
+    degraded copies (`:degrade=K` specs) are left out."""
+    from emodemo.bundle import read_config
+    from emodemo.finetune.replay import default_replay, original_specs
+    cfg = read_config(ROOT / "models" / "default")
+    train = cfg["training"]["run_config"]["speech"]["train"]
+    assert any(":degrade=" in s for s in train)                   # the shipped v9 trains on copies
+    assert original_specs(cfg) == [s for s in train if ":degrade=" not in s]
+    assert not any(":degrade=" in s for s in default_replay(cfg))

@@ -177,8 +177,7 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
     """`emodemo finetune-pack --bundle DIR [--data SPEC ...]`: (re)write a bundle's replay pack from
     its training data (default: the speech training specs in its config; run where the data is)."""
     from ..bundle import read_config
-    from ..data import is_copy_spec
-    from .replay import pack_replay, training_specs
+    from .replay import original_specs, pack_replay
     p = argparse.ArgumentParser(prog="python -m emodemo finetune-pack",
                                 description="Write a bundle's replay pack (replay.safetensors).")
     p.add_argument("--bundle", required=True)
@@ -187,9 +186,7 @@ def main_pack(argv: Optional[Sequence[str]] = None) -> int:
                         "degraded copies left out)")
     p.add_argument("--per-class", type=int, default=64, help="clips per class and spec (default 64)")
     args = p.parse_args(argv)
-    specs = args.data
-    if not specs:        # the original clips: copies (`:degrade=K`) would only make the pack larger
-        specs = [s for s in training_specs(read_config(args.bundle), "speech") if not is_copy_spec(s)]
+    specs = args.data or original_specs(read_config(args.bundle))
     print(json.dumps(pack_replay(args.bundle, specs, args.per_class), indent=2))
     return 0
 

@@ -142,9 +142,16 @@ def training_specs(base_cfg, branch: str) -> list[str]:
     return as_list((rc.get(branch) or {}).get("train") or DEFAULT_RECIPE[branch]["train"])
 
 
+def original_specs(base_cfg) -> list[str]:
+    """The base's speech training specs without its degraded copies (`...:degrade=K`): replay keeps
+    the old skills on the original clips (copies would only cost rendering time and pack size)."""
+    from ..data import is_copy_spec
+    return [s for s in training_specs(base_cfg, "speech") if not is_copy_spec(s)]
+
+
 def default_replay(base_cfg) -> list[str]:
-    """The base bundle's own training data specs (speech and text; each a string or a list)."""
-    return training_specs(base_cfg, "speech") + training_specs(base_cfg, "text")
+    """The base bundle's own training data specs (speech originals and text; each a string or a list)."""
+    return original_specs(base_cfg) + training_specs(base_cfg, "text")
 
 
 def available_specs(specs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
