@@ -121,3 +121,33 @@ def test_replay_uses_the_original_clips_not_the_copies():
     assert any(":degrade=" in s for s in train)                   # the shipped v9 trains on copies
     assert original_specs(cfg) == [s for s in train if ":degrade=" not in s]
     assert not any(":degrade=" in s for s in default_replay(cfg))
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_degraded_and_codec_copies_of_your_own_clips(tmp_path):
+    """`python -m emodemo evaluate --data csv:clips.csv:degrade=1` (README): the shipped default
+    scored on copies of a user's clips, rendered into $EMODEMO_DEGRADED_DIR, one report each."""
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+    clips = ["angry_actor17.flac", "sad_actor19.flac", "happy_actor18.flac", "neutral_actor20.flac"]
+    manifest = tmp_path / "clips.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for c in clips:
+            w.writerow([ROOT / "data" / "examples" / c, c.split("_")[0]])
+    env = {**os.environ, "EMODEMO_DEGRADED_DIR": str(tmp_path / "deg")}
+    for kind in ("degrade", "codec"):
+        r = subprocess.run([sys.executable, "-m", "emodemo", "evaluate", "--data", f"csv:{manifest}:{kind}=1",
+                            "--out", str(tmp_path / kind)], capture_output=True, text=True, cwd=ROOT, env=env,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        report = json.loads((tmp_path / kind / "report.json").read_text())
+        assert "Traceback" not in r.stderr and "audio" in r.stdout
+        assert report["n"] == report["audio"]["n"] == 4 and report["data"].endswith(f":{kind}=1")
+        assert 0.0 <= report["audio"]["UA"] <= 1.0
+    tags = sorted(p.name.rsplit("~", 1)[1] for p in (tmp_path / "deg").rglob("*.wav"))
+    assert tags == ["codec.wav"] * 4 + ["deg.wav"] * 4
