@@ -199,7 +199,8 @@ class EmotionRecognizer:
         for w in wavs:
             frames, n = self.speech.frames(A.features(self.speech.feature, w)[None])
             stats.append(masked_stats(frames, n)[0])
-        logits = self.speech.head.normalised_logits(torch.stack(stats))
+        blend = float((self.config.speech.normalize or {}).get("blend", 0.0))
+        logits = self.speech.head.normalised_logits(torch.stack(stats), blend)
         return torch.softmax(logits, dim=-1).double().numpy()
 
     @property

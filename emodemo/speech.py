@@ -139,12 +139,18 @@ class PooledHead(nn.Module):
     def pooled_logits(self, stats: torch.Tensor) -> torch.Tensor:
         return self.out((stats - self.mean) / self.std)
 
-    def normalised_logits(self, stats: torch.Tensor) -> torch.Tensor:
-        """Logits of clips [B, 2·in_dim] that form one setting (their mean is removed)."""
+    def normalised_logits(self, stats: torch.Tensor, blend: float = 0.0) -> torch.Tensor:
+        """Logits of clips [B, 2·in_dim] that form one setting (their mean is removed). `blend` > 0
+        (bundle config speech.normalize.blend): the log of (1 − blend) × the normalised head's
+        probabilities + blend × the single-clip head's, which hedges against a setting whose mean
+        is not neutral (a batch of mostly one emotion)."""
         if not bool(self.has_norm):
             raise EmodemoError("this speech head has no per-recording normalisation (train it with "
                                "speech.normalize in the recipe)")
-        return self.norm_out((stats - stats.mean(0, keepdim=True) - self.norm_mean) / self.norm_std)
+        logits = self.norm_out((stats - stats.mean(0, keepdim=True) - self.norm_mean) / self.norm_std)
+        if blend <= 0:
+            return logits
+        return torch.log((1 - blend) * torch.softmax(logits, -1) + blend * torch.softmax(self.pooled_logits(stats), -1))
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.pooled_logits(masked_stats(frames, lengths))
@@ -256,10 +262,12 @@ class SpeechEmotionModel(nn.Module):
         """Whether the head has a per-recording normalised path (PooledHead with `has_norm`)."""
         return isinstance(self.head, PooledHead) and bool(self.head.has_norm)
 
-    def normalised(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits of a batch of clips of ONE recording / setting, normalised by their mean."""
+    def normalised(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                   blend: float = 0.0) -> torch.Tensor:
+        """Logits of a batch of clips of ONE recording / setting, normalised by their mean
+        (`blend`: PooledHead.normalised_logits)."""
         frames, lengths = self.frames(feats, lengths)
-        return self.head.normalised_logits(masked_stats(frames, lengths))
+        return self.head.normalised_logits(masked_stats(frames, lengths), blend)
 
     def forward(self, feats: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._logits(*self.frames(feats, lengths))

@@ -392,3 +392,23 @@ def test_speaker_shift_copies_move_vectors_between_speaker_means_and_help_new_sp
     assert not torch.allclose(heads[0].out.weight, heads[1].out.weight, atol=1e-3)
     assert torch.equal(heads[1].out.weight, heads[2].out.weight)
     assert torch.equal(heads[0].norm_out.weight, heads[1].norm_out.weight)   # centred: nothing to shift
+
+
+def test_normalised_logits_blend_mixes_the_two_heads_probabilities():
+    """PooledHead.normalised_logits(stats, blend): the log of (1 - blend) x the normalised head's
+    probabilities + blend x the single-clip head's; 0 is the normalised head alone."""
+    from emodemo.speech import PooledHead
+    torch.manual_seed(0)
+    head = PooledHead(8, 4)
+    torch.nn.init.normal_(head.out.weight)
+    torch.nn.init.normal_(head.norm_out.weight)
+    head.has_norm.fill_(True)
+    x = torch.randn(5, 16) + 3.0
+    with torch.inference_mode():
+        alone = torch.softmax(head.normalised_logits(x), -1)
+        single = torch.softmax(head.pooled_logits(x), -1)
+        mixed = torch.softmax(head.normalised_logits(x, 0.3), -1)
+        assert torch.allclose(mixed, 0.7 * alone + 0.3 * single, atol=1e-6)
+        assert torch.allclose(torch.softmax(head.normalised_logits(x, 1.0), -1), single, atol=1e-6)
+        assert torch.equal(head.normalised_logits(x, 0.0), head.normalised_logits(x))
+        assert not torch.allclose(alone, single, atol=1e-2)

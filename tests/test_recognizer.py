@@ -162,3 +162,21 @@ def test_normalize_batch_reads_clips_relative_to_their_setting(recognizer):
     assert one.audio == pytest.approx(single[0].audio, abs=1e-6)
     with pytest.raises(EmodemoError, match="normalize"):
         list(recognizer.predict_many(EXAMPLES, transcript="", normalize="speaker"))
+
+
+def test_normalize_batch_serves_the_bundles_blend_of_both_heads(recognizer, monkeypatch):
+    """speech.normalize.blend (v9: 0.5) mixes the single-clip head's probabilities into the
+    normalised path: blend 1 is the single-clip answer, blend 0 the normalised head alone, and
+    the shipped value lies between them."""
+    rule = recognizer.config.speech.normalize
+    assert rule["blend"] == 0.5
+    load_audio = emodemo.audio.load_audio
+    single = np.array([recognizer.audio_proba(load_audio(p)) for p in EXAMPLES])
+    waves = [load_audio(p) for p in EXAMPLES]
+    mixed = recognizer.audio_proba_normalised(waves)
+    monkeypatch.setitem(rule, "blend", 1.0)
+    assert np.allclose(recognizer.audio_proba_normalised(waves), single, atol=1e-5)
+    monkeypatch.setitem(rule, "blend", 0.0)
+    alone = recognizer.audio_proba_normalised(waves)
+    assert np.allclose(mixed, 0.5 * alone + 0.5 * single, atol=1e-5)
+    assert np.abs(alone - single).max() > 0.02

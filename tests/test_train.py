@@ -305,6 +305,7 @@ def test_multicorpus_recipe_is_typed():
     assert r.speech.normalize.min_segments >= 2
     for over, key in (({"speech": {"multicorpus": {"lr": "x"}}}, "speech.multicorpus.lr"),
                       ({"speech": {"head": "pooled", "normalize": {"min_segs": 3}}}, "speech.normalize.min_segs"),
+                      ({"speech": {"head": "pooled", "normalize": {"blend": 1.5}}}, "speech.normalize.blend"),
                       ({"speech": {"normalize": {}}}, "speech.normalize")):
         with pytest.raises(TrainError, match=key.replace(".", r"\.")):
             Recipe.coerce(over)

@@ -139,6 +139,13 @@ single clips: **{_f(m.get('all'))}**.{extra}
 """
 
 
+def _blend_note(rule: dict) -> str:
+    b = float(rule.get("blend") or 0.0)
+    return (f" The normalised path serves {1 - b:.0%} of the normalised head's probabilities and {b:.0%} of the "
+            "single-clip head's (`speech.normalize.blend`): a hedge for a batch whose mean is not neutral; "
+            "the normalised numbers below are that mixture." if b > 0 else "")
+
+
 def _normalise_section(sc: dict, mr: dict) -> str:
     rule = sc.get("normalize")
     if rule is None or "test_normalised" not in mr:
@@ -152,7 +159,7 @@ setting, not an emotion. A second linear head was trained on pooled features cen
 speaker; serving uses it for `predict_many(paths, normalize="batch")` (CLI `python -m emodemo
 predict --normalize batch a.wav b.wav ...`) and for `predict_segments` on a long recording with at
 least {rule.get('min_segments', 6)} segments and {rule.get('min_seconds', 20.0):g} s of speech. A single clip keeps the
-single-clip head. **Do not use it for a batch that is all one emotion** (ten angry clips normalised
+single-clip head.{_blend_note(rule)} **Do not use it for a batch that is all one emotion** (ten angry clips normalised
 together look like ten ordinary ones) or for clips of different speakers and rooms.
 
 | corpus | held-out UA, single clips | held-out UA, each speaker's clips normalised together |

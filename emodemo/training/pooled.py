@@ -128,9 +128,11 @@ def _refit(probe: MC.LinearProbe, hist: list[dict], train: tuple, val: tuple, co
 
 
 @torch.inference_mode()
-def head_proba(head: PooledHead, split: MC.Split, groups: Optional[Sequence[str]] = None) -> np.ndarray:
+def head_proba(head: PooledHead, split: MC.Split, groups: Optional[Sequence[str]] = None,
+               blend: float = 0.0) -> np.ndarray:
     """Class probabilities of pooled vectors: single clips, or (groups given) each group
-    normalised by its own mean (the serving rule of predict_many(normalize="batch"))."""
+    normalised by its own mean (the serving rule of predict_many(normalize="batch"), with the
+    bundle's `blend` of the single-clip head)."""
     x = torch.stack(split.xs).float()
     if groups is None:
         return torch.softmax(head.pooled_logits(x), -1).double().numpy()
@@ -138,16 +140,17 @@ def head_proba(head: PooledHead, split: MC.Split, groups: Optional[Sequence[str]
     g = np.asarray(groups)
     for name in dict.fromkeys(groups):
         m = torch.from_numpy(g == name)
-        out[m] = torch.softmax(head.normalised_logits(x[m]), -1)
+        out[m] = torch.softmax(head.normalised_logits(x[m], blend), -1)
     return out.double().numpy()
 
 
 def evaluate_pooled(head: PooledHead, split: MC.Split, items: Sequence[Item], labels: Sequence[str],
-                    normalize: bool = False) -> dict[str, dict]:
-    """`multicorpus.report()` per corpus, single clips or normalised per speaker."""
+                    normalize: bool = False, blend: float = 0.0) -> dict[str, dict]:
+    """`multicorpus.report()` per corpus, single clips or normalised per speaker (`blend`: of the
+    single-clip head, as the bundle serves it)."""
     if not split.xs:
         return {}
-    p = head_proba(head, split, speakers(items) if normalize else None)
+    p = head_proba(head, split, speakers(items) if normalize else None, blend)
     corp = np.array(split.corpus)
     return {c: MC.report(p[corp == c], split.y[corp == c], labels) | {"_p": p[corp == c]}
             for c in dict.fromkeys(split.corpus)}
@@ -171,7 +174,7 @@ def clean(items: Sequence[Item]) -> list[Item]:
 
 
 def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,
-         normalize: bool, copies: Optional[dict] = None) -> dict[str, dict]:
+         normalize: bool, copies: Optional[dict] = None, blend: float = 0.0) -> dict[str, dict]:
     """Leave each (non-auxiliary) corpus out once: fit on the others (selection on their validation
     speakers), measure on the left-out corpus's held-out speakers (`test`), on the rest of its
     speakers (`rest`: the number that may decide between settings) and on all of them (`all`),
@@ -192,19 +195,21 @@ def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOp
             split = corpus_split(feats, items, labels, left)
             res[part] = _strip(evaluate_pooled(head, split, items, labels))[left]
             if normalize:
-                res[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True))[left]
+                res[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True, blend))[left]
         out[left] = res
     return out
 
 
-def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequence[str], normalize: bool) -> dict:
-    """Per-corpus reports on the validation and held-out speakers (and normalised per speaker)."""
+def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequence[str], normalize: bool,
+                  blend: float = 0.0) -> dict:
+    """Per-corpus reports on the validation and held-out speakers (and normalised per speaker,
+    with the bundle's `blend`)."""
     report = {}
     for part in ("val", "test"):
         split, items = MC.gather(corpora, part, feats, labels)
         report[part] = _strip(evaluate_pooled(head, split, items, labels))
         if normalize:
-            report[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True))
+            report[f"{part}_normalised"] = _strip(evaluate_pooled(head, split, items, labels, True, blend))
     return report
 
 

@@ -50,9 +50,12 @@ class NormalizeRecipe(_Section):
     `predict_many(normalize="batch")` call or of one long recording)."""
     min_segments: int = NORMALIZE_MIN_SEGMENTS   # predict_segments normalises from this many segments ...
     min_seconds: float = NORMALIZE_MIN_SECONDS   # ... and this much speech in them
+    blend: float = 0.0          # share of the single-clip head's probabilities mixed into the normalised
+    #                             path (speech.PooledHead.normalised_logits); 0: the normalised head alone
 
     def check(self, where: str) -> None:
         _require(self.min_segments >= 2, where, "min_segments", self.min_segments, "must be >= 2")
+        _require(0.0 <= self.blend <= 1.0, where, "blend", self.blend, "must be in [0, 1]")
         _require(self.min_seconds >= 0, where, "min_seconds", self.min_seconds, "must be >= 0")
 
 

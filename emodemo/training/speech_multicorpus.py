@@ -68,6 +68,7 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
     """The pooled head (training/pooled.py) on cached layer statistics: same contract."""
     t0 = time.time()
     normalize = sc.normalize is not None
+    blend = sc.normalize.blend if normalize else 0.0
     feats = P.pooled_feats({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None},
                            P.layer_rows(model.backbone), mc.cache, model.backbone)
     options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight, refit=mc.refit,
@@ -77,13 +78,13 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
              info["single"]["val_mean_UA"], f", {info['normalised']['val_mean_UA']:.3f} normalised"
              if normalize else "", time.time() - t0)
     selected = info.pop("selected_head", head)      # refit: the head before validation joined training
-    report = P.pooled_report(head, corpora, feats, labels, normalize) | {
+    report = P.pooled_report(head, corpora, feats, labels, normalize, blend) | {
         "temperature": info["single"]["temperature"], "backbone": sc.backbone, "head": "pooled",
         "splits": _splits(corpora), "dropped_classes": dropped,
         "selection": {k: {"val_mean_UA": v["val_mean_UA"], "temperature": v["temperature"],
                           "l2_grid": v["history"]} for k, v in info.items()}}
     if selected is not head:                        # validation numbers stay out-of-sample
-        report.update({k: v for k, v in P.pooled_report(selected, corpora, feats, labels, normalize).items()
+        report.update({k: v for k, v in P.pooled_report(selected, corpora, feats, labels, normalize, blend).items()
                        if k.startswith("val")})
     rest_copies = None
     if mc.copies:
@@ -91,7 +92,7 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
         report["copies"] = P.copies_report((selected, head), feats, copies, labels)
         rest_copies = P.copy_items({"rest": [*sc.train, *sc.val]}, corpora, labels).get("rest degraded")
     if mc.loco:
-        report["loco"] = P.loco(corpora, feats, labels, options, normalize, rest_copies)
+        report["loco"] = P.loco(corpora, feats, labels, options, normalize, rest_copies, blend)
         for left, r in report["loco"].items():
             log.info("leave out %s: UA %.3f on all its speakers%s; largest class share %.2f", left,
                      r["all"]["UA"], f" ({r['all_normalised']['UA']:.3f} normalised)" if normalize else "",
