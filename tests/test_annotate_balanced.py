@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from emodemo.annotate import AnnotationQueue, QueueOptions
@@ -116,6 +117,7 @@ def test_balanced_is_an_order_of_the_queue(store, tmp_path):
     assert nxt.id == _expected(q, set(voted), voted)[1][0]
 
 
+@pytest.mark.slow
 def test_cli_list_and_next_with_order_balanced(store, tmp_path):
     """`python -m emodemo queue list/next --order balanced` give the API's order (no model is
     loaded to list or serve clips)."""

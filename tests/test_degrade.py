@@ -97,6 +97,7 @@ def test_load_spec_degrade_renders_copies_of_every_kth_clip_once(tmp_path, monke
     assert np.abs(load_audio(copies[0].audio) - load_audio(by_id[copies[0].id[: -len(D.TAG)]].audio)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_codec_copies_go_through_a_real_codec(speech, tmp_path, monkeypatch):
     names = {D.CODECS[int(D._rng(f"c{i}").integers(len(D.CODECS)))]: f"c{i}" for i in range(30)}
     assert set(names) == set(D.CODECS)

@@ -164,6 +164,7 @@ def test_normalize_batch_reads_clips_relative_to_their_setting(recognizer):
         list(recognizer.predict_many(EXAMPLES, transcript="", normalize="speaker"))
 
 
+@pytest.mark.slow
 def test_normalize_batch_serves_the_bundles_blend_of_both_heads(recognizer, monkeypatch):
     """speech.normalize.blend (v9: 0.5) mixes the single-clip head's probabilities into the
     normalised path: blend 1 is the single-clip answer, blend 0 the normalised head alone, and
