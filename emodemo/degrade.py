@@ -149,12 +149,19 @@ CODEC_ARGS = {"gsm": ("gsm", "-ar", "8000", "-ac", "1", "-c:a", "libgsm"),
 KINDS = {TAG: degrade, CODEC_TAG: codec}   # tag -> copy function(wav, item id, other clips)
 
 
-def _render(item: Any, others: Sequence[str], root: Path, tag: str) -> Path:
+def _others(ordered: Sequence[Any], item: Any) -> list[str]:
+    """The clips babble may mix under `item`: other speakers' (else any other clip)."""
+    return ([str(o.audio) for o in ordered if o.speaker != item.speaker]
+            or [str(o.audio) for o in ordered if o is not item])
+
+
+def _render(item: Any, ordered: Sequence[Any], root: Path, tag: str) -> Path:
+    """The copy's file, rendered on first use (the other clips are gathered only then)."""
     out = root / (item.corpus or "misc") / f"{(item.id or Path(str(item.audio)).stem).replace('/', '__')}{tag}.wav"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp.wav")
-        sf.write(tmp, KINDS[tag](load_audio(str(item.audio)), item.id or str(item.audio), others),
+        sf.write(tmp, KINDS[tag](load_audio(str(item.audio)), item.id or str(item.audio), _others(ordered, item)),
                  SAMPLE_RATE, subtype="PCM_16")
         tmp.replace(out)
     return out
@@ -167,8 +174,6 @@ def degraded(items: Sequence[Any], every: int = 1, tag: str = TAG) -> list[Any]:
     root = degraded_root()
     out = []
     for it in ordered[::max(1, int(every))]:
-        others = [str(o.audio) for o in ordered if o.speaker != it.speaker] or \
-                 [str(o.audio) for o in ordered if o is not it]
-        out.append(dataclasses.replace(it, audio=str(_render(it, others, root, tag)), id=f"{it.id}{tag}",
+        out.append(dataclasses.replace(it, audio=str(_render(it, ordered, root, tag)), id=f"{it.id}{tag}",
                                        speaker=f"{it.speaker}{tag}" if it.speaker else None))
     return out

@@ -70,8 +70,7 @@ def run_row(name: str, recipe: Recipe, corpora: dict, options: MC.ProbeOptions, 
     t0 = time.time()
     head, info = P.fit_pooled(corpora, feats, LABELS, options, normalize=True)
     rep = P.pooled_report(head, corpora, feats, LABELS, True)
-    rest = P.copy_items({"rest": recipe.speech.train + recipe.speech.val}, corpora, LABELS).get("rest degraded") \
-        if degraded else None
+    rest = P.loco_copies(recipe.speech.train + recipe.speech.val, corpora, LABELS) if degraded else None
     loco = P.loco(corpora, feats, LABELS, options, True, rest)
     real = [c for c in corpora if not corpora[c].aux]
     deg = {part: {c: r["UA"] for c, r in per.items()} for part, per in

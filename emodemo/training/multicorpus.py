@@ -415,8 +415,8 @@ def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: di
     scaler = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
     if o.speaker_shift > 0:
         extra, idx = shifted(x, [i.speaker or i.id for i in train_items], o.speaker_shift)
-        x, y, mask, weight = torch.cat([x, extra]), y[torch.cat([torch.arange(len(y)), idx])], \
-            mask[torch.cat([torch.arange(len(mask)), idx])], torch.cat([weight, weight[idx]])
+        rows = torch.cat([torch.arange(len(y)), idx])          # each original, then each copy's source
+        x, y, mask, weight = torch.cat([x, extra]), y[rows], mask[rows], weight[rows]
     xs = (x - scaler.mean) / scaler.std
     basis = principal_basis(xs, components)
     z = xs if basis is None else xs @ basis

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import is_copy_spec
+from ..degrade import TAG as DEGRADED
+
 CORPUS_INFO = {
     "ravdess": ("RAVDESS speech (Livingstone & Russo 2018), English, 20 North-American actors, 2 fixed "
                 "sentences; calm merged into neutral", "CC BY-NC-SA 4.0"),
@@ -98,7 +101,7 @@ def _speech_row(sc: dict, mc: dict, sv: dict) -> str:
 def _training_row(sc: dict, mc: dict) -> str:
     common = ("mixed corpora, every corpus the same weight and every class within a corpus the same weight; "
               "each item's loss over the classes its corpus has (a corpus without a class says nothing about it)")
-    if any(":degrade=" in s for s in sc.get("train", [])):
+    if any(is_copy_spec(s) for s in sc.get("train", [])):
         common += ("; beside each corpus's clips, a degraded copy of every 2nd training clip (`emodemo.degrade`: "
                    "room, phone line or microphone, noise; below)")
     if sc.get("head") == "pooled":
@@ -198,7 +201,7 @@ corpus (leave one corpus out, non-held-out speakers): {_f(loco)}.
 
 def _data_rows(mr: dict) -> str:
     def spk(c: str, part: str) -> str:          # a degraded copy's "speaker" (`x~deg`) is x's
-        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part] if "~" not in s) or "–"
+        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part] if not s.endswith(DEGRADED)) or "–"
     dropped = mr.get("dropped_classes", {})
     return "\n".join(
         f"| {c} | {CORPUS_INFO.get(c, ('', ''))[0]}{'; classes dropped: ' + ', '.join(dropped[c]) if c in dropped else ''} "

@@ -201,11 +201,11 @@ def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOp
 
 
 def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequence[str], normalize: bool,
-                  blend: float = 0.0) -> dict:
-    """Per-corpus reports on the validation and held-out speakers (and normalised per speaker,
-    with the bundle's `blend`)."""
+                  blend: float = 0.0, parts: Sequence[str] = ("val", "test")) -> dict:
+    """Per-corpus reports on the validation and held-out speakers (`parts`), and normalised per
+    speaker, with the bundle's `blend`."""
     report = {}
-    for part in ("val", "test"):
+    for part in parts:
         split, items = MC.gather(corpora, part, feats, labels)
         report[part] = _strip(evaluate_pooled(head, split, items, labels))
         if normalize:
@@ -216,18 +216,26 @@ def pooled_report(head: PooledHead, corpora: dict, feats: Feats, labels: Sequenc
 COPIES = {"degraded": ":degrade=2", "codec": ":codec=4"}   # emodemo.degrade copies measured on
 
 
-def copy_items(parts: dict[str, Sequence[str]], corpora: dict, labels: Sequence[str]) -> dict:
+def copy_items(parts: dict[str, Sequence[str]], corpora: dict, labels: Sequence[str],
+               kinds: Sequence[str] = tuple(COPIES)) -> dict:
     """{"<part> degraded" | "<part> codec": {corpus: items}} for `parts` = {part: data specs}:
-    `degrade` copies of every 2nd clip, real-codec copies of every 4th (auxiliary corpora and
-    classes outside `labels` left out)."""
+    `degrade` copies of every 2nd clip, real-codec copies of every 4th (`kinds`: which of the
+    two; auxiliary corpora and classes outside `labels` left out)."""
     out: dict = {}
     for part, specs in parts.items():
-        for kind, suffix in COPIES.items():
+        for kind in kinds:
+            suffix = COPIES[kind]
             for spec in (s for s in specs if not is_copy_spec(s)):
                 items = [i for i in load_spec(spec + suffix) if i.corpus in corpora and i.label in labels]
                 if items and not corpora[items[0].corpus].aux:
                     out.setdefault(f"{part} {kind}", {}).setdefault(items[0].corpus, []).extend(items)
     return out
+
+
+def loco_copies(specs: Sequence[str], corpora: dict, labels: Sequence[str]) -> Optional[dict]:
+    """{corpus: degraded copies of its clips in `specs`} (a recipe's training + validation
+    specs): what `loco` measures a left-out corpus's `rest_degraded` on."""
+    return copy_items({"rest": specs}, corpora, labels, ("degraded",)).get("rest degraded")
 
 
 def copies_report(heads: tuple[PooledHead, PooledHead], feats: Feats, copies: dict,

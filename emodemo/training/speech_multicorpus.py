@@ -84,13 +84,12 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
         "selection": {k: {"val_mean_UA": v["val_mean_UA"], "temperature": v["temperature"],
                           "l2_grid": v["history"]} for k, v in info.items()}}
     if selected is not head:                        # validation numbers stay out-of-sample
-        report.update({k: v for k, v in P.pooled_report(selected, corpora, feats, labels, normalize, blend).items()
-                       if k.startswith("val")})
+        report.update(P.pooled_report(selected, corpora, feats, labels, normalize, blend, parts=("val",)))
     rest_copies = None
     if mc.copies:
         copies = P.copy_items({"val": sc.val, "test": mc.test}, corpora, labels)
         report["copies"] = P.copies_report((selected, head), feats, copies, labels)
-        rest_copies = P.copy_items({"rest": [*sc.train, *sc.val]}, corpora, labels).get("rest degraded")
+        rest_copies = P.loco_copies([*sc.train, *sc.val], corpora, labels)
     if mc.loco:
         report["loco"] = P.loco(corpora, feats, labels, options, normalize, rest_copies, blend)
         for left, r in report["loco"].items():
