@@ -322,11 +322,12 @@ def _int_ranges(s: str) -> list[int]:
     return out
 
 
-COPY_SPEC = re.compile(r"(.+):(degrade|codec)=(\d+)")   # a spec's copies (emodemo.degrade), last option
+COPY_KINDS = ("degrade", "codec", "voice")     # the kinds of copies (emodemo.degrade.SPEC_TAGS)
+COPY_SPEC = re.compile(rf"(.+):({'|'.join(COPY_KINDS)})=(\d+)")   # a spec's copies, last option
 
 
 def is_copy_spec(spec: str) -> bool:
-    """Whether a data spec names copies of clips (`...:degrade=K` or `...:codec=K`)."""
+    """Whether a data spec names copies of clips (`...:degrade=K`, `:codec=K` or `:voice=K`)."""
     return COPY_SPEC.fullmatch(spec) is not None
 
 
@@ -342,14 +343,15 @@ def load_spec(spec: str | Sequence[str]) -> list[Item]:
     SHARED_DATA, same options). A trailing
     `:as=LABEL` relabels every item (e.g. flat synthetic speech as `neutral` for the audio branch);
     `:degrade=K` gives a degraded copy (room, phone or microphone, noise: `emodemo.degrade`) of
-    every K-th item instead, `:codec=K` one through a real speech codec (GSM, Opus, MP3).
+    every K-th item instead, `:codec=K` one through a real speech codec (GSM, Opus, MP3), `:voice=K`
+    one as another voice would say it (speed perturbation).
     """
     if not isinstance(spec, str):
         return [it for s in spec for it in load_spec(s)]
     copy = COPY_SPEC.fullmatch(spec)
     if copy:
-        from .degrade import CODEC_TAG, TAG, degraded   # rendered once, then read from disk
-        return degraded(load_spec(copy[1]), int(copy[3]), TAG if copy[2] == "degrade" else CODEC_TAG)
+        from .degrade import SPEC_TAGS, degraded   # rendered once, then read from disk
+        return degraded(load_spec(copy[1]), int(copy[3]), SPEC_TAGS[copy[2]])
     if ":as=" in spec:
         spec, _, label = spec.rpartition(":as=")
         return [replace(i, label=label, labels=(label,)) for i in load_spec(spec)]

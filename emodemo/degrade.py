@@ -17,7 +17,9 @@ One copy of a clip is fixed by the clip's id (seeded), rendered once to a 16-kHz
 marked `~deg` (its speaker is a setting of its own: one voice in one room, for per-setting
 normalisation), label and corpus kept. `load_spec("<spec>:degrade=k")` gives the same;
 `load_spec("<spec>:codec=k")` copies through a real speech codec instead (`codec`: GSM, Opus
-8 kbit/s, MP3 24 kbit/s; a channel `degrade` never makes, to measure on).
+8 kbit/s, MP3 24 kbit/s; a channel `degrade` never makes, to measure on), and
+`load_spec("<spec>:voice=k")` as another voice would say it (`voice`: speed perturbation, pitch
+and formants moved together).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from .settings import read_env
 
 TAG = "~deg"
 CODEC_TAG = "~codec"
+VOICE_TAG = "~voice"
 ROOM_P, CHANNEL_P, NOISE_P = 0.5, 0.6, 0.8
 RT60_S = (0.2, 0.8)
 DIRECT_TO_REVERB_DB = (0.0, 10.0)
@@ -48,6 +51,7 @@ GAIN_DB = (-12.0, 6.0)
 PHONE_RATE = 8000
 NOISE_KINDS = ("white", "pink", "brown", "babble")
 BABBLE_VOICES = 3
+VOICE_FACTOR = (0.04, 0.12)    # |speed factor - 1| of a `voice` copy, either direction
 DEFAULT_ROOT = Path("runs") / "degraded"
 
 
@@ -142,11 +146,29 @@ def codec(wav: np.ndarray, item_id: str, others: Sequence[str] = ()) -> np.ndarr
     return np.pad(out, (0, max(0, len(wav) - len(out))))[: len(wav)].astype(np.float32)
 
 
+def voice(wav: np.ndarray, item_id: str, others: Sequence[str] = ()) -> np.ndarray:
+    """The clip as another voice would say it, fixed by `item_id`: played faster or slower by a
+    factor f with 4-12 % from 1 (Kaldi's speed perturbation): pitch and formants move by f, as a
+    longer or shorter vocal tract and a lower or higher voice would, and the tempo by f (well
+    inside the range of one speaker's rate). The speaker of a copy is a setting of its own."""
+    rng = _rng(item_id + VOICE_TAG)
+    f = 1.0 + float(rng.choice((-1.0, 1.0))) * rng.uniform(*VOICE_FACTOR)
+    orig = int(round(SAMPLE_RATE * f / 100.0)) * 100          # rates with a large common divisor
+    x = AF.resample(torch.from_numpy(np.asarray(wav, np.float32)), orig_freq=orig, new_freq=SAMPLE_RATE)
+    return np.clip(x.numpy(), -1.0, 1.0).astype(np.float32)
+
+
 CODECS = ("gsm", "opus-8k", "mp3-24k")
 CODEC_ARGS = {"gsm": ("gsm", "-ar", "8000", "-ac", "1", "-c:a", "libgsm"),
               "opus-8k": ("ogg", "-c:a", "libopus", "-b:a", "8k"),
               "mp3-24k": ("mp3", "-c:a", "libmp3lame", "-b:a", "24k")}
-KINDS = {TAG: degrade, CODEC_TAG: codec}   # tag -> copy function(wav, item id, other clips)
+KINDS = {TAG: degrade, CODEC_TAG: codec, VOICE_TAG: voice}   # tag -> copy function(wav, item id, other clips)
+SPEC_TAGS = {"degrade": TAG, "codec": CODEC_TAG, "voice": VOICE_TAG}   # data spec option -> tag (data.COPY_SPEC)
+
+
+def is_copy(item: Any) -> bool:
+    """Whether a clip is a copy made here (any kind), not an original recording."""
+    return str(getattr(item, "id", "")).endswith(tuple(KINDS))
 
 
 def _others(ordered: Sequence[Any], item: Any) -> list[str]:

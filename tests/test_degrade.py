@@ -97,6 +97,29 @@ def test_load_spec_degrade_renders_copies_of_every_kth_clip_once(tmp_path, monke
     assert np.abs(load_audio(copies[0].audio) - load_audio(by_id[copies[0].id[: -len(D.TAG)]].audio)).max() > 1e-3
 
 
+def test_a_voice_copy_moves_pitch_and_tempo_together(tmp_path, monkeypatch):
+    """`voice`: speed perturbation, fixed by the clip id: a 200-Hz tone comes out at 200 x f Hz
+    and 1 / f as long, with f 4-12 % from 1; `:voice=K` copies are settings of their own and
+    never count as original clips."""
+    t = np.arange(SR) / SR
+    tone = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    factors = []
+    for i in range(6):
+        out = D.voice(tone, f"clip-{i}")
+        assert np.array_equal(out, D.voice(tone, f"clip-{i}"))
+        f = len(tone) / len(out)
+        peak = np.fft.rfftfreq(len(out), 1 / SR)[np.argmax(np.abs(np.fft.rfft(out)))]
+        assert peak == pytest.approx(200 * f, abs=2.0) and 0.035 < abs(f - 1) < 0.125
+        factors.append(round(f, 3))
+    assert min(factors) < 1 < max(factors)                         # lower and higher voices
+    monkeypatch.setenv("EMODEMO_DEGRADED_DIR", str(tmp_path / "deg"))
+    root = make_corpus(tmp_path / "c", ["A", "B"], ["neutral", "angry"], per=2)
+    copies = load_spec(f"folder:{root}:voice=2")
+    assert len(copies) == 4 and all(c.speaker.endswith(D.VOICE_TAG) and D.is_copy(c) for c in copies)
+    from emodemo.training.pooled import clean
+    assert clean(copies + load_spec(f"folder:{root}")) == load_spec(f"folder:{root}")
+
+
 @pytest.mark.slow
 def test_codec_copies_go_through_a_real_codec(speech, tmp_path, monkeypatch):
     names = {D.CODECS[int(D._rng(f"c{i}").integers(len(D.CODECS)))]: f"c{i}" for i in range(30)}

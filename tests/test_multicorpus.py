@@ -255,13 +255,15 @@ def test_head_ensemble_trains_each_member_and_round_trips_through_a_bundle(tone_
 
 
 # ---- the pooled head and per-recording normalisation (training/pooled.py) ------------------------
-def _offset_corpora(seed: int = 0, dim: int = 16):
-    """Two corpora whose speakers each add a large random offset (voice, room) to every clip; the
-    emotion is a small direction per class, the same in both corpora. Returns (corpora, feats)."""
+def _offset_corpora(seed: int = 0, dim: int = 16, rank: int = 0):
+    """Two corpora whose speakers each add a large random offset (voice, room) to every clip (in a
+    `rank`-dimensional subspace when rank > 0); the emotion is a small direction per class, the
+    same in both corpora. Returns (corpora, feats)."""
     from emodemo.data import Item
     from emodemo.training import pooled as P  # noqa: F401
     rng = np.random.default_rng(seed)
     direction = {lab: rng.normal(0, 1.0, dim) for lab in ("neutral", "happy", "sad", "angry")}
+    span = np.linalg.qr(rng.normal(size=(dim, rank)))[0] if rank else None
     vec: dict[str, torch.Tensor] = {}
     corpora = {}
     for cname in ("a", "b"):
@@ -269,7 +271,7 @@ def _offset_corpora(seed: int = 0, dim: int = 16):
         for part, n_spk in (("train", 6), ("val", 3), ("test", 3)):
             items = []
             for s in range(n_spk):
-                offset = rng.normal(0, 4.0, dim)
+                offset = rng.normal(0, 4.0, dim) if span is None else span @ rng.normal(0, 4.0, rank)
                 for k in range(12):
                     lab = list(direction)[k % 4]
                     it = Item(f"/{cname}/{part}{s}_{k}.wav", lab, speaker=f"{cname}-{part}{s}", id=f"{part}{s}_{k}",
@@ -279,6 +281,28 @@ def _offset_corpora(seed: int = 0, dim: int = 16):
             parts[part] = items
         corpora[cname] = MC.Corpus(cname, parts["train"], parts["val"], parts["test"])
     return corpora, (lambda items: [vec[i.audio] for i in items])
+
+
+def test_nuisance_projection_makes_the_single_clip_head_blind_to_speaker_offsets():
+    """ProbeOptions.nuisance = k: the directions in which training speakers differ (class means
+    removed first) are projected out of the single-clip head, so a new speaker's offset along
+    them moves its logits little; the normalised head is unchanged (whether it helps on real
+    corpora is measured: docs/generalisation.md)."""
+    from emodemo.training import pooled as P
+    corpora, feats = _offset_corpora(seed=4, rank=3)
+    plain, blind = (P.fit_pooled(corpora, feats, LABELS, MC.ProbeOptions([1e-2], nuisance=k), normalize=True)[0]
+                    for k in (0, 3))
+    x = torch.stack(feats(corpora["a"].test + corpora["b"].test))      # 6 unseen speakers x 12 clips
+    means = x.reshape(6, 12, -1).mean(1)                           # each speaker's mean: 3 clips a class
+    offset = means[1] - means[4]                                   # between two speakers: no emotion
+    emotion = x[0] - x[1]                                          # within one speaker: neutral vs happy
+    moved = lambda h, d: (h.pooled_logits(x + d) - h.pooled_logits(x)).abs().mean()   # noqa: E731
+    with torch.no_grad():
+        assert moved(blind, offset) < 0.5 * moved(plain, offset)
+        assert moved(blind, emotion) > 0.5 * moved(plain, emotion)           # emotion still read
+    assert torch.equal(plain.norm_out.weight, blind.norm_out.weight)          # centred path untouched
+    basis = MC.nuisance_basis(torch.randn(40, 6), torch.arange(40) % 2, [f"s{i % 4}" for i in range(40)], ["c"] * 40, 9)
+    assert basis.shape == (6, 4)                                   # at most one direction per setting
 
 
 def test_pooled_head_normalised_path_removes_the_setting_and_beats_single_clips():

@@ -32,6 +32,7 @@ from ..fusion import unweighted_accuracy
 from .loops import EpochPlan, fit_epochs, pad_frames, seed_everything
 from .metrics import ece, fit_temperature, tempered  # noqa: F401  (re-exported)
 from .recipe import MulticorpusRecipe
+from .subspace import nuisance_basis, principal_basis, setting_groups, without  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -374,15 +375,6 @@ def _masked_step(model: nn.Module, train: Split, train_items: Sequence[Item], co
     return step, (avg.module if avg is not None else model), opt
 
 
-def principal_basis(xs: torch.Tensor, k: int) -> Optional[torch.Tensor]:
-    """The top-`k` principal directions [D, k] of standardised rows (None when k covers D)."""
-    if k <= 0 or k >= min(xs.shape):
-        return None
-    torch.manual_seed(0)
-    _, _, v = torch.pca_lowrank(xs, q=k, center=True, niter=3)
-    return v
-
-
 @dataclass
 class ProbeOptions:
     """How `fit_probe` fits: the L2 strengths tried, the `absent` share of masked_loss, the
@@ -395,6 +387,14 @@ class ProbeOptions:
     max_iter: int = 200
     refit: bool = False           # fit_pooled: refit on train + validation with the chosen L2
     speaker_shift: float = 0.0    # share of training vectors that also get a shifted copy (`shifted`)
+    nuisance: int = 0             # between-setting directions removed before fitting (`nuisance_basis`)
+
+    @classmethod
+    def of(cls, mc: MulticorpusRecipe, **overrides) -> "ProbeOptions":
+        """The options a recipe's `speech.multicorpus` section asks for (`overrides` win)."""
+        return cls(**{"l2_grid": mc.l2_grid, "absent": mc.absent, "components": mc.components,
+                      "corpus_weight": mc.corpus_weight, "refit": mc.refit, "speaker_shift": mc.speaker_shift,
+                      "nuisance": mc.nuisance, **overrides})
 
 
 def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: dict[str, Corpus],
@@ -418,6 +418,9 @@ def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: di
         rows = torch.cat([torch.arange(len(y)), idx])          # each original, then each copy's source
         x, y, mask, weight = torch.cat([x, extra]), y[rows], mask[rows], weight[rows]
     xs = (x - scaler.mean) / scaler.std
+    n = len(train_items)                                        # the original rows (before shifted copies)
+    blind = nuisance_basis(xs[:n], y[:n], setting_groups(train_items), train.corpus, o.nuisance)
+    xs = without(xs, blind)
     basis = principal_basis(xs, components)
     z = xs if basis is None else xs @ basis
     best, best_state, history = -1.0, None, []
@@ -433,7 +436,7 @@ def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: di
         opt.step(closure)
         probe = LinearProbe(x.shape[1], len(labels), dropout=0.0).fit_scaler(x)
         with torch.no_grad():
-            probe.out.weight.copy_(lin.weight if basis is None else lin.weight @ basis.T)
+            probe.out.weight.copy_(without(lin.weight if basis is None else lin.weight @ basis.T, blind))
             probe.out.bias.copy_(lin.bias)
         per = {c: m for c, m in evaluate_corpora(probe, val, collate, labels).items() if not corpora[c].aux}
         score = select_score(per)

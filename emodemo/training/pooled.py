@@ -25,6 +25,7 @@ import torch
 
 from ..data import Item, is_copy_spec, load_spec
 from ..degrade import TAG as DEGRADED
+from ..degrade import is_copy
 from ..speech import PooledHead
 from . import multicorpus as MC
 from .features import cached_layer_stats, memoised, stats_view
@@ -88,8 +89,8 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
     paths = [("single", tr, va)]
     if normalize:
         paths.append(("normalised", centred(tr, speakers(tr_items)), centred(va, speakers(va_items))))
-    for path, t, v in paths:         # a centred vector has no speaker offset to shift
-        o = options if path == "single" else dataclasses.replace(options, speaker_shift=0.0)
+    for path, t, v in paths:         # a centred vector has no speaker offset to shift or project out
+        o = options if path == "single" else dataclasses.replace(options, speaker_shift=0.0, nuisance=0)
         probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, o)
         temp = _tempered_probe(probe, v, corpora, labels)
         if options.refit:
@@ -169,8 +170,8 @@ def is_degraded(item: Item) -> bool:
 
 
 def clean(items: Sequence[Item]) -> list[Item]:
-    """The original clips (degraded training copies, `emodemo.degrade`, left out)."""
-    return [i for i in items if not is_degraded(i)]
+    """The original clips (training copies of any kind, `emodemo.degrade`, left out)."""
+    return [i for i in items if not is_copy(i)]
 
 
 def loco(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.ProbeOptions,

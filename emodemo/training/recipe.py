@@ -73,6 +73,7 @@ class MulticorpusRecipe(_Section):
     crop_seconds: float = 4.0
     absent: float = 0.0
     speaker_shift: float = 0.0
+    nuisance: int = 0                               # pooled head: between-setting directions projected out
     shift_scale: float = 1.0
     ema: float = 0.0
     smoothing: float = 0.1
@@ -89,7 +90,7 @@ class MulticorpusRecipe(_Section):
                                                     # copies of the validation / held-out clips (degrade.py)
 
     def check(self, where: str) -> None:
-        for name in ("epochs", "min_class_clips"):
+        for name in ("epochs", "min_class_clips", "nuisance"):
             _require(getattr(self, name) >= 0, where, name, getattr(self, name), "must be >= 0")
         for name in ("patience", "batch_size"):
             _require(getattr(self, name) >= 1, where, name, getattr(self, name), "must be >= 1")

@@ -71,8 +71,7 @@ def _train_pooled(model, sc, mc, corpora: dict, labels: Sequence[str], dropped: 
     blend = sc.normalize.blend if normalize else 0.0
     feats = P.pooled_feats({"backbone": sc.backbone, "source": sc.source, "trim": model.trim or None},
                            P.layer_rows(model.backbone), mc.cache, model.backbone)
-    options = MC.ProbeOptions(mc.l2_grid, mc.absent, mc.components, mc.corpus_weight, refit=mc.refit,
-                              speaker_shift=mc.speaker_shift)
+    options = MC.ProbeOptions.of(mc)
     head, info = P.fit_pooled(corpora, feats, labels, options, normalize)
     log.info("speech (pooled head, frozen %s): val mean UA %.3f single%s (%.0f s)", sc.backbone,
              info["single"]["val_mean_UA"], f", {info['normalised']['val_mean_UA']:.3f} normalised"
