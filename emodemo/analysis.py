@@ -262,6 +262,25 @@ def verdict(probs: Mapping[str, float]) -> dict:
     return {"margin": round(margin(probs), 6), "unsure": is_unsure(probs), "call": call(probs)}
 
 
+ONE_SIDED_CLIPS = 8       # clips a batch needs before its label histogram says anything
+ONE_SIDED_SHARE = 0.6     # one label's share of a batch that earns a note (7 labels: 1/7 if even)
+
+
+def one_sided(labels: Sequence[str]) -> Optional[str]:
+    """A note when one label takes most of a batch of clips (`labels`: the called label of each):
+    on a voice, language or microphone the model never heard, it tends to call most clips one
+    label (docs/generalisation.md), and a person should know it before trusting the histogram.
+    None for small batches or a spread of labels."""
+    if len(labels) < ONE_SIDED_CLIPS:
+        return None
+    top = max(set(labels), key=lambda lab: (list(labels).count(lab), lab))
+    n = list(labels).count(top)
+    if n < ONE_SIDED_SHARE * len(labels):
+        return None
+    return (f"{n} of {len(labels)} clips were called {top}. If they are not mostly {top}, the model "
+            f"may not know this voice, language or microphone.")
+
+
 def _vec(labels: Sequence[str], probs: Optional[Mapping[str, float]]) -> Optional[list]:
     return None if probs is None else [float(probs.get(k, 0.0)) for k in labels]
 

@@ -51,6 +51,7 @@ def _table(path: str, pred, labels: list[str]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .analysis import one_sided
     from .recognizer import load_recognizer
     s = settings()
     transcript = "" if args.no_asr else args.transcript
@@ -60,7 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         asr = load_asr(PRESETS[args.asr], threads=s.asr_threads)
     rec = load_recognizer(args.bundle, asr=asr, threads=args.threads or s.torch_threads,
                           asr_threads=s.asr_threads)
-    failed = 0
+    failed, called = 0, []
     # with a fixed transcript (or none) the audio branch runs in batches; with ASR one by one
     for i, pred in rec.predict_many(args.files, transcript=transcript, batch_size=args.batch_size,
                                     normalize=args.normalize):
@@ -69,10 +70,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {path}: {pred}", file=sys.stderr)
             continue
+        called.append(pred.label)
         if args.json:
             print(json.dumps({"file": path, **pred.to_dict()}, ensure_ascii=False), flush=True)
         else:
             print(_table(path, pred, rec.labels), flush=True)
+    note = one_sided(called)
+    if note:
+        tip = ("With clips of one speaker that span several emotions try --normalize batch, or correct "
+               "some clips and fine-tune" if args.normalize != "batch" else "Correct some clips and fine-tune")
+        print(f"note: {note} {tip} (python -m emodemo finetune).", file=sys.stderr)
     return 1 if failed else 0
 
 

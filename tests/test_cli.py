@@ -79,3 +79,33 @@ def test_empty_queue_lists_nothing(tmp_path, capsys):
     """`queue list` on a database with no clips queued yet: no output, exit 0 (was a traceback)."""
     assert main(["queue", "list", "--db", f"sqlite:///{tmp_path / 'q.db'}"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_one_sided_batches_earn_a_note_and_spread_ones_do_not():
+    from emodemo.analysis import ONE_SIDED_CLIPS, one_sided
+    assert one_sided(["neutral"] * (ONE_SIDED_CLIPS - 1)) is None              # too few to say
+    note = one_sided(["neutral"] * 7 + ["happy"] * 3)
+    assert note.startswith("7 of 10 clips were called neutral") and "voice, language or microphone" in note
+    assert one_sided(["neutral", "happy", "sad", "angry"] * 3) is None
+
+
+@pytest.mark.slow
+def test_predict_notes_a_batch_called_one_label_on_stderr(tmp_path):
+    """Nine flat espeak-ng Polish sentences (the shipped default calls flat synthetic speech
+    neutral): `predict` says that 9 of 9 were called one label and what to try, on stderr, so
+    --json output stays one JSON object a line; with --normalize batch it does not suggest it."""
+    from conftest import espeak
+    files = [str(espeak(f"To jest zdanie numer {i}, powiedziane spokojnie.", tmp_path / f"c{i}.wav", voice="pl"))
+             for i in range(9)]
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "emodemo", "predict", "--no-asr", "--json", *extra,  # noqa: E731
+                                         *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = run()
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 9 and {r["label"] for r in rows} == {"neutral"}
+    assert "note: 9 of 9 clips were called neutral" in out.stderr and "--normalize batch" in out.stderr
+    batch = run("--normalize", "batch")
+    assert batch.returncode == 0 and "clips were called" in batch.stderr and "--normalize batch" not in batch.stderr
+    few = subprocess.run([sys.executable, "-m", "emodemo", "predict", "--no-asr", *files[:3]], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert few.returncode == 0 and "note:" not in few.stderr
