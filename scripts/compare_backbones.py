@@ -46,7 +46,8 @@ SPAN = {**BASE, "trim": "span"}     # the whole clip encoded (shareable with the
 ROWS = {"tiny-1-4": (TINY, [1, 2, 3, 4]), "base-1-6": (BASE, [1, 2, 3, 4, 5, 6]),
         "base-1-4": (BASE, [1, 2, 3, 4]), "base-3-6": (BASE, [3, 4, 5, 6]), "base-4-6": (BASE, [4, 5, 6]),
         "base-2-5": (BASE, [2, 3, 4, 5]), "base-final": (BASE, [7]), "base-0-6": (BASE, [0, 1, 2, 3, 4, 5, 6]),
-        "span-1-6": (SPAN, [1, 2, 3, 4, 5, 6])}
+        "span-1-6": (SPAN, [1, 2, 3, 4, 5, 6]), "span-1-6-ln": (SPAN, [1, 2, 3, 4, 5, 6])}
+NORMED = {"span-1-6-ln"}   # rows pooled from layer-normalised frames (features.stats_view normed)
 
 
 def corpora_of(recipe: Recipe, keep: list[str] | None) -> dict:
@@ -66,7 +67,7 @@ def mean(xs) -> float:
 def run_row(name: str, recipe: Recipe, corpora: dict, options: MC.ProbeOptions, cache: str,
             degraded: dict) -> dict:
     cfg, rows = ROWS[name]
-    feats = P.pooled_feats(cfg, rows, cache)
+    feats = P.pooled_feats(cfg, rows, cache, normed=name in NORMED)
     t0 = time.time()
     head, info = P.fit_pooled(corpora, feats, LABELS, options, normalize=True)
     rep = P.pooled_report(head, corpora, feats, LABELS, True)

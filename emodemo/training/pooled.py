@@ -41,9 +41,10 @@ def layer_rows(backbone) -> list[int]:
     return [n + 1 if l == FINAL else int(l) for l in backbone.layers]
 
 
-def pooled_feats(speech_cfg: dict, rows: Sequence[int], cache: str, backbone=None) -> Feats:
-    """feats(items) -> pooled mean+std vectors of the configured layers (memoised per item)."""
-    return memoised(lambda items: stats_view(cached_layer_stats(items, speech_cfg, cache, backbone=backbone), rows))
+def pooled_feats(speech_cfg: dict, rows: Sequence[int], cache: str, backbone=None, normed: bool = False) -> Feats:
+    """feats(items) -> pooled mean+std vectors of the configured layers (memoised per item);
+    `normed`: of each frame layer-normalised first (`features.stats_view`)."""
+    return memoised(lambda items: stats_view(cached_layer_stats(items, speech_cfg, cache, backbone=backbone), rows, normed))
 
 
 def centred(split: MC.Split, groups: Sequence[str]) -> MC.Split:
