@@ -182,3 +182,16 @@ def test_gate_checks_by_name_with_per_class_before_after():
                                          "failures": ["reference UA within tolerance ..."]}}
     shown = md.job({**view, "report": report})
     assert "| reference UA within tolerance | ❌ |" in shown and "Forced" not in shown
+
+
+@pytest.mark.slow
+def test_annotate_says_when_the_model_prelabelled_most_clips_one_label(h, store, tmp_path):
+    """Nine flat espeak-ng sentences (the shipped default calls flat synthetic speech neutral):
+    adding them says that 9 of 9 were pre-labelled neutral and to vote on what one hears."""
+    from conftest import espeak
+    clips = [str(espeak(f"Sentence number {i} is read in a flat voice.", tmp_path / f"e{i}.wav")) for i in range(9)]
+    out = h.add(clips[:4])
+    assert "4 clips added" in out["ann_msg"] and "Pre-labels" not in out["ann_msg"]      # too few to say
+    out = h.add(clips[4:])
+    assert "Pre-labels: 9 of 9 clips were called neutral" in out["ann_msg"]
+    assert "Vote on what you hear" in out["ann_msg"]

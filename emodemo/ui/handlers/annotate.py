@@ -64,8 +64,15 @@ def add(ctx, files: Any) -> dict:
     if not paths:
         raise EmodemoError("Choose audio files (or a zip of them) to add to the queue first.")
     rep = _queue(ctx).add(paths)
-    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}."),
+    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.") + _prelabel_note(ctx),
             **progress(ctx), "ann_files": None}
+
+
+def _prelabel_note(ctx) -> str:
+    """A note when the model pre-labelled most of the queue one label (`analysis.one_sided`):
+    annotators should vote on what they hear, and a lead should not trust the pre-labels."""
+    note = analysis.one_sided([it.model_label for it in _queue(ctx).items() if it.model_label])
+    return f"\n\nPre-labels: {note} Vote on what you hear, not on the pre-label." if note else ""
 
 
 def progress(ctx) -> dict:
