@@ -123,6 +123,8 @@ def main() -> None:
                     "speakers (recipe speech.multicorpus.refit); rows are named '<row>+refit'")
     ap.add_argument("--shift", type=float, help="share of training vectors with a speaker-shifted copy "
                     "(recipe speech.multicorpus.speaker_shift; default: the recipe's)")
+    ap.add_argument("--components", type=int, help="principal directions the probe is fitted on (recipe "
+                    "speech.multicorpus.components; default: the recipe's)")
     ap.add_argument("--nuisance", type=int, help="between-setting directions removed before fitting the "
                     "single-clip head (recipe speech.multicorpus.nuisance; default: the recipe's)")
     ap.add_argument("--degraded", action="store_true", help="also report UA on degraded copies "
@@ -137,7 +139,8 @@ def main() -> None:
     results = []
     for name in args.rows:
         mc = recipe.speech.multicorpus
-        given = {"l2_grid": args.l2, "speaker_shift": args.shift, "nuisance": args.nuisance}
+        given = {"l2_grid": args.l2, "speaker_shift": args.shift, "nuisance": args.nuisance,
+                 "components": args.components}
         options = MC.ProbeOptions.of(mc, refit=args.refit, **{k: v for k, v in given.items() if v is not None})
         results.append(run_row(name, recipe, corpora, options, args.cache, degraded) | ({"row": name + "+refit"} if args.refit else {}))
         print(table(results[-1:]), flush=True)
