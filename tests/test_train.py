@@ -280,6 +280,7 @@ def one_error_line_from_train(cfg: dict, tmp_path: Path) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_misspelt_multicorpus_key_ends_the_train_command_with_one_error_line(tmp_path):
     cfg = json.loads((ROOT / "configs" / "default-v7.json").read_text())
     cfg["speech"]["multicorpus"]["epohcs"] = 3
@@ -287,6 +288,7 @@ def test_misspelt_multicorpus_key_ends_the_train_command_with_one_error_line(tmp
     assert "speech.multicorpus.epohcs" in line
 
 
+@pytest.mark.slow
 def test_labels_outside_the_recipe_end_the_train_command_with_one_error_line(tmp_path):
     """A recipe whose class list does not fit its data (the manifest has 'sad', the recipe only
     neutral and happy) stops before any training: one `error:` line naming the recipe key, exit 2."""
