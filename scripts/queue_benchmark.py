@@ -240,18 +240,22 @@ def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
           "queue-uncertainty-balanced": {"order": "uncertainty", "balance_labels": True},
-          "queue-hybrid": {"order": "hybrid"}, "queue-balanced": {"order": "balanced"}}
+          "queue-hybrid": {"order": "hybrid"}, "queue-balanced": {"order": "balanced"},
+          "queue-spread": {"order": "spread"}}
+SEEDED = ("random", "queue-spread")       # run once per --seeds seed (queue-spread: QueueOptions.seed)
 
 
-def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:
+def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue",
+                 seed: int | None = None) -> list:
     """The n clips the queue serves one annotator, voted with their true labels, in `db`
-    (`how`: the QueueOptions of QUEUES; "queue" is the default order)."""
+    (`how`: the QueueOptions of QUEUES; "queue" is the default order; `seed`: QueueOptions.seed)."""
     from emodemo.annotate import AnnotationQueue, QueueOptions
     from emodemo.store import CorrectionStore
     truth = {Path(it.audio).name: it for it in pool}
     with CorrectionStore(f"sqlite:///{db}", media_dir=db.parent / "media") as store:
         q = AnnotationQueue(store, model, QueueOptions(votes_needed=1, transcribe=False,
-                                                       max_len=600.0, **QUEUES[how]))
+                                                       max_len=600.0, **QUEUES[how],
+                                                       **({} if seed is None else {"seed": seed})))
         rep = q.add([it.audio for it in pool])
         assert not rep.errors, rep.errors[:3]
         chosen = []
@@ -318,8 +322,10 @@ def main() -> int:
     from emodemo.finetune.evaluate import softmax
     work, base = Path(args.work).resolve(), Path(args.base).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    out_json = work / ("results.json" if args.how == ["queue", "random"]
-                       else f"results-{'-'.join(args.how)}.json")
+    seeded = any(h in SEEDED for h in args.how) and args.seeds != [0, 1, 2]
+    out_json = work / ("results.json" if args.how == ["queue", "random"] and not seeded
+                       else f"results-{'-'.join(args.how)}"
+                       f"{'-seeds' + '-'.join(map(str, args.seeds)) if seeded else ''}.json")
     cache = base_cache(base, work / "features.npz", args.features_from)
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
@@ -346,14 +352,14 @@ def main() -> int:
           flush=True)
     results = []
     for n in args.n:
-        runs = [(h, None) for h in args.how if h != "random"] + \
-            [("random", s) for s in args.seeds if "random" in args.how]
+        runs = [(h, None) for h in args.how if h not in SEEDED] + \
+            [(h, s) for h in args.how if h in SEEDED for s in args.seeds]
         for how, seed in runs:
             d = work / f"{args.corpus}-n{n}-{how}{'' if seed is None else seed}"
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
             chosen = (random_choice(pool, n, seed, d) if how == "random" else
-                      queue_choice(pool, model, n, d / "c.db", how))
+                      queue_choice(pool, model, n, d / "c.db", how, seed))
             row = {"corpus": args.corpus, "n": len(chosen), "how": how, "seed": seed,
                    "classes_labelled": dict(sorted(
                        {lab: sum(i.label == lab for i in chosen) for lab in labels}.items())),
@@ -362,16 +368,22 @@ def main() -> int:
             results.append(row)
             print(json.dumps(row), flush=True)
             out_json.write_text(json.dumps(results, indent=2))
-    print("\n| n | selection | unseen-speaker UA (mean ± sd over runs) | runs | base UA |")
+    print_table(results, args.n, args.how, before)
+    return 0
+
+
+def print_table(results: list, ns, hows, before: float) -> None:
+    """The markdown table: each selection's mean ± sd (over seeds) of unseen-speaker UA per n."""
+    print("\n| n | selection | unseen-speaker UA (mean ± sd over runs) | runs (UA each) | base UA |")
     print("|---|---|---|---|---|")
-    for n in args.n:
-        for how in args.how:
+    for n in ns:
+        for how in hows:
             ua = [r["unseen_UA"] for r in results if r["how"] == how and r["n"] == n]
             if ua:
                 sd = statistics.stdev(ua) if len(ua) > 1 else 0.0
-                print(f"| {n} | {how} | {statistics.mean(ua):.3f} ± {sd:.3f} | {len(ua)} | "
+                each = ", ".join(f"{u:.3f}" for u in ua)
+                print(f"| {n} | {how} | {statistics.mean(ua):.3f} ± {sd:.3f} | {len(ua)} ({each}) | "
                       f"{before:.3f} |")
-    return 0
 
 
 if __name__ == "__main__":
