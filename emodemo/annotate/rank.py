@@ -23,6 +23,11 @@ then annotators' disagreement.
   team votes, which random choice cannot use. It beat random on nEMO (both budgets) but lost on
   the Korean corpus and on the EMOVO confirmation run (fixed before it): mean unseen-speaker UA
   over the three leave-one-corpus-out corpora 0.574, random 0.608, coverage 0.582; an option.
+* `spread_order(emb, covered, seed)`: the "spread" serving order, seeded random choice
+  stratified over a tree of k-means clusters (bisecting k-means): each clip about as likely to
+  be served early as under a uniform draw, each prefix spread over the clusters in proportion
+  to their size (proportional stratified sampling: random choice's representativeness with
+  less variance; see the function and scripts/queue_benchmark.py for how it fared).
 """
 from __future__ import annotations
 
