@@ -20,6 +20,8 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * queue-balanced: ``order="balanced"`` (`rank.balanced_order`): coverage of the probabilities
   weighted by the need for each true class (fewest votes first), the model's labels read through
   the confusion the votes so far show.
+* queue-spread: ``order="spread"`` (`rank.spread_order`): seeded random choice stratified over a
+  tree of k-means clusters of the probabilities; run once per --seeds seed (QueueOptions.seed).
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
@@ -132,6 +134,54 @@ average: it beats random on nEMO at both budgets and loses on the Korean corpus 
 EMOVO confirmation; coverage stays the default. On EMOVO fine-tuning on the pool (the three female actors) rarely helps the
 test (the three male actors): 10 of the 16 fine-tunes end below the base's 0.490, 3 above, 3
 are refused (random's three best scores at n = 50). Results: runs/qb5-*/results-*.json.
+
+The spread order (`rank.spread_order`: seeded random choice stratified over a bisecting k-means
+tree of the clips' probability vectors, each prefix spread over the clusters in proportion to
+their size) was developed on nEMO and Korean and fixed (commit 44f4ae8, "annotate: spread order
+frozen before the EMOVO confirmation") before it was run on EMOVO; every setting with 5 seeds,
+and random with the same 5 seeds (seeds 3 and 4 of nEMO and Korean added in runs/qb6-nemo,
+runs/qb6-ko; the other random runs are those above):
+
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb6-nemo --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emotiontts-ko/bundle \
+        --corpus emotiontts-ko --work runs/qb6-ko --n 25 50 --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emovo/bundle --corpus emovo --test-every 2 \
+        --work runs/qb6-emovo --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb6-nemo --how random --seeds 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emotiontts-ko/bundle \
+        --corpus emotiontts-ko --work runs/qb6-ko --n 25 50 --how random --seeds 3 4
+
+(features.npz of runs/qb5-nemo, qb5-ko, qb5-emovo copied into the work folders.)
+
+| unseen-speaker UA | n | spread (mean ± sd, 5 seeds) | random (mean ± sd, 5 seeds) | coverage |
+|---|---|---|---|---|
+| nEMO (base 0.398) | 50 | **0.548 ± 0.020** | 0.509 ± 0.071 | 0.398 r |
+| nEMO | 100 | 0.574 ± 0.025 | 0.556 ± 0.041 | **0.593** |
+| Korean (base 0.375) | 25 | 0.564 ± 0.191 (2 r) | 0.676 ± 0.085 | **0.769** |
+| Korean | 50 | **0.881 ± 0.009** | 0.856 ± 0.043 | 0.850 |
+| EMOVO (base 0.490), confirmation | 50 | **0.460 ± 0.029** (2 r) | 0.450 ± 0.058 (3 r) | 0.388 |
+| EMOVO | 100 | 0.463 ± 0.037 | 0.476 ± 0.022 | **0.497** |
+| mean, nEMO + Korean (development) | | 0.642 | 0.649 | **0.652** |
+| mean, EMOVO (confirmation) | | 0.461 | **0.463** | 0.442 |
+| mean, all six | | 0.582 | **0.587** | 0.582 |
+
+Each run (seeds 0-4): spread nEMO 50: 0.561, 0.527, 0.531, 0.545, 0.573; nEMO 100: 0.596,
+0.547, 0.597, 0.582, 0.548; Korean 25: 0.375 r, 0.800, 0.569, 0.375 r, 0.700; Korean 50: 0.887,
+0.887, 0.875, 0.869, 0.887; EMOVO 50: 0.490 r, 0.490 r, 0.429, 0.435, 0.456; EMOVO 100: 0.490,
+0.449, 0.408, 0.503, 0.463. Random nEMO 50: 0.584, 0.486, 0.575, 0.415, 0.483; nEMO 100: 0.568,
+0.557, 0.606, 0.558, 0.492; Korean 25: 0.756, 0.731, 0.694, 0.662, 0.537; Korean 50: 0.906,
+0.881, 0.825, 0.800, 0.869 (EMOVO as above). With seeds 3 and 4 random's means fell on nEMO and
+Korean (0.608 over the six settings with 3 seeds there, 0.587 with 5).
+
+The spread order does NOT win on average (0.582 vs random 0.587 over the six settings) nor on
+the EMOVO confirmation (0.461 vs 0.463), so coverage stays the default. It beats random's mean
+in four settings of six (nEMO both budgets, Korean 50, EMOVO 50) with a smaller spread over
+seeds in those four (sd 0.009-0.029 vs 0.041-0.071), as stratified sampling should; its loss is
+Korean n = 25, where two of five fine-tunes were refused (the adapter did not beat the base in
+cross-validation on 25 clips; its draws were no less class-balanced than random's, at least 3
+clips a class), and EMOVO n = 100 (-0.013, within one sd of either). Results: runs/qb6-*/results-*.json.
 
 Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
 leave-one-corpus-out; the order was chosen on these nEMO numbers):
