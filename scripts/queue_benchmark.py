@@ -20,6 +20,8 @@ is the pool a team labels, half B (speakers never labelled) is the test.
 * queue-balanced: ``order="balanced"`` (`rank.balanced_order`): coverage of the probabilities
   weighted by the need for each true class (fewest votes first), the model's labels read through
   the confusion the votes so far show.
+* queue-spread: ``order="spread"`` (`rank.spread_order`): seeded random choice stratified over a
+  tree of k-means clusters of the probabilities; run once per --seeds seed (QueueOptions.seed).
 * random: n clips drawn uniformly at random from the pool (several seeds), imported with
   `python -m emodemo corrections import`.
 
@@ -133,6 +135,54 @@ EMOVO confirmation; coverage stays the default. On EMOVO fine-tuning on the pool
 test (the three male actors): 10 of the 16 fine-tunes end below the base's 0.490, 3 above, 3
 are refused (random's three best scores at n = 50). Results: runs/qb5-*/results-*.json.
 
+The spread order (`rank.spread_order`: seeded random choice stratified over a bisecting k-means
+tree of the clips' probability vectors, each prefix spread over the clusters in proportion to
+their size) was developed on nEMO and Korean and fixed (commit 44f4ae8, "annotate: spread order
+frozen before the EMOVO confirmation") before it was run on EMOVO; every setting with 5 seeds,
+and random with the same 5 seeds (seeds 3 and 4 of nEMO and Korean added in runs/qb6-nemo,
+runs/qb6-ko; the other random runs are those above):
+
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb6-nemo --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emotiontts-ko/bundle \
+        --corpus emotiontts-ko --work runs/qb6-ko --n 25 50 --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emovo/bundle --corpus emovo --test-every 2 \
+        --work runs/qb6-emovo --how queue-spread --seeds 0 1 2 3 4
+    python scripts/queue_benchmark.py --base runs/loco-nemo/bundle --corpus nemo \
+        --pool-every 2 --test-every 4 --work runs/qb6-nemo --how random --seeds 3 4
+    python scripts/queue_benchmark.py --base runs/loco-emotiontts-ko/bundle \
+        --corpus emotiontts-ko --work runs/qb6-ko --n 25 50 --how random --seeds 3 4
+
+(features.npz of runs/qb5-nemo, qb5-ko, qb5-emovo copied into the work folders.)
+
+| unseen-speaker UA | n | spread (mean ± sd, 5 seeds) | random (mean ± sd, 5 seeds) | coverage |
+|---|---|---|---|---|
+| nEMO (base 0.398) | 50 | **0.548 ± 0.020** | 0.509 ± 0.071 | 0.398 r |
+| nEMO | 100 | 0.574 ± 0.025 | 0.556 ± 0.041 | **0.593** |
+| Korean (base 0.375) | 25 | 0.564 ± 0.191 (2 r) | 0.676 ± 0.085 | **0.769** |
+| Korean | 50 | **0.881 ± 0.009** | 0.856 ± 0.043 | 0.850 |
+| EMOVO (base 0.490), confirmation | 50 | **0.460 ± 0.029** (2 r) | 0.450 ± 0.058 (3 r) | 0.388 |
+| EMOVO | 100 | 0.463 ± 0.037 | 0.476 ± 0.022 | **0.497** |
+| mean, nEMO + Korean (development) | | 0.642 | 0.649 | **0.652** |
+| mean, EMOVO (confirmation) | | 0.461 | **0.463** | 0.442 |
+| mean, all six | | 0.582 | **0.587** | 0.582 |
+
+Each run (seeds 0-4): spread nEMO 50: 0.561, 0.527, 0.531, 0.545, 0.573; nEMO 100: 0.596,
+0.547, 0.597, 0.582, 0.548; Korean 25: 0.375 r, 0.800, 0.569, 0.375 r, 0.700; Korean 50: 0.887,
+0.887, 0.875, 0.869, 0.887; EMOVO 50: 0.490 r, 0.490 r, 0.429, 0.435, 0.456; EMOVO 100: 0.490,
+0.449, 0.408, 0.503, 0.463. Random nEMO 50: 0.584, 0.486, 0.575, 0.415, 0.483; nEMO 100: 0.568,
+0.557, 0.606, 0.558, 0.492; Korean 25: 0.756, 0.731, 0.694, 0.662, 0.537; Korean 50: 0.906,
+0.881, 0.825, 0.800, 0.869 (EMOVO as above). With seeds 3 and 4 random's means fell on nEMO and
+Korean (0.608 over the six settings with 3 seeds there, 0.587 with 5).
+
+The spread order does NOT win on average (0.582 vs random 0.587 over the six settings) nor on
+the EMOVO confirmation (0.461 vs 0.463), so coverage stays the default. It beats random's mean
+in four settings of six (nEMO both budgets, Korean 50, EMOVO 50) with a smaller spread over
+seeds in those four (sd 0.009-0.029 vs 0.041-0.071), as stratified sampling should; its loss is
+Korean n = 25, where two of five fine-tunes were refused (the adapter did not beat the base in
+cross-validation on 25 clips; its draws were no less class-balanced than random's, at least 3
+clips a class), and EMOVO n = 100 (-0.013, within one sd of either). Results: runs/qb6-*/results-*.json.
+
 Earlier run (default bundle v7 as base, which trained on speakers of nEMO and EMOVO, so NOT
 leave-one-corpus-out; the order was chosen on these nEMO numbers):
 
@@ -240,18 +290,22 @@ def base_cache(base: Path, path: Path, features_from: Path | None = None) -> "AE
 QUEUES = {"queue": {}, "queue-embedding": {"space": "embedding"},
           "queue-uncertainty": {"order": "uncertainty"},
           "queue-uncertainty-balanced": {"order": "uncertainty", "balance_labels": True},
-          "queue-hybrid": {"order": "hybrid"}, "queue-balanced": {"order": "balanced"}}
+          "queue-hybrid": {"order": "hybrid"}, "queue-balanced": {"order": "balanced"},
+          "queue-spread": {"order": "spread"}}
+SEEDED = ("random", "queue-spread")       # run once per --seeds seed (queue-spread: QueueOptions.seed)
 
 
-def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue") -> list:
+def queue_choice(pool, model: CachedModel, n: int, db: Path, how: str = "queue",
+                 seed: int | None = None) -> list:
     """The n clips the queue serves one annotator, voted with their true labels, in `db`
-    (`how`: the QueueOptions of QUEUES; "queue" is the default order)."""
+    (`how`: the QueueOptions of QUEUES; "queue" is the default order; `seed`: QueueOptions.seed)."""
     from emodemo.annotate import AnnotationQueue, QueueOptions
     from emodemo.store import CorrectionStore
     truth = {Path(it.audio).name: it for it in pool}
     with CorrectionStore(f"sqlite:///{db}", media_dir=db.parent / "media") as store:
         q = AnnotationQueue(store, model, QueueOptions(votes_needed=1, transcribe=False,
-                                                       max_len=600.0, **QUEUES[how]))
+                                                       max_len=600.0, **QUEUES[how],
+                                                       **({} if seed is None else {"seed": seed})))
         rep = q.add([it.audio for it in pool])
         assert not rep.errors, rep.errors[:3]
         chosen = []
@@ -318,8 +372,10 @@ def main() -> int:
     from emodemo.finetune.evaluate import softmax
     work, base = Path(args.work).resolve(), Path(args.base).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    out_json = work / ("results.json" if args.how == ["queue", "random"]
-                       else f"results-{'-'.join(args.how)}.json")
+    seeded = any(h in SEEDED for h in args.how) and args.seeds != [0, 1, 2]
+    out_json = work / ("results.json" if args.how == ["queue", "random"] and not seeded
+                       else f"results-{'-'.join(args.how)}"
+                       f"{'-seeds' + '-'.join(map(str, args.seeds)) if seeded else ''}.json")
     cache = base_cache(base, work / "features.npz", args.features_from)
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
@@ -346,14 +402,14 @@ def main() -> int:
           flush=True)
     results = []
     for n in args.n:
-        runs = [(h, None) for h in args.how if h != "random"] + \
-            [("random", s) for s in args.seeds if "random" in args.how]
+        runs = [(h, None) for h in args.how if h not in SEEDED] + \
+            [(h, s) for h in args.how if h in SEEDED for s in args.seeds]
         for how, seed in runs:
             d = work / f"{args.corpus}-n{n}-{how}{'' if seed is None else seed}"
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
             chosen = (random_choice(pool, n, seed, d) if how == "random" else
-                      queue_choice(pool, model, n, d / "c.db", how))
+                      queue_choice(pool, model, n, d / "c.db", how, seed))
             row = {"corpus": args.corpus, "n": len(chosen), "how": how, "seed": seed,
                    "classes_labelled": dict(sorted(
                        {lab: sum(i.label == lab for i in chosen) for lab in labels}.items())),
@@ -362,16 +418,22 @@ def main() -> int:
             results.append(row)
             print(json.dumps(row), flush=True)
             out_json.write_text(json.dumps(results, indent=2))
-    print("\n| n | selection | unseen-speaker UA (mean ± sd over runs) | runs | base UA |")
+    print_table(results, args.n, args.how, before)
+    return 0
+
+
+def print_table(results: list, ns, hows, before: float) -> None:
+    """The markdown table: each selection's mean ± sd (over seeds) of unseen-speaker UA per n."""
+    print("\n| n | selection | unseen-speaker UA (mean ± sd over runs) | runs (UA each) | base UA |")
     print("|---|---|---|---|---|")
-    for n in args.n:
-        for how in args.how:
+    for n in ns:
+        for how in hows:
             ua = [r["unseen_UA"] for r in results if r["how"] == how and r["n"] == n]
             if ua:
                 sd = statistics.stdev(ua) if len(ua) > 1 else 0.0
-                print(f"| {n} | {how} | {statistics.mean(ua):.3f} ± {sd:.3f} | {len(ua)} | "
+                each = ", ".join(f"{u:.3f}" for u in ua)
+                print(f"| {n} | {how} | {statistics.mean(ua):.3f} ± {sd:.3f} | {len(ua)} ({each}) | "
                       f"{before:.3f} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how clips nobody voted on are served: coverage (typical clips "
                         "spread over the recordings), uncertainty (the model's least sure "
                         "first), hybrid (coverage weighted by uncertainty, after a few clips of "
-                        "each predicted label) or balanced (coverage weighted by the need for each "
-                        "true class, the model's labels read through the votes so far) "
+                        "each predicted label), balanced (coverage weighted by the need for each "
+                        "true class, the model's labels read through the votes so far) or spread "
+                        "(seeded random choice stratified over clusters of the clips) "
                         f"(default {DEFAULTS.order})")
+    common.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="the spread order's seed: the same seed gives the same order "
+                        f"(default {DEFAULTS.seed})")
     parser = argparse.ArgumentParser(prog="emodemo queue",
                                      description="Active-learning annotation queue.")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -129,6 +133,7 @@ def main_queue(argv: Optional[Sequence[str]] = None) -> int:
 
     options = QueueOptions(
         votes_needed=args.votes_needed, lease_seconds=args.lease_seconds, order=args.order,
+        seed=args.seed,
         ranking=getattr(args, "ranking", DEFAULTS.ranking),
         transcribe=not getattr(args, "no_asr", False),
         max_len=getattr(args, "max_len", DEFAULTS.max_len))

@@ -40,7 +40,7 @@ from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from .ingest import clips_of, expand, prelabel
 from .rank import (ORDERS, RANKINGS, SPACES, balanced_order, coverage_order, embedding_matrix,
-                   hybrid_order, tally, uncertainty)
+                   hybrid_order, spread_order, tally, uncertainty)
 
 __all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
 
@@ -52,10 +52,12 @@ class QueueOptions:
     annotator; order: how clips nobody voted on yet are served, "coverage" (the default: spread
     over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure
     first), "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
-    each predicted label) or "balanced" (coverage weighted by the need for each true class as the
-    votes so far say; `rank.balanced_order`); none beats random choice on average in
+    each predicted label), "balanced" (coverage weighted by the need for each true class as the
+    votes so far say; `rank.balanced_order`) or "spread" (seeded random choice stratified over
+    k-means clusters of the clips, `rank.spread_order`; seed: its seed, the same order for the
+    same seed); none beats random choice on average in
     scripts/queue_benchmark.py's leave-one-corpus-out runs (nEMO, Korean, EMOVO);
-    space: what "coverage"/"hybrid"/"balanced" spreads over, the fused
+    space: what "coverage"/"hybrid"/"balanced"/"spread" spreads over, the fused
     "probabilities" (the default: it won on nEMO) or the stored audio "embedding"
     (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority shown, and
     the "uncertainty" and "hybrid" orders); transcribe: pre-label with the ASR transcript (else
@@ -71,6 +73,7 @@ class QueueOptions:
     transcribe: bool = True
     max_len: float = 10.0
     balance_labels: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.votes_needed) <= 100:
@@ -85,6 +88,8 @@ class QueueOptions:
             raise EmodemoError(f"order must be one of {', '.join(ORDERS)}")
         if self.space not in SPACES:
             raise EmodemoError(f"space must be one of {', '.join(SPACES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise EmodemoError("seed must be a non-negative integer")
 
     @property
     def votes_if_disagreeing(self) -> int:
@@ -249,7 +254,7 @@ class AnnotationQueue:
 
     def _serving_order(self, items: list[QueueItem]) -> list[QueueItem]:
         ordered = sorted(items, key=self._order)
-        if self.options.order in ("coverage", "hybrid", "balanced"):
+        if self.options.order in ("coverage", "hybrid", "balanced", "spread"):
             return self._coverage_order(ordered)
         if not self.options.balance_labels:
             return ordered
@@ -271,8 +276,9 @@ class AnnotationQueue:
     def _coverage_order(self, ordered: list[QueueItem]) -> list[QueueItem]:
         """Started clips (disagreeing first), then the ones being voted on for the first time,
         then the fresh ones in `rank.coverage_order` (order "hybrid": `rank.hybrid_order`,
-        "balanced": `rank.balanced_order` with each clip's votes; covered: every clip that has
-        votes or a live lease), then the done ones."""
+        "balanced": `rank.balanced_order` with each clip's votes, "spread": `rank.spread_order`
+        with the options' seed; covered: every clip that has votes or a live lease), then the
+        done ones."""
         fresh = [not it.done and it.n_votes == 0 and it.leased_by is None for it in ordered]
         emb = embedding_matrix([it.embedding for it in ordered], [it.probabilities for it in ordered],
                                self.options.space)
@@ -284,6 +290,8 @@ class AnnotationQueue:
         elif self.options.order == "balanced":
             order = balanced_order(emb, covered, [it.probabilities for it in ordered],
                                    [it.votes for it in ordered])
+        elif self.options.order == "spread":
+            order = spread_order(emb, covered, self.options.seed, [it.id for it in ordered])
         else:
             order = coverage_order(emb, covered)
         served = [ordered[i] for i in order]
