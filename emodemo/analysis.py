@@ -281,6 +281,12 @@ def one_sided(labels: Sequence[str]) -> Optional[str]:
             f"may not know this voice, language or microphone.")
 
 
+def prelabel_note(labels: Sequence[Optional[str]]) -> Optional[str]:
+    """`one_sided` said of an annotation queue's pre-labels (the model's label of each clip)."""
+    note = one_sided([lab for lab in labels if lab])
+    return f"Pre-labels: {note} Vote on what you hear, not on the pre-label." if note else None
+
+
 def _vec(labels: Sequence[str], probs: Optional[Mapping[str, float]]) -> Optional[list]:
     return None if probs is None else [float(probs.get(k, 0.0)) for k in labels]
 

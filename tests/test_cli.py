@@ -93,7 +93,8 @@ def test_one_sided_batches_earn_a_note_and_spread_ones_do_not():
 def test_predict_notes_a_batch_called_one_label_on_stderr(tmp_path):
     """Nine flat espeak-ng Polish sentences (the shipped default calls flat synthetic speech
     neutral): `predict` says that 9 of 9 were called one label and what to try, on stderr, so
-    --json output stays one JSON object a line; with --normalize batch it does not suggest it."""
+    --json output stays one JSON object a line; with --normalize batch it does not suggest it;
+    `queue add` says it of the pre-labels."""
     from conftest import espeak
     files = [str(espeak(f"To jest zdanie numer {i}, powiedziane spokojnie.", tmp_path / f"c{i}.wav", voice="pl"))
              for i in range(9)]
@@ -109,3 +110,8 @@ def test_predict_notes_a_batch_called_one_label_on_stderr(tmp_path):
     few = subprocess.run([sys.executable, "-m", "emodemo", "predict", "--no-asr", *files[:3]], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert few.returncode == 0 and "note:" not in few.stderr
+    queued = subprocess.run([sys.executable, "-m", "emodemo", "queue", "add", "--no-asr", "--db",
+                             f"sqlite:///{tmp_path / 'q.db'}", *files], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)           # the queue's pre-labels: the same rule
+    assert queued.returncode == 0 and "queued 9 clips" in queued.stdout
+    assert "note: Pre-labels: 9 of 9 clips were called neutral" in queued.stderr

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
+from ..analysis import prelabel_note
 from ..store.cli import one_line
 from .queue import AnnotationQueue, QueueItem, QueueOptions
 from .rank import ORDERS
@@ -92,6 +93,9 @@ def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
             print(one_line(err, 300), file=sys.stderr)
         print(f"queued {len(rep.added)} clips from {rep.files} files "
               f"({rep.skipped} already queued, {len(rep.errors)} problems)", file=out)
+        note = prelabel_note([it.model_label for it in queue.items()])
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         return 0 if not rep.errors else 1
     if args.cmd == "list":
         for it in queue.items():

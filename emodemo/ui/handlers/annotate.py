@@ -71,8 +71,8 @@ def add(ctx, files: Any) -> dict:
 def _prelabel_note(ctx) -> str:
     """A note when the model pre-labelled most of the queue one label (`analysis.one_sided`):
     annotators should vote on what they hear, and a lead should not trust the pre-labels."""
-    note = analysis.one_sided([it.model_label for it in _queue(ctx).items() if it.model_label])
-    return f"\n\nPre-labels: {note} Vote on what you hear, not on the pre-label." if note else ""
+    note = analysis.prelabel_note([it.model_label for it in _queue(ctx).items()])
+    return f"\n\n{note}" if note else ""
 
 
 def progress(ctx) -> dict:
