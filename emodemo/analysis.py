@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -273,8 +274,7 @@ def one_sided(labels: Sequence[str]) -> Optional[str]:
     None for small batches or a spread of labels."""
     if len(labels) < ONE_SIDED_CLIPS:
         return None
-    top = max(set(labels), key=lambda lab: (list(labels).count(lab), lab))
-    n = list(labels).count(top)
+    (top, n), = Counter(labels).most_common(1)      # >= 60 %: no tie for the top
     if n < ONE_SIDED_SHARE * len(labels):
         return None
     return (f"{n} of {len(labels)} clips were called {top}. If they are not mostly {top}, the model "

@@ -166,9 +166,14 @@ KINDS = {TAG: degrade, CODEC_TAG: codec, VOICE_TAG: voice}   # tag -> copy funct
 SPEC_TAGS = {"degrade": TAG, "codec": CODEC_TAG, "voice": VOICE_TAG}   # data spec option -> tag (data.COPY_SPEC)
 
 
+def is_copy_name(name: str) -> bool:
+    """Whether a clip id or speaker name is a copy's (any kind made here: ends with its tag)."""
+    return str(name).endswith(tuple(KINDS))
+
+
 def is_copy(item: Any) -> bool:
     """Whether a clip is a copy made here (any kind), not an original recording."""
-    return str(getattr(item, "id", "")).endswith(tuple(KINDS))
+    return is_copy_name(getattr(item, "id", ""))
 
 
 def _others(ordered: Sequence[Any], item: Any) -> list[str]:

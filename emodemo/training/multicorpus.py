@@ -419,7 +419,7 @@ def fit_probe(train: Split, train_items: Sequence[Item], val: Split, corpora: di
         x, y, mask, weight = torch.cat([x, extra]), y[rows], mask[rows], weight[rows]
     xs = (x - scaler.mean) / scaler.std
     n = len(train_items)                                        # the original rows (before shifted copies)
-    blind = nuisance_basis(xs[:n], y[:n], setting_groups(train_items), train.corpus, o.nuisance)
+    blind = nuisance_basis(xs[:n], y[:n], setting_groups(train_items), train.corpus, o.nuisance) if o.nuisance else None
     xs = without(xs, blind)
     basis = principal_basis(xs, components)
     z = xs if basis is None else xs @ basis

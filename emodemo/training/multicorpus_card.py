@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import is_copy_spec
-from ..degrade import TAG as DEGRADED
+from ..degrade import is_copy_name
 
 CORPUS_INFO = {
     "ravdess": ("RAVDESS speech (Livingstone & Russo 2018), English, 20 North-American actors, 2 fixed "
@@ -200,8 +200,8 @@ corpus (leave one corpus out, non-held-out speakers): {_f(loco)}.
 
 
 def _data_rows(mr: dict) -> str:
-    def spk(c: str, part: str) -> str:          # a degraded copy's "speaker" (`x~deg`) is x's
-        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part] if not s.endswith(DEGRADED)) or "–"
+    def spk(c: str, part: str) -> str:          # a copy's "speaker" (`x~deg`, `x~voice`) is x's
+        return ", ".join(s.removeprefix(f"{c}-") for s in mr["splits"][c][part] if not is_copy_name(s)) or "–"
     dropped = mr.get("dropped_classes", {})
     return "\n".join(
         f"| {c} | {CORPUS_INFO.get(c, ('', ''))[0]}{'; classes dropped: ' + ', '.join(dropped[c]) if c in dropped else ''} "

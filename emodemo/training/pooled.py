@@ -60,10 +60,6 @@ def centred(split: MC.Split, groups: Sequence[str]) -> MC.Split:
     return MC.Split(list(out), split.y, split.corpus)
 
 
-def speakers(items: Sequence[Item]) -> list[str]:
-    return [f"{i.corpus}:{i.speaker or i.id}" for i in items]
-
-
 def _tempered_probe(probe: MC.LinearProbe, va: MC.Split, corpora, labels) -> float:
     """The softmax temperature of a probe, fitted on every validation corpus (NLL, mean over corpora)."""
     per = MC.evaluate_corpora(probe, va, MC.make_collate("pooled"), labels)
@@ -89,7 +85,7 @@ def fit_pooled(corpora: dict, feats: Feats, labels: Sequence[str], options: MC.P
     info = {}
     paths = [("single", tr, va)]
     if normalize:
-        paths.append(("normalised", centred(tr, speakers(tr_items)), centred(va, speakers(va_items))))
+        paths.append(("normalised", centred(tr, MC.setting_groups(tr_items)), centred(va, MC.setting_groups(va_items))))
     for path, t, v in paths:         # a centred vector has no speaker offset to shift or project out
         o = options if path == "single" else dataclasses.replace(options, speaker_shift=0.0, nuisance=0)
         probe, hist, best = MC.fit_probe(t, tr_items, v, corpora, labels, o)
@@ -152,7 +148,7 @@ def evaluate_pooled(head: PooledHead, split: MC.Split, items: Sequence[Item], la
     single-clip head, as the bundle serves it)."""
     if not split.xs:
         return {}
-    p = head_proba(head, split, speakers(items) if normalize else None, blend)
+    p = head_proba(head, split, MC.setting_groups(items) if normalize else None, blend)
     corp = np.array(split.corpus)
     return {c: MC.report(p[corp == c], split.y[corp == c], labels) | {"_p": p[corp == c]}
             for c in dict.fromkeys(split.corpus)}

@@ -4,6 +4,7 @@ directions in which training settings differ (nuisance attribute projection)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,20 +35,21 @@ def nuisance_basis(xs: torch.Tensor, y: torch.Tensor, groups: Sequence[str], cor
     class_mean = {c: torch.stack([xs[torch.from_numpy((y == c) & (corpus == name))].mean(0)
                                   for name in sorted(set(corpus[y == c]))]).mean(0) for c in sorted(set(y))}
     resid = xs - torch.stack([class_mean[c] for c in y])
-    names = sorted(set(groups))
-    per_corpus = {name: len({g for g in names if corpus[groups == g][0] == name}) for name in set(corpus)}
+    corpus_of = dict(zip(groups.tolist(), corpus.tolist()))        # a setting lies in one corpus
+    per_corpus = Counter(corpus_of.values())
     rows = []
-    for g in names:
+    for g in sorted(corpus_of):
         m = groups == g
         offset = torch.stack([resid[torch.from_numpy(m & (y == c))].mean(0) for c in sorted(set(y[m]))]).mean(0)
-        rows.append(offset / math.sqrt(per_corpus[corpus[m][0]]))
+        rows.append(offset / math.sqrt(per_corpus[corpus_of[g]]))
     _, _, vh = torch.linalg.svd(torch.stack(rows), full_matrices=False)
-    return vh[:min(k, len(names))].T.contiguous()
+    return vh[:min(k, len(rows))].T.contiguous()
 
 
 def setting_groups(items: Sequence[Item]) -> list[str]:
-    """A training setting per item: its corpus and speaker, and a copy's kind (degrade.py tags)."""
-    return [f"{i.corpus}:{i.speaker or i.id}:{i.id.rsplit('~', 1)[1] if '~' in i.id else ''}" for i in items]
+    """A setting per item: its corpus and speaker (a copy's speaker carries the copy's tag,
+    `degrade.degraded`, so a voice in another room is a setting of its own)."""
+    return [f"{i.corpus}:{i.speaker or i.id}" for i in items]
 
 
 def without(w: torch.Tensor, basis: Optional[torch.Tensor]) -> torch.Tensor:
