@@ -91,8 +91,21 @@ class WritableStore(StoreBase):
         with self.database.read() as s:
             known = s.get(Media, clip.sha256)
             rel = known.path if known is not None else clip.relative_path
+        if known is not None and not clip.data:   # `stored`: on disk already, nothing to write
+            return rel
         M.ensure_file(self.abs_media(rel), clip.data)
         return rel
+
+    def stored(self, sha256: str) -> M.MediaClip:
+        """A file already in the media folder as a `MediaClip` without its bytes: `add` takes it
+        as `audio` and neither decodes nor rewrites anything (a vote on a span of a queued hour-
+        long recording read and hashed the whole file before). StoreError if it is not there."""
+        with self.database.read() as s:
+            row = s.get(Media, str(sha256))
+        if row is None or not self.abs_media(row.path).is_file():
+            raise StoreError(f"the audio {str(sha256)[:12]}... is no longer in the media folder")
+        return M.MediaClip(row.sha256, b"", Path(row.path).suffix, float(row.duration or 0.0),
+                           int(row.sample_rate or 0))
 
     def store_media(self, audio: Any) -> M.MediaClip:
         """Keep `audio` (a path or a (waveform, sr) pair) in the media folder and its ``media``
@@ -117,8 +130,8 @@ class WritableStore(StoreBase):
             account: Optional[str] = None, **details: Unpack[Details]) -> CorrectionId:
         """Store one correction and return its id.
 
-        audio: a file path (kept byte for byte) or a ``(waveform, sample_rate)`` pair (stored as
-            16 kHz 16-bit WAV). Raises `emodemo.errors.AudioError` if it is not usable audio.
+        audio: a file path (kept byte for byte), a ``(waveform, sample_rate)`` pair (stored as
+            16 kHz 16-bit WAV), or `stored(sha256)`: a file already in the media folder. Raises `emodemo.errors.AudioError` if it is not usable audio.
         label: one of `labels`, or ``"none"`` ("none of these"); StoreError otherwise.
         transcript: the corrected transcript; the shown one comes from `prediction`.
         prediction: dict or object with label, audio, text, fused, transcript, bundle,
@@ -157,7 +170,7 @@ class WritableStore(StoreBase):
         if translation is not None:
             values["translation"] = clean_field(translation, "translation", MAX_TEXT_CHARS)
         s0, e0 = check_span(start, end, None)  # cheap checks before decoding
-        clip = M.ingest(audio)
+        clip = audio if isinstance(audio, M.MediaClip) else M.ingest(audio)
         values["start"], values["end"] = check_span(s0, e0, clip.duration)
         values["media_sha256"] = clip.sha256
         try:

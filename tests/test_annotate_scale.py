@@ -1,0 +1,133 @@
+"""The annotation queue at a campaign's scale (benchmarks/bench_queue.py measures the time): the
+typicality memo gives exactly what computing it gives, whatever order the clips come in; a vote
+on a stored clip decodes nothing; `progress` and `item` read less but say what the full load says;
+a 3,000-clip queue computes its typicality once while an annotator works through it."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from emodemo.annotate import AnnotationQueue, QueueOptions
+from emodemo.annotate import rank
+from emodemo.errors import StoreError
+from test_annotate import ScriptedModel, tones
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_queue  # noqa: E402
+
+
+def _clumps(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, 7)) * 3
+    return centres[rng.integers(5, size=n)] + rng.standard_normal((n, 7))
+
+
+def test_typicality_memo_matches_the_computation_in_any_row_order():
+    emb = _clumps(300)
+    rank._TYPICAL_MEMO.clear()
+    fresh = rank._typicality(emb, rank.TYPICAL_K, 1024)
+    assert np.allclose(rank.typicality(emb), fresh)              # computed, memoised
+    assert len(rank._TYPICAL_MEMO) == 1
+    perm = np.random.default_rng(1).permutation(len(emb))
+    assert np.allclose(rank.typicality(emb[perm]), fresh[perm])  # the memo, rows reordered
+    assert len(rank._TYPICAL_MEMO) == 1
+    moved = emb.copy()
+    moved[0] += 50.0                                             # one clip far away: not stale
+    assert np.allclose(rank.typicality(moved), rank._typicality(moved, rank.TYPICAL_K, 1024))
+    assert rank.typicality(moved)[0] < 0.2 < fresh[0]
+    for seed in range(2, 2 + rank.TYPICAL_MEMO_SIZE + 2):         # bounded
+        rank.typicality(_clumps(50, seed))
+    assert len(rank._TYPICAL_MEMO) == rank.TYPICAL_MEMO_SIZE
+    dup = np.vstack([emb[:10], emb[:10]])                        # identical rows: same values
+    t = rank.typicality(dup)
+    assert np.allclose(t[:10], t[10:])
+
+
+def test_a_vote_decodes_nothing_and_says_when_the_audio_is_gone(store, tmp_path, monkeypatch):
+    q = AnnotationQueue(store, ScriptedModel(), QueueOptions(votes_needed=1, order="uncertainty"))
+    q.add(tones(tmp_path / "in", 3))
+    first = q.next("ana")
+
+    def no_decoding(audio):
+        raise AssertionError("a vote on a stored clip decoded its audio")
+    monkeypatch.setattr("emodemo.store.media.ingest", no_decoding)
+    cid = q.vote(first.id, "ana", "sad")
+    rec = store.get(cid)
+    assert (rec.media_sha256, rec.start, rec.end, rec.file_name, rec.queue_item_id) == (
+        first.media_sha256, first.start, first.end, first.file_name, first.id)
+    assert q.item(first.id).done
+    with pytest.raises(StoreError, match="no longer in the media folder"):
+        store.stored("f" * 64)
+    second = q.next("ana")
+    n = len(store.corrections())
+    os.remove(second.media_path)                                 # someone cleaned the folder
+    with pytest.raises(StoreError, match="no longer in the media folder"):
+        q.vote(second.id, "ana", "happy")
+    assert len(store.corrections()) == n                         # nothing half-stored
+
+
+def test_progress_and_item_say_what_the_full_load_says(store, tmp_path):
+    q = AnnotationQueue(store, ScriptedModel(), QueueOptions(votes_needed=2, order="uncertainty"))
+    q.add(tones(tmp_path / "in", 5))
+    ids = [it.id for it in q.items()]
+    q.vote(ids[0], "ana", "happy")
+    q.vote(ids[0], "bob", "happy")                               # done: two agree
+    q.vote(ids[1], "ana", "happy")
+    q.vote(ids[1], "bob", "sad")                                 # disagree: needs a third
+    v = q.vote(ids[2], "ana", "sad")
+    q.vote(ids[2], "cid", "sad")
+    store.delete(v, by="ana")                                    # soft-deleted: one vote left
+    q.vote(ids[3], "ana", "sad")
+    q.vote(ids[3], "bob", "happy")
+    q.vote(ids[3], "cid", "sad")                                 # disagreeing, but 3 votes: done
+    items = {it.id: it for it in q.items()}
+    prog = q.progress()
+    assert (prog.done, prog.total) == (sum(it.done for it in items.values()), 5) == (2, 5)
+    assert prog.per_annotator == {"ana": 3, "bob": 3, "cid": 2}
+    for i in ids:
+        assert q.item(i) == items[i]
+    with pytest.raises(StoreError, match="no queue item"):
+        q.item(max(ids) + 1)
+
+
+@pytest.mark.slow
+def test_a_campaign_sized_queue_computes_typicality_once(tmp_path, monkeypatch):
+    store = bench_queue.build_store(3000, tmp_path)
+    calls = []
+    real = rank._typicality
+    monkeypatch.setattr(rank, "_typicality", lambda *a: calls.append(1) or real(*a))
+    rank._TYPICAL_MEMO.clear()
+    q = AnnotationQueue(store, options=QueueOptions(votes_needed=1))   # coverage, the default
+    served = [q.next("ana")]
+    for _ in range(3):
+        served.append(bench_queue.one_clip(q, served[-1]))
+    listed = q.items()
+    assert len(calls) == 1                                       # once, for the whole session
+    assert len({it.id for it in served}) == 4 and q.progress().done == 3
+    rank._TYPICAL_MEMO.clear()                                   # the order from scratch
+    assert [it.id for it in AnnotationQueue(store, options=QueueOptions(votes_needed=1)).items()] \
+        == [it.id for it in listed]
+    store.close()
+
+
+def test_spread_tree_memo_gives_the_order_a_fresh_tree_gives(monkeypatch):
+    emb, ids = _clumps(400, seed=3), np.arange(1000, 1400)
+    covered = np.zeros(400, bool)
+    covered[[5, 17, 200]] = True
+    rank._SPREAD_MEMO.clear()
+    first = rank.spread_order(emb, covered, 7, ids)
+    calls = []
+    real = rank.kmeans
+    monkeypatch.setattr(rank, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
+    covered[first[:10]] = True                                   # ten clips voted on since
+    again = rank.spread_order(emb, covered, 7, ids)
+    assert calls == [] and again == first[10:]                   # the memo: same order, no k-means
+    perm = np.random.default_rng(0).permutation(400)             # rows in another order
+    assert [perm[i] for i in rank.spread_order(emb[perm], covered[perm], 7, ids[perm])] == again
+    rank._SPREAD_MEMO.clear()
+    assert rank.spread_order(emb, covered, 7, ids) == again and calls    # rebuilt: the same
+    assert rank.spread_order(emb, covered, 8, ids) != again              # another seed differs
