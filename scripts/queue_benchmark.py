@@ -339,6 +339,24 @@ def env() -> dict:
                 TOKENIZERS_PARALLELISM="false")
 
 
+def earlier_choice(d: Path, pool: list) -> tuple[list, Path]:
+    """(the pool items an earlier run labelled, a fresh <d>-refit folder holding a copy of its
+    store and media) for --refit; the items are found by the stored clips' file names."""
+    from emodemo.store import CorrectionStore
+    if not (d / "c.db").is_file():
+        raise SystemExit(f"--refit: no earlier run in {d}")
+    new = d.with_name(d.name + "-refit")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    shutil.copy2(d / "c.db", new / "c.db")
+    shutil.copytree(d / "media", new / "media")
+    store = CorrectionStore(f"sqlite:///{new / 'c.db'}")
+    names = {r.file_name for r in store.corrections()}
+    store.close()
+    by_name = {Path(i.audio).name: i for i in pool}
+    return [by_name[n] for n in sorted(names) if n in by_name], new
+
+
 def finetune_and_score(d: Path, base: Path, labels, xb, bb, yb, classes) -> dict:
     rc, secs, log = AE.run_cli(["finetune", "--db", f"sqlite:///{d / 'c.db'}", "--base", str(base),
                                 "--out", str(d / "bundle")], env())
@@ -366,6 +384,10 @@ def main() -> int:
                     help="compare the cache with load_recognizer(base) on this many clips (0: skip)")
     ap.add_argument("--pool-every", type=int, default=1,
                     help="use every k-th pool clip (sorted by id): a smaller pool, faster")
+    ap.add_argument("--refit", action="store_true",
+                    help="choose nothing: fine-tune the stores of earlier runs again (same clips, "
+                         "same votes) with this tree, in <run>-refit folders: a change to "
+                         "fine-tuning measured on identical selections")
     ap.add_argument("--test-every", type=int, default=1,
                     help="score on every k-th test clip (sorted by id): fewer features to extract")
     args = ap.parse_args()
@@ -373,9 +395,10 @@ def main() -> int:
     work, base = Path(args.work).resolve(), Path(args.base).resolve()
     work.mkdir(parents=True, exist_ok=True)
     seeded = any(h in SEEDED for h in args.how) and args.seeds != [0, 1, 2]
-    out_json = work / ("results.json" if args.how == ["queue", "random"] and not seeded
-                       else f"results-{'-'.join(args.how)}"
-                       f"{'-seeds' + '-'.join(map(str, args.seeds)) if seeded else ''}.json")
+    out_json = work / (("refit-" if args.refit else "") + (
+        "results.json" if args.how == ["queue", "random"] and not seeded
+        else f"results-{'-'.join(args.how)}"
+        f"{'-seeds' + '-'.join(map(str, args.seeds)) if seeded else ''}.json"))
     cache = base_cache(base, work / "features.npz", args.features_from)
     labels = cache.labels
     pool, test = AE.case_items(args.corpus, work)
@@ -406,10 +429,13 @@ def main() -> int:
             [(h, s) for h in args.how if h in SEEDED for s in args.seeds]
         for how, seed in runs:
             d = work / f"{args.corpus}-n{n}-{how}{'' if seed is None else seed}"
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-            chosen = (random_choice(pool, n, seed, d) if how == "random" else
-                      queue_choice(pool, model, n, d / "c.db", how, seed))
+            if args.refit:
+                chosen, d = earlier_choice(d, pool)
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir(parents=True)
+                chosen = (random_choice(pool, n, seed, d) if how == "random" else
+                          queue_choice(pool, model, n, d / "c.db", how, seed))
             row = {"corpus": args.corpus, "n": len(chosen), "how": how, "seed": seed,
                    "classes_labelled": dict(sorted(
                        {lab: sum(i.label == lab for i in chosen) for lab in labels}.items())),

@@ -24,6 +24,7 @@ the corrections alone) is measured alongside as the baseline to beat.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -150,22 +151,21 @@ def fit(corr: Feats, replay: Feats, n_classes: int, beta: float, lam: float, mea
 
 
 def grouped_folds(groups: Sequence[str], y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """k folds of item indices with whole groups (speakers/recordings) in one fold."""
-    rng = np.random.default_rng(seed)
-    uniq = sorted(set(groups))
-    rng.shuffle(uniq)
-    if len(uniq) < k:  # too few groups: fall back to items, classes spread over the folds
+    """k folds of item indices with whole groups (speakers/recordings) in one fold, each fold's
+    classes as close to the whole set's shares as the groups allow (scikit-learn's
+    StratifiedGroupKFold). Unstratified folds of a few dozen clips starve each training part of
+    the classes its fold holds out: cross-validated UA fell below chance (0.10-0.23 for 17 clips
+    of 4 classes that a probe reads at 0.75 on held-out clips) and a clearly useful fine-tune
+    was refused."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    y = np.asarray(y)
+    if len(set(groups)) < k:  # too few groups: fall back to items, classes spread over the folds
         order = np.argsort(y, kind="stable")
         return [order[i::k] for i in range(k)]
-    sizes = {g: 0 for g in uniq}
-    for g in groups:
-        sizes[g] += 1
-    where, load = {}, [0] * k
-    for g in sorted(uniq, key=lambda g: -sizes[g]):      # biggest groups first, into the lightest fold
-        j = int(np.argmin(load))
-        where[g] = j
-        load[j] += sizes[g]
-    return [np.array([i for i, g in enumerate(groups) if where[g] == j]) for j in range(k)]
+    with warnings.catch_warnings():   # "the least populated class has fewer members than k"
+        warnings.simplefilter("ignore", UserWarning)
+        split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [np.sort(te) for _, te in split.split(np.zeros(len(y)), y, list(groups))]
 
 
 def probe_adapter(corr: Feats, replay: Feats, n_classes: int, mean: np.ndarray, std: np.ndarray,
