@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence

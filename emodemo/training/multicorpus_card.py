@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import is_copy_spec
+from ..data import COPY_KINDS, COPY_SPEC
 from ..degrade import is_copy_name
 
 CORPUS_INFO = {
@@ -98,12 +98,28 @@ def _speech_row(sc: dict, mc: dict, sv: dict) -> str:
             f"{sv['multicorpus']['temperature']} (fitted on the validation speakers, folded into the output layer)")
 
 
+COPY_WORDS = {   # data.COPY_KINDS -> what the card calls those copies, and how they are made
+    "degrade": ("a degraded copy", "`emodemo.degrade`: room, phone line or microphone, noise; below"),
+    "codec": ("a copy through a real codec", "`emodemo.degrade`: GSM, Opus or MP3 at a low bit rate"),
+    "voice": ("a copy in another voice", "`emodemo.degrade.voice`: speed perturbation, pitch and formants with it"),
+}
+
+
+assert set(COPY_WORDS) == set(COPY_KINDS)
+
+
+def _every(k: int) -> str:
+    """"every", "every 2nd", "every 3rd", ... (of a copy spec's K)."""
+    return "every" if k == 1 else f"every {k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
 def _training_row(sc: dict, mc: dict) -> str:
     common = ("mixed corpora, every corpus the same weight and every class within a corpus the same weight; "
               "each item's loss over the classes its corpus has (a corpus without a class says nothing about it)")
-    if any(is_copy_spec(s) for s in sc.get("train", [])):
-        common += ("; beside each corpus's clips, a degraded copy of every 2nd training clip (`emodemo.degrade`: "
-                   "room, phone line or microphone, noise; below)")
+    copies = sorted({(m[2], int(m[3])) for s in sc.get("train", []) if (m := COPY_SPEC.fullmatch(s))})
+    for kind, k in copies:
+        noun, detail = COPY_WORDS[kind]
+        common += f"; beside each corpus's clips, {noun} of {_every(k)} training clip ({detail})"
     if sc.get("head") == "pooled":
         refit = ("; then fitted again on training + validation speakers with that strength and "
                  "temperature (more voices; the validation UA below is from before this refit)"
