@@ -131,3 +131,14 @@ def test_spread_tree_memo_gives_the_order_a_fresh_tree_gives(monkeypatch):
     rank._SPREAD_MEMO.clear()
     assert rank.spread_order(emb, covered, 7, ids) == again and calls    # rebuilt: the same
     assert rank.spread_order(emb, covered, 8, ids) != again              # another seed differs
+
+
+def test_empty_and_one_clip_queues_are_ordered():
+    """The memoised orders take an empty queue (no clips: shape (0, 0)) and a single clip."""
+    empty = np.zeros((0, 0))
+    assert rank.typicality(empty).shape == (0,)
+    assert rank.coverage_order(empty, np.zeros(0, bool)) == []
+    assert rank.spread_order(empty, np.zeros(0, bool), 0, []) == []
+    one = np.ones((1, 7))
+    assert rank.coverage_order(one, np.zeros(1, bool)) == [0]
+    assert rank.spread_order(one, np.zeros(1, bool), 0, [5]) == [0]

@@ -441,11 +441,11 @@ def test_normalised_logits_blend_mixes_the_two_heads_probabilities():
 def test_card_training_row_names_each_kind_of_copy():
     """The card says which copies a recipe trained on (degraded, codec, another voice) and how
     often, from the specs themselves; a recipe without copies mentions none."""
-    from emodemo.training.multicorpus_card import _training_row
-    row = _training_row({"train": ["nemo:speakers=a", "nemo:speakers=a:degrade=2", "emovo:voice=3",
+    from emodemo.training.multicorpus_card import training_row
+    row = training_row({"train": ["nemo:speakers=a", "nemo:speakers=a:degrade=2", "emovo:voice=3",
                                    "crema-d:codec=1"], "head": "pooled"}, {"components": 256})
     assert "a degraded copy of every 2nd training clip" in row
     assert "a copy in another voice of every 3rd training clip" in row
     assert "a copy through a real codec of every training clip" in row
-    plain = _training_row({"train": ["nemo:speakers=a"], "head": "pooled"}, {})
+    plain = training_row({"train": ["nemo:speakers=a"], "head": "pooled"}, {})
     assert "copy" not in plain

@@ -125,8 +125,10 @@ def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.nda
     """1 / mean distance to a clip's k nearest other clips, scaled to max 1 (dense = typical).
     O(n^2) in the clips (10 s for 20,000 on 2 cores), so memoised by the matrix's content: the
     same clips give the same values without recomputing them (a copy; the memo is per process)."""
-    emb = np.asarray(emb, np.float64).reshape(len(emb), -1)
-    rows = np.lexsort(emb.T[::-1]) if emb.size else np.arange(len(emb))   # the rows sorted, so
+    emb = np.asarray(emb, np.float64)
+    if len(emb) < 2:                               # an empty queue, or one clip
+        return np.ones(len(emb))
+    rows = np.lexsort(emb.T[::-1])                 # the rows sorted, so
     canon = np.ascontiguousarray(emb[rows])        # the same clips in another order hit the memo
     key = (hashlib.blake2b(canon.tobytes(), digest_size=16).digest(), canon.shape, k)
     if key not in _TYPICAL_MEMO:

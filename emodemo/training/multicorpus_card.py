@@ -113,7 +113,9 @@ def _every(k: int) -> str:
     return "every" if k == 1 else f"every {k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
-def _training_row(sc: dict, mc: dict) -> str:
+def training_row(sc: dict, mc: dict) -> str:
+    """The card's "speech training" row: how the corpora were mixed, which copies of clips were
+    added (from the recipe's specs) and how the head was fitted."""
     common = ("mixed corpora, every corpus the same weight and every class within a corpus the same weight; "
               "each item's loss over the classes its corpus has (a corpus without a class says nothing about it)")
     copies = sorted({(m[2], int(m[3])) for s in sc.get("train", []) if (m := COPY_SPEC.fullmatch(s))})
@@ -264,7 +266,7 @@ and evidence-aware late fusion.
 |---|---|
 | labels | {', '.join(labels)} |
 | speech | {_speech_row(sc, mc, sv)} |
-| speech training | {_training_row(sc, mc)} |
+| speech training | {training_row(sc, mc)} |
 | text | `{tc['base']}` (all-MiniLM-L6-v2, BERT architecture) fine-tuned on GoEmotions{', taken unchanged from `' + str(init_text) + '`' if init_text else ''} |
 | fusion | {bcfg['fusion']} |
 | ASR | {', '.join(f'{k} {v}' for k, v in bcfg['asr'].items())} |
