@@ -27,10 +27,10 @@ then annotators' disagreement.
   stratified over a tree of k-means clusters (bisecting k-means): each clip about as likely to
   be served early as under a uniform draw, each prefix spread over the clusters in proportion
   to their size (proportional stratified sampling: random choice's representativeness with
-  less variance). Frozen before the EMOVO confirmation, 5 seeds a setting against random's 5: it
-  beat random's mean in four of six settings, with less spread over seeds, but not on average
-  (unseen-speaker UA 0.582 vs 0.587; EMOVO 0.461 vs 0.463; two refused fine-tunes at Korean
-  n = 25); an option (scripts/queue_benchmark.py).
+  less variance). Frozen before the EMOVO confirmation; 10 seeds a setting against random's 10
+  (rule fixed before seeds 5-9): it wins three settings of six but not on average (unseen-speaker
+  UA 0.574 vs 0.589; three refused fine-tunes at Korean n = 25); an option
+  (scripts/queue_benchmark.py, README).
 """
 from __future__ import annotations
 
