@@ -90,6 +90,7 @@ def test_progress_and_item_say_what_the_full_load_says(store, tmp_path):
     assert prog.per_annotator == {"ana": 3, "bob": 3, "cid": 2}
     for i in ids:
         assert q.item(i) == items[i]
+    assert sorted(q.model_labels()) == sorted(it.model_label for it in items.values())
     with pytest.raises(StoreError, match="no queue item"):
         q.item(max(ids) + 1)
 

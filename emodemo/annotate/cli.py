@@ -93,7 +93,7 @@ def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
             print(one_line(err, 300), file=sys.stderr)
         print(f"queued {len(rep.added)} clips from {rep.files} files "
               f"({rep.skipped} already queued, {len(rep.errors)} problems)", file=out)
-        note = prelabel_note([it.model_label for it in queue.items()])
+        note = prelabel_note(queue.model_labels())
         if note:
             print(f"note: {note}", file=sys.stderr)
         return 0 if not rep.errors else 1

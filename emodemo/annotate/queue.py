@@ -340,6 +340,13 @@ class AnnotationQueue:
         served = [ordered[i] for i in order]
         return started + served + [it for it in ordered if it.done]
 
+    def model_labels(self) -> list[Optional[str]]:
+        """The model's pre-label of every queued clip (no serving order: `analysis.prelabel_note`
+        needs only these)."""
+        with self.store.database.read() as s:
+            return list(s.scalars(select(QueueRow.model_label).join(
+                Media, QueueRow.media_sha256 == Media.sha256)))
+
     def item(self, item_id: int) -> QueueItem:
         for it in self._load(int(item_id))[0]:
             return it

@@ -117,8 +117,21 @@ def _nearest_covered(emb: np.ndarray, covered: np.ndarray, block: int = 1024) ->
 
 
 _TYPICAL_MEMO: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-TYPICAL_MEMO_SIZE = 4    # queues (embedding matrices) whose typicality is kept: a served queue's
-#                          clips change only when clips are added, so each next() reuses it
+TYPICAL_MEMO_SIZE = 4    # queues (embedding matrices) whose typicality / spread tree is kept: a
+#                          served queue's clips change only when clips are added, so each next()
+#                          reuses it
+
+
+def _memoised(memo: OrderedDict, rows: np.ndarray, extra: tuple, compute: Any) -> Any:
+    """`compute()` for the matrix `rows` (C-contiguous) and `extra`, kept in `memo` by content:
+    the least recently used of more than TYPICAL_MEMO_SIZE entries is dropped."""
+    key = (hashlib.blake2b(rows.tobytes(), digest_size=16).digest(), rows.shape, *extra)
+    if key not in memo:
+        memo[key] = compute()
+        while len(memo) > TYPICAL_MEMO_SIZE:
+            memo.popitem(last=False)
+    memo.move_to_end(key)
+    return memo[key]
 
 
 def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.ndarray:
@@ -130,21 +143,14 @@ def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.nda
         return np.ones(len(emb))
     rows = np.lexsort(emb.T[::-1])                 # the rows sorted, so
     canon = np.ascontiguousarray(emb[rows])        # the same clips in another order hit the memo
-    key = (hashlib.blake2b(canon.tobytes(), digest_size=16).digest(), canon.shape, k)
-    if key not in _TYPICAL_MEMO:
-        _TYPICAL_MEMO[key] = _typicality(canon, k, block)
-        while len(_TYPICAL_MEMO) > TYPICAL_MEMO_SIZE:
-            _TYPICAL_MEMO.popitem(last=False)
-    _TYPICAL_MEMO.move_to_end(key)
     out = np.empty(len(emb))
-    out[rows] = _TYPICAL_MEMO[key]
+    out[rows] = _memoised(_TYPICAL_MEMO, canon, (k,), lambda: _typicality(canon, k, block))
     return out
 
 
 def _typicality(emb: np.ndarray, k: int, block: int) -> np.ndarray:
+    """`typicality` computed (at least two rows)."""
     n = len(emb)
-    if n < 2:
-        return np.ones(n)
     k = min(k, n - 1)
     out = np.empty(n)
     for s in range(0, n, block):
@@ -409,15 +415,12 @@ def _spread_tree(emb: np.ndarray, seed: int) -> tuple["_Stratum", np.ndarray]:
     """(the tree of clusters with nothing taken, each row's place in its leaf's draw) for rows
     in their canonical order; built once per clips and seed (k-means over 20,000 clips takes
     seconds; memoised like `typicality`, TYPICAL_MEMO_SIZE entries)."""
-    emb = np.ascontiguousarray(emb)
-    k = (hashlib.blake2b(emb.tobytes(), digest_size=16).digest(), emb.shape, seed)
-    if k not in _SPREAD_MEMO:
+    def build() -> tuple["_Stratum", np.ndarray]:
         rng = np.random.default_rng(seed)
         root = _Stratum(emb, np.arange(len(emb)), rng)
-        _SPREAD_MEMO[k] = (root, rng.random(len(emb)))
-        while len(_SPREAD_MEMO) > TYPICAL_MEMO_SIZE:
-            _SPREAD_MEMO.popitem(last=False)
-    _SPREAD_MEMO.move_to_end(k)
-    root, key = _SPREAD_MEMO[k]
+        return root, rng.random(len(emb))
+
+    emb = np.ascontiguousarray(emb)
+    root, key = _memoised(_SPREAD_MEMO, emb, (seed,), build)
     root.reset()
     return root, key

@@ -131,7 +131,8 @@ class WritableStore(StoreBase):
         """Store one correction and return its id.
 
         audio: a file path (kept byte for byte), a ``(waveform, sample_rate)`` pair (stored as
-            16 kHz 16-bit WAV), or `stored(sha256)`: a file already in the media folder. Raises `emodemo.errors.AudioError` if it is not usable audio.
+            16 kHz 16-bit WAV), or `stored(sha256)`: a file already in the media folder.
+            Raises `emodemo.errors.AudioError` if it is not usable audio.
         label: one of `labels`, or ``"none"`` ("none of these"); StoreError otherwise.
         transcript: the corrected transcript; the shown one comes from `prediction`.
         prediction: dict or object with label, audio, text, fused, transcript, bundle,

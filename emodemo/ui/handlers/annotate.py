@@ -71,7 +71,7 @@ def add(ctx, files: Any) -> dict:
 def _prelabel_note(ctx) -> str:
     """A note when the model pre-labelled most of the queue one label (`analysis.one_sided`):
     annotators should vote on what they hear, and a lead should not trust the pre-labels."""
-    note = analysis.prelabel_note([it.model_label for it in _queue(ctx).items()])
+    note = analysis.prelabel_note(_queue(ctx).model_labels())
     return f"\n\n{note}" if note else ""
 
 
