@@ -34,6 +34,7 @@ def test_predict_json_and_table(speech_wav, speech_mp3, tmp_path):
     assert t.returncode == 0 and "audio" in t.stdout and "fused" in t.stdout and "transcript: (none)" in t.stdout
 
 
+@pytest.mark.slow
 def test_missing_bundle_is_one_line(tmp_path, speech_wav):
     r = run("predict", str(speech_wav), "--bundle", str(tmp_path))
     assert r.returncode == 2 and "not a model bundle" in r.stderr and "Traceback" not in r.stderr

@@ -72,6 +72,7 @@ def test_long_audio_segments(recognizer):
     assert [p.start for p in preds] == sorted(p.start for p in preds)
 
 
+@pytest.mark.slow
 def test_batched_audio_branch_matches_one_by_one(recognizer, speech_wav, tmp_path):
     import soundfile as sf
     rng = np.random.default_rng(0)

@@ -115,6 +115,7 @@ def test_trim_silence_and_the_trimmed_front_end(tmp_path):
     assert (untrimmed - p[1]).abs().max() > (p[0] - p[1]).abs().max()
 
 
+@pytest.mark.slow
 def test_a_long_recording_is_normalised_by_itself_when_it_has_enough_speech(tmp_path, recognizer, monkeypatch):
     wav, spans = joined(tmp_path)
     speech = recognizer.config.speech

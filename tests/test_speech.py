@@ -12,6 +12,7 @@ def ge2e():
     return GE2E.from_source()
 
 
+@pytest.mark.slow
 def test_ge2e_port_matches_resemblyzer(ge2e, speech_wav):
     """Our GE2E (torchaudio mel + torch LSTM) embeds like resemblyzer's own VoiceEncoder."""
     from resemblyzer import VoiceEncoder, preprocess_wav

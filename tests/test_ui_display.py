@@ -161,6 +161,7 @@ def test_messages_without_entities_backslashes_or_cli_flags():
     assert "--min-per-class" not in shown and "Min. corrections per class" in shown
 
 
+@pytest.mark.slow
 def test_a_bad_upload_is_said_once(h, tmp_path, monkeypatch):
     """The analysis error is in the status line; the Analyse events do not toast it too."""
     import inspect

@@ -59,6 +59,7 @@ def test_every_weight_lands_in_openai_whisper_layout(ported):
     assert torch.equal(sd["encoder.ln_post.weight"].half(), torch.from_numpy(ct2["encoder/layer_norm/gamma"].copy()))
 
 
+@pytest.mark.slow
 def test_encoder_matches_ctranslate2(ported, speech_wav):
     """The same log-mel through the PyTorch port and through CTranslate2's encoder."""
     import ctranslate2
