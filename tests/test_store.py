@@ -340,8 +340,9 @@ def test_migration_from_revision_0001(db_url, tmp_path, monkeypatch):
 
     store = CorrectionStore(db_url, media_dir=tmp_path / "media")
     try:
-        assert store.schema_revision() == "0005"   # the head: 0002 updated_at, 0003 account,
-        # 0004 language / translation / file name / soft delete / queue tables, 0005 embedding
+        assert store.schema_revision() == "0006"   # the head: 0002 updated_at, 0003 account,
+        # 0004 language / translation / file name / soft delete / queue tables, 0005 embedding,
+        # 0006 speaker
         [rec] = store.corrections()
         assert (rec.label, rec.annotator, rec.note, rec.start, rec.end) == (
             "sad", "old", "from 0001", 0.5, 1.0)
@@ -852,7 +853,7 @@ def test_opening_a_current_store_takes_no_write_lock(tmp_path):
         import time
         t0 = time.perf_counter()
         with CorrectionStore(url, media_dir=tmp_path / "media") as s:
-            assert s.schema_revision() == "0005" and s.corrections() == []
+            assert s.schema_revision() == "0006" and s.corrections() == []
         assert time.perf_counter() - t0 < 20                      # not the 30 s busy timeout
     finally:
         holder.rollback()

@@ -1,6 +1,8 @@
 """``python -m emodemo queue {add,list,next,vote,skip,progress}``: the annotation queue.
 
     python -m emodemo queue add clips.zip long.wav --db sqlite:///data/corrections.db
+    python -m emodemo queue add ana/ --speaker ana --db ...      # who speaks in these files
+    python -m emodemo queue add campaign/ --speaker-from folder  # one folder per speaker
     python -m emodemo queue list --db ... --json          # one JSON object per clip, serving order
     python -m emodemo queue next --db ... --annotator ana --json
     python -m emodemo queue vote 12 happy --db ... --annotator ana
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Sequence
 
 from ..analysis import prelabel_note
@@ -52,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=("margin", "entropy"), default=DEFAULTS.ranking)
     p.add_argument("--max-len", type=float, default=DEFAULTS.max_len,
                    help="recordings longer than this (s) are cut into segments")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--speaker", default=None, metavar="NAME",
+                     help="who speaks in all the files of this call (or the session / recording "
+                     "setup): fine-tuning keeps each speaker's clips on one side of its "
+                     "held-out check, so it measures voices it did not train on")
+    who.add_argument("--speaker-from", choices=("folder",), default=None,
+                     help="folder: each file's speaker is the name of the folder it is in (inside "
+                     "a zip: its folder there, else the zip's name), for a campaign laid out as "
+                     "one folder per speaker or session")
     p = sub.add_parser("list", parents=[common], help="all clips in serving order")
     p.add_argument("--json", action="store_true", help="one JSON object per clip")
     p = sub.add_parser("next", parents=[common], help="lease the next clip to an annotator")
@@ -75,7 +87,8 @@ def item_json(it: QueueItem) -> str:
     return json.dumps({"id": it.id, "file": it.file_name, "start": it.start, "end": it.end,
                        "priority": round(it.priority, 4), "model_label": it.model_label,
                        "votes": it.votes, "done": it.done, "disagreement": it.disagreement,
-                       "leased_by": it.leased_by, "media_path": it.media_path},
+                       "leased_by": it.leased_by, "media_path": it.media_path,
+                       "speaker": it.speaker},
                       ensure_ascii=False)
 
 
@@ -86,9 +99,23 @@ def item_line(it: QueueItem) -> str:
                       "done" if it.done else ""])
 
 
+def folder_speaker(given: Path, name: str) -> str:
+    """--speaker-from folder: the name of the folder a file is in. `given` is the path named on
+    the command line, `name` the clip's display name (`ingest.expand`: relative to a folder
+    given, "<zip name>/<member>" for a zip's member); inside a zip its folder there, else the
+    zip's name without ".zip"."""
+    given = given.expanduser().resolve()
+    if given.is_dir():
+        return (given / name).parent.name
+    if given.suffix.lower() == ".zip" and given.is_file():
+        member = PurePosixPath(name[len(given.name) + 1:])
+        return member.parent.name or given.stem
+    return given.parent.name
+
+
 def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
     if args.cmd == "add":
-        rep = queue.add(args.paths)
+        rep = queue.add(args.paths, folder_speaker if args.speaker_from == "folder" else args.speaker)
         for err in rep.errors:
             print(one_line(err, 300), file=sys.stderr)
         print(f"queued {len(rep.added)} clips from {rep.files} files "

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 from sqlalchemy import and_, func, or_, select, update
@@ -43,11 +43,15 @@ from ..store.base import now_utc as _now
 from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
+from ..store.writes import clean_speaker
 from .ingest import clips_of, expand, prelabel
 from .rank import (ORDERS, RANKINGS, SPACES, balanced_order, coverage_order, embedding_matrix,
                    hybrid_order, spread_order, tally, uncertainty)
 
-__all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress"]
+__all__ = ["AnnotationQueue", "QueueOptions", "QueueItem", "AddReport", "Progress", "SpeakerOf"]
+
+#: (a path given to `add`, a clip's display name) -> who speaks in it (the CLI's --speaker-from)
+SpeakerOf = Callable[[Path, str], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class QueueItem:
     disagreement: float = 0.0
     done: bool = False
     leased_by: Optional[str] = None
+    speaker: Optional[str] = None         # copied into its votes (fine-tuning groups by it)
     embedding: Optional[list] = field(default=None, repr=False)   # rank.compact; not in to_dict
 
     def to_dict(self) -> dict:
@@ -158,7 +163,7 @@ def _votes_by_item(s: Any, item_id: Optional[int] = None) -> dict[int, list[dict
 
 
 _ROW_COLUMNS = ("id", "file_name", "start", "end", "priority", "model_label", "prob_fused",
-                "transcript", "media_sha256", "lease_annotator", "lease_until", "embedding")
+                "transcript", "media_sha256", "lease_annotator", "lease_until", "embedding", "speaker")
 
 
 def _who(annotator: Any) -> str:
@@ -188,22 +193,29 @@ class AnnotationQueue:
         return self._recognizer
 
     # -- adding --------------------------------------------------------------------------------
-    def add(self, paths: Iterable[Union[str, os.PathLike]]) -> AddReport:
+    def add(self, paths: Iterable[Union[str, os.PathLike]],
+            speaker: Union[str, SpeakerOf, None] = None) -> AddReport:
         """Queue every clip of the audio files, folders and zips in `paths`, pre-labelled by the
-        model. Clips already queued are skipped (counted); unusable files are reported."""
+        model. Clips already queued are skipped (counted, their speaker unchanged); unusable
+        files are reported. `speaker`: who speaks in every clip added (or the session), or a
+        `SpeakerOf` giving it per file; kept on the item and copied into its votes, so that
+        fine-tuning keeps each speaker's clips on one side of its held-out check."""
         report = AddReport()
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        fixed = None if callable(speaker) else clean_speaker(speaker)  # a bad name stops it here
         with tempfile.TemporaryDirectory(prefix="emodemo-queue-") as tmp:
-            for path, name in expand(paths, Path(tmp), report.errors):
-                report.files += 1
-                try:
-                    self._add_file(path, name, report)
-                except (AudioError, StoreError) as exc:  # this file; a bad setting or bundle stops all
-                    report.errors.append(f"{name}: {exc}")
+            for given in paths:                     # one at a time: `speaker` sees which
+                for path, name in expand([given], Path(tmp), report.errors):
+                    report.files += 1
+                    try:
+                        who = speaker(Path(given), name) if callable(speaker) else fixed
+                        self._add_file(path, name, report, clean_speaker(who))
+                    except (AudioError, StoreError) as exc:  # this file; a bad setting or bundle stops all
+                        report.errors.append(f"{name}: {exc}")
         return report
 
-    def _add_file(self, path: Path, name: str, report: AddReport) -> None:
+    def _add_file(self, path: Path, name: str, report: AddReport, speaker: Optional[str]) -> None:
         from ..audio import load_audio
 
         wav = load_audio(path)
@@ -217,7 +229,8 @@ class AnnotationQueue:
                            end=end, priority=uncertainty(pred.fused, self.options.ranking),
                            model_label=pred.label, prob_fused=probs_json(pred.fused, "fused"),
                            transcript=pred.transcript or None, bundle_name=pred.bundle or None,
-                           embedding=None if emb is None else json.dumps(emb), created_at=_now())
+                           embedding=None if emb is None else json.dumps(emb), speaker=speaker,
+                           created_at=_now())
             try:
                 report.added.append(self.store.database.retry_write(lambda row=row: self._insert(row)))
             except IntegrityError:                      # queued by someone else meanwhile
@@ -259,7 +272,7 @@ class AnnotationQueue:
                 probabilities=dict(self._parsed(row.prob_fused) or {}), votes=counts,
                 transcript=row.transcript or "", media_sha256=row.media_sha256, n_votes=n,
                 disagreement=round(disagreement, 4), done=self._done(n, disagreement), leased_by=live,
-                embedding=self._parsed(row.embedding)))
+                speaker=row.speaker, embedding=self._parsed(row.embedding)))
             voters[row.id] = {x for v in by_item.get(row.id, [])
                               for x in (v["annotator"], v["annotator_account"]) if x}
             leases[row.id] = row.lease_until or 0.0
@@ -410,15 +423,15 @@ class AnnotationQueue:
 
     def vote(self, item_id: int, annotator: str, label: str, transcript: Optional[str] = None,
              account: Optional[str] = None) -> int:
-        """Store `annotator`'s label for a clip as a correction (its span, the model's
-        pre-label as the prediction) and free their lease; returns the correction id."""
+        """Store `annotator`'s label for a clip as a correction (its span and speaker, the
+        model's pre-label as the prediction) and free their lease; returns the correction id."""
         who = _who(annotator)
         it = self.item(item_id)
         pred = {"label": it.model_label, "fused": it.probabilities,
                 "transcript": it.transcript or None}
         cid = self.store.add(self.store.stored(it.media_sha256), label, annotator=who, account=account,
                              transcript=transcript, prediction=pred, start=it.start, end=it.end,
-                             queue_item_id=it.id, file_name=it.file_name)
+                             queue_item_id=it.id, file_name=it.file_name, speaker=it.speaker)
         self._release(it.id, who)
         return cid
 

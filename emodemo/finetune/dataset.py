@@ -18,6 +18,8 @@ from ..labels import NONE_LABEL, normalize_label, vote
 MIN_PER_CLASS = 3            # clips per class for it to be used
 MIN_CLASSES = 2              # classes with enough clips for a run
 VAL_FRACTION = 0.25          # share of each class's clips held out
+NO_SPEAKERS = ("no speakers given: clips are grouped by recording, so the held-out check may hear "
+               "voices it trained on; give --speaker when queueing or a speaker column when importing")
 
 
 class TooFewCorrections(FinetuneError):
@@ -69,8 +71,17 @@ class Dataset:
         return dict(sorted(Counter(c.label for c in (self.clips if clips is None else clips)).items(),
                            key=lambda kv: (-kv[1], kv[0])))
 
+    def speakers(self) -> dict:
+        """How many clips name a speaker and how many speakers there are; with none named, the
+        warning `NO_SPEAKERS` (the held-out check then groups by recording only)."""
+        named = [c.speaker for c in self.clips if c.speaker]
+        out: dict = {"clips": len(named), "distinct": len(set(named))}
+        if self.clips and not named:
+            out["warning"] = NO_SPEAKERS
+        return out
+
     def summary(self) -> dict:
-        return {"corrections": self.n_records, "clips": len(self.clips),
+        return {"corrections": self.n_records, "clips": len(self.clips), "speakers": self.speakers(),
                 "per_class": self.per_class(), "per_annotator": self.per_annotator,
                 "agreement": self.agreement,
                 "ties": [{k: v for k, v in t.items()} for t in self.ties],
@@ -95,7 +106,8 @@ def build_dataset(records: Iterable[Any], labels: Sequence[str], check_files: bo
     * with `check_files`, clips whose stored audio file is gone are left out (`excluded["missing_audio"]`).
 
     The clip's transcript is the newest non-empty corrected transcript, preferring voters who
-    voted for the winning label.
+    voted for the winning label (`clip_transcript`); its speaker the newest non-empty one among
+    its votes (`clip_speaker`).
     """
     records = list(records)
     clips: list[Clip] = []
@@ -132,23 +144,39 @@ def build_dataset(records: Iterable[Any], labels: Sequence[str], check_files: bo
         if check_files and (not path or not Path(path).is_file()):
             excluded["missing_audio"].append(desc | {"path": path})
             continue
-        texts = []
-        for who, r in cv.records:
-            t = r.get("transcript_corrected") if isinstance(r, Mapping) else getattr(r, "transcript_corrected", None)
-            if t is not None and str(t).strip():
-                texts.append((cv.votes.get(who) == winner, " ".join(str(t).split())))
-        transcript = None
-        if texts:
-            agreeing = [t for a, t in texts if a]
-            transcript = (agreeing or [t for _, t in texts])[-1]
-        clips.append(Clip(cv.media_sha256, str(path), start, end, winner, transcript,
-                          {str(k): v for k, v in cv.votes.items()}, cv.n_corrections, None, cv.newest))
+        clips.append(Clip(cv.media_sha256, str(path), start, end, winner, clip_transcript(cv, winner),
+                          {str(k): v for k, v in cv.votes.items()}, cv.n_corrections,
+                          clip_speaker(cv), cv.newest))
     clips.sort(key=lambda c: (c.media_sha256, -1 if c.start is None else c.start))
     agreement = {"clips_with_several_annotators": multi, "unanimous": unanimous,
                  "mean_majority_share": round(sum(shares) / len(shares), 4) if shares else None,
                  "ties": len(ties)}
     return Dataset(clips, ties, excluded, len(records),
                    dict(sorted(per_annotator.items(), key=lambda kv: (-kv[1], kv[0]))), agreement, newest)
+
+
+def _field(rec: Any, name: str) -> Optional[str]:
+    """A record's text field (dict or object), whitespace collapsed; None when empty or absent."""
+    value = rec.get(name) if isinstance(rec, Mapping) else getattr(rec, name, None)
+    text = " ".join(str(value).split()) if value is not None else ""
+    return text or None
+
+
+def clip_transcript(cv: Any, winner: str) -> Optional[str]:
+    """The newest non-empty corrected transcript of a clip's records (`labels.ClipVote`, time
+    order), preferring those of voters who voted for the winning label."""
+    texts = [(cv.votes.get(who) == winner, t) for who, r in cv.records
+             if (t := _field(r, "transcript_corrected"))]
+    agreeing = [t for a, t in texts if a]
+    return (agreeing or [t for _, t in texts] or [None])[-1]
+
+
+def clip_speaker(cv: Any) -> Optional[str]:
+    """Who speaks in a clip: the newest non-empty speaker among its records (time order; votes
+    that disagree: the newest wins). None when no vote names one: the clip is then grouped by its
+    recording (`Clip.group`)."""
+    speakers = [sp for _, r in cv.records if (sp := _field(r, "speaker"))]
+    return speakers[-1] if speakers else None
 
 
 def check_counts(ds: Dataset, min_per_class: int = MIN_PER_CLASS, min_classes: int = MIN_CLASSES,
@@ -179,6 +207,8 @@ def format_summary(summary: Mapping) -> str:
     """The dry-run text: counts per class and annotator, agreement, ties and exclusions."""
     lines = [f"corrections: {summary['corrections']}  ->  usable clips: {summary['clips']}"
              f" ({summary.get('transcripts', 0)} with a corrected transcript)"]
+    if "speakers" in summary:
+        lines.append(speakers_line(summary["speakers"], summary["clips"]))
     lines.append("per class:      " + (", ".join(f"{k} {v}" for k, v in summary["per_class"].items()) or "-"))
     lines.append("per annotator:  " + (", ".join(f"{k} {v}" for k, v in summary["per_annotator"].items()) or "-"))
     ag = summary["agreement"]
@@ -200,8 +230,19 @@ def format_summary(summary: Mapping) -> str:
         sp = summary["split"]
         total = sp["train"] + sp["val"]
         lines.append(f"split:          holds out {sp['val']} of {total} clips to measure on "
-                     f"(stratified by class, grouped by speaker); trains on {sp['train']}")
+                     f"(stratified by class, grouped by speaker, else recording); trains on "
+                     f"{sp['train']}")
     return "\n".join(lines)
+
+
+def speakers_line(speakers: Mapping, n_clips: int) -> str:
+    """The dry-run line on speakers: how many clips name one and how many there are, or the
+    plain warning that the held-out check groups by recording only."""
+    if speakers.get("warning"):
+        return f"speakers:       {speakers['warning']}"
+    line = f"speakers:       {speakers['distinct']} (named on {speakers['clips']} of {n_clips} clips)"
+    rest = n_clips - speakers["clips"]
+    return line + (f"; the other {rest} are grouped by recording" if rest else "")
 
 
 def split_clips(clips: Sequence[Clip], val_fraction: float = VAL_FRACTION,

@@ -69,7 +69,9 @@ def clip_items(clips: Sequence[Clip], cache_dir: Optional[str | Path] = None) ->
         except (EmodemoError, OSError, RuntimeError) as exc:
             bad.append({"clip": c.id, "error": str(exc)})
             continue
-        items.append(Item(path, c.label, c.transcript, c.speaker, id=c.id))
+        # the item's speaker is the clip's group (its speaker, else its recording): the CV folds
+        # group by it, so the spans of one long recording never straddle a fold either
+        items.append(Item(path, c.label, c.transcript, c.group, id=c.id))
     return items, bad
 
 

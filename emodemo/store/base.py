@@ -119,7 +119,7 @@ class StoreBase:
             bundle_name=c.bundle_name, bundle_version=c.bundle_version,
             media_sha256=m.sha256, media_file=m.path, media_path=str(self.abs_media(m.path)),
             duration=m.duration, sample_rate=m.sample_rate, queue_item_id=c.queue_item_id,
-            deleted_at=as_utc(c.deleted_at), deleted_by=c.deleted_by,
+            speaker=c.speaker, deleted_at=as_utc(c.deleted_at), deleted_by=c.deleted_by,
         )
 
     def select_records(self, label: Optional[str] = None, annotator: Optional[str] = None,

@@ -71,6 +71,8 @@ class Correction(Base):
     deleted_by: Mapped[Optional[str]] = mapped_column(String(200))
     # a vote in the annotation queue (emodemo.annotate): the queue item it answers
     queue_item_id: Mapped[Optional[int]] = mapped_column(Integer)
+    # 0006: who speaks (or the session): fine-tuning keeps one speaker's clips on one side
+    speaker: Mapped[Optional[str]] = mapped_column(String(200))
 
 
 class QueueItem(Base):
@@ -97,6 +99,7 @@ class QueueItem(Base):
     lease_until: Mapped[Optional[float]] = mapped_column(Float)     # Unix time; portable compare
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     embedding: Mapped[Optional[str]] = mapped_column(Text)          # 0005: JSON [float] (rank.compact)
+    speaker: Mapped[Optional[str]] = mapped_column(String(200))     # 0006: copied into its votes
 
 
 class QueueSkip(Base):

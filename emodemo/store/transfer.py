@@ -28,7 +28,7 @@ EXPORT_FIELDS = (
     "transcript_shown", "transcript_corrected", "predicted_label",
     "prob_audio", "prob_text", "prob_fused", "bundle_name", "bundle_version",
     "media_sha256", "media_path", "duration", "sample_rate", "start", "end",
-    "file_name", "language", "language_probability", "translation",
+    "file_name", "language", "language_probability", "translation", "speaker",
 )
 EXPORT_FORMATS = ("csv", "jsonl", "audiofolder", "labelstudio")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -43,7 +43,7 @@ IMPORT_COLUMNS = (("path", PATH_COLUMNS), ("label", ("label",)),
                   ("start", ("start",)), ("end", ("end",)),
                   ("media_sha256", ("media_sha256",)), ("file_name", ("file_name",)),
                   ("language", ("language",)), ("language_probability", ("language_probability",)),
-                  ("translation", ("translation",)),
+                  ("translation", ("translation",)), ("speaker", ("speaker",)),
                   *((k, (k,)) for k in PREDICTION_COLUMNS))
 POSITIONAL_COLUMNS = {"path": 0, "label": 1, "transcript": 2, "annotator": 3}
 
@@ -178,7 +178,8 @@ def import_csv(store: WritableStore, path: Union[str, os.PathLike],
 
     A header row is optional (recognised when its first cell is "path"/"media_path"/"file",
     or when it names a path column and a "label" column; named columns may then come in any
-    order). A CSV written by `export` is read back as it was written: its formula guard
+    order; an optional "speaker" column names who speaks, which fine-tuning keeps on one side
+    of its held-out check). A CSV written by `export` is read back as it was written: its formula guard
     quotes are removed and the model's prediction columns are kept. Relative audio paths
     are resolved against the CSV's folder, then `media_root` (the exporting store's media
     folder: exports hold paths relative to it; default: a ``media`` folder next to the CSV),
@@ -232,7 +233,7 @@ def import_csv(store: WritableStore, path: Union[str, os.PathLike],
                           account=cell("account"), transcript=cell("transcript"),
                           note=cell("note"), start=cell("start"), end=cell("end"),
                           prediction=_prediction(cell), language=_language(cell),
-                          translation=cell("translation"), **extra)
+                          translation=cell("translation"), speaker=cell("speaker"), **extra)
                 imported += 1
             except (EmodemoError, OSError) as exc:
                 errors.append(f"line {line}: {exc}")

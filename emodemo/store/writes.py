@@ -6,7 +6,7 @@
   backoff while the database is busy (`db.Database.retry_write`); a database that cannot take
   it (read-only, full, unreachable, busy for minutes) raises a StoreError that says so, with
   nothing half-stored, so the UI can show it and keep the form.
-* A double submit (same clip and span, label, voter, transcript and note within
+* A double submit (same clip and span, label, voter, transcript, note and speaker within
   `DUPLICATE_WINDOW_S`) stores one row: the second `add` returns the first row's id as a
   `CorrectionId` with ``duplicate=True``.
 * Delete is soft: the row stays with who deleted it and when, is left out of votes, agreement,
@@ -30,9 +30,11 @@ from .schema import Correction, Media
 from .validate import (MAX_ANNOTATOR_CHARS, MAX_TEXT_CHARS, check_language, check_span,
                        clean_field, prediction_fields)
 
-__all__ = ["WritableStore", "CorrectionId", "DUPLICATE_WINDOW_S", "UNSET"]
+__all__ = ["WritableStore", "CorrectionId", "DUPLICATE_WINDOW_S", "UNSET", "MAX_SPEAKER_CHARS",
+           "clean_speaker"]
 
 DUPLICATE_WINDOW_S = 30.0        # a second identical submit within this is a double submit
+MAX_SPEAKER_CHARS = 200          # schema: String(200) on corrections and queue_items
 UNSET: Any = object()            # "not given" for update() and add(file_name=...)
 
 
@@ -42,9 +44,17 @@ class Details(TypedDict, total=False):
     translation: Optional[str]       # the English text the model read
     file_name: Any                   # the name to show (default: the audio file's name)
     queue_item_id: Optional[int]     # the annotation-queue item this correction is a vote on
+    speaker: Optional[str]           # who speaks (or the session): see `clean_speaker`
 # the columns that make two submits "the same correction"
 _SAME = ("media_sha256", "start", "end", "label", "annotator", "annotator_account",
-         "transcript_corrected", "note", "queue_item_id")
+         "transcript_corrected", "note", "queue_item_id", "speaker")
+
+
+def clean_speaker(value: Any) -> Optional[str]:
+    """A speaker (or session / recording setup) as stored: free text, stripped, empty -> None.
+    Fine-tuning keeps each speaker's clips on one side of its held-out check
+    (`emodemo.finetune.dataset.Clip.group`), so the same voice must be spelt the same way."""
+    return clean_field(value, "speaker", MAX_SPEAKER_CHARS, strip=True)
 
 
 class CorrectionId(int):
@@ -145,8 +155,10 @@ class WritableStore(StoreBase):
             "code" and "probability"; translation: the English text the model read.
         file_name: the name to show (default: the audio file's name).
         queue_item_id: the annotation-queue item this correction is a vote on.
+        speaker: who speaks in the clip (or the session / recording setup): fine-tuning keeps
+            each speaker's clips on one side of its held-out check.
 
-        A double submit (same clip/span, label, voter, transcript, note within
+        A double submit (same clip/span, label, voter, transcript, note, speaker within
         `writes.DUPLICATE_WINDOW_S` seconds) stores nothing new: the returned `CorrectionId` is
         the first row's, with ``duplicate=True``.
         """
@@ -164,6 +176,7 @@ class WritableStore(StoreBase):
             note=clean_field(note, "note", MAX_TEXT_CHARS),
             file_name=_file_name(audio, file_name),
             queue_item_id=None if queue_item_id is None else int(queue_item_id),
+            speaker=clean_speaker(details.get("speaker")),
             **prediction_fields(prediction),
         )
         if language is not None:

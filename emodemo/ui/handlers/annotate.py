@@ -58,12 +58,14 @@ def _report_text(rep: Any) -> str:
 
 
 @guard("ann_msg")
-def add(ctx, files: Any) -> dict:
-    """Add uploaded files (audio, a zip of audio, long recordings: the service splits them)."""
+def add(ctx, files: Any, speaker: Optional[str] = None) -> dict:
+    """Add uploaded files (audio, a zip of audio, long recordings: the service splits them),
+    with who speaks in them (optional; the queue copies it into each vote, and fine-tuning keeps
+    each speaker's clips on one side of its held-out check)."""
     paths = _paths(files)
     if not paths:
         raise EmodemoError("Choose audio files (or a zip of them) to add to the queue first.")
-    rep = _queue(ctx).add(paths)
+    rep = _queue(ctx).add(paths, speaker=analysis.blank_none(speaker))
     return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.") + _prelabel_note(ctx),
             **progress(ctx), "ann_files": None}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ...analysis import NONE_LABEL
 from ...store.media import AUDIO_SUFFIXES
+from ...store.writes import MAX_SPEAKER_CHARS
 from ..handlers import annotate as H
 from ..markdown import label_choice
 
@@ -51,6 +52,11 @@ def layout(ctx) -> dict:
             c["ann_files"] = gr.File(file_count="multiple", file_types=[*sorted(AUDIO_SUFFIXES), ".zip"],
                                      label="Audio files, a zip of them, or long recordings "
                                            "(split into segments)", elem_id="emodemo-ann-files")
+            c["ann_speaker"] = gr.Textbox(label="Speaker / session (optional)", max_lines=1,
+                                          info="Who speaks in these files: fine-tuning keeps "
+                                               "each speaker's clips on one side of its "
+                                               "held-out check",
+                                          max_length=MAX_SPEAKER_CHARS, elem_id="emodemo-ann-speaker")
             c["ann_add"] = gr.Button("Add to the queue", elem_id="emodemo-ann-add")
     return c
 
@@ -62,7 +68,8 @@ def wire(w) -> None:
     w.on(c["ann_submit"].click, H.vote, ["ann_item", "ann_label", "ann_transcript", "ann_name"],
          shown, account=signed)
     w.on(c["ann_skip"].click, H.skip, ["ann_item", "ann_name"], shown, account=signed)
-    w.on(c["ann_add"].click, H.add, ["ann_files"], ["ann_msg", *H.PROGRESS_KEYS, "ann_files"])
+    w.on(c["ann_add"].click, H.add, ["ann_files", "ann_speaker"],
+         ["ann_msg", *H.PROGRESS_KEYS, "ann_files"])
     w.on(c["annotate_tab"].select, lambda ctx: H.progress(ctx), [], list(H.PROGRESS_KEYS),
          name="annotate_progress")
 
