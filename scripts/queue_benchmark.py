@@ -341,8 +341,8 @@ def random_choice(pool, n: int, seed: int, d: Path) -> list:
 def env() -> dict:
     empty = ROOT / "runs" / "no-data"
     empty.mkdir(parents=True, exist_ok=True)
-    return dict(os.environ, EMODEMO_DATA=str(empty), EMODEMO_TORCH_THREADS="2",
-                TOKENIZERS_PARALLELISM="false")
+    return dict(os.environ, EMODEMO_DATA=str(empty), TOKENIZERS_PARALLELISM="false",
+                EMODEMO_TORCH_THREADS=os.environ.get("EMODEMO_TORCH_THREADS", "2"))
 
 
 def earlier_choice(d: Path, pool: list) -> tuple[list, Path]:
@@ -396,6 +396,8 @@ def main() -> int:
                          "fine-tuning measured on identical selections")
     ap.add_argument("--test-every", type=int, default=1,
                     help="score on every k-th test clip (sorted by id): fewer features to extract")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs that finished before (their <run>/row.json), run the rest")
     args = ap.parse_args()
     from emodemo.finetune.evaluate import softmax
     work, base = Path(args.work).resolve(), Path(args.base).resolve()
@@ -435,6 +437,10 @@ def main() -> int:
             [(h, s) for h in args.how if h in SEEDED for s in args.seeds]
         for how, seed in runs:
             d = work / f"{args.corpus}-n{n}-{how}{'' if seed is None else seed}"
+            if args.resume and not args.refit and (d / "row.json").is_file():
+                results.append(json.loads((d / "row.json").read_text()))
+                print(f"kept {d.name}: {json.dumps(results[-1])}", flush=True)
+                continue
             if args.refit:
                 chosen, d = earlier_choice(d, pool)
             else:
@@ -448,6 +454,7 @@ def main() -> int:
                    "unseen_UA_before": before,
                    **finetune_and_score(d, base, labels, xb, bb, yb, classes)}
             results.append(row)
+            (d / "row.json").write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
             out_json.write_text(json.dumps(results, indent=2))
     print_table(results, args.n, args.how, before)
