@@ -61,6 +61,10 @@ def test_cli_finetunes_the_shipped_default_without_training_data(corrections, no
     assert any("fitting the adapter" in l for l in steps) and any("features of" in l for l in steps)
     assert len(steps) < 40
     assert "held-out corrections" in r.stdout and "linear probe" in r.stdout
+    # every clip's row is in the feature cache (no_data points XDG_CACHE_HOME into tmp_path): one
+    # per usable clip, so the next run of this base extracts none of them again
+    rows = list((tmp_path / "cache" / "emodemo" / "features").glob("finetune-*/corrections/*.pt"))
+    assert len(rows) == 32, len(rows)
     if r.returncode == 0:
         report = json.loads((out / "finetune_report.json").read_text())
         assert report["written"] and f"wrote {out}" in r.stdout

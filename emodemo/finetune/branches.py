@@ -132,16 +132,18 @@ def adapt_text(text, base_text, labels, recipe: dict, train_items, val_items, re
 
 
 # ---- fusion ------------------------------------------------------------------------------
-def refit_fusion(speech, text, new_cfg, base_fusion, val_items) -> tuple[Any, dict]:
+def refit_fusion(speech, text, new_cfg, base_fusion, val_items, audio=None) -> tuple[Any, dict]:
+    """`audio`: the audio probabilities of `val_items` when already known (else the model runs)."""
     from ..fusion import fit_fusion
     from ..training import metrics
     from ..training.evaluate import branch_proba
     labels = list(new_cfg.labels)
     rep: dict = {"base": base_fusion.to_config(), "refit": False}
-    held = [i for i in val_items if i.transcript]
+    keep = [k for k, i in enumerate(val_items) if i.transcript]
+    held = [val_items[k] for k in keep]
     fusion = base_fusion
     if len(held) >= 6 and len({i.label for i in held}) >= 2:
-        pa, pt, mask = branch_proba(speech, text, new_cfg, held)
+        pa, pt, mask = branch_proba(speech, text, new_cfg, held, None if audio is None else audio[keep])
         y = np.array([labels.index(i.label) for i in held])
         cand, cand_ua = fit_fusion(pa[mask], pt, y[mask])
         base_ua = metrics(y[mask], base_fusion(pa[mask], pt).argmax(1), len(labels))["UA"]

@@ -15,8 +15,18 @@ def fused_proba(fusion, pa, pt, mask):
     return out
 
 
-def evaluate_models(speech, text, fusion, cfg: dict, items: Sequence) -> dict:
-    """UA/WA/macro-F1 of the audio, text (items with transcripts) and fused outputs on `items`."""
+def audio_proba(speech, temperature: float, rows) -> np.ndarray:
+    """The audio branch's probabilities from clips' pooled rows (`features.Feats`: x pooled frames,
+    b head logits): the model's adapter, if any, on (x, b), divided by the temperature, softmax;
+    what its forward gives on those clips (`SpeechEmotionModel._logits`), without the backbone."""
+    from .adapt import from_model
+    return softmax(from_model(speech, rows.b.shape[1]).logits(rows.x, rows.b), temperature)
+
+
+def evaluate_models(speech, text, fusion, cfg: dict, items: Sequence,
+                    audio: Optional[np.ndarray] = None) -> dict:
+    """UA/WA/macro-F1 of the audio, text (items with transcripts) and fused outputs on `items`
+    (`audio`: their audio probabilities when already known, items with a label of `cfg` only)."""
 
     from ..training import metrics
     from ..training.evaluate import branch_proba
@@ -24,8 +34,10 @@ def evaluate_models(speech, text, fusion, cfg: dict, items: Sequence) -> dict:
     items = [i for i in items if i.label in labels]
     if not items:
         return {}
+    if audio is not None and len(audio) != len(items):
+        raise ValueError(f"{len(audio)} audio results for {len(items)} items")
     y = np.array([labels.index(i.label) for i in items])
-    pa, pt, mask = branch_proba(speech, text, cfg, items)
+    pa, pt, mask = branch_proba(speech, text, cfg, items, audio)
     out = {}
     if pa is not None:
         out["audio"] = metrics(y, pa.argmax(1), len(labels))

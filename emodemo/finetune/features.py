@@ -7,11 +7,14 @@ where fine-tuning the backbone takes minutes per epoch.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..training import features as FT
 
@@ -47,15 +50,38 @@ def pooled_dim(speech) -> int:
     return 2 * int(speech.backbone.frame_dim)
 
 
+#: Bump when what a cached row holds changes (pooled stats of `speech.frames`, then head logits).
+FEATURES_VERSION = 1
+
+
+def cache_key(speech) -> str:
+    """What a clip's row depends on: the speech model's weights (all but its adapter, which acts
+    after the row: fine-tunes of one base share their rows) and its front end."""
+    h = hashlib.sha256(f"v{FEATURES_VERSION}|{speech.feature}".encode())
+    for name, t in sorted(speech.state_dict().items()):
+        if not name.startswith("adapter."):
+            h.update(name.encode())
+            h.update(t.detach().cpu().float().numpy().tobytes())
+    return "finetune-" + h.hexdigest()[:24]
+
+
+def feature_cache(speech, root: Path) -> FT.FrameCache:
+    """The on-disk rows of `speech` under `root` (float32: rows equal a fresh extraction), keyed by
+    model and clip (`Clip.id`: content hash and span), so a fine-tune run computes only the clips
+    no earlier run of the same base has seen."""
+    return FT.FrameCache(cache_key(speech), root, dtype=torch.float32)
+
+
 def extract(speech, items: Sequence, labels: Sequence[str],
-            progress: Optional[Callable[[int, int], None]] = None) -> Feats:
+            progress: Optional[Callable[[int, int], None]] = None,
+            cache: Optional[FT.FrameCache] = None) -> Feats:
     """Run each item's audio through the (frozen) speech model once (training.features, the one
-    extractor). Items whose label is not in `labels` are skipped; unreadable audio raises (callers
-    check files first)."""
+    extractor), or read its row from `cache`. Items whose label is not in `labels` are skipped;
+    unreadable audio raises (callers check files first)."""
     speech.eval()
     items = [i for i in items if i.label in labels]
     rows = FT.extract_all(items, FT.pooled_extractor(speech.frames, speech.feature, speech.head),
-                          progress=progress)
+                          progress=progress, cache=cache)
     d, c = pooled_dim(speech), len(labels)
     x = np.array([r[:d].float().numpy() for r in rows], np.float32).reshape(-1, d)
     b = np.array([r[d:].float().numpy() for r in rows], np.float32).reshape(-1, c)

@@ -3,8 +3,10 @@ that reads and fills in one `FinetuneRun` (options.py); `finetune` only strings 
 
 1. read: the corrections (from a store, a database URL, or records) → clips (dataset.py rules);
 2. guard and split: too few corrections fail clearly; a speaker/recording-grouped validation part;
-3. features: every clip once through the frozen base speech model (features.py), and the replay:
-   the bundle's pack plus whatever base training data this machine has (replay.py);
+3. features: every clip once through the frozen base speech model (features.py; rows kept in an
+   on-disk cache, so a later run of the same base computes only new clips), and the replay: the
+   bundle's pack plus whatever base training data this machine has (replay.py); the held-out
+   clips' audio results are read from these rows from here on (no second backbone pass);
 4. speech: a residual adapter chosen by grouped CV (adapt.py), then a temperature (branches.py);
 5. text: the encoder fine-tuned when corrected transcripts exist and differ from clip to clip;
 6. fusion re-fitted on held-out corrections with transcripts;
@@ -29,10 +31,10 @@ from ..errors import EmodemoError
 from . import adapt as AD
 from .branches import adapt_speech, adapt_text, refit_fusion
 from .dataset import MIN_CLASSES, FinetuneError, TooFewCorrections, build_dataset, check_counts, read_corrections, split_clips
-from .evaluate import GUARD_SET, changes, evaluate_models, gate, guard_metrics, summary_for, with_recall
-from .features import extract
+from .evaluate import GUARD_SET, audio_proba, changes, evaluate_models, gate, guard_metrics, summary_for, with_recall
+from .features import extract, feature_cache
 from .options import FinetuneOptions, FinetuneRun, Progress
-from .replay import as_list, clip_items, gather_replay
+from .replay import as_list, cache_dir, clip_items, gather_replay
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +132,36 @@ def prepare_audio(run: FinetuneRun) -> None:
 
 
 def extract_features(run: FinetuneRun) -> None:
-    run.tr = extract(run.speech, run.train_items, run.labels,
-                     run.progress(0.1, 0.22, "features of training corrections"))
-    run.va = extract(run.speech, run.val_items, run.labels,
-                     run.progress(0.22, 0.28, "features of held-out corrections"))
+    cache = corrections_cache(run)
+    run.tr = features_of(run, run.train_items, cache, (0.1, 0.22), "features of training corrections")
+    run.va = features_of(run, run.val_items, cache, (0.22, 0.28), "features of held-out corrections")
     run.say(0.28, "replay of the base model's training data")
     run.replay = gather_replay(run.base_bundle, run.cfg, run.speech, run.opts.replay_spec,
                                run.opts.replay_n, run.opts.seed, run.say)
+
+
+def features_of(run: FinetuneRun, items, cache, span: tuple[float, float], what: str):
+    """`extract` with progress between the fractions `span`, first saying how many rows the cache
+    already holds (a run whose clips are all cached extracts nothing)."""
+    cached = len(items) - len(cache.missing(items)) if cache is not None else 0
+    run.say(span[0], what + (f": {cached} of {len(items)} from the cache" if cached else ""))
+    return extract(run.speech, items, run.labels, run.progress(*span, what), cache)
+
+
+def corrections_cache(run: FinetuneRun):
+    """The corrections' feature cache (`features.feature_cache`), or None when it is switched off
+    or its folder cannot be written (then every clip is extracted, as without it)."""
+    if run.opts.feature_cache is False:
+        return None
+    root = Path(run.opts.feature_cache or cache_dir("features"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".probe-")
+        probe.close()
+    except OSError as exc:
+        log.warning("feature cache %s not writable (%s): extracting every clip", root, exc)
+        return None
+    return feature_cache(run.speech, root)
 
 
 def text_recipe(run: FinetuneRun) -> None:
@@ -187,20 +212,30 @@ def fit_text(run: FinetuneRun) -> None:
 def fit_fusion(run: FinetuneRun) -> None:
     run.say(0.8, "re-fitting fusion")
     run.fusion, run.report_fusion = refit_fusion(run.speech, run.text, run.new_cfg, run.base_fusion,
-                                                 run.val_items)
+                                                 run.val_items, heldout_audio(run)["after"])
     run.new_cfg = run.new_cfg.with_(fusion=run.fusion)
 
 
 # ---- 7. evaluate and gate ----------------------------------------------------------------------
-def measure(run: FinetuneRun, items) -> dict:
-    """Base and new models' metrics on `items`."""
-    return {"before": evaluate_models(run.base_speech, run.base_text, run.base_fusion, run.cfg, items),
-            "after": evaluate_models(run.speech, run.text, run.fusion, run.new_cfg, items)}
+def heldout_audio(run: FinetuneRun) -> dict:
+    """The base's and the new model's audio probabilities on the held-out corrections, read from
+    their extracted rows (`run.va`): the backbone does not run on them again."""
+    return {"before": audio_proba(run.base_speech, run.cfg.speech.temperature, run.va),
+            "after": audio_proba(run.speech, run.new_cfg.speech.temperature, run.va)}
+
+
+def measure(run: FinetuneRun, items, audio: Optional[dict] = None) -> dict:
+    """Base and new models' metrics on `items` (`audio`: their audio probabilities, "before" and
+    "after", when already known)."""
+    audio = audio or {}
+    return {"before": evaluate_models(run.base_speech, run.base_text, run.base_fusion, run.cfg, items,
+                                      audio.get("before")),
+            "after": evaluate_models(run.speech, run.text, run.fusion, run.new_cfg, items, audio.get("after"))}
 
 
 def evaluate(run: FinetuneRun) -> None:
     run.say(0.85, "evaluating base and new on the held-out corrections")
-    heldout = measure(run, run.val_items)
+    heldout = measure(run, run.val_items, heldout_audio(run))
     if run.new_adapter is not None:
         AD.install(run.speech, run.new_adapter)      # what is written: refit on all corrections
     if run.opts.reference_metrics is not None:

@@ -29,9 +29,19 @@ DEFAULT_REPLAY_N = 240       # replay items sampled per replay spec
 REPLAY_PACK = "replay.safetensors"
 
 
-def segment_cache_dir() -> Path:
+#: The corpus name of a correction's item (its folder in the feature cache).
+CORRECTIONS_CORPUS = "corrections"
+
+
+def cache_dir(kind: str) -> Path:
+    """Fine-tuning's cache folder of one kind ("segments", "features") under $XDG_CACHE_HOME
+    (default ~/.cache)/emodemo."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emodemo" / "segments"
+    return Path(base) / "emodemo" / kind
+
+
+def segment_cache_dir() -> Path:
+    return cache_dir("segments")
 
 
 def clip_items(clips: Sequence[Clip], cache_dir: Optional[str | Path] = None) -> tuple[list, list[dict]]:
@@ -71,7 +81,7 @@ def clip_items(clips: Sequence[Clip], cache_dir: Optional[str | Path] = None) ->
             continue
         # the item's speaker is the clip's group (its speaker, else its recording): the CV folds
         # group by it, so the spans of one long recording never straddle a fold either
-        items.append(Item(path, c.label, c.transcript, c.group, id=c.id))
+        items.append(Item(path, c.label, c.transcript, c.group, id=c.id, corpus=CORRECTIONS_CORPUS))
     return items, bad
 
 

@@ -16,7 +16,7 @@ from .metrics import metrics
 from .speech import SpeechDataset, speech_proba
 
 
-def branch_proba(speech, text, cfg: Mapping, items: Sequence[Item]
+def branch_proba(speech, text, cfg: Mapping, items: Sequence[Item], audio: Optional[np.ndarray] = None
                  ) -> tuple[Optional[np.ndarray], Optional[np.ndarray], np.ndarray]:
     """Audio and text probabilities of `items` under a bundle config's labels and temperatures.
 
@@ -24,10 +24,11 @@ def branch_proba(speech, text, cfg: Mapping, items: Sequence[Item]
     cleaned transcript is not empty or None when there are none or `text` is None, has_text [n]
     boolean mask of those items). Each branch's temperature (`cfg["speech"]["temperature"]`,
     `cfg["text"]["temperature"]`, default 1) divides its logits before the softmax, as the
-    recognizer does."""
+    recognizer does. `audio`: the items' audio probabilities when already known (fine-tuning reads
+    them from the pooled rows it extracted), so the backbone does not run again."""
     labels = list(cfg["labels"])
-    pa = None
-    if items and all(i.audio for i in items):
+    pa = audio
+    if pa is None and items and all(i.audio for i in items):
         t = SpeechConfig.from_dict(cfg.get("speech") or {}).temperature     # its default: bundle.py
         pa = speech_proba(speech, SpeechDataset(items, labels, speech.feature, False), temperature=t)
     texts = [clean_text(i.transcript) for i in items]

@@ -130,11 +130,13 @@ def stats_view(stats: torch.Tensor, layer_index: Sequence[int], normed: bool = F
 
 
 class FrameCache:
-    """Backbone frames per item on disk under `root/key`."""
+    """Backbone frames per item on disk under `root/key`, stored as `dtype` (float16 by default:
+    half the disk; float32 where the rows must equal a fresh extraction, e.g. fine-tuning's)."""
 
-    def __init__(self, key: str, root: str | Path = DEFAULT_ROOT):
+    def __init__(self, key: str, root: str | Path = DEFAULT_ROOT, dtype: torch.dtype = torch.float16):
         self.key = key
         self.path = Path(root) / key
+        self.dtype = dtype
 
     def entry(self, item: Item) -> Path:
         ident = item.id or hashlib.sha1(str(item.audio).encode()).hexdigest()[:16]
@@ -148,11 +150,12 @@ class FrameCache:
         return [it for it in items if not self.entry(it).exists()]
 
     def fill(self, items: Sequence[Item], extract: Extractor | BatchExtractor, desc: str = "frames",
-             batch_size: int = 0) -> int:
+             batch_size: int = 0, progress: Optional[Progress] = None) -> int:
         """Compute and store the features of every item not cached yet; returns how many.
-        `batch_size` > 0: `extract` takes a list of waveforms (items sorted by length first)."""
+        `batch_size` > 0: `extract` takes a list of waveforms (items sorted by length first);
+        `progress(done, total)` counts the items computed."""
         todo = self.missing(items)
-        for it, t in extracted(todo, extract, batch_size, desc=f"{desc} ({self.key})"):
+        for it, t in extracted(todo, extract, batch_size, progress, desc=f"{desc} ({self.key})"):
             self._store(it, t)
         if todo:
             log.info("feature cache %s: %d new entries", self.key, len(todo))
@@ -162,14 +165,15 @@ class FrameCache:
         out = self.entry(item)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")      # two extractors never share a temporary file
-        torch.save(t.detach().to(torch.float16).contiguous().clone(), tmp)
+        torch.save(t.detach().to(self.dtype).contiguous().clone(), tmp)
         tmp.replace(out)
 
     def load(self, items: Sequence[Item], extract: Optional[Extractor] = None,
-             desc: str = "frames", batch_size: int = 0) -> list[torch.Tensor]:
-        """Features (float16) of each item, computing missing ones with `extract`."""
+             desc: str = "frames", batch_size: int = 0,
+             progress: Optional[Progress] = None) -> list[torch.Tensor]:
+        """Features (`dtype`) of each item, computing missing ones with `extract`."""
         if extract is not None:
-            self.fill(items, extract, desc, batch_size)
+            self.fill(items, extract, desc, batch_size, progress)
         elif self.missing(items):
             raise FileNotFoundError(f"{len(self.missing(items))} items not in feature cache {self.path}; "
                                     "pass an extractor to compute them")
@@ -214,9 +218,9 @@ def extract_all(sources: Sequence[Source], extract: Extractor | BatchExtractor, 
                 progress: Optional[Progress] = None, cache: Optional[FrameCache] = None,
                 failed: Optional[list] = None) -> list[torch.Tensor]:
     """Features of every clip, in the order given (see `extracted`); with `cache` (items only),
-    read from and written to the disk cache (float16) instead. Skipped clips (`failed`) have no row."""
+    read from and written to the disk cache (in the cache's dtype) instead. Skipped clips (`failed`) have no row."""
     if cache is not None:
-        return cache.load(sources, extract, batch_size=batch_size)
+        return cache.load(sources, extract, batch_size=batch_size, progress=progress)
     out = dict((id(s), t) for s, t in extracted(sources, extract, batch_size, progress, failed=failed))
     return [out[id(s)] for s in sources if id(s) in out]
 
