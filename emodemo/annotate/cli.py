@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--speaker", default=None, metavar="NAME",
                      help="who speaks in all the files of this call (or the session / recording "
                      "setup): fine-tuning keeps each speaker's clips on one side of its "
-                     "held-out check, so it measures voices it did not train on")
+                     "held-out check, so it measures voices it did not train on. A clip already "
+                     "queued without a speaker gets this one (also with --speaker-from); one "
+                     "with another speaker keeps it, and the command says so")
     who.add_argument("--speaker-from", choices=("folder",), default=None,
                      help="folder: each file's speaker is the name of the folder it is in (inside "
                      "a zip: its folder there, else the zip's name), for a campaign laid out as "
@@ -113,6 +115,18 @@ def folder_speaker(given: Path, name: str) -> str:
     return given.parent.name
 
 
+def speaker_notes(speakers: Sequence[tuple], out: Any) -> None:
+    """What `add` did to the speaker of clips already queued (`AddReport.speakers`): how many got
+    the one given; each that has another keeps it, said on stderr (never overwritten)."""
+    given = sum(had is None for _, _, _, had, _ in speakers)
+    if given:
+        print(f"speaker set on {given} already queued clip{'s' * (given != 1)} that had none", file=out)
+    for name, start, end, had, new in speakers:
+        if had is not None:
+            print(f"note: {one_line(name, 100)} ({start:.2f}-{end:.2f} s) is queued with speaker "
+                  f"{one_line(had, 60)!r}: kept, not changed to {one_line(new, 60)!r}", file=sys.stderr)
+
+
 def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
     if args.cmd == "add":
         rep = queue.add(args.paths, folder_speaker if args.speaker_from == "folder" else args.speaker)
@@ -120,6 +134,7 @@ def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
             print(one_line(err, 300), file=sys.stderr)
         print(f"queued {len(rep.added)} clips from {rep.files} files "
               f"({rep.skipped} already queued, {len(rep.errors)} problems)", file=out)
+        speaker_notes(rep.speakers, out)
         note = prelabel_note(queue.model_labels())
         if note:
             print(f"note: {note}", file=sys.stderr)

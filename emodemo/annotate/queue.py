@@ -1,16 +1,12 @@
 """`AnnotationQueue`: clips the model is least sure about, served to a team of annotators.
 
-* `add` takes files, folders, zips and long recordings (cut at pauses); the model pre-labels
-  every clip, its uncertainty (`rank.uncertainty`) is the clip's priority and its compact
-  embedding (`rank.compact`) places it among the others.
-* Serving order (`QueueOptions.order`, the rules in `rank`): clips that have votes but need
-  more first, those whose votes disagree before the others; then clips nobody voted on.
-  "coverage" (the default) serves those in greedy coverage order (`rank.coverage_order`: the
-  most typical clip first, then each time the clip that is typical and far from every clip
-  already voted on or being voted on), "uncertainty" the most uncertain first, "hybrid"
-  (`rank.hybrid_order`) coverage weighted by uncertainty, after a floor of clips for each label
-  the model predicts, "balanced" (`rank.balanced_order`) coverage weighted by the need for each
-  true class, the model's labels read through the confusion the votes so far show. A clip is done
+* `add` takes files, folders, zips and long recordings (cut at pauses), with who speaks in them;
+  the model pre-labels every clip, its uncertainty (`rank.uncertainty`) is the clip's priority
+  and its compact embedding (`rank.compact`) places it among the others.
+* Serving order: clips that have votes but need more first, those whose votes disagree before
+  the others; then clips nobody voted on, in `QueueOptions.order` (each order listed there, its
+  rule in `rank`; the default "coverage": the most typical clip first, then each time the clip
+  that is typical and far from every clip already voted on or being voted on). A clip is done
   with `votes_needed` agreeing votes, or `max_votes` when they disagree.
 * `next(annotator)` leases a clip to one annotator for `lease_seconds` (a conditional UPDATE that
   only succeeds while nobody else holds a live lease: safe on SQLite and PostgreSQL), so people
@@ -18,11 +14,9 @@
 * A vote is a correction in the store (with ``queue_item_id``), so it flows into agreement,
   exports and fine-tuning; a soft-deleted vote stops counting. Everything is in the database:
   the queue survives restarts and is shared by every process using the same store.
-* A campaign's scale (tens of thousands of clips): what depends only on the clips is kept per
-  process (the coverage orders' typicality and the spread order's tree, memoised by the clips'
-  content in `rank`; stored JSON parsed once; media paths resolved once), a vote refers to the
-  stored recording (`store.stored`) instead of decoding it again, `item` reads one row and
-  `progress` only the votes (benchmarks/bench_queue.py).
+* A campaign's scale (tens of thousands of clips; benchmarks/bench_queue.py): what depends only
+  on the clips is kept per process (`rank`'s memos, parsed JSON, media paths), a vote refers to
+  the stored recording (`store.stored`), `item` reads one row and `progress` only the votes.
 """
 from __future__ import annotations
 
@@ -35,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import AudioError, EmodemoError, StoreError
@@ -59,20 +53,18 @@ class QueueOptions:
     """votes_needed: agreeing votes that finish a clip; max_votes: votes that finish it when they
     disagree (None: votes_needed + 1); lease_seconds: how long a served clip is held for its
     annotator; order: how clips nobody voted on yet are served, "coverage" (the default: spread
-    over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure
-    first), "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of
-    each predicted label), "balanced" (coverage weighted by the need for each true class as the
-    votes so far say; `rank.balanced_order`) or "spread" (seeded random choice stratified over
-    k-means clusters of the clips, `rank.spread_order`; seed: its seed, the same order for the
-    same seed); none beats random choice on average in
-    scripts/queue_benchmark.py's leave-one-corpus-out runs (nEMO, Korean, EMOVO);
-    space: what "coverage"/"hybrid"/"balanced"/"spread" spreads over, the fused
-    "probabilities" (the default: it won on nEMO) or the stored audio "embedding"
-    (`rank.compact`); ranking: the uncertainty, "margin" or "entropy" (the priority shown, and
-    the "uncertainty" and "hybrid" orders); transcribe: pre-label with the ASR transcript (else
-    audio only); max_len: recordings longer than this (s) are cut into segments;
-    balance_labels (order "uncertainty" only): serve those clips in turns by the model's label
-    (the most uncertain of each label first)."""
+    over the clips' embeddings, typical clips first), "uncertainty" (the model's least sure first),
+    "hybrid" (coverage weighted by the uncertainty, after `rank.LABEL_FLOOR` clips of each
+    predicted label), "balanced" (coverage weighted by the need for each true class as the votes so
+    far say; `rank.balanced_order`) or "spread" (seeded random choice stratified over k-means
+    clusters of the clips, `rank.spread_order`; seed: its seed, the same order for the same seed);
+    none beats random choice on average in scripts/queue_benchmark.py's leave-one-corpus-out runs
+    (nEMO, Korean, EMOVO); space: what the orders but "uncertainty" spread over, the fused
+    "probabilities" (the default: it won on nEMO) or the stored audio "embedding" (`rank.compact`);
+    ranking: the uncertainty, "margin" or "entropy" (the priority shown, and the "uncertainty" and
+    "hybrid" orders); transcribe: pre-label with the ASR transcript (else audio only); max_len:
+    recordings longer than this (s) are cut into segments; balance_labels (order "uncertainty"
+    only): serve those clips in turns by the model's label (the most uncertain of each first)."""
     votes_needed: int = 2
     max_votes: Optional[int] = None
     lease_seconds: float = 600.0
@@ -134,11 +126,13 @@ class QueueItem:
 
 @dataclass
 class AddReport:
-    """What `add` did: new item ids, clips already queued, files read, one message per problem."""
+    """What `add` did: new item ids, clips already queued, files read, one message per problem;
+    `speakers`: the clips already queued whose speaker was not the one given, and what they have."""
     added: list = field(default_factory=list)
     skipped: int = 0
     files: int = 0
     errors: list = field(default_factory=list)
+    speakers: list = field(default_factory=list)  # (name, start, end, kept or None: set, given)
 
 
 @dataclass
@@ -196,8 +190,8 @@ class AnnotationQueue:
     def add(self, paths: Iterable[Union[str, os.PathLike]],
             speaker: Union[str, SpeakerOf, None] = None) -> AddReport:
         """Queue every clip of the audio files, folders and zips in `paths`, pre-labelled by the
-        model. Clips already queued are skipped (counted, their speaker unchanged); unusable
-        files are reported. `speaker`: who speaks in every clip added (or the session), or a
+        model; unusable files are reported, clips already queued skipped (counted; one without a
+        speaker gets the one given). `speaker`: who speaks in every clip (or the session), or a
         `SpeakerOf` giving it per file; kept on the item and copied into its votes, so that
         fine-tuning keeps each speaker's clips on one side of its held-out check."""
         report = AddReport()
@@ -221,8 +215,7 @@ class AnnotationQueue:
         wav = load_audio(path)
         media = self.store.store_media(path)
         for start, end, samples in clips_of(wav, self.options.max_len):
-            if self._queued(media.sha256, start, end):
-                report.skipped += 1
+            if self._queued(media.sha256, start, end, report, name, speaker):
                 continue
             pred, emb = prelabel(self.recognizer, samples, self.options.transcribe)
             row = QueueRow(media_sha256=media.sha256, file_name=name[-300:], start=start,
@@ -234,12 +227,24 @@ class AnnotationQueue:
             try:
                 report.added.append(self.store.database.retry_write(lambda row=row: self._insert(row)))
             except IntegrityError:                      # queued by someone else meanwhile
-                report.skipped += 1
+                self._queued(media.sha256, start, end, report, name, speaker)
 
-    def _queued(self, sha: str, start: float, end: float) -> bool:
-        with self.store.database.read() as s:
-            return s.scalar(select(QueueRow.id).where(
-                QueueRow.media_sha256 == sha, QueueRow.start == start, QueueRow.end == end)) is not None
+    def _queued(self, sha: str, start: float, end: float, report: AddReport, name: str, speaker: Any) -> bool:
+        """Whether the clip is queued (counted); one without a speaker gets the one given."""
+        q = select(QueueRow.speaker).where(QueueRow.media_sha256 == sha, QueueRow.start == start,
+                                           QueueRow.end == end)
+
+        def look() -> Any:      # given a speaker, a locked write: one named meanwhile is kept
+            with (self.store.database.write() if speaker else self.store.database.read()) as s, s.begin():
+                row = s.execute(q.with_for_update() if speaker else q).first()
+                if row is not None and speaker and row.speaker is None:
+                    s.execute(update(QueueRow).where(q.whereclause).values(speaker=speaker))
+                return row
+        row = self.store.database.retry_write(look)
+        report.skipped += row is not None
+        if row is not None and speaker and row.speaker != speaker:   # kept (None: given it now)
+            report.speakers.append((name, start, end, row.speaker, speaker))
+        return row is not None
 
     def _insert(self, row: QueueRow) -> int:
         with self.store.database.write() as s, s.begin():
@@ -294,8 +299,7 @@ class AnnotationQueue:
 
     def _media_path(self, rel: str) -> str:
         """A stored file's absolute path, resolved once per process (the media folder's files
-        are content-addressed and never move; a queue of 20,000 clips resolved them on every
-        load before)."""
+        are content-addressed and never move; 20,000 clips resolved them on every load before)."""
         if rel not in self._paths:
             self._paths[rel] = str(self.store.abs_media(rel))
         return self._paths[rel]
@@ -332,9 +336,8 @@ class AnnotationQueue:
     def _coverage_order(self, ordered: list[QueueItem]) -> list[QueueItem]:
         """Started clips (disagreeing first), then the ones being voted on for the first time,
         then the fresh ones in `rank.coverage_order` (order "hybrid": `rank.hybrid_order`,
-        "balanced": `rank.balanced_order` with each clip's votes, "spread": `rank.spread_order`
-        with the options' seed; covered: every clip that has votes or a live lease), then the
-        done ones."""
+        "balanced": `rank.balanced_order` with each clip's votes, "spread": `rank.spread_order` with
+        the options' seed; covered: every clip that has votes or a live lease), then the done ones."""
         fresh = [not it.done and it.n_votes == 0 and it.leased_by is None for it in ordered]
         emb = embedding_matrix([it.embedding for it in ordered], [it.probabilities for it in ordered],
                                self.options.space)
@@ -416,8 +419,7 @@ class AnnotationQueue:
     def _release(self, item_id: int, who: str) -> None:
         def free() -> None:
             with self.store.database.write() as s, s.begin():
-                s.execute(update(QueueRow).where(and_(QueueRow.id == item_id,
-                                                      QueueRow.lease_annotator == who))
+                s.execute(update(QueueRow).where(QueueRow.id == item_id, QueueRow.lease_annotator == who)
                           .values(lease_annotator=None, lease_until=None))
         self.store.database.retry_write(free)
 

@@ -1,7 +1,8 @@
 """Export the corrections as a Hugging Face ``audiofolder`` dataset.
 
     out/
-      metadata.jsonl          one row per correction: file_name, label, annotator, transcript, ...
+      metadata.jsonl          one row per correction: file_name, label, annotator, transcript,
+                              speaker (who speaks, or the session), ...
       audio/<sha256>.wav      a whole recording, byte for byte as stored
       audio/<sha256>_1250-3400.wav   a span of one (start-end in ms), cut out as WAV
 
@@ -34,7 +35,7 @@ COPY_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".
 COLUMNS = ("file_name", "label", "annotator", "annotator_account", "transcript",
            "transcript_shown", "prediction", "prob_audio", "prob_text", "prob_fused", "note",
            "created_at", "updated_at", "correction_id", "media_sha256", "start", "end",
-           "bundle_name", "bundle_version")
+           "bundle_name", "bundle_version", "speaker")
 
 
 def _file_name(key: tuple, source: Path) -> str:
@@ -84,6 +85,7 @@ def _row(rec: Any, file_name: str) -> dict:
         "updated_at": rec.updated_at.isoformat() if rec.updated_at else None,
         "correction_id": rec.id, "media_sha256": rec.media_sha256, "start": rec.start,
         "end": rec.end, "bundle_name": rec.bundle_name, "bundle_version": rec.bundle_version,
+        "speaker": rec.speaker,
     }
 
 

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _list(store: CorrectionStore, args: argparse.Namespace, out) -> int:
     recs = store.corrections(limit=args.limit or None, deleted=bool(args.deleted))
+    speakers = any(r.speaker for r in recs)     # the column only when someone named one
     for r in recs:
         if args.json:
             out.write(record_json(r) + "\n")
@@ -88,6 +89,7 @@ def _list(store: CorrectionStore, args: argparse.Namespace, out) -> int:
                 str(r.id), r.created_at.isoformat(timespec="seconds"),
                 one_line(r.label), "pred=" + one_line(r.predicted_label or "-"),
                 one_line(r.annotator or "-", 30),
+                *(["speaker=" + one_line(r.speaker or "-", 30)] if speakers else []),
                 one_line(r.transcript_corrected or r.transcript_shown or "", 60),
             ]) + "\n")
     if not recs and not args.json:

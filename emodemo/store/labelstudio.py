@@ -4,7 +4,8 @@ Export: one task per clip (`emodemo.labels.clip_key`), one annotation per correc
 
     {"id": 1,
      "data": {"audio": "/data/local-files/?d=media/ab/ab12....wav", "media_sha256": "ab12...",
-              "start": null, "end": null, "transcript": "what the model heard"},
+              "start": null, "end": null, "transcript": "what the model heard",
+              "speaker": "ana"},
      "annotations": [{"id": 7, "completed_by": {"email": "ana@account.emodemo.invalid", ...},
                       "result": [{"from_name": "emotion", "to_name": "audio", "type": "choices",
                                   "value": {"choices": ["happy"]}, ...},
@@ -13,6 +14,9 @@ Export: one task per clip (`emodemo.labels.clip_key`), one annotation per correc
                       "was_cancelled": false, "ground_truth": false, "created_at": ..., ...,
                       "emodemo": {...}}],
      "predictions": [{"model_version": "default 4", "result": [...choices...]}]}
+
+A task's ``data.speaker`` is who speaks in the clip (or the session): the newest one its
+corrections name; each annotation keeps its own in its ``emodemo`` fields.
 
 `label_config` gives the project's labeling config with the same names. Audio is referenced
 through Label Studio's local-files URL, relative to a document root (by default the folder that
@@ -25,7 +29,8 @@ names become addresses under ``emodemo.invalid`` (create members with them, or s
 Import reads that format as Label Studio exports it (``choices`` results for a task, ``labels``
 results with start/end for segments, a ``textarea`` result as the transcript); identity comes
 from ``completed_by`` (an ``emodemo.invalid`` address back to its account or name, another
-e-mail or a Label Studio user id as a signed-in account).
+e-mail or a Label Studio user id as a signed-in account), the speaker from the annotation's
+``emodemo`` fields, else the task's ``data.speaker`` (text, or a number as its digits).
 """
 from __future__ import annotations
 
@@ -90,7 +95,7 @@ def _annotation(rec: Any, task_id: int) -> dict:
                        "start": rec.start, "end": rec.end, "file_name": rec.file_name,
                        "language": rec.language,
                        "language_probability": rec.language_probability,
-                       "translation": rec.translation}}
+                       "translation": rec.translation, "speaker": rec.speaker}}
     who = _completed_by(rec)
     if who is not None:
         ann["completed_by"] = who
@@ -125,11 +130,14 @@ def export_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                 "id": len(tasks) + 1,
                 "data": {TO_NAME: prefix + (quote(rel) if audio_url is None else rel),
                          "media_sha256": key[0], "start": key[1], "end": key[2],
-                         "duration": rec.duration, "transcript": rec.transcript_shown},
+                         "duration": rec.duration, "transcript": rec.transcript_shown,
+                         "speaker": None},
                 "annotations": [], "predictions": []}
         task["annotations"].append(_annotation(rec, task["id"]))
         if rec.transcript_shown:
             task["data"]["transcript"] = rec.transcript_shown
+        if rec.speaker:                   # the clip's speaker: the newest one named
+            task["data"]["speaker"] = rec.speaker
         pred = _prediction(rec)
         if pred is not None:
             task["predictions"] = [pred]  # the newest prediction for the clip
@@ -217,6 +225,38 @@ def _results(ann: dict, task: dict) -> list[dict]:
     return out
 
 
+def _speaker(extra: dict, data: dict) -> Any:
+    """Who speaks: the annotation's own (an emodemo export), else the task's ``data.speaker``
+    (a number, e.g. a speaker id column, as its digits); `store.add` cleans it."""
+    who = extra["speaker"] if "speaker" in extra else data.get("speaker")
+    return str(who) if isinstance(who, int) and not isinstance(who, bool) else who
+
+
+def _corrections_of(ann: dict, task: dict, annotator: Optional[str]) -> list[dict]:
+    """The `store.add` keyword arguments (all but the audio) of one annotation's results."""
+    name, account = _identity(ann)
+    extra = ann.get("emodemo") if isinstance(ann.get("emodemo"), dict) else {}
+    pred = None
+    if extra.get("predicted_label") or extra.get("prob_fused"):
+        pred = {"label": extra.get("predicted_label"), "audio": extra.get("prob_audio"),
+                "text": extra.get("prob_text"), "fused": extra.get("prob_fused"),
+                "transcript": extra.get("transcript_shown"),
+                "bundle_name": extra.get("bundle_name"),
+                "bundle_version": extra.get("bundle_version")}
+    lang = extra.get("language")
+    common = dict(annotator=name or annotator, account=account, note=extra.get("note"),
+                  prediction=pred, translation=extra.get("translation"),
+                  language=None if not lang else {
+                      "code": lang, "probability": extra.get("language_probability")},
+                  speaker=_speaker(extra, task.get("data") or {}))
+    if extra.get("file_name"):
+        common["file_name"] = extra["file_name"]
+    return [dict(common, label=item["label"], transcript=item["transcript"],
+                 start=extra.get("start", item["start"]) if extra else item["start"],
+                 end=extra.get("end", item["end"]) if extra else item["end"])
+            for item in _results(ann, task)]
+
+
 def import_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
                        audio_root: Union[str, os.PathLike, None] = None,
                        annotator: Optional[str] = None) -> ImportResult:
@@ -253,26 +293,8 @@ def import_labelstudio(store: WritableStore, path: Union[str, os.PathLike],
             anns.sort(key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""),
                                      str(a.get("id"))))
             for ann in anns:
-                name, account = _identity(ann)
-                extra = ann.get("emodemo") if isinstance(ann.get("emodemo"), dict) else {}
-                pred = None
-                if extra.get("predicted_label") or extra.get("prob_fused"):
-                    pred = {"label": extra.get("predicted_label"), "audio": extra.get("prob_audio"),
-                            "text": extra.get("prob_text"), "fused": extra.get("prob_fused"),
-                            "transcript": extra.get("transcript_shown"),
-                            "bundle_name": extra.get("bundle_name"),
-                            "bundle_version": extra.get("bundle_version")}
-                for item in _results(ann, task):
-                    start = extra.get("start", item["start"]) if extra else item["start"]
-                    end = extra.get("end", item["end"]) if extra else item["end"]
-                    kept = {"file_name": extra["file_name"]} if extra.get("file_name") else {}
-                    lang = extra.get("language")
-                    store.add(audio, item["label"], annotator=name or annotator, account=account,
-                              transcript=item["transcript"], note=extra.get("note"),
-                              prediction=pred, start=start, end=end,
-                              language=None if not lang else {
-                                  "code": lang, "probability": extra.get("language_probability")},
-                              translation=extra.get("translation"), **kept)
+                for correction in _corrections_of(ann, task, annotator):
+                    store.add(audio, **correction)
                     imported += 1
         except (EmodemoError, OSError) as exc:
             errors.append(f"task {tid}: {exc}")

@@ -232,8 +232,9 @@ class WritableStore(StoreBase):
         s.execute(insert(Media).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
 
     def update(self, cid: int, *, label: Any = UNSET, note: Any = UNSET,
-               transcript: Any = UNSET, annotator: Any = UNSET) -> Record:
-        """Change fields of an existing correction (only those given); bumps updated_at."""
+               transcript: Any = UNSET, annotator: Any = UNSET, speaker: Any = UNSET) -> Record:
+        """Change fields of an existing correction (only those given); bumps updated_at.
+        speaker: who speaks (`clean_speaker`; None or blank clears it)."""
         self.check_writable()
         changes: dict[str, Any] = {}
         if label is not UNSET:
@@ -244,6 +245,8 @@ class WritableStore(StoreBase):
             changes["transcript_corrected"] = clean_field(transcript, "transcript", MAX_TEXT_CHARS)
         if annotator is not UNSET:
             changes["annotator"] = clean_field(annotator, "annotator", MAX_ANNOTATOR_CHARS, strip=True)
+        if speaker is not UNSET:
+            changes["speaker"] = clean_speaker(speaker)
         self._change(cid, lambda row: changes)
         return self._get_existing(cid)
 

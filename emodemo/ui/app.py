@@ -4,8 +4,9 @@ tabs/ plus one line in `TABS`.
 
 Named API endpoints (for `gradio_client`): ``/predict`` (audio file, optional transcript ->
 JSON with audio/text/fused probabilities, label, margin and the "unsure" call, transcript) and
-``/correct`` (audio file, label, transcript, annotator, note, start, end, prediction JSON -> the
-stored correction's id and clip hash). The UI's own events are private.
+``/correct`` (audio file, label, transcript, annotator, note, start, end, prediction JSON and,
+optional and last, the speaker -> the stored correction's id and clip hash). The UI's own events
+are private.
 """
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def api_endpoints(w: Wiring) -> None:
                "note": gr.Textbox(label="note"), "start": gr.Number(label="start", value=None),
                "end": gr.Number(label="end", value=None),
                "prediction": gr.JSON(label="prediction", value=None),
+               "speaker": gr.Textbox(label="speaker", value=""),      # last: positional calls keep working
                "out": gr.JSON(label="result"), "predict_btn": gr.Button("predict"),
                "correct_btn": gr.Button("correct")}
 
@@ -126,15 +128,19 @@ def api_endpoints(w: Wiring) -> None:
         probabilities."""
         return analyse_handlers.api_predict(ctx, audio, transcript, progress=progress)
 
-    def correct(audio, label, transcript, annotator, note, start, end, prediction, account=None):
+    def correct(audio, label, transcript, annotator, note, start, end, prediction, speaker="",
+                account=None):
         """Store a correction: the emotion label a person hears in the clip (one of the
         model's labels, or "none"), optional corrected transcript, annotator, note, the
-        start/end (seconds) of the span it is about, and the /predict result. Where the app
-        asks annotators to sign in, the signed-in account is recorded instead of `annotator`."""
+        start/end (seconds) of the span it is about, the /predict result, and who speaks in the
+        clip or the session (optional). Where the app asks annotators to sign in, the
+        signed-in account is recorded instead of `annotator`."""
         return correct_handlers.api_correct(ctx, audio, label, transcript, annotator, note,
-                                            start, end, prediction, account=account)
+                                            start, end, prediction, account=account,
+                                            speaker=speaker)
 
-    names = ["audio", "label", "transcript", "annotator", "note", "start", "end", "prediction"]
+    names = ["audio", "label", "transcript", "annotator", "note", "start", "end", "prediction",
+             "speaker"]
     correct_fn = with_account(correct, names) if ctx.sign_in else correct
     api["predict_btn"].click(api_errors(predict), inputs=[c["audio_in"], api["transcript"]],
                              outputs=api["out"], api_name="predict", **w.model_queue)

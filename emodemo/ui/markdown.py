@@ -140,18 +140,20 @@ def analysed_status(state: dict, took: float) -> str:
 
 
 def correction_stored(cid: int, label: str, predicted: str, sha: str,
-                      span: tuple[Optional[float], Optional[float]], who: Optional[str]) -> str:
+                      span: tuple[Optional[float], Optional[float]], who: Optional[str],
+                      speaker: Optional[str] = None) -> str:
     start, end = span
     where = f", segment {start:.1f}–{end:.1f} s" if start is not None else ""
+    said = f", speaker *{md_escape(speaker)}*" if speaker else ""
     by = f" by **{md_escape(who)}**" if who else ""
     shown = NONE_DISPLAY if label == NONE_LABEL else label
     return ok(f"Stored correction **#{cid}**: **{md_escape(shown)}** (the model said "
-              f"*{md_escape(predicted)}*) for clip `{sha[:12]}`{where}{by}. Thank you!")
+              f"*{md_escape(predicted)}*) for clip `{sha[:12]}`{where}{said}{by}. Thank you!")
 
 
 def correction_duplicate(cid: int) -> str:
-    return ok(f"Already stored as correction **#{cid}** (the same label, transcript and note "
-              "were submitted again; nothing new was stored).")
+    return ok(f"Already stored as correction **#{cid}** (the same label, transcript, note and "
+              "speaker were submitted again; nothing new was stored).")
 
 
 def correction_kept(cid: int) -> str:

@@ -3,6 +3,7 @@ segment of a long recording, correct. Its layout and its wiring, side by side.""
 from __future__ import annotations
 
 from ...analysis import NONE_LABEL
+from ...store.writes import MAX_SPEAKER_CHARS
 from ..examples import caption, example_files, truths
 from ..handlers import analyse as H
 from ..handlers import correct as C
@@ -78,12 +79,17 @@ def correction_form(ctx) -> dict:
                                                max_length=ctx.limits.max_annotator_chars)
                 c["note_in"] = gr.Textbox(label="Note (optional)", lines=1, max_lines=4,
                                           elem_id="emodemo-note", max_length=ctx.limits.max_text_chars)
+                c["speaker_in"] = gr.Textbox(label="Speaker / session (optional)", max_lines=1,
+                                             info="Who speaks in this clip (kept for the next "
+                                                  "one): fine-tuning keeps each speaker's clips "
+                                                  "on one side of its held-out check",
+                                             max_length=MAX_SPEAKER_CHARS, elem_id="emodemo-speaker")
         c["correct_btn"] = gr.Button("Submit correction", variant="primary",
                                      elem_id="emodemo-submit")
         c["correct_msg"] = gr.Markdown("", elem_id="emodemo-correct-msg")
         who = "your Hugging Face account name" if ctx.sign_in else "your optional name"
         gr.Markdown("<small>Submitting stores the audio, your label, the transcript as shown in "
-                    f"the box, the model's prediction and {who} and note.</small>")
+                    f"the box, the model's prediction, the speaker if given, and {who} and note.</small>")
     return c
 
 
@@ -107,7 +113,7 @@ def wire(w) -> None:
     btn = c["correct_btn"]
     off = btn.click(lambda: gr.update(interactive=False), None, btn, queue=False,
                     api_visibility="private", api_name="ui_correct_lock")
-    names = ["state", "label_in", "annotator_in", "note_in", "transcript", "weight"]
+    names = ["state", "label_in", "annotator_in", "note_in", "transcript", "weight", "speaker_in"]
     outs = ["correct_msg", "state", "label_in", "note_in"]
     stored = w.on(off.then, C.correct, names, outs, account=w.ctx.sign_in, toast=False)
     stored.then(lambda: gr.update(interactive=True), None, btn, queue=False,
