@@ -37,3 +37,10 @@ def text_too_long(field: str, n: int, limit: int) -> Optional[str]:
     """The message for a text field of `n` characters over its `limit` ("transcript is too long
     (12000 characters; the limit is 10000)"), None when it fits: the app and the store say the same."""
     return f"{field} is too long ({n} characters; the limit is {limit})" if n > limit else None
+
+
+def one_line(value: Any, width: int = 0) -> str:
+    """`value` as one printable line (no terminal control sequences), cut to `width`."""
+    s = "" if value is None else str(value)
+    s = "".join(ch if ch.isprintable() else " " for ch in s)
+    return s if not width or len(s) <= width else s[: width - 1] + "…"

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Sequence
 
 from ..analysis import prelabel_note
-from ..store.cli import one_line
+from ..textnorm import one_line
 from .queue import AnnotationQueue, QueueItem, QueueOptions
 from .rank import ORDERS
 
@@ -115,16 +115,14 @@ def folder_speaker(given: Path, name: str) -> str:
     return given.parent.name
 
 
-def speaker_notes(speakers: Sequence[tuple], out: Any) -> None:
-    """What `add` did to the speaker of clips already queued (`AddReport.speakers`): how many got
-    the one given; each that has another keeps it, said on stderr (never overwritten)."""
-    given = sum(had is None for _, _, _, had, _ in speakers)
-    if given:
-        print(f"speaker set on {given} already queued clip{'s' * (given != 1)} that had none", file=out)
-    for name, start, end, had, new in speakers:
-        if had is not None:
-            print(f"note: {one_line(name, 100)} ({start:.2f}-{end:.2f} s) is queued with speaker "
-                  f"{one_line(had, 60)!r}: kept, not changed to {one_line(new, 60)!r}", file=sys.stderr)
+def speaker_notes(report: Any, out: Any) -> None:
+    """`AddReport.speaker_lines` for `queue add`: how many got the speaker given on `out`, each
+    clip that keeps another one as a note on stderr."""
+    done, kept = report.speaker_lines()
+    for line in done:
+        print(line, file=out)
+    for line in kept:
+        print(f"note: {line}", file=sys.stderr)
 
 
 def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
@@ -134,7 +132,7 @@ def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
             print(one_line(err, 300), file=sys.stderr)
         print(f"queued {len(rep.added)} clips from {rep.files} files "
               f"({rep.skipped} already queued, {len(rep.errors)} problems)", file=out)
-        speaker_notes(rep.speakers, out)
+        speaker_notes(rep, out)
         note = prelabel_note(queue.model_labels())
         if note:
             print(f"note: {note}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
@@ -17,9 +18,32 @@ import numpy as np
 
 from .. import audio as A
 from ..store.media import AUDIO_SUFFIXES, MAX_MEDIA_BYTES
+from ..textnorm import one_line
 from .rank import compact
 
-__all__ = ["expand", "clips_of", "prelabel"]
+__all__ = ["AddReport", "expand", "clips_of", "prelabel"]
+
+
+@dataclass
+class AddReport:
+    """What `AnnotationQueue.add` did: new item ids, clips already queued, files read, one message
+    per problem; `speakers`: the clips already queued whose speaker was not the one given."""
+    added: list = field(default_factory=list)
+    skipped: int = 0
+    files: int = 0
+    errors: list = field(default_factory=list)
+    speakers: list = field(default_factory=list)  # (name, start, end, kept or None: set, given)
+
+    def speaker_lines(self) -> tuple[list[str], list[str]]:
+        """What the add did to those speakers, as plain text for `queue add` and the Annotate tab:
+        (the line saying how many got the one given, if any; one line per clip that has another
+        speaker and keeps it: never overwritten)."""
+        given = sum(had is None for _, _, _, had, _ in self.speakers)
+        done = [f"speaker set on {given} already queued clip{'s' * (given != 1)} that had none"] if given else []
+        kept = [f"{one_line(name, 100)} ({start:.2f}-{end:.2f} s) is queued with speaker "
+                f"{one_line(had, 60)!r}: kept, not changed to {one_line(new, 60)!r}"
+                for name, start, end, had, new in self.speakers if had is not None]
+        return done, kept
 
 
 def _is_audio(name: str) -> bool:

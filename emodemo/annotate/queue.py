@@ -38,7 +38,7 @@ from ..store.schema import Correction, Media, QueueSkip
 from ..store.schema import QueueItem as QueueRow
 from ..store.validate import MAX_ANNOTATOR_CHARS, clean_field, loads, probs_json
 from ..store.writes import clean_speaker
-from .ingest import clips_of, expand, prelabel
+from .ingest import AddReport, clips_of, expand, prelabel
 from .rank import (ORDERS, RANKINGS, SPACES, balanced_order, coverage_order, embedding_matrix,
                    hybrid_order, spread_order, tally, uncertainty)
 
@@ -122,17 +122,6 @@ class QueueItem:
         out = asdict(self)
         out.pop("embedding")
         return out
-
-
-@dataclass
-class AddReport:
-    """What `add` did: new item ids, clips already queued, files read, one message per problem;
-    `speakers`: the clips already queued whose speaker was not the one given, and what they have."""
-    added: list = field(default_factory=list)
-    skipped: int = 0
-    files: int = 0
-    errors: list = field(default_factory=list)
-    speakers: list = field(default_factory=list)  # (name, start, end, kept or None: set, given)
 
 
 @dataclass

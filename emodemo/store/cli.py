@@ -10,18 +10,12 @@ from typing import Any, Optional, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import EmodemoError
+from ..textnorm import one_line
 from .corrections import CorrectionStore
 from .db import DB_ENV, DEFAULT_URL, first_line, redact_url
 from .media import MEDIA_ENV
 from .labelstudio import is_labelstudio_json, label_config
 from .transfer import EXPORT_FORMATS, record_json
-
-
-def one_line(value: Any, width: int = 0) -> str:
-    """`value` as one printable line (no terminal control sequences), cut to `width`."""
-    s = "" if value is None else str(value)
-    s = "".join(ch if ch.isprintable() else " " for ch in s)
-    return s if not width or len(s) <= width else s[: width - 1] + "…"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,6 +161,22 @@ def correction_kept(cid: int) -> str:
               "emotion first.")
 
 
+def queued_speakers(done: Sequence[str], kept: Sequence[str], limit: int = 10) -> str:
+    """What adding audio did to the speaker of clips already queued, after the add report:
+    `done` and `kept` are the plain lines of `emodemo.annotate.AddReport.speaker_lines` (the CLI says
+    the same); the clips that keep another speaker are listed, the first `limit` of them."""
+    parts = [md_escape(line[:1].upper() + line[1:]) + "." for line in done]
+    if kept:
+        rows = [f"- {md_escape(line)}" for line in kept[:limit]]
+        if len(kept) > limit:
+            rows.append(f"- … and {len(kept) - limit} more")
+        n = len(kept)
+        parts.append(f"**Note:** {n} already queued clip{'s' * (n != 1)} "
+                     f"keep{'s' * (n == 1)} the speaker {'it has' if n == 1 else 'they have'}:\n"
+                     + "\n".join(rows))
+    return "".join(f"\n\n{part}" for part in parts)
+
+
 def signed_in(account: Optional[str]) -> str:
     """The line above the correction form when annotators sign in."""
     if account:

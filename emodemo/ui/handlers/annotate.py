@@ -61,13 +61,20 @@ def _report_text(rep: Any) -> str:
 def add(ctx, files: Any, speaker: Optional[str] = None) -> dict:
     """Add uploaded files (audio, a zip of audio, long recordings: the service splits them),
     with who speaks in them (optional; the queue copies it into each vote, and fine-tuning keeps
-    each speaker's clips on one side of its held-out check)."""
+    each speaker's clips on one side of its held-out check). Clips already queued without a
+    speaker get it; one with another keeps that, and the message says so."""
     paths = _paths(files)
     if not paths:
         raise EmodemoError("Choose audio files (or a zip of them) to add to the queue first.")
     rep = _queue(ctx).add(paths, speaker=analysis.blank_none(speaker))
-    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.") + _prelabel_note(ctx),
-            **progress(ctx), "ann_files": None}
+    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.") + _speaker_note(rep)
+            + _prelabel_note(ctx), **progress(ctx), "ann_files": None}
+
+
+def _speaker_note(rep: Any) -> str:
+    """What the add did to the speaker of clips already queued, worded as `queue add` says it:
+    how many got the one given, and each that keeps another one (never overwritten)."""
+    return md.queued_speakers(*rep.speaker_lines())
 
 
 def _prelabel_note(ctx) -> str:

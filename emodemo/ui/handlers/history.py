@@ -1,4 +1,5 @@
-"""History tab: the stored corrections (filtered, newest first), agreement per clip, exports,
+"""History tab: the stored corrections (filtered, newest first; the text filter matches the
+annotator, the speaker, the note, the transcript and the file), agreement per clip, exports,
 playing a row's audio (its segment for a segment), and undo: soft delete and restore (C5).
 Plain functions `fn(ctx, ...)`."""
 from __future__ import annotations
@@ -17,12 +18,13 @@ from .. import markdown as md
 from .base import guard
 
 MAX_HISTORY_ROWS = 500
-HISTORY_COLUMNS = ["id", "file", "label", "predicted", "annotator", "span (s)", "transcript",
-                   "note", "when (UTC)", "model", "clip", "deleted"]
+HISTORY_COLUMNS = ["id", "file", "label", "predicted", "annotator", "speaker", "span (s)",
+                   "transcript", "note", "when (UTC)", "model", "clip", "deleted"]
 AGREEMENT_COLUMNS = ["clip", "span (s)", "annotators", "corrections", "majority", "agreement",
                      "votes", "tie"]
-SEARCHED = ("annotator", "annotator_account", "note", "transcript_corrected", "transcript_shown",
-            "file_name")
+# what the text filter matches (case-insensitive, a part of any of them)
+SEARCHED = ("annotator", "annotator_account", "speaker", "note", "transcript_corrected",
+            "transcript_shown", "file_name")
 
 
 def _span(row: Mapping) -> str:
@@ -44,7 +46,7 @@ def history_row(r: Mapping) -> list:
     model = " ".join(x for x in (r.get("bundle_name"), r.get("bundle_version")) if x)
     label = NONE_DISPLAY if r.get("label") == NONE_LABEL else r.get("label")
     return [r.get("id"), file_name(r), label, r.get("predicted_label") or "",
-            r.get("annotator") or "", _span(r),
+            r.get("annotator") or "", r.get("speaker") or "", _span(r),
             r.get("transcript_corrected") or r.get("transcript_shown") or "",
             r.get("note") or "", _when(r.get("created_at")),
             model, (r.get("media_sha256") or "")[:12],
@@ -121,6 +123,8 @@ def pick(ctx, row_id: Any) -> dict:
     if row is None:
         raise EmodemoError(f"There is no correction #{row_id}.")
     what = f"#{row['id']} · {md.md_escape(file_name(row))} · {md.md_escape(row.get('label'))}"
+    if row.get("speaker"):
+        what += f" · speaker {md.md_escape(row['speaker'])}"
     return {"history_audio": clip_audio(row), "history_id": row["id"],
             "history_msg": f"Selected correction {what}{_span_text(row)}."}
 

@@ -14,8 +14,8 @@ def layout(ctx) -> dict:
     with gr.Row():
         c["label_filter"] = gr.Dropdown(["all", *ctx.labels, NONE_LABEL], value="all",
                                         label="Label", elem_id="emodemo-filter-label")
-        c["text_filter"] = gr.Textbox(label="Annotator / file / text contains", max_lines=1,
-                                      placeholder="type, then press Enter",
+        c["text_filter"] = gr.Textbox(label="Annotator / speaker / file / text contains",
+                                      max_lines=1, placeholder="type, then press Enter",
                                       elem_id="emodemo-filter-text")
         c["show_deleted"] = gr.Checkbox(label="show deleted", elem_id="emodemo-show-deleted")
         c["refresh_btn"] = gr.Button("Refresh", elem_id="emodemo-refresh")
