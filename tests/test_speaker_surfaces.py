@@ -50,6 +50,7 @@ def test_corrections_list_shows_a_speaker_column_once_anyone_names_one(tmp_path,
         first: None, named: "room 2\tbo"}
 
 
+@pytest.mark.slow
 def test_corrections_list_through_python_m_emodemo(tmp_path):
     """The real entry point (`python -m emodemo corrections list`), as a person runs it."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
@@ -296,6 +297,7 @@ def test_api_correct_takes_the_speaker_last_and_optional(h, store):
         h.api_correct(str(ANGRY), "sad", speakr="typo")
 
 
+@pytest.mark.slow
 def test_app_wires_the_speaker_box_and_the_api_input(fast_rec, store):
     """The form's event reads the Speaker / session box; /correct's speaker is its last input,
     optional with an empty default, so positional calls with the eight inputs before it work."""
