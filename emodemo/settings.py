@@ -40,6 +40,13 @@ PERSISTENT = Path("/data")          # a Hugging Face Space's persistent storage,
 FALSE = ("", "0", "false", "no", "off")
 
 
+def cache_dir(kind: str) -> Path:
+    """emodemo's cache folder of one kind ("whisper", "features", "segments", "queue") under
+    $XDG_CACHE_HOME (default ~/.cache)/emodemo: what is computed once and reused, never user data."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emodemo" / kind
+
+
 def _get(env: Mapping[str, str], *names: str) -> Optional[str]:
     for n in names:
         v = str(env.get(n, "") or "").strip()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .errors import EmodemoError
+from .settings import cache_dir as settings_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,8 @@ NAMED = (TINY_EN, *SPLIT_MODELS)
 
 
 def cache_dir() -> Path:
-    """Where converted and reassembled Whisper models are kept ($XDG_CACHE_HOME or ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emodemo" / "whisper"
+    """Where converted and reassembled Whisper models are kept (`settings.cache_dir`)."""
+    return settings_cache_dir("whisper")
 
 
 def file_sha256(path: PathLike) -> str:

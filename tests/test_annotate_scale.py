@@ -97,6 +97,7 @@ def test_progress_and_item_say_what_the_full_load_says(store, tmp_path):
 
 @pytest.mark.slow
 def test_a_campaign_sized_queue_computes_typicality_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # no typicality on disk yet
     store = bench_queue.build_store(3000, tmp_path)
     calls = []
     real = rank._typicality
@@ -143,3 +144,62 @@ def test_empty_and_one_clip_queues_are_ordered():
     one = np.ones((1, 7))
     assert rank.coverage_order(one, np.zeros(1, bool)) == [0]
     assert rank.spread_order(one, np.zeros(1, bool), 0, [5]) == [0]
+
+
+def test_typicality_is_kept_on_disk_for_the_next_process(tmp_path, monkeypatch):
+    """A large queue's typicality is written once to the cache (by content: any row order) and
+    read back by a later process (here: the in-memory memo cleared and the computation broken);
+    other clips get their own file; a cache that cannot be written is skipped."""
+    from emodemo.annotate import memo
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(memo, "DISK_MIN_ROWS", 200)
+    emb = _clumps(300, seed=5)
+    rank._TYPICAL_MEMO.clear()
+    fresh = rank.typicality(emb)
+    files = list((tmp_path / "cache" / "emodemo" / "queue").glob("typicality-*.npy"))
+    assert len(files) == 1
+    rank._TYPICAL_MEMO.clear()
+    monkeypatch.setattr(rank, "_typicality", lambda *a: (_ for _ in ()).throw(AssertionError("computed")))
+    perm = np.random.default_rng(2).permutation(len(emb))
+    assert np.allclose(rank.typicality(emb[perm]), fresh[perm])      # read back, rows reordered
+    with pytest.raises(AssertionError, match="computed"):            # other clips: not on disk
+        rank.typicality(_clumps(300, seed=6))
+    monkeypatch.undo()
+    (tmp_path / "ro").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    monkeypatch.setattr(memo, "DISK_MIN_ROWS", 200)
+    rank._TYPICAL_MEMO.clear()
+    assert np.allclose(rank.typicality(emb), fresh)                  # computed, nothing written
+
+
+@pytest.mark.slow
+def test_queue_next_in_a_new_process_reads_typicality_from_disk(tmp_path, monkeypatch):
+    """`python -m emodemo queue next` twice (a 2,500-clip queue): the first process writes the
+    typicality to the cache; the second serves by what it finds there. To see that it read it,
+    the file is replaced by inverted values (typical <-> atypical) between the two runs: the
+    second annotator gets the clip the coverage order gives with those, not with the real ones."""
+    import json
+    import subprocess
+    store = bench_queue.build_store(2500, tmp_path)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "emodemo", "queue", "next", "--db", f"sqlite:///{tmp_path / 'queue.db'}",
+           "--media-dir", str(tmp_path / "media"), "--json", "--annotator"]
+    first = subprocess.run(cmd + ["ana"], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    (path,) = (cache / "emodemo" / "queue").glob("typicality-*.npy")
+
+    def next_for_bo(cache_home) -> int:                 # what the serving order gives bo now
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+        rank._TYPICAL_MEMO.clear()
+        ordered = AnnotationQueue(store).items()
+        return next(it.id for it in ordered if it.leased_by is None and not it.done)
+    real = next_for_bo(tmp_path / "empty")               # computed afresh
+    t = np.load(path)
+    np.save(path, t.max() + t.min() - t)
+    inverted = next_for_bo(cache)
+    assert inverted != real
+    second = subprocess.run(cmd + ["bo"], env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["id"] == inverted != json.loads(first.stdout)["id"]
+    store.close()

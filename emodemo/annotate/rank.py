@@ -43,6 +43,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..labels import time_order, voter
+from .memo import on_disk
 
 RANKINGS = ("margin", "entropy")
 ORDERS = ("coverage", "uncertainty", "hybrid", "balanced", "spread")
@@ -137,14 +138,16 @@ def _memoised(memo: OrderedDict, rows: np.ndarray, extra: tuple, compute: Any) -
 def typicality(emb: np.ndarray, k: int = TYPICAL_K, block: int = 1024) -> np.ndarray:
     """1 / mean distance to a clip's k nearest other clips, scaled to max 1 (dense = typical).
     O(n^2) in the clips (10 s for 20,000 on 2 cores), so memoised by the matrix's content: the
-    same clips give the same values without recomputing them (a copy; the memo is per process)."""
+    same clips give the same values without recomputing them (per process, and on disk for
+    large queues: `memo.on_disk`, so each CLI call does not compute it again)."""
     emb = np.asarray(emb, np.float64)
     if len(emb) < 2:                               # an empty queue, or one clip
         return np.ones(len(emb))
     rows = np.lexsort(emb.T[::-1])                 # the rows sorted, so
     canon = np.ascontiguousarray(emb[rows])        # the same clips in another order hit the memo
     out = np.empty(len(emb))
-    out[rows] = _memoised(_TYPICAL_MEMO, canon, (k,), lambda: _typicality(canon, k, block))
+    out[rows] = _memoised(_TYPICAL_MEMO, canon, (k,),
+                          lambda: on_disk("typicality", canon, (k,), lambda: _typicality(canon, k, block)))
     return out
 
 

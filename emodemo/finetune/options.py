@@ -47,7 +47,7 @@ class FinetuneOptions:
     overwrite: bool = False
     run_dir: Optional[Union[str, Path]] = None
     segment_cache: Optional[Union[str, Path]] = None
-    feature_cache: Union[str, Path, None, bool] = None   # None: replay.cache_dir("features"); False: off
+    feature_cache: Union[str, Path, None, bool] = None   # None: settings.cache_dir("features"); False: off
     reference_metrics: Optional[Mapping] = None
     knobs: Mapping[str, str] = field(default_factory=lambda: dict(KNOBS))
 

@@ -34,7 +34,8 @@ from .dataset import MIN_CLASSES, FinetuneError, TooFewCorrections, build_datase
 from .evaluate import GUARD_SET, audio_proba, changes, evaluate_models, gate, guard_metrics, summary_for, with_recall
 from .features import extract, feature_cache
 from .options import FinetuneOptions, FinetuneRun, Progress
-from .replay import as_list, cache_dir, clip_items, gather_replay
+from ..settings import cache_dir
+from .replay import as_list, clip_items, gather_replay
 
 log = logging.getLogger(__name__)
 

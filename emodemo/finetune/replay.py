@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import EmodemoError, FinetuneError
+from ..settings import cache_dir as settings_cache_dir
 from .dataset import Clip
 from .features import Feats, extract, pooled_dim
 
@@ -33,15 +34,8 @@ REPLAY_PACK = "replay.safetensors"
 CORRECTIONS_CORPUS = "corrections"
 
 
-def cache_dir(kind: str) -> Path:
-    """Fine-tuning's cache folder of one kind ("segments", "features") under $XDG_CACHE_HOME
-    (default ~/.cache)/emodemo."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emodemo" / kind
-
-
 def segment_cache_dir() -> Path:
-    return cache_dir("segments")
+    return settings_cache_dir("segments")
 
 
 def clip_items(clips: Sequence[Clip], cache_dir: Optional[str | Path] = None) -> tuple[list, list[dict]]:
