@@ -1,6 +1,7 @@
 """Shared fixtures: generated audio (numpy tones, espeak-ng speech) and the default recognizer."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -70,6 +71,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(demo, **launch):
+    """A built Gradio app launched in this process on a free local port: yields its base URL
+    ("http://127.0.0.1:PORT"), closed afterwards. `launch`: more `demo.launch` arguments."""
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
 
 
 class AppProcess:

@@ -1182,14 +1182,10 @@ def test_launched_app_refuses_bad_uploads_and_server_paths(fast_rec, store, corp
 
     from gradio_client import Client, handle_file
 
-    from conftest import free_port
+    from conftest import served
     by_name = {c.name: c for c in corpus}
     demo = build_app(Settings(max_file_size="1mb", preload_asr=False), fast_rec, store)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="1mb")
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with served(demo, max_file_size="1mb") as base:
         client = Client(base + "/", verbose=False)
         with pytest.raises(Exception, match="not a readable audio file") as info:
             client.predict(handle_file(str(by_name["text_as_wav"].path)), "", api_name="/predict")
@@ -1215,5 +1211,3 @@ def test_launched_app_refuses_bad_uploads_and_server_paths(fast_rec, store, corp
         ok = client.predict(handle_file(str(by_name["sr_44100"].path)), "fine", api_name="/predict")
         assert ok["label"] in fast_rec.labels
         assert store.corrections() == []
-    finally:
-        demo.close()

@@ -6,11 +6,10 @@ replaced here (this machine is offline and logged out); Gradio's login routes, i
 cookie and the `gr.OAuthProfile` it injects into the correct handler are the real ones."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, served
 
 CLIP = ROOT / "data" / "examples" / "angry_actor17.flac"
 USER = {"type": "user", "name": "alice-hf", "fullname": "Alice Example",
@@ -86,12 +85,7 @@ def test_launched_app_signs_in_with_mocked_oauth(fast_rec, store, monkeypatch):
     assert [b.elem_id for b in login] == ["emodemo-login"] and demo.expects_oauth
     comps = {c["props"].get("elem_id"): c for c in demo.config["components"]}
     assert comps["emodemo-annotator"]["props"]["visible"] is False
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with served(demo) as base:
         cookie = _session_cookie(base)
         signed = Client(base + "/", verbose=False, headers={"Cookie": cookie})
         out = signed.predict(handle_file(str(CLIP)), "sad", "", "mallory", "", None, None, None,
@@ -104,8 +98,6 @@ def test_launched_app_signs_in_with_mocked_oauth(fast_rec, store, monkeypatch):
                               api_name="/correct")
         assert len(store.corrections()) == 1
         assert anonymous.predict(handle_file(str(CLIP)), api_name="/predict")["label"] in fast_rec.labels
-    finally:
-        demo.close()
 
 
 def test_sign_in_setting():

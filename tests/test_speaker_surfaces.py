@@ -318,14 +318,12 @@ def test_correct_endpoint_via_gradio_client(fast_rec, store):
     """/correct through gradio_client: the eight positional inputs as before, and the speaker."""
     from gradio_client import Client, handle_file
 
-    from conftest import free_port
+    from conftest import served
     from emodemo.settings import Settings
     from emodemo.ui import build_app
     demo = build_app(Settings(max_file_size="5mb", preload_asr=False), fast_rec, store)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served(demo) as base:
+        client = Client(base + "/", verbose=False)
         old = client.predict(handle_file(str(ANGRY)), "happy", "", "client", "", None, None, None,
                              api_name="/correct")
         new = client.predict(handle_file(str(ANGRY)), "sad", "", "client", "", None, None, None,
@@ -334,5 +332,3 @@ def test_correct_endpoint_via_gradio_client(fast_rec, store):
         kw = client.predict(handle_file(str(ANGRY)), "angry", "", "client", "", None, None, None,
                             speaker="kw", api_name="/correct")          # by its name
         assert store.get(kw["id"]).speaker == "kw"
-    finally:
-        demo.close()

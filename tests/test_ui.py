@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import FixedASR, ROOT, SR, free_port, tone, with_asr
+from conftest import FixedASR, ROOT, SR, served, tone, with_asr
 
 from emodemo import plots
 from emodemo.settings import Settings
@@ -351,10 +351,8 @@ def test_app_named_endpoints_via_gradio_client(fast_rec, store):
     """build_app + launch on localhost; /predict and /correct through gradio_client."""
     from gradio_client import Client, handle_file
     demo = build_app(Settings(max_file_size="5mb", preload_asr=False), fast_rec, store)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served(demo) as base:
+        client = Client(base + "/", verbose=False)
         named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert {"/predict", "/correct"} <= set(named)
         assert not any(k.startswith("/analyse") or k.startswith("/refuse") for k in named)
@@ -366,8 +364,6 @@ def test_app_named_endpoints_via_gradio_client(fast_rec, store):
         with pytest.raises(Exception, match="unknown label"):
             client.predict(handle_file(str(ANGRY)), "bored", "", "", "", None, None, None,
                            api_name="/correct")
-    finally:
-        demo.close()
 
 
 # ---- pieces --------------------------------------------------------------------------------
