@@ -230,8 +230,9 @@ class Span:
         return np.zeros(self.q.shape[1], np.float32), np.ones(self.q.shape[1], np.float32)
 
     def project(self, f: Feats) -> Feats:
-        if self.q is None or not len(f):
-            return f if self.q is None else Feats(np.zeros((0, self.q.shape[1]), np.float32), f.b, f.y, f.groups)
+        """Rows in the basis' coordinates, standardised (as they are without a basis)."""
+        if self.q is None:
+            return f
         return Feats((((f.x - self.mean) / self.std) @ self.q).astype(np.float32), f.b, f.y, f.groups)
 
     def lift(self, a: Adapter) -> Adapter:
