@@ -3,6 +3,7 @@
 the rule was fixed before any run) from the finished runs' row.json files.
 
     python scripts/queue_benchmark_verdict.py runs/qb7-nemo runs/qb7-ko runs/qb7-emovo
+    python scripts/queue_benchmark_verdict.py benchmarks/queue_rerun_rows.jsonl   # the committed rows
 
 Per setting (corpus, n): each order's mean unseen-speaker UA ± sd over its seeds and how many of
 its runs the fine-tune refused (exit 3: the base is kept and scored); then each order's mean over
@@ -24,8 +25,15 @@ RUNS_PER_SETTING = {"queue": 1, "queue-spread": 10, "random": 10}
 SETTINGS = 6
 
 
-def rows(folders) -> list[dict]:
-    return [json.loads(p.read_text()) for f in folders for p in sorted(Path(f).glob("*/row.json"))]
+def rows(paths) -> list[dict]:
+    """The rows of work folders (their */row.json) and of JSON-lines files (one row a line)."""
+    out = []
+    for f in map(Path, paths):
+        if f.is_file():
+            out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        else:
+            out += [json.loads(p.read_text()) for p in sorted(f.glob("*/row.json"))]
+    return out
 
 
 def table(found: list[dict]) -> tuple[list[str], dict, bool]:
@@ -70,7 +78,7 @@ def verdict(overall: dict, complete: bool) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("folders", nargs="+", help="the re-run's work folders (runs/qb7-*)")
+    ap.add_argument("folders", nargs="+", help="the re-run's work folders (runs/qb7-*) or .jsonl files of rows")
     args = ap.parse_args(argv)
     found = rows(args.folders)
     if not found:

@@ -45,3 +45,7 @@ def test_the_rule(tmp_path, capsys):
     V.main([str(tmp_path / "d")])
     assert "incomplete: no verdict" in capsys.readouterr().out
     assert V.main([str(tmp_path / "empty")]) == 2
+    lines = [p.read_text() for p in sorted((tmp_path / "a").glob("*/row.json"))]      # as JSON lines
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    V.main([str(tmp_path / "rows.jsonl")])
+    assert "coverage (the default) beats random" in capsys.readouterr().out

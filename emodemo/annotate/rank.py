@@ -12,8 +12,8 @@ then annotators' disagreement.
   k-center distance; see the function). From a cold start on a new corpus the model's least
   sure clips are the ones it confuses, and its confident answers are often wrong: uncertainty
   order covers the clips badly and lost to random choice on the benchmark; coverage, the
-  default, beat random on the Korean leave-one-corpus-out run but not on nEMO or EMOVO, and no
-  order beats random on average (scripts/queue_benchmark.py).
+  default, beats random on average over nEMO, Korean and EMOVO with the stratified-fold
+  fine-tune (0.614 vs 0.587 unseen-speaker UA; level or below on nEMO; README, the re-run).
 * `hybrid_order(emb, covered, unc, labels)`: the "hybrid" serving order, coverage weighted by the
   model's uncertainty with a floor of clips per predicted label (see the function); it lost to
   random and to coverage over nEMO, Korean and EMOVO, so it is an option, not the default.
@@ -29,8 +29,8 @@ then annotators' disagreement.
   to their size (proportional stratified sampling: random choice's representativeness with
   less variance). Frozen before the EMOVO confirmation; 10 seeds a setting against random's 10
   (rule fixed before seeds 5-9): it wins three settings of six but not on average (unseen-speaker
-  UA 0.574 vs 0.589; three refused fine-tunes at Korean n = 25); an option
-  (scripts/queue_benchmark.py, README).
+  UA 0.574 vs 0.589; three refused fine-tunes at Korean n = 25), and again on the re-run with
+  the stratified-fold fine-tune (0.576 vs 0.587); an option (scripts/queue_benchmark.py, README).
 """
 from __future__ import annotations
 
