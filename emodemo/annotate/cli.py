@@ -15,7 +15,6 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Sequence
 
-from ..analysis import prelabel_note
 from ..textnorm import one_line
 from .queue import AnnotationQueue, QueueItem, QueueOptions
 from .rank import ORDERS
@@ -127,6 +126,7 @@ def speaker_notes(report: Any, out: Any) -> None:
 
 def _run(queue: AnnotationQueue, args: argparse.Namespace, out: Any) -> int:
     if args.cmd == "add":
+        from ..analysis import prelabel_note     # the model's side (torch): only `add` needs it
         rep = queue.add(args.paths, folder_speaker if args.speaker_from == "folder" else args.speaker)
         for err in rep.errors:
             print(one_line(err, 300), file=sys.stderr)

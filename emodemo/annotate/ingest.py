@@ -16,7 +16,6 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from .. import audio as A
 from ..store.media import AUDIO_SUFFIXES, MAX_MEDIA_BYTES
 from ..textnorm import one_line
 from .rank import compact
@@ -94,7 +93,9 @@ def expand(paths: Iterable[Union[str, os.PathLike]], work: Path,
 
 def clips_of(wav: np.ndarray, max_len: float) -> list[tuple[float, float, np.ndarray]]:
     """(start, end, samples) of each clip: the whole recording up to `max_len` s, else its
-    speech segments (pauses split it; see `emodemo.audio.segment`), too-short ones dropped."""
+    speech segments (pauses split it; see `emodemo.audio.segment`), too-short ones dropped.
+    (audio, and torch with it, is imported here: `queue next/list/vote` never need it.)"""
+    from .. import audio as A
     total = wav.size / A.SAMPLE_RATE
     if total <= max_len:
         return [(0.0, round(total, 3), wav)]
