@@ -203,3 +203,14 @@ def test_queue_next_in_a_new_process_reads_typicality_from_disk(tmp_path, monkey
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["id"] == inverted != json.loads(first.stdout)["id"]
     store.close()
+
+
+def test_queue_cli_loads_no_model_code():
+    """`queue next/list/vote` run once per clip from a shell: importing the queue CLI and the
+    CLI's quiet logging loads neither torch nor transformers (2 s a call); only `add` does."""
+    import subprocess
+    code = ("import sys, emodemo.cli as c, emodemo.annotate.cli; c.quiet_logging(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'emodemo.audio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
