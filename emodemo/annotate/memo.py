@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..settings import cache_dir
+from ..store.media import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,8 @@ def _path(kind: str, rows: np.ndarray, extra: tuple) -> Path:
 
 
 def _save(path: Path, value: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, value)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as f:
+        np.save(f, value)
     old = sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)[DISK_KEEP:]
     for p in old:
         p.unlink(missing_ok=True)
