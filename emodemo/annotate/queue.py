@@ -59,8 +59,9 @@ class QueueOptions:
     far say; `rank.balanced_order`) or "spread" (seeded random choice stratified over k-means
     clusters of the clips, `rank.spread_order`; seed: its seed, the same order for the same seed);
     coverage beats random choice on average in scripts/queue_benchmark.py's leave-one-corpus-out
-    runs (nEMO, Korean, EMOVO: 0.614 vs 0.587, README), spread does not; space: what the orders but "uncertainty" spread over, the fused
-    "probabilities" (the default: it won on nEMO) or the stored audio "embedding" (`rank.compact`);
+    runs (nEMO, Korean, EMOVO: 0.614 vs 0.587, README), spread does not; space: what the orders
+    but "uncertainty" spread over, the fused "probabilities" (the default: it won on nEMO) or the
+    stored audio "embedding" (`rank.compact`);
     ranking: the uncertainty, "margin" or "entropy" (the priority shown, and the "uncertainty" and
     "hybrid" orders); transcribe: pre-label with the ASR transcript (else audio only); max_len:
     recordings longer than this (s) are cut into segments; balance_labels (order "uncertainty"

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import EmodemoError
+from ..settings import cache_dir
 from . import adapt as AD
 from .branches import adapt_speech, adapt_text, refit_fusion
 from .dataset import MIN_CLASSES, FinetuneError, TooFewCorrections, build_dataset, check_counts, read_corrections, split_clips
 from .evaluate import GUARD_SET, audio_proba, changes, evaluate_models, gate, guard_metrics, summary_for, with_recall
 from .features import extract, feature_cache
 from .options import FinetuneOptions, FinetuneRun, Progress
-from ..settings import cache_dir
 from .replay import as_list, clip_items, gather_replay
 
 log = logging.getLogger(__name__)

@@ -67,14 +67,9 @@ def add(ctx, files: Any, speaker: Optional[str] = None) -> dict:
     if not paths:
         raise EmodemoError("Choose audio files (or a zip of them) to add to the queue first.")
     rep = _queue(ctx).add(paths, speaker=analysis.blank_none(speaker))
-    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.") + _speaker_note(rep)
-            + _prelabel_note(ctx), **progress(ctx), "ann_files": None}
-
-
-def _speaker_note(rep: Any) -> str:
-    """What the add did to the speaker of clips already queued, worded as `queue add` says it:
-    how many got the one given, and each that keeps another one (never overwritten)."""
-    return md.queued_speakers(*rep.speaker_lines())
+    return {"ann_msg": md.ok(f"Added to the queue: {_report_text(rep)}.")
+            + md.queued_speakers(*rep.speaker_lines()) + _prelabel_note(ctx),
+            **progress(ctx), "ann_files": None}
 
 
 def _prelabel_note(ctx) -> str:
