@@ -140,8 +140,8 @@ def run_recipe(config: dict | str | Path) -> dict:
         from .speech_multicorpus import train_speech_multicorpus as train
     speech, m_speech, h_speech = train(recipe, labels, data["speech.train"], data["speech.val"], run,
                                        model=speech)
+    dist_teardown()                         # all ranks together; only rank 0 goes on
     if rank != 0:
-        dist_teardown()
         return {}
     report: dict = {"speech_val": m_speech, "speech_history": h_speech}
     text, m_text, h_text = train_text(recipe, labels, data["text.train"], data["text.val"], run, model=text)

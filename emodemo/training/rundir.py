@@ -52,6 +52,9 @@ def dist_setup() -> tuple[int, int]:
 
 
 def dist_teardown() -> None:
+    """Every rank calls this at the same point: a barrier first, so no rank tears its gloo pairs
+    down while another still talks on them (a rank leaving alone aborted about 1 run in 6)."""
     import torch.distributed as dist
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
