@@ -126,19 +126,23 @@ class WhisperBackbone(nn.Module):
         extra = [self.layer_logits] if self.mix == "weighted" else []
         return list(self.encoder.blocks[-1].parameters()) + list(self.encoder.ln_post.parameters()) + extra
 
-    def _encode(self, x: torch.Tensor, windows: torch.Tensor, final: bool) -> dict:
-        """All layer outputs of a batch of windows x [P, W_max, n_mels] whose own lengths are
-        `windows` (even); each is computed exactly as if the window were alone."""
+    def stem(self, x: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The conv stem + positions of windows x [P, W_max, n_mels] whose own lengths are
+        `windows` (even): (h [P, W_max / 2, n_state], the blocks' key mask or None when none is ragged)."""
         enc = self.encoder
-        P, W, _ = x.shape
-        ragged = bool((windows != W).any())
         # windows are even, so conv2 (kernel 3, stride 2) never reads beyond a window for the
         # window's own outputs, and conv1 sees the same zero padding there as when alone
         h = F.gelu(enc.conv2(F.gelu(enc.conv1(x.transpose(1, 2))))).transpose(1, 2)
         T = h.shape[1]
         mask = ((torch.arange(T, device=x.device)[None, :] < (windows // 2)[:, None])[:, None, None, :]
-                if ragged else None)
-        h = h + enc.positional_embedding[:T].to(h.dtype)
+                if bool((windows != x.shape[1]).any()) else None)
+        return h + enc.positional_embedding[:T].to(h.dtype), mask
+
+    def _encode(self, x: torch.Tensor, windows: torch.Tensor, final: bool) -> dict:
+        """All layer outputs of a batch of windows x [P, W_max, n_mels] whose own lengths are
+        `windows` (even); each is computed exactly as if the window were alone."""
+        enc = self.encoder
+        h, mask = self.stem(x, windows)
         outs = {0: h}
         for i, blk in enumerate(enc.blocks, start=1):
             h = h + _attention(blk.attn, blk.attn_ln(h), mask)
