@@ -210,8 +210,9 @@ def test_two_annotators_never_get_the_same_clip_before_it_needs_a_second_vote(se
         WebDriverWait(d, STEP_TIMEOUT).until(
             lambda _: d.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
     wa, wb = _annotate_tab(a, "ana"), _annotate_tab(b, "bob")
-    next(e for e in a.find_elements(By.CSS_SELECTOR, "button, span")
-         if e.text.strip().startswith("Add audio to the queue")).click()
+    # the queue is empty: the tab says so and opens "Add audio to the queue" by itself
+    wa.until(lambda _: "The queue is empty" in a.find_element(By.ID, "emodemo-ann-progress").text)
+    wa.until(lambda _: a.find_element(By.ID, "emodemo-ann-files").is_displayed())
     files = [str(CLIP.parent / n) for n in ("angry_actor17.flac", "sad_actor19.flac",
                                             "neutral_actor20.flac")]
     wa.until(lambda _: a.find_elements(By.CSS_SELECTOR, "#emodemo-ann-files input[type=file]"))

@@ -92,6 +92,24 @@ def test_history_row_plays_its_audio_and_names_the_file(h, store, tmp_path):
 
 
 # ---- Annotate tab on the queue service ------------------------------------------------------
+def test_an_empty_queue_says_how_to_fill_it_and_opens_the_add_box(h, tmp_path):
+    """A first visitor finds no clips: the tab says the queue is empty and opens "Add audio to
+    the queue" (not "every clip has its votes"); once clips are in, the box is left as it is."""
+    shown = h.progress()
+    assert "The queue is empty" in shown["ann_progress"] and shown["ann_add_box"]["open"] is True
+    first = h.next_clip("ana")
+    assert first["ann_item"] is None and "the queue is empty" in first["ann_clip_md"]
+    assert "Nothing left for you" not in first["ann_clip_md"] and first["ann_add_box"]["open"]
+    sf.write(str(tmp_path / "one.wav"), tone(1.0, 300), SR)
+    added = h.add([str(tmp_path / "one.wav")])
+    assert "**0 / 1** clips done" in added["ann_progress"] and "ann_add_box" not in added
+    got = h.next_clip("ana")
+    assert got["ann_item"] is not None and "ann_add_box" not in got
+    h.vote(got["ann_item"], "sad", "", "ana")
+    done = h.next_clip("ana")
+    assert done["ann_item"] is None and "Nothing left for you" in done["ann_clip_md"]
+
+
 def test_annotate_two_annotators_votes_skip_progress(h, store, tmp_path):
     assert h.queue is not None
     clips = []

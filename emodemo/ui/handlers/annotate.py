@@ -13,7 +13,7 @@ from .base import guard
 from .history import clip_audio
 
 ITEM_KEYS = ("ann_item", "ann_audio", "ann_clip_md", "ann_label", "ann_transcript")
-PROGRESS_KEYS = ("ann_progress",)
+PROGRESS_KEYS = ("ann_progress", "ann_add_box")
 
 
 def _queue(ctx):
@@ -79,11 +79,20 @@ def _prelabel_note(ctx) -> str:
     return f"\n\n{note}" if note else ""
 
 
+EMPTY = ("The queue is empty: add audio under **Add audio to the queue** below (audio files, a zip "
+         "of them, or long recordings, which are split into segments); the model pre-labels each clip "
+         "and serves the ones it is least sure of first.")
+OPEN = {"__update__": True, "open": True}       # the "Add audio to the queue" accordion, opened
+
+
 def progress(ctx) -> dict:
-    """Done / total and votes per annotator."""
+    """Done / total and votes per annotator; an empty queue says how to fill it and opens the
+    "Add audio to the queue" box (`ann_add_box`, given only then: a closed box stays as it is)."""
     if ctx.queue is None:
         return {"ann_progress": ""}
     p = ctx.queue.progress()
+    if not p.total:
+        return {"ann_progress": EMPTY, "ann_add_box": OPEN}
     per = getattr(p, "per_annotator", {}) or {}
     who = ", ".join(f"{md.md_escape(k)} {v}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
     pct = int(round(100 * p.done / p.total)) if p.total else 0
@@ -100,12 +109,14 @@ def n_votes(item) -> int:
                for v in (item.votes or {}).values())
 
 
-def item_view(item) -> dict:
-    """A queue item shown: its audio (the span for a span), where it is from; form reset."""
+def item_view(item, empty: bool = False) -> dict:
+    """A queue item shown: its audio (the span for a span), where it is from; form reset.
+    No item: nothing left for this annotator, or (`empty`) nothing queued at all."""
     if item is None:
         return {"ann_item": None, "ann_audio": None, "ann_label": None, "ann_transcript": "",
-                "ann_clip_md": "🎉 Nothing left for you: every clip has its votes (or you "
-                               "labelled it already). Add more audio, or come back later."}
+                "ann_clip_md": ("Nothing to label yet: the queue is empty. Add audio below." if empty else
+                                "🎉 Nothing left for you: every clip has its votes (or you "
+                                "labelled it already). Add more audio, or come back later.")}
     row = {"id": item.id, "media_path": item.media_path, "start": item.start, "end": item.end}
     span = (f", {item.start:.1f}–{item.end:.1f} s" if item.start is not None and item.end is not None
             else "")
@@ -122,7 +133,9 @@ def item_view(item) -> dict:
 def next_clip(ctx, typed: Any = None, account: Optional[str] = None) -> dict:
     """Lease the next clip for this annotator and show it (it plays by itself)."""
     who = annotator(ctx, typed, account)
-    return {**item_view(_queue(ctx).next(who)), **progress(ctx), "ann_msg": ""}
+    item = _queue(ctx).next(who)
+    shown = progress(ctx)
+    return {**item_view(item, empty="ann_add_box" in shown), **shown, "ann_msg": ""}
 
 
 @guard("ann_msg")

@@ -48,7 +48,7 @@ def layout(ctx) -> dict:
                                         elem_id="emodemo-ann-submit")
             c["ann_skip"] = gr.Button("Skip (s)", elem_id="emodemo-ann-skip")
         c["ann_msg"] = gr.Markdown("", elem_id="emodemo-ann-msg")
-        with gr.Accordion("Add audio to the queue", open=False):
+        with gr.Accordion("Add audio to the queue", open=False) as c["ann_add_box"]:
             c["ann_files"] = gr.File(file_count="multiple", file_types=[*sorted(AUDIO_SUFFIXES), ".zip"],
                                      label="Audio files, a zip of them, or long recordings "
                                            "(split into segments)", elem_id="emodemo-ann-files")
