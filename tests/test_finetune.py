@@ -310,6 +310,29 @@ def test_one_ua_for_training_fusion_and_fine_tuning():
 
 
 # ---- store-driven runs --------------------------------------------------------------------
+def test_dry_run_and_card_name_the_classes_nobody_corrected(tiny_bundle, tmp_path, capsys):
+    """Corrections of neutral and happy only: the dry run says sad has none and what that does
+    (an adapter seldom says an uncorrected class on audio like the corrections:
+    docs/finetune.md), and a fine-tuned bundle's card names it."""
+    from emodemo.finetune.card import what_changed
+    from emodemo.store import CorrectionStore
+    url = f"sqlite:///{tmp_path}/c.db"
+    with CorrectionStore(url) as store:
+        for lab in ("neutral", "happy"):
+            for j in range(4):
+                store.add(wav(tmp_path / f"{lab}_{j}.wav", lab, j), lab, annotator="ann")
+    rc = main_finetune(["--db", url, "--base", str(tiny_bundle), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "per class:      happy 4, neutral 4" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("not corrected:"))
+    assert "sad" in line and "neutral" not in line and "correct a few clips of each class" in line
+    report = {"dataset": {"uncorrected": ["sad"]}, "text": {"updated": False, "reason": "x"},
+              "speech": {"updated": True}, "fusion": {"refit": False, "new": {}}}
+    assert "classes nobody corrected (sad): on audio like the corrections" in what_changed(report)
+    report["dataset"]["uncorrected"] = []
+    assert "every class has corrections" in what_changed(report)
+
+
 def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     url = make_store(tmp_path, 4)
@@ -322,6 +345,7 @@ def test_dry_run_writes_nothing_and_guard_exit_code(tiny_bundle, tmp_path, capsy
     assert "split:" in cap.out and "nothing written" in cap.out
     # the real count held out, not "a quarter": 3 classes x 4 clips, one of each class held out
     assert "holds out 3 of 12 clips" in cap.out
+    assert "not corrected:" not in cap.out                   # every class of the bundle has clips
     assert not out.exists() and not (tmp_path / "cache").exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     # too few per class: a one-line message on stderr, exit code 2, nothing written

@@ -31,6 +31,16 @@ def per_class_table(per_class: Mapping, on: str) -> str:
             "|---|---|---|---|\n" + "\n".join(rows))
 
 
+def _uncorrected(report: dict) -> str:
+    """The card's words on the classes nobody corrected (docs/finetune.md: on audio like the
+    corrections an adapter seldom says them; the replay guard cannot see that)."""
+    missing = (report.get("dataset") or {}).get("uncorrected") or []
+    if not missing:
+        return "every class has corrections"
+    return (f"classes nobody corrected ({', '.join(missing)}): on audio like the corrections (their "
+            "voices, room, language) this bundle seldom says them — correct a few clips of each")
+
+
 def what_changed(report: dict) -> str:
     """The card's "What changed" section: each branch adapted or kept, and how."""
     sp, tx, fu = report["speech"], report["text"], report["fusion"]
@@ -41,7 +51,7 @@ def what_changed(report: dict) -> str:
   speaker/recording-grouped cross-validation on the training corrections (CV UA {sp.get('cv_UA')} vs base
   {sp.get('cv_UA_base')}) among candidates within the tolerance of the base on the replay guard
   ({sp.get('guard_UA_base')} → {sp.get('guard_UA_new')}); {sp.get('replay_train')} replay clips of the base's
-  training data; classes absent from the corrections keep the head's evidence. Audio UA on the held-out
+  training data; {_uncorrected(report)}. Audio UA on the held-out
   corrections {sp.get('val_UA_base')} → {sp.get('val_UA_new')} (linear probe on the same corrections:
   {sp.get('val_UA_probe')}); temperature {sp.get('temperature', '–')}, ECE {sp.get('ECE_val_base', '–')} →
   {sp.get('ECE_val_new', '–')}. The written adapter is refitted on all {sp.get('final_fit_corrections', '–')} corrections.

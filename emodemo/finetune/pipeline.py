@@ -31,7 +31,8 @@ from ..errors import EmodemoError
 from ..settings import cache_dir
 from . import adapt as AD
 from .branches import adapt_speech, adapt_text, refit_fusion
-from .dataset import MIN_CLASSES, FinetuneError, TooFewCorrections, build_dataset, check_counts, read_corrections, split_clips
+from .dataset import (MIN_CLASSES, FinetuneError, TooFewCorrections, build_dataset, check_counts, read_corrections,
+                      split_clips, uncorrected)
 from .evaluate import GUARD_SET, audio_proba, changes, evaluate_models, gate, guard_metrics, summary_for, with_recall
 from .features import extract, feature_cache
 from .options import FinetuneOptions, FinetuneRun, Progress
@@ -90,6 +91,7 @@ def read_dataset(run: FinetuneRun, source: Any) -> bool:
         run.say(1.0, "dry run: too few corrections")
         return False
     summary["too_few"] = run.too_few
+    summary["uncorrected"] = uncorrected(run.labels, run.clips)
     run.train_clips, run.val_clips = split_clips(run.clips, o.val_fraction, o.seed)
     summary["split"] = {"train": len(run.train_clips), "val": len(run.val_clips),
                         "train_per_class": run.ds.per_class(run.train_clips),
