@@ -60,6 +60,9 @@ def test_undo_own_correction_admin_any_and_restore(h, store, state):
     refused = h.undo(bob, "ana")
     assert "someone else" in refused["history_msg"] and len(store.corrections()) == 2
     assert "Type the name" in h.undo(ana, "")["history_msg"]
+    for nothing in (None, "", 0, "0"):                 # no row picked yet (the box is empty)
+        assert "Click a correction in the table first" in h.undo(nothing, "ana")["history_msg"]
+    assert "someone else" in h.undo(str(bob), "ana")["history_msg"]     # the box holds text: parsed
     done = h.undo(ana, "ana")
     assert f"Correction #{ana} deleted" in done["history_msg"]
     assert [r.id for r in store.corrections()] == [bob]                   # left out of votes ...

@@ -96,10 +96,14 @@ def history(ctx, label_filter: Optional[str] = None, text_filter: Optional[str] 
 
 
 def _row_id(value: Any) -> int:
+    """The selected row's id (ids start at 1; nothing selected is an empty box)."""
     try:
-        return int(value)
+        cid = int(value)
     except (TypeError, ValueError):
-        raise EmodemoError("Click a correction in the table first.") from None
+        cid = 0
+    if cid < 1:
+        raise EmodemoError("Click a correction in the table first.")
+    return cid
 
 
 def clip_audio(row: Mapping):

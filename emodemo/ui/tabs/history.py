@@ -24,8 +24,8 @@ def layout(ctx) -> dict:
                                 wrap=True, max_height=420, label="Corrections (newest first)",
                                 elem_id="emodemo-history")
     with gr.Row():
-        c["history_id"] = gr.Number(None, label="Selected correction", precision=0, interactive=False,
-                                    elem_id="emodemo-history-id", scale=1)
+        c["history_id"] = gr.Textbox(label="Selected correction", interactive=False, max_lines=1,
+                                     placeholder="click a row", elem_id="emodemo-history-id", scale=1)
         c["history_audio"] = gr.Audio(label="Its audio (the segment for a segment)",
                                       interactive=False, elem_id="emodemo-history-audio", scale=3)
         with gr.Column(scale=1):
