@@ -203,6 +203,12 @@ def test_gate_checks_by_name_with_per_class_before_after():
                                          "failures": ["reference UA within tolerance ..."]}}
     shown = md.job({**view, "report": report})
     assert "| reference UA within tolerance | ❌ |" in shown and "Forced" not in shown
+    # a written run that adapted the speech branch without any sad corrections says what that does
+    done = {"written": True, "speech": {"updated": True}, "dataset": {"uncorrected": ["sad"]}}
+    shown = md.job({**view, "status": "finished", "report": done})
+    assert "⚠️ not corrected:  sad — on audio like these corrections the new model will seldom say" in shown
+    kept = md.job({**view, "status": "finished", "report": {**done, "speech": {"updated": False}}})
+    assert "not corrected" not in kept
 
 
 @pytest.mark.slow
