@@ -10,7 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import EmodemoError
-from .dataset import MIN_PER_CLASS, FinetuneError, format_summary, uncorrected_line
+from .dataset import MIN_PER_CLASS, FinetuneError, format_summary, uncorrected_warning
 from .options import CLI_KNOBS, FinetuneOptions
 from .pipeline import FINETUNE_RECIPE
 from .write import jsonable
@@ -73,9 +73,9 @@ def print_report(rep: dict) -> None:
           f"fusion: {'re-fitted' if rep['fusion']['refit'] else 'kept'}")
     if rep.get("changes", {}).get("sentence"):
         print(rep["changes"]["sentence"])
-    missing = (rep.get("dataset") or {}).get("uncorrected")
-    if missing and sp["updated"]:
-        print(uncorrected_line(missing))
+    warning = uncorrected_warning(rep)
+    if warning:
+        print(warning)
 
 
 class Progress:

@@ -252,6 +252,13 @@ def uncorrected_line(classes: Sequence[str]) -> str:
             "will seldom say these; correct a few clips of each class you expect to hear")
 
 
+def uncorrected_warning(report: Mapping) -> Optional[str]:
+    """A finished run's `uncorrected_line`, when its speech branch was adapted without corrections
+    of some classes (the CLI and the Models tab say it after the run); else None."""
+    missing = (report.get("dataset") or {}).get("uncorrected")
+    return uncorrected_line(missing) if missing and (report.get("speech") or {}).get("updated") else None
+
+
 def speakers_line(speakers: Mapping, n_clips: int) -> str:
     """The dry-run line on speakers: how many clips name one and how many there are, or the
     plain warning that the held-out check groups by recording only."""

@@ -288,10 +288,10 @@ def _outcome(rep: Mapping) -> list[str]:
     what = changes(rep)
     if what:
         lines.append(what)
-    missing = (rep.get("dataset") or {}).get("uncorrected")
-    if missing and (rep.get("speech") or {}).get("updated"):
-        from ..finetune.dataset import uncorrected_line       # the dry run's words, written once
-        lines.append("⚠️ " + md_escape(uncorrected_line(missing)))
+    from ..finetune.dataset import uncorrected_warning        # the CLI's words, written once
+    warning = uncorrected_warning(rep)
+    if warning:
+        lines.append("⚠️ " + md_escape(warning))
     return lines
 
 
