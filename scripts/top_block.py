@@ -113,24 +113,37 @@ def extract(recipe: Recipe, corpora: dict, root: str) -> None:
 
 
 # ---- the model on cached entries --------------------------------------------------------------
+class FeedForward(torch.nn.Module):
+    """Block 6's feed-forward half (a trainable copy) on cached entries: the pooled mean+std of
+    blocks 1-6 [B, 6,144]; with the pretrained weights, exactly the frozen backbone's."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.mlp_ln, self.mlp = copy.deepcopy(block.mlp_ln), copy.deepcopy(block.mlp)
+
+    def forward(self, fixed, r, lengths):
+        h = r + self.mlp(self.mlp_ln(r))                                # [B, T, 512]
+        return ordered(fixed, masked_stats(h, lengths))                 # [B, 6,144]
+
+
 class TopModel(torch.nn.Module):
-    """Block 6's feed-forward half on the cached frames, pooled, concatenated after the fixed
-    statistics, standardised and projected on fixed principal directions, then a linear layer."""
+    """`FeedForward`'s pooled vectors standardised, projected on fixed principal directions,
+    then a linear layer."""
 
     def __init__(self, block, mean, std, basis, lin):
         super().__init__()
-        self.mlp_ln, self.mlp = copy.deepcopy(block.mlp_ln), copy.deepcopy(block.mlp)
+        self.ff = FeedForward(block)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.register_buffer("basis", basis)
         self.lin = lin
 
-    def features(self, fixed, r, lengths):
-        h = r + self.mlp(self.mlp_ln(r))                                # [B, T, 512]
-        return ordered(fixed, masked_stats(h, lengths))                 # [B, 6,144]
+    def head(self, v):
+        """Logits of pooled vectors [B, 6,144]."""
+        return self.lin(((v - self.mean) / self.std) @ self.basis)
 
     def forward(self, fixed, r, lengths):
-        return self.lin(((self.features(fixed, r, lengths) - self.mean) / self.std) @ self.basis)
+        return self.head(self.ff(fixed, r, lengths))
 
 
 def ordered(fixed: torch.Tensor, s6: torch.Tensor) -> torch.Tensor:
@@ -146,12 +159,12 @@ def batch_of(entries: list) -> tuple:
     return fixed, r, lengths
 
 
-def vectors(model: TopModel, entries: list) -> torch.Tensor:
-    """[N, 6,144] pooled vectors of cached entries through the model's feed-forward layer."""
+def vectors(ff: FeedForward, entries: list) -> torch.Tensor:
+    """[N, 6,144] pooled vectors of cached entries through a feed-forward layer."""
     out = []
     with torch.inference_mode():
         for b in range(0, len(entries), 128):
-            out.append(model.features(*batch_of(entries[b:b + 128])))
+            out.append(ff(*batch_of(entries[b:b + 128])))
     return torch.cat(out)
 
 
@@ -159,7 +172,7 @@ def vectors(model: TopModel, entries: list) -> torch.Tensor:
 def evaluate(model: TopModel, entries: list, y: np.ndarray, corpus: list) -> dict:
     """multicorpus.report per corpus of the model's single-clip predictions."""
     with torch.inference_mode():
-        p = torch.softmax(model.lin(((vectors(model, entries) - model.mean) / model.std) @ model.basis), -1)
+        p = torch.softmax(model.head(vectors(model.ff, entries)), -1)
     corp = np.array(corpus)
     return {c: MC.report(p.double().numpy()[corp == c], y[corp == c], LABELS) for c in dict.fromkeys(corpus)}
 
@@ -180,7 +193,7 @@ def train_epoch(model: TopModel, data: tuple, l2: float, opt, seed: int) -> floa
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss) * len(idx)
+        total += loss.item() * len(idx)
     model.eval()
     return total / len(order)
 
@@ -207,7 +220,7 @@ def fit(corpora: dict, names: list, entry, frozen: dict, block, options) -> tupl
     va_entries = [entry(i) for i in va_items]
     per0 = evaluate(model, va_entries, va.y, va.corpus)
     log = {"l2": l2, "probe_val_mean_UA": best, "epochs": [{"epoch": 0, "val_mean_UA": real_score(per0, corpora)}]}
-    opt = torch.optim.AdamW([{"params": [*model.mlp_ln.parameters(), *model.mlp.parameters()], "lr": LR_BLOCK},
+    opt = torch.optim.AdamW([{"params": list(model.ff.parameters()), "lr": LR_BLOCK},
                              {"params": model.lin.parameters(), "lr": LR_HEAD}], weight_decay=0.0)
     best_state, best_score = copy.deepcopy(model.state_dict()), log["epochs"][0]["val_mean_UA"]
     for ep in range(1, EPOCHS + 1):
@@ -237,8 +250,7 @@ def run(recipe: Recipe, corpora: dict, root: str, out: str) -> None:
     store = {id(i): e for i, e in zip(items, cache.load(items))}
     entry = lambda i: store[id(i)]  # noqa: E731
     block = build_backbone(cfg["backbone"], cfg["source"]).encoder.blocks[FIXED_BLOCKS]
-    probe_model = TopModel(block, torch.zeros(1), torch.ones(1), torch.eye(1), torch.nn.Linear(1, 1)).eval()
-    frozen = dict(zip([id(i) for i in items], vectors(probe_model, [entry(i) for i in items])))
+    frozen = dict(zip([id(i) for i in items], vectors(FeedForward(block).eval(), [entry(i) for i in items])))
     print(f"{len(items)} entries loaded and pooled in {time.time() - t:.0f} s", flush=True)
     options = MC.ProbeOptions.of(recipe.speech.multicorpus, refit=False)
     real = [c for c in corpora if not corpora[c].aux]

@@ -27,8 +27,7 @@ def test_entries_through_the_frozen_block_equal_the_layer_stats(tmp_path):
     ref = stats_view(torch.stack(layer_stats_extractor(bb, bb.feature, span=True)(wavs)), [1, 2, 3, 4, 5, 6])
     entries = T.top_extractor(bb)(wavs)
     assert [e.shape[1] for e in entries] == [512, 512] and all(e.shape[0] > T.STAT_ROWS for e in entries)
-    frozen = T.TopModel(bb.encoder.blocks[T.FIXED_BLOCKS], torch.zeros(1), torch.ones(1), torch.eye(1),
-                        torch.nn.Linear(1, 1)).eval()
+    frozen = T.FeedForward(bb.encoder.blocks[T.FIXED_BLOCKS]).eval()
     got = T.vectors(frozen, entries)
     assert got.shape == ref.shape == (2, 6144)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), float((got - ref).abs().max())
